@@ -1,0 +1,217 @@
+"""Apply a recipe with llama.cpp's own quantizer (``llama_model_quantize`` through llama-cpp-python).
+
+The output is what ``llama-quantize`` writes for the same recipe: the same overrides, the same
+``quantize.imatrix.*`` keys. Files are written under a temporary name and renamed when complete, and
+every tensor's type is checked against the recipe's resolution afterwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from . import llama_log
+from .errors import RecipeSearchError
+from .ggml_types import IMATRIX_REQUIRED, FileType, GGMLType, is_quantized, parse_type
+from .inventory import Inventory, read_inventory
+from .recipe import Recipe
+from .resolve import Resolution, resolve
+
+PARTIAL_SUFFIX = ".partial"
+
+# llama-quantize's kv_overrides for an imatrix (tools/quantize/quantize.cpp)
+KV_IMATRIX_FILE = "quantize.imatrix.file"
+KV_IMATRIX_DATASET = "quantize.imatrix.dataset"
+KV_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
+KV_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
+
+
+@dataclass
+class ImatrixInput:
+    """What the quantizer receives from an importance matrix: per-tensor weights plus provenance keys."""
+
+    arrays: dict[str, np.ndarray]  # tensor name -> float32 [n_expert * ne0], in_sum2 / count
+    file: str
+    dataset: str | None = None
+    chunk_count: int = 0
+
+    def kv(self) -> dict[str, str | int]:
+        """The keys llama-quantize adds to the output (strings cut to 127 bytes, as it does)."""
+        out: dict[str, str | int] = {KV_IMATRIX_FILE: self.file.encode()[:127].decode(errors="ignore")}
+        if self.dataset:
+            out[KV_IMATRIX_DATASET] = self.dataset.encode()[:127].decode(errors="ignore")
+        out[KV_IMATRIX_N_ENTRIES] = len(self.arrays)
+        if self.chunk_count > 0:
+            out[KV_IMATRIX_N_CHUNKS] = self.chunk_count
+        return out
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    resolution: Resolution
+    seconds: float
+    file_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _is_token_embd(name: str) -> bool:
+    return name in ("token_embd.weight", "per_layer_token_embd.weight")
+
+
+def requires_imatrix(name: str, t: GGMLType, file_type: FileType) -> bool:
+    """tensor_requires_imatrix (src/llama-quant.cpp)."""
+    if _is_token_embd(name) or name == "output.weight":
+        return False
+    return t in IMATRIX_REQUIRED or (t == GGMLType.Q2_K and file_type == FileType.MOSTLY_Q2_K_S)
+
+
+def check_imatrix(resolution: Resolution, imatrix: ImatrixInput | None, allow_partial: bool = False) -> list[str]:
+    """Errors llama.cpp would only log (or hit late): missing/wrongly sized entries, types that need one.
+
+    Returns warnings (missing entries when ``allow_partial``); raises RecipeSearchError otherwise.
+    """
+    ft = resolution.recipe.file_type
+    quantized = [r for r in resolution.tensors if r.ggml_type != r.tensor.ggml_type and is_quantized(r.ggml_type)]
+    if imatrix is None:
+        need = [r.tensor.name for r in quantized if requires_imatrix(r.tensor.name, r.ggml_type, ft)]
+        if need:
+            types = sorted({r.ggml_type.name for r in quantized if r.tensor.name in need})
+            raise RecipeSearchError(f"{', '.join(types)} need an importance matrix (--imatrix) for "
+                                    f"{len(need)} tensor(s): {_short_list(need)}")
+        return []
+    wrong = []
+    for r in quantized:
+        arr = imatrix.arrays.get(r.tensor.name)
+        expected = r.tensor.shape[0] * (r.tensor.shape[2] if len(r.tensor.shape) > 2 else 1)
+        if arr is not None and arr.size != expected and not _is_token_embd(r.tensor.name):
+            wrong.append(f"{r.tensor.name} ({arr.size} != {expected})")
+    if wrong:
+        raise RecipeSearchError(f"imatrix entries of the wrong width: {_short_list(wrong)}", imatrix.file)
+    missing = [r.tensor.name for r in quantized if r.tensor.name not in imatrix.arrays
+               and not _is_token_embd(r.tensor.name)]
+    needed = [n for n in missing if requires_imatrix(n, resolution.types()[n], ft)]
+    if needed or (missing and not allow_partial):
+        raise RecipeSearchError(f"imatrix has no entry for {len(missing)} tensor(s) to be quantized: "
+                                f"{_short_list(missing)} (use --allow-partial-imatrix to quantize them without)",
+                                imatrix.file)
+    return [f"no imatrix entry for {n}; quantized without one" for n in missing]
+
+
+def _short_list(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+class _Params:
+    """A filled llama_model_quantize_params plus the ctypes arrays it points into (kept alive here)."""
+
+    def __init__(self, recipe: Recipe, threads: int, imatrix: ImatrixInput | None, dry_run: bool) -> None:
+        p = llama_cpp.llama_model_quantize_default_params()
+        p.nthread = threads
+        p.ftype = int(recipe.file_type)
+        p.pure = recipe.pure
+        p.dry_run = dry_run
+        if recipe.token_embedding_type:
+            p.token_embedding_type = int(GGMLType[recipe.token_embedding_type])
+        if recipe.output_tensor_type:
+            p.output_tensor_type = int(GGMLType[recipe.output_tensor_type])
+        overrides = recipe.overrides()
+        if overrides:
+            arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+            for i, (rx, t) in enumerate(overrides):
+                arr[i].pattern = rx.encode()
+                arr[i].type = int(t)
+            arr[len(overrides)].pattern = None
+            self.overrides = arr
+            p.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        if imatrix is not None:
+            names = sorted(imatrix.arrays)
+            self.arrays = [np.ascontiguousarray(imatrix.arrays[n], dtype=np.float32).ravel() for n in names]
+            data = (llama_cpp.llama_model_imatrix_data * (len(names) + 1))()
+            for i, (n, a) in enumerate(zip(names, self.arrays)):
+                data[i].name = n.encode()
+                data[i].data = a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+                data[i].size = a.size
+            data[len(names)].name = None
+            self.imatrix = data
+            p.imatrix = ctypes.cast(data, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+            kv = imatrix.kv()
+            kvo = (llama_cpp.llama_model_kv_override * (len(kv) + 1))()
+            for i, (key, val) in enumerate(kv.items()):
+                kvo[i].key = key.encode()
+                if isinstance(val, int):
+                    kvo[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+                    kvo[i].value.val_i64 = val
+                else:
+                    kvo[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+                    kvo[i].value.val_str = val.encode()
+            kvo[len(kv)].key = b""
+            self.kv = kvo
+            p.kv_overrides = ctypes.cast(kvo, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+        self.params = p
+
+
+def _run(inp: Path, out: Path | None, params: _Params) -> str:
+    with llama_log.captured() as log:
+        rc = llama_cpp.llama_model_quantize(str(inp).encode(), str(out or os.devnull).encode(),
+                                            ctypes.byref(params.params))
+    text = "".join(log)
+    if rc != 0:
+        err = re.findall(r"failed to quantize: (.*)", text)
+        raise RecipeSearchError(f"llama.cpp could not quantize: {err[-1].strip() if err else 'unknown error'}", inp)
+    return text
+
+
+_TENSOR_LINE = re.compile(
+    r"\[\s*\d+/\s*\d+\]\s+(?P<name>\S+)\s+- \[[^\]]*\], type =\s*(?P<src>\S+), size =\s*[\d.]+ MiB"
+    r"(?: ->\s*[\d.]+ MiB \((?P<dst>\S+)\))?")
+
+
+def dry_run_types(model: str | Path, recipe: Recipe, threads: int = 1) -> dict[str, GGMLType]:
+    """Every tensor's type as llama.cpp's quantizer itself decides it (``dry_run``: nothing is written)."""
+    text = _run(Path(model), None, _Params(recipe, threads, None, dry_run=True))
+    types = {}
+    for m in _TENSOR_LINE.finditer(text):
+        types[m.group("name")] = parse_type(m.group("dst") or m.group("src"))
+    if not types:
+        raise RecipeSearchError("llama.cpp's dry run reported no tensors", model)
+    return types
+
+
+def quantize_model(model: str | Path, recipe: Recipe, out: str | Path, *, imatrix: ImatrixInput | None = None,
+                   threads: int = 2, allow_partial_imatrix: bool = False,
+                   inventory: Inventory | None = None) -> QuantizeResult:
+    """Quantize ``model`` by ``recipe`` into ``out`` (atomically) and check every tensor's type."""
+    model, out = Path(model), Path(out)
+    inv = inventory or read_inventory(model)
+    resolution = resolve(recipe, inv)
+    warnings = check_imatrix(resolution, imatrix, allow_partial_imatrix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    start = time.perf_counter()
+    try:
+        _run(model, partial, _Params(recipe, threads, imatrix, dry_run=False))
+        written = read_inventory(partial)
+        _verify(resolution, written, out)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    return QuantizeResult(out, resolution, seconds, out.stat().st_size, warnings)
+
+
+def _verify(resolution: Resolution, written: Inventory, out: Path) -> None:
+    wrong = []
+    for r in resolution.tensors:
+        got = written.by_name.get(r.tensor.name)
+        if got is None or got.ggml_type != r.ggml_type:
+            wrong.append(f"{r.tensor.name}: expected {r.ggml_type.name}, got {got.ggml_type.name if got else 'nothing'}")
+    if wrong:
+        raise RecipeSearchError(f"written types differ from the recipe's resolution: {_short_list(wrong)}", out)
