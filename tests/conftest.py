@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny generated models, generated text, and the read-only shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiny_models import english_text, write_dense, write_moe, write_qwen35moe
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def _shared_file(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"shared data file not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dense_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny llama-arch dense model, F16 (see ``tiny_models.write_dense``)."""
+    return write_dense(tmp_path_factory.mktemp("tiny") / "dense-f16.gguf")
+
+
+@pytest.fixture(scope="session")
+def moe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny qwen2moe model with a shared expert, F32 (see ``tiny_models.write_moe``)."""
+    return write_moe(tmp_path_factory.mktemp("tiny") / "moe-f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def qwen35_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny qwen35moe hybrid model, BF16 (see ``tiny_models.write_qwen35moe``)."""
+    return write_qwen35moe(tmp_path_factory.mktemp("tiny") / "qwen35moe-bf16.gguf")
+
+
+@pytest.fixture(scope="session")
+def sample_text() -> str:
+    """About 4 KB of deterministic English-like prose with CRLF, digits and punctuation."""
+    return english_text(4096, seed=1)
+
+
+@pytest.fixture(scope="session")
+def wiki_text() -> Path:
+    """WikiText-2 raw test split from the shared data (skips when absent)."""
+    return _shared_file("wikitext-2-raw/wiki.test.raw")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen35moe_real() -> Path:
+    """The trained tiny qwen35moe BF16 GGUF from the shared data (skips when absent)."""
+    return _shared_file("tiny-qwen35moe/model-bf16.gguf")
