@@ -109,3 +109,33 @@ def _resolve_one(t: Tensor, rules, n_named: int, default: GGMLType, tok_type, ou
         final = oracle[t.name]
         return ResolvedTensor(t, final, final, Source.MIXTURE)
     return ResolvedTensor(t, default, fallback(default, t.row_length), Source.UNMATCHED)
+
+
+def lint(recipe: Recipe, inv: Inventory) -> list[str]:
+    """Warnings about rules that do nothing or do something other than they say, one line each."""
+    warnings = []
+    compiled = [re.compile(r.regex) for r in recipe.rules]
+    claimed: set[str] = set()
+    for i, (rule, rx) in enumerate(zip(recipe.rules, compiled)):
+        where = f"rules[{i}] ({rule.label})"
+        hits = [t for t in inv.tensors if rx.search(t.name)]
+        if not hits:
+            warnings.append(f"{where}: matches no tensor of this model")
+            continue
+        quantizable = [t for t in hits if t.quantizable]
+        if not quantizable:
+            warnings.append(f"{where}: matches only tensors llama.cpp never quantizes ({hits[0].kind}...); it does nothing")
+            continue
+        fresh = [t for t in quantizable if t.name not in claimed]
+        if not fresh:
+            warnings.append(f"{where}: every tensor it matches is taken by an earlier rule")
+        claimed.update(t.name for t in quantizable)
+        fell: dict[str, list[Tensor]] = defaultdict(list)
+        for t in fresh:
+            if fallback(rule.ggml_type, t.row_length) != rule.ggml_type:
+                fell[t.kind].append(t)
+        for kind, ts in fell.items():
+            to = fallback(rule.ggml_type, ts[0].row_length).name
+            warnings.append(f"{where}: {rule.type} does not fit the {len(ts)} {kind} tensor(s) "
+                            f"(rows of {ts[0].row_length}); llama.cpp falls back to {to}")
+    return warnings

@@ -1,0 +1,88 @@
+"""Recipes in the forms other tools read: llama-quantize's --tensor-type-file and command line, ik_llama.cpp's --custom-q."""
+
+from __future__ import annotations
+
+import shlex
+from enum import Enum
+
+from .errors import RecipeSearchError
+from .ggml_types import GGMLType
+from .recipe import Recipe
+
+
+class ExportFormat(str, Enum):
+    TENSOR_TYPE_FILE = "tensor-type-file"
+    ARGS = "args"
+    CUSTOM_Q = "custom-q"
+
+
+def _type_name(t: GGMLType) -> str:
+    return t.name.lower()
+
+
+def _tokens(recipe: Recipe) -> list[str]:
+    out = []
+    for rx, t in recipe.overrides():
+        if rx.lower() != rx and any(c.isalpha() and c.isupper() for c in rx):
+            raise RecipeSearchError(f"pattern {rx!r} has upper-case letters that llama-quantize would lower-case")
+        out.append(f"{rx}={_type_name(t)}")
+    return out
+
+
+def tensor_type_file(recipe: Recipe) -> str:
+    """``pattern=type`` tokens, one a line, as ``llama-quantize --tensor-type-file`` reads them."""
+    return "".join(tok + "\n" for tok in _tokens(recipe))
+
+
+def quantize_args(recipe: Recipe, model: str = "MODEL-F16.gguf", out: str = "OUT.gguf",
+                  tensor_type_file_path: str | None = None, threads: int | None = None) -> str:
+    """The full llama-quantize command line for this recipe."""
+    args = ["llama-quantize"]
+    if recipe.pure:
+        args.append("--pure")
+    if recipe.imatrix:
+        args += ["--imatrix", recipe.imatrix]
+    if recipe.token_embedding_type:
+        args += ["--token-embedding-type", recipe.token_embedding_type.lower()]
+    if recipe.output_tensor_type:
+        args += ["--output-tensor-type", recipe.output_tensor_type.lower()]
+    if tensor_type_file_path:
+        args += ["--tensor-type-file", tensor_type_file_path]
+    else:
+        for tok in _tokens(recipe):
+            args += ["--tensor-type", tok]
+    args += [model, out, recipe.file_type.label]
+    if threads:
+        args.append(str(threads))
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def custom_q(recipe: Recipe) -> str:
+    """ik_llama.cpp's ``--custom-q`` value: comma-separated ``regex=type``."""
+    toks = _tokens(recipe)
+    bad = [t for t in toks if "," in t]
+    if bad:
+        raise RecipeSearchError(f"pattern with a comma cannot go into --custom-q: {bad[0]}")
+    return ",".join(toks)
+
+
+def export(recipe: Recipe, fmt: ExportFormat | str, **kwargs: str) -> str:
+    fmt = ExportFormat(fmt)
+    if fmt is ExportFormat.TENSOR_TYPE_FILE:
+        return tensor_type_file(recipe)
+    if fmt is ExportFormat.ARGS:
+        return quantize_args(recipe, **kwargs) + "\n"
+    return custom_q(recipe) + "\n"
+
+
+def read_tensor_type_file(text: str) -> list[tuple[str, GGMLType]]:
+    """Read a --tensor-type-file the way llama-quantize does: whitespace-split, pattern lower-cased."""
+    from .ggml_types import parse_type
+
+    out = []
+    for tok in text.split():
+        pattern, sep, type_name = tok.partition("=")
+        if not sep or not pattern or not type_name:
+            raise RecipeSearchError(f"malformed tensor type {tok!r}")
+        out.append((pattern.lower(), parse_type(type_name)))
+    return out
