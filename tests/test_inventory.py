@@ -1,0 +1,116 @@
+"""Header-only inventory: tiny layouts, split files, and the real Qwen3.5-35B-A3B tensor table."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from recipe_search.errors import RecipeSearchError
+from recipe_search.ggml_types import GGMLType
+from recipe_search.importer import recipe_from_inventory
+from recipe_search.inventory import inventory_rows, read_inventory
+from recipe_search.resolve import resolve
+from recipe_search.size import predict_size
+
+QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
+_MAP_LINE = re.compile(r":(?P<name>[^:]+):shape=\((?P<shape>[^)]*)\):dtype=(?P<dtype>[^:]+):elements=(?P<el>\d+):bytes=(?P<bytes>\d+)")
+
+
+def read_map(path: Path) -> list[tuple[str, tuple[int, ...], GGMLType, int]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        m = _MAP_LINE.search(line)
+        shape = tuple(int(s) for s in m["shape"].split(",") if s.strip())
+        rows.append((m["name"], shape, GGMLType[m["dtype"].upper()], int(m["bytes"])))
+    return rows
+
+
+def write_header_only(path: Path, arch: str, tensors, kv: dict[str, int] | None = None) -> Path:
+    """A GGUF holding only the header and tensor table; the data region is a sparse hole."""
+    w = GGUFWriter(path, arch=arch)
+    w.add_block_count(40)
+    for key, value in (kv or {}).items():
+        w.add_uint16(key, value) if key != "split.tensors.count" else w.add_int32(key, value)
+    for name, shape, gtype, nbytes in tensors:
+        w.add_tensor_info(name, tuple(reversed(shape)), np.dtype(np.float32), nbytes, raw_dtype=GGMLQuantizationType(int(gtype)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    pad = lambda n: -(-n // 32) * 32  # noqa: E731
+    end = pad(path.stat().st_size) + sum(pad(nb) for *_, nb in tensors)
+    with open(path, "r+b") as fh:
+        fh.truncate(end)
+    return path
+
+
+def test_layouts(dense_model, moe_model, qwen35_model) -> None:
+    kinds = {m.name: set(read_inventory(m).kinds) for m in (dense_model, moe_model, qwen35_model)}
+    assert {"attn_q", "ffn_down", "token_embd", "output"} <= kinds[dense_model.name]
+    assert {"ffn_up_exps", "ffn_down_shexp", "ffn_gate_inp"} <= kinds[moe_model.name]
+    assert {"attn_qkv", "attn_gate", "ssm_a", "ssm_alpha", "ssm_beta", "ssm_conv1d", "ssm_dt.bias", "ssm_norm",
+            "ssm_out", "attn_q", "attn_k", "attn_v", "attn_output"} <= kinds[qwen35_model.name]
+    rows = {r["tensor_type"]: r for r in inventory_rows(read_inventory(qwen35_model))}
+    assert rows["ffn_up_exps"]["quantized_by_llama_cpp"] and "IQ2_XXS" in rows["ffn_up_exps"]["admits"]
+    assert not rows["ssm_conv1d"]["quantized_by_llama_cpp"] and not rows["ffn_gate_inp"]["quantized_by_llama_cpp"]
+    assert not rows["ffn_gate_inp_shexp"]["quantized_by_llama_cpp"]  # [256, 1] counts as 1-D in ggml
+    dense = {r["tensor_type"]: r for r in inventory_rows(read_inventory(dense_model))}
+    assert "Q4_K" not in dense["ffn_down"]["admits"] and "Q4_K" in dense["ffn_up"]["admits"]
+    assert abs(sum(r["share"] for r in dense.values()) - 1) < 1e-9
+
+
+def test_demo_inventory(demo_model) -> None:
+    rows = {r["tensor_type"]: r for r in inventory_rows(read_inventory(demo_model))}
+    weights = [k for k, r in rows.items() if r["quantized_by_llama_cpp"]]
+    assert len(weights) == 8
+    assert sorted(k for k in weights if "Q4_K" in rows[k]["admits"]) == ["attn_output", "ffn_down"]
+    assert 0.62 < rows["token_embd"]["share"] < 0.64
+
+
+def test_bad_files(tmp_path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all, just text" * 4)
+    with pytest.raises(RecipeSearchError, match="bad.gguf: not a GGUF file"):
+        read_inventory(bad)
+    with pytest.raises(RecipeSearchError, match="no such file"):
+        read_inventory(tmp_path / "missing.gguf")
+
+
+def test_truncated_file(dense_model, tmp_path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(dense_model.read_bytes()[:-1000])
+    with pytest.raises(RecipeSearchError, match="truncated"):
+        read_inventory(cut)
+
+
+@pytest.fixture(scope="module")
+def qwen_maps() -> dict[str, list]:
+    if not (QWEN_TABLES / "tensors.bf16.map").exists():
+        pytest.skip(f"Qwen3.5-35B-A3B tables not found under {QWEN_TABLES}")
+    return {q: read_map(QWEN_TABLES / f"tensors.{q}.map") for q in ("bf16", "q4_K", "iq2_xxs", "q8_0")}
+
+
+def test_qwen35_35b_split_header_and_exact_bytes(qwen_maps, tmp_path) -> None:
+    bf16 = qwen_maps["bf16"]
+    shards = [bf16[i:i + 300] for i in range(0, len(bf16), 300)]
+    n = len(shards)
+    for i, part in enumerate(shards):
+        write_header_only(tmp_path / f"q35-{i + 1:05d}-of-{n:05d}.gguf", "qwen35moe", part,
+                          {"split.no": i, "split.count": n, "split.tensors.count": len(bf16)})
+    start = time.perf_counter()
+    inv = read_inventory(tmp_path / f"q35-00002-of-{n:05d}.gguf")
+    assert time.perf_counter() - start < 1.0
+    assert len(inv.tensors) == len(bf16) == 733
+    assert {"ssm_out", "attn_qkv", "attn_gate", "ffn_down_exps", "ffn_up_shexp"} <= set(inv.kinds)
+
+    for qtype in ("q4_K", "iq2_xxs", "q8_0"):
+        quant = write_header_only(tmp_path / f"{qtype}.gguf", "qwen35moe", qwen_maps[qtype])
+        recipe = recipe_from_inventory(read_inventory(quant))
+        pred = predict_size(resolve(recipe, inv), inv)
+        expected = {name: nbytes for name, _, _, nbytes in qwen_maps[qtype]}
+        assert {t.name: t.bytes for t in pred.tensors} == expected, qtype
