@@ -1,0 +1,200 @@
+"""The search space: which tensor types vary, over which ggml types, and what a study measures.
+
+A `StudyConfig` (YAML, validated) becomes a `SearchSpace` for one model: one ordinal parameter per
+tensor type (or tied group, or per-layer band), each an index into a ladder of ggml types ordered from
+best to smallest, with the types that the tensor's row size or a missing imatrix rule out removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RecipeSearchError
+from .ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
+from .inventory import Inventory
+from .recipe import Recipe, Rule, Unmatched, preset_recipe
+
+Objective = Literal["size", "bpw", "kld_p999", "kld_p99", "kld_mean", "ppl_ratio", "same_top", "speed"]
+#: objectives to maximise; everything else is minimised
+MAXIMISE = {"same_top", "speed"}
+
+
+class SpaceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_types: list[str] | None = None  # None: every tensor type llama.cpp quantizes
+    ladder: list[str] = Field(default_factory=lambda: [t.name for t in DEFAULT_LADDER])
+    ladders: dict[str, list[str]] = Field(default_factory=dict)
+    fixed: dict[str, str] = Field(default_factory=dict)
+    tied: list[list[str]] = Field(default_factory=list)
+    bands: dict[str, int] = Field(default_factory=dict)  # tensor type -> number of layer bands (2 or 3)
+    unmatched: str = "Q8_0"
+
+    @field_validator("ladder", "unmatched", mode="before")
+    @classmethod
+    def _types(cls, v):
+        return [parse_type(t).name for t in v] if isinstance(v, list) else parse_type(v).name
+
+    @field_validator("ladders", "fixed", mode="before")
+    @classmethod
+    def _type_maps(cls, v):
+        return {k: ([parse_type(t).name for t in ts] if isinstance(ts, list) else parse_type(ts).name)
+                for k, ts in (v or {}).items()}
+
+
+class ReferenceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uniform: list[str] | Literal["ladder"] = "ladder"
+    presets: list[str] = Field(default_factory=lambda: ["Q4_K_M", "Q3_K_M"])
+
+
+class StudyConfig(BaseModel):
+    """Everything a study needs besides the model; stored in the study so workers can join it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None  # FILE or FILE[a:b]; None = the built-in default text
+    ctx: int = 512
+    chunks: int = 8
+    imatrix: str | None = None
+    threads: int = 2
+    objectives: list[Objective] = Field(default_factory=lambda: ["size", "kld_p999"])
+    max_bpw: float | None = None
+    min_bpw: float | None = None
+    max_bytes: int | None = None
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    references: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    prune: bool = True
+    surrogate_seeds: int = 0  # recipes from the sensitivity surrogate enqueued at start
+
+    @field_validator("objectives")
+    @classmethod
+    def _two_or_more(cls, v: list[str]) -> list[str]:
+        if len(v) < 2 or v[0] not in ("size", "bpw"):
+            raise ValueError("objectives start with `size` or `bpw` and name at least one quality measure")
+        return v
+
+
+def load_study_config(path: str | Path | None) -> StudyConfig:
+    if path is None:
+        return StudyConfig()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return StudyConfig.model_validate(data)
+    except OSError as err:
+        raise RecipeSearchError(f"cannot read study config: {err.strerror}", path) from None
+    except yaml.YAMLError as err:
+        raise RecipeSearchError(f"YAML syntax error: {getattr(err, 'problem', err)}", path) from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise RecipeSearchError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", path) from None
+    except RecipeSearchError as err:
+        raise RecipeSearchError(str(err), path) from None
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched choice: the tensor types (and blocks) it sets, and its ladder of admissible types."""
+
+    name: str
+    kinds: tuple[str, ...]
+    blocks: tuple[int, ...] | None
+    ladder: tuple[GGMLType, ...]
+
+    def rules(self, t: GGMLType) -> list[Rule]:
+        return [Rule(tensors=k, blocks=list(self.blocks) if self.blocks else None, type=t.name) for k in self.kinds]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    parameters: tuple[Parameter, ...]
+    fixed: dict[str, GGMLType]
+    unmatched: GGMLType
+    removed: dict[str, list[str]]  # tensor type -> ladder entries dropped (and why), for the report
+
+    def recipe(self, choice: dict[str, int], name: str = "trial") -> Recipe:
+        """The recipe for ladder indices ``choice`` (parameter name -> index)."""
+        rules = [Rule(tensors=k, type=t.name) for k, t in self.fixed.items()]
+        for p in self.parameters:
+            rules += p.rules(p.ladder[choice[p.name]])
+        return Recipe(name=name, unmatched=Unmatched(type=self.unmatched.name), rules=rules)
+
+    def nearest(self, wanted: dict[str, GGMLType], inv: Inventory) -> dict[str, int]:
+        """Ladder indices for per-tensor-type wishes (e.g. a uniform type): llama.cpp's row-size fallback
+        where the ladder has it, else the ladder type closest in bits per weight."""
+        out = {}
+        for p in self.parameters:
+            t = fallback(wanted[p.kinds[0]], inv.kinds[p.kinds[0]].row_lengths[0])
+            out[p.name] = p.ladder.index(t) if t in p.ladder else min(
+                range(len(p.ladder)), key=lambda i: abs(bits_per_weight(p.ladder[i]) - bits_per_weight(t)))
+        return out
+
+
+def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> SearchSpace:
+    """Turn the config into parameters for this model, dropping ladder types its rows cannot take."""
+    sc = config.space
+    quantizable = {k.name: k for k in inv.kinds.values() if k.quantizable}
+    wanted = list(quantizable) if sc.tensor_types is None else sc.tensor_types
+    unknown = [k for k in [*wanted, *sc.fixed, *(k for g in sc.tied for k in g), *sc.bands] if k not in quantizable]
+    if unknown:
+        raise RecipeSearchError(f"tensor type(s) not quantized in this model: {', '.join(sorted(set(unknown)))}")
+    searched = [k for k in wanted if k not in sc.fixed]
+    group_of = {k: tuple(g) for g in sc.tied for k in g}
+    params, removed, seen = [], {}, set()
+    for kind in searched:
+        if kind in seen:
+            continue
+        kinds = tuple(k for k in group_of.get(kind, (kind,)) if k in searched)
+        seen.update(kinds)
+        ladder = []
+        for name in sc.ladders.get(kind, sc.ladder):
+            t = GGMLType[name]
+            fits = all(quantizable[k].admits(t) for k in kinds)
+            if not fits:
+                rows = quantizable[kinds[0]].row_lengths
+                removed.setdefault(kind, []).append(f"{name} (rows of {rows[0]} -> {fallback(t, rows[0]).name})")
+            elif t in IMATRIX_REQUIRED and not has_imatrix:
+                removed.setdefault(kind, []).append(f"{name} (needs an imatrix)")
+            else:
+                ladder.append(t)
+        if not ladder:
+            raise RecipeSearchError(f"no ladder type fits tensor type {kind}")
+        n_bands = sc.bands.get(kind, 1)
+        blocks = quantizable[kinds[0]].blocks
+        if n_bands > 1 and len(blocks) >= n_bands:
+            size = -(-len(blocks) // n_bands)
+            for i in range(n_bands):
+                part = tuple(blocks[i * size:(i + 1) * size])
+                if part:
+                    params.append(Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)))
+        else:
+            params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
+    fixed = {k: GGMLType[t] for k, t in sc.fixed.items()}
+    return SearchSpace(tuple(params), fixed, GGMLType[sc.unmatched], removed)
+
+
+def reference_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int] | None]]:
+    """Uniform recipes over the ladder (as ladder choices) and llama.cpp presets (outside the space)."""
+    out: list[tuple[Recipe, dict[str, int] | None]] = []
+    ladder_types = sorted({t for p in space.parameters for t in p.ladder}, key=lambda t: -bits_per_weight(t))
+    uniform = ladder_types if config.references.uniform == "ladder" else [parse_type(t) for t in config.references.uniform]
+    seen = set()
+    for t in uniform:
+        wanted = {k: t for p in space.parameters for k in p.kinds}
+        choice = space.nearest(wanted, inv)
+        key = tuple(sorted(choice.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append((space.recipe(choice, f"uniform-{t.name}"), choice))
+    for preset in config.references.presets:
+        out.append((preset_recipe(preset), None))
+    return out

@@ -1,0 +1,107 @@
+"""Texts to score and calibrate on: a file (optionally a fraction of it) or the built-in default.
+
+The default text is the docstrings of a fixed list of Python standard-library modules, in a fixed
+order: every machine with Python has it, so the demo runs offline with nothing downloaded. Real runs
+pass a text path (wiki.test.raw is the usual one for KLD/PPL figures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RecipeSearchError
+
+DEFAULT_MODULES = (
+    "argparse", "asyncio", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal",
+    "difflib", "email", "enum", "fractions", "functools", "heapq", "http.client", "inspect", "ipaddress",
+    "itertools", "json", "logging", "mailbox", "pathlib", "pickle", "random", "re", "shutil", "statistics",
+    "string", "subprocess", "tarfile", "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid",
+    "zipfile",
+)
+_RANGE = re.compile(r"^(?P<path>.+?)(?:\[(?P<a>[0-9.]*):(?P<b>[0-9.]*)\])?$")
+
+
+def default_text() -> bytes:
+    """Docstrings of DEFAULT_MODULES and their public members, in a fixed order."""
+    parts: list[str] = []
+    for name in DEFAULT_MODULES:
+        module = importlib.import_module(name)
+        doc = inspect.getdoc(module)
+        if doc:
+            parts.append(doc)
+        for attr in sorted(getattr(module, "__all__", None) or dir(module)):
+            if attr.startswith("_"):
+                continue
+            obj = getattr(module, attr, None)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", "").startswith(name):
+                d = inspect.getdoc(obj)
+                if d and len(d) > 80:
+                    parts.append(d)
+    return "\n\n".join(parts).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """A text file, or the default text (``path=None``), cut to the byte fraction [start, end) at line starts."""
+
+    path: Path | None = None
+    start: float = 0.0
+    end: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str | None) -> TextSource:
+        """``FILE``, ``FILE[0:0.4]`` (fractions of the file), or None for the default text."""
+        if spec is None:
+            return cls()
+        m = _RANGE.match(spec)
+        a, b = m["a"], m["b"]
+        try:
+            start = float(a) if a else 0.0
+            end = float(b) if b else 1.0
+        except ValueError:
+            raise RecipeSearchError(f"bad text range in {spec!r} (use FILE[0.4:1])") from None
+        if not 0 <= start < end <= 1:
+            raise RecipeSearchError(f"bad text range in {spec!r}: need 0 <= start < end <= 1")
+        return cls(Path(m["path"]), start, end)
+
+    @property
+    def label(self) -> str:
+        name = self.path.name if self.path else "python-stdlib-docstrings"
+        return name if (self.start, self.end) == (0.0, 1.0) else f"{name}[{self.start:g}:{self.end:g}]"
+
+    def read(self) -> bytes:
+        if self.path is None:
+            data = default_text()
+        else:
+            try:
+                data = self.path.read_bytes()
+            except OSError as err:
+                raise RecipeSearchError(f"cannot read text: {err.strerror}", self.path) from None
+        return _cut(data, self.start, self.end)
+
+    def overlaps(self, other: TextSource) -> bool:
+        same = (self.path is None and other.path is None) or (
+            self.path is not None and other.path is not None and self.path.resolve() == other.path.resolve())
+        return same and self.start < other.end and other.start < self.end
+
+
+def _cut(data: bytes, start: float, end: float) -> bytes:
+    def at_line(frac: float) -> int:
+        if frac <= 0:
+            return 0
+        if frac >= 1:
+            return len(data)
+        pos = int(len(data) * frac)
+        nl = data.find(b"\n", pos)
+        return len(data) if nl < 0 else nl + 1
+
+    return data[at_line(start):at_line(end)]
+
+
+def text_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
