@@ -82,7 +82,9 @@ class TextSource:
                 data = self.path.read_bytes()
             except OSError as err:
                 raise RecipeSearchError(f"cannot read text: {err.strerror}", self.path) from None
-        return _cut(data, self.start, self.end)
+        data = _cut(data, self.start, self.end)
+        # llama-perplexity's -f drops one trailing newline of the file
+        return data[:-1] if self.end >= 1.0 and data.endswith(b"\n") else data
 
     def overlaps(self, other: TextSource) -> bool:
         same = (self.path is None and other.path is None) or (

@@ -1,0 +1,204 @@
+"""Scoring a quantized model against the base model, as ``llama-perplexity --kl-divergence`` does.
+
+The base model's distributions over the scored tokens (the *reference*) are computed once per
+(model, text, ctx, chunks) and cached on disk in a sparse form (`kld.SparseReference`), written
+atomically and read back memory-mapped, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import RecipeSearchError
+from .inventory import Inventory, ggml_n_dims, model_fingerprint, read_inventory
+from .kld import KLDSummary, SparseReference, TokenStats, summarize, token_stats_sparse
+from .llama import LlamaModel, chunk_tokens, evaluate, scored_range
+from .text import TextSource, text_sha256
+
+REFERENCE_FORMAT = 1
+_PER_TOKEN = {"remainder": np.float32, "dropped": np.float32, "top": np.int32, "nll_base": np.float32}
+_PER_ENTRY = {"indices": np.int32, "logprobs": np.float32}
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    text: TextSource = field(default_factory=TextSource)
+    ctx: int = 512
+    chunks: int | None = 8
+    threads: int = 2
+    n_seq: int = 4  # chunks per llama_decode, as llama-perplexity's -b 2048 at ctx 512
+
+    def key_fields(self) -> dict:
+        return {"text": self.text.label, "ctx": self.ctx, "chunks": self.chunks}
+
+
+@dataclass
+class Reference:
+    """A cached base-model reference: tokens, per-token sparse distributions, and what they came from."""
+
+    path: Path
+    meta: dict
+    tokens: np.ndarray  # int32 [n_chunks, ctx], BOS already swapped in
+    sparse: SparseReference
+
+    @property
+    def first(self) -> int:
+        return int(self.meta["first"])
+
+    @property
+    def n_scored_per_chunk(self) -> int:
+        return self.tokens.shape[1] - 1 - self.first
+
+    def chunk(self, i: int) -> tuple[SparseReference, np.ndarray]:
+        n = self.n_scored_per_chunk
+        return self.sparse.select(i * n, (i + 1) * n), self.tokens[i, self.first + 1:]
+
+
+def reference_key(fingerprint: str, text: bytes, settings: ScoreSettings) -> str:
+    import hashlib
+
+    blob = json.dumps({"model": fingerprint, "text": text_sha256(text), "ctx": settings.ctx,
+                       "chunks": settings.chunks, "format": REFERENCE_FORMAT, "tool": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
+    """Open a cached reference (memory-mapped); refuse one made from another model."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RecipeSearchError(f"unreadable reference cache ({err})", path) from None
+    if fingerprint is not None and meta.get("model_fingerprint") != fingerprint:
+        raise RecipeSearchError(f"reference cache belongs to another model ({meta.get('model_name')})", path)
+    n_tok, n_ent = int(meta["n_tokens"]), int(meta["n_entries"])
+    try:
+        arrays = {"n_vocab": np.array(meta["n_vocab"]),
+                  "offsets": np.memmap(path / "offsets.bin", np.int64, "r", shape=(n_tok + 1,))}
+        for name, dt in _PER_TOKEN.items():
+            arrays[name] = np.memmap(path / f"{name}.bin", dt, "r", shape=(n_tok,))
+        for name, dt in _PER_ENTRY.items():
+            arrays[name] = np.memmap(path / f"{name}.bin", dt, "r", shape=(n_ent,)) if n_ent else np.zeros(0, dt)
+        tokens = np.memmap(path / "tokens.bin", np.int32, "r", shape=(meta["n_chunks"], meta["ctx"]))
+    except (OSError, ValueError) as err:
+        raise RecipeSearchError(f"damaged reference cache ({err})", path) from None
+    return Reference(path, meta, np.asarray(tokens), SparseReference.from_arrays(arrays, path))
+
+
+def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: Path,
+                    fingerprint: str, text: bytes) -> Reference:
+    """Evaluate the base model on the text's chunks and write the sparse reference atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq) as lm:
+            tokens = lm.tokenize(text)
+            if len(tokens) < 2 * settings.ctx:
+                raise RecipeSearchError(f"the text has {len(tokens)} tokens; at least 2 x ctx = {2 * settings.ctx} "
+                                        "are needed", settings.text.path or settings.text.label)
+            chunks = chunk_tokens(tokens, settings.ctx, settings.chunks, lm.add_bos, lm.bos_id)
+            first, _ = scored_range(settings.ctx)
+            files = {n: open(tmp / f"{n}.bin", "wb") for n in [*_PER_TOKEN, *_PER_ENTRY, "offsets"]}
+            n_tokens = n_entries = 0
+            files["offsets"].write(np.zeros(1, np.int64).tobytes())
+            try:
+                for i, logits in evaluate(lm, chunks, first):
+                    part = SparseReference.from_logits(logits, chunks[i, first + 1:])
+                    for name in [*_PER_TOKEN, *_PER_ENTRY]:
+                        getattr(part, name).astype(_PER_TOKEN.get(name) or _PER_ENTRY[name]).tofile(files[name])
+                    (part.offsets[1:] + n_entries).astype(np.int64).tofile(files["offsets"])
+                    n_tokens += len(part)
+                    n_entries += int(part.offsets[-1])
+            finally:
+                for fh in files.values():
+                    fh.close()
+            chunks.astype(np.int32).tofile(tmp / "tokens.bin")
+            meta = {"format": REFERENCE_FORMAT, "tool": __version__, "model_fingerprint": fingerprint,
+                    "model_name": model.name, "n_vocab": lm.n_vocab, "vocab_fingerprint": lm.vocab_fingerprint,
+                    "add_bos": lm.add_bos, "text": settings.text.label, "text_sha256": text_sha256(text),
+                    "n_text_tokens": int(len(tokens)), "ctx": settings.ctx, "n_chunks": int(len(chunks)),
+                    "first": first, "n_tokens": n_tokens, "n_entries": n_entries,
+                    "tensor_table": _tensor_table(inv)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_reference(out, fingerprint)
+
+
+def _tensor_table(inv: Inventory) -> list[list]:
+    return [[t.name, _dims(t.shape)] for t in inv.tensors]
+
+
+def _dims(shape: tuple[int, ...]) -> list[int]:
+    """The shape without trailing 1s (the quantizer writes ggml_n_dims dimensions)."""
+    return list(shape[:ggml_n_dims(shape)])
+
+
+def get_reference(model: Path, settings: ScoreSettings, cache_dir: Path,
+                  inv: Inventory | None = None) -> tuple[Reference, bool]:
+    """The cached reference for these settings, computed if missing. Returns (reference, was_cached)."""
+    inv = inv or read_inventory(model)
+    fingerprint = model_fingerprint(inv)
+    text = settings.text.read()
+    path = cache_dir / "references" / reference_key(fingerprint, text, settings)
+    if (path / "meta.json").exists():
+        return load_reference(path, fingerprint), True
+    return build_reference(model, inv, settings, path, fingerprint, text), False
+
+
+def check_same_model(reference: Reference, quant: Inventory) -> None:
+    """A quant must have the base model's tensors (names and shapes)."""
+    base = {name: tuple(shape) for name, shape in reference.meta["tensor_table"]}
+    got = {t.name: tuple(_dims(t.shape)) for t in quant.tensors}
+    if base != got:
+        diff = sorted(set(base.items()) ^ set(got.items()))
+        raise RecipeSearchError(f"not a quant of {reference.meta['model_name']}: tensors differ "
+                                f"(e.g. {diff[0][0]})", quant.path)
+
+
+class StopScoring(Exception):
+    """Raised by an ``on_chunk`` callback to stop scoring early (the trial is pruned)."""
+
+
+@dataclass
+class ScoreResult:
+    summary: KLDSummary
+    stats: TokenStats
+    seconds_load: float
+    seconds_eval: float
+
+
+def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
+                on_chunk: Callable[[int, TokenStats], None] | None = None) -> ScoreResult:
+    """Evaluate a quant on the reference's chunks and compute llama-perplexity's statistics.
+
+    ``on_chunk(i, stats_so_far)`` runs after each chunk and may raise StopScoring.
+    """
+    check_same_model(reference, read_inventory(quant))
+    start = time.perf_counter()
+    with LlamaModel(quant, n_threads=settings.threads, n_ctx=reference.tokens.shape[1], n_seq=settings.n_seq) as lm:
+        if lm.vocab_fingerprint != reference.meta["vocab_fingerprint"]:
+            raise RecipeSearchError("tokenizer differs from the reference model's", quant)
+        loaded = time.perf_counter()
+        parts: list[TokenStats] = []
+        for i, logits in evaluate(lm, reference.tokens, reference.first):
+            sparse, next_tokens = reference.chunk(i)
+            parts.append(token_stats_sparse(sparse, logits, next_tokens))
+            if on_chunk is not None:
+                on_chunk(i, TokenStats.concat(parts))
+    stats = TokenStats.concat(parts)
+    done = time.perf_counter()
+    return ScoreResult(summarize(stats), stats, loaded - start, done - loaded)

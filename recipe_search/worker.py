@@ -1,0 +1,147 @@
+"""The quantize-and-score worker: one recipe in, measured numbers out.
+
+It resolves the recipe, predicts the file size exactly, quantizes into a work directory with
+llama.cpp's quantizer, scores the result against the cached reference, and removes the temporary GGUF.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RecipeSearchError
+from .inventory import Inventory, read_inventory
+from .kld import TokenStats
+from .llama import LlamaModel
+from .quantize import PARTIAL_SUFFIX, ImatrixInput, quantize_model
+from .recipe import Recipe
+from .resolve import Resolution, resolve
+from .score import Reference, ScoreSettings, get_reference, score_quant
+from .size import predict_size
+
+TRIAL_PREFIX = "trial-"
+
+
+@dataclass
+class Measurement:
+    """Everything the worker measured for one recipe (JSON-able through `to_dict`)."""
+
+    file_bytes: int
+    bpw: float
+    metrics: dict[str, float]  # KLDSummary fields, plus ppl_ratio
+    kld_tokens: np.ndarray  # per-token KLD, float32
+    fallbacks: dict[str, dict[str, int]]
+    seconds: dict[str, float]
+    speed: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
+                "fallbacks": self.fallbacks, "seconds": self.seconds, "speed": self.speed}
+
+
+def encode_array(a: np.ndarray) -> str:
+    """A compact text form of a float32 vector (for study storage)."""
+    return base64.b64encode(zlib.compress(np.asarray(a, np.float32).tobytes(), 6)).decode()
+
+
+def decode_array(s: str) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=np.float32)
+
+
+def clean_workdir(workdir: Path) -> list[Path]:
+    """Remove temporary GGUFs a killed worker left behind (a trial file whose process is gone)."""
+    removed = []
+    if not workdir.exists():
+        return removed
+    for path in workdir.glob(f"{TRIAL_PREFIX}*.gguf*"):
+        pid = path.name.removeprefix(TRIAL_PREFIX).split("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    """Measures recipes for one base model, text and scoring setup."""
+
+    def __init__(self, model: Path, settings: ScoreSettings, cache_dir: Path, workdir: Path,
+                 imatrix: ImatrixInput | None = None, keep: bool = False) -> None:
+        self.model, self.settings, self.cache_dir, self.workdir = Path(model), settings, cache_dir, Path(workdir)
+        self.inventory: Inventory = read_inventory(self.model)
+        self.imatrix = imatrix
+        self.keep = keep
+        self._reference: Reference | None = None
+        self.reference_was_cached: bool | None = None
+        self.reference_seconds = 0.0
+
+    @property
+    def reference(self) -> Reference:
+        if self._reference is None:
+            start = time.perf_counter()
+            self._reference, self.reference_was_cached = get_reference(self.model, self.settings, self.cache_dir,
+                                                                       self.inventory)
+            self.reference_seconds = time.perf_counter() - start
+        return self._reference
+
+    def resolve(self, recipe: Recipe) -> Resolution:
+        return resolve(recipe, self.inventory)
+
+    def result_key(self, resolution: Resolution) -> str:
+        """Identifies a measurement: the per-tensor types, the imatrix and the reference (model, text, ctx, chunks)."""
+        im = "" if self.imatrix is None else hashlib.sha256(
+            b"".join(k.encode() + v.tobytes() for k, v in sorted(self.imatrix.arrays.items()))).hexdigest()
+        blob = json.dumps({"types": resolution.key(), "imatrix": im, "reference": self.reference.path.name})
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def measure(self, recipe: Recipe, on_chunk: Callable[[int, TokenStats], None] | None = None,
+                speed: bool = False, out: Path | None = None) -> Measurement:
+        """Quantize and score ``recipe``; ``on_chunk`` may raise StopScoring to abandon the trial."""
+        resolution = self.resolve(recipe)
+        reference = self.reference
+        extra_kv = self.imatrix.kv() if self.imatrix else None
+        predicted = predict_size(resolution, self.inventory, extra_kv)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = out or self.workdir / f"{TRIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}.gguf"
+        try:
+            q = quantize_model(self.model, recipe, path, imatrix=self.imatrix, threads=self.settings.threads,
+                               inventory=self.inventory)
+            if q.file_bytes != predicted.file_bytes:
+                raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {q.file_bytes}", path)
+            scored = score_quant(path, reference, self.settings, on_chunk)
+            speed_numbers = {}
+            if speed:
+                with LlamaModel(path, n_threads=self.settings.threads, n_ctx=512) as lm:
+                    pp, tg = lm.generate_speed()
+                speed_numbers = {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
+        finally:
+            if not self.keep and out is None:
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+        metrics = scored.summary.to_dict()
+        metrics["ppl_ratio"] = float(np.exp(metrics["ln_ppl_ratio"]))
+        return Measurement(
+            file_bytes=q.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
+            kld_tokens=scored.stats.kld.astype(np.float32),
+            fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
+            seconds={"quantize": q.seconds, "load": scored.seconds_load, "eval": scored.seconds_eval},
+            speed=speed_numbers)
