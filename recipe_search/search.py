@@ -33,8 +33,9 @@ from .space import MAXIMISE, SearchSpace, StudyConfig, build_space, reference_re
 from .text import TextSource
 from .worker import Measurement, Worker, clean_workdir, encode_array
 
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120
+#: a worker beats every HEARTBEAT seconds; a trial silent for GRACE seconds is failed and retried
+HEARTBEAT_SECONDS = int(os.environ.get("RECIPE_SEARCH_HEARTBEAT", "30"))
+GRACE_SECONDS = int(os.environ.get("RECIPE_SEARCH_GRACE", "120"))
 MIN_CHUNKS_BEFORE_PRUNING = 2
 #: metric name of each quality objective in the worker's metrics
 METRIC_OF = {"kld_p999": "kld_p999", "kld_p99": "kld_p99", "kld_mean": "kld_mean", "ppl_ratio": "ppl_ratio",

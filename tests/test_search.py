@@ -1,0 +1,137 @@
+"""Search studies end to end on a tiny model: metrics, frontier, resume, kill and retry, two workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from recipe_search.pareto import non_dominated
+from recipe_search.search import measured_trials, prune_decision
+
+CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
+          "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
+                    "ladder": ["Q8_0", "Q5_0", "Q4_0", "Q3_K", "Q2_K"], "tied": [["ffn_up", "ffn_gate"]]},
+          "references": {"uniform": ["Q8_0", "Q4_0", "Q2_K"], "presets": ["Q4_K_M"]}}
+
+
+def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recipe_search.cli", *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **(env or {})}, **kw)
+
+
+@pytest.fixture()
+def study_setup(tmp_path, dense_model):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    return dense_model, config, tmp_path / "study", tmp_path / "cache"
+
+
+def _load(directory: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'study.db'}")
+
+
+def test_search_resume_and_frontier(study_setup) -> None:
+    model, config, directory, cache = study_setup
+    args = ["search", str(model), "--config", str(config), "--dir", str(directory), "--study", "s",
+            "--cache-dir", str(cache), "--json"]
+    first = cli(*args, "--trials", "8")
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    study = _load(directory, "s")
+    n_first = len(study.trials)
+    measured = measured_trials(study)
+    assert measured and all({"kld_p99", "kld_p999", "kld_mean", "ppl_ratio", "same_top", "dp_rms"} <= set(t.user_attrs["metrics"])
+                            for t in measured)
+    assert {t.user_attrs.get("reference") for t in study.trials} >= {"uniform-Q8_0", "uniform-Q4_0", "preset-Q4_K_M"}
+    # the frontier is non-dominated, and everything else is dominated by it
+    pts = np.array([t.values for t in measured])
+    assert len(summary["frontier"]) == len(non_dominated(pts))
+    assert "reference: computed" in first.stderr
+
+    second = cli(*args, "--trials", "4")
+    assert second.returncode == 0, second.stderr
+    assert "reference: cached" in second.stderr
+    study = _load(directory, "s")
+    assert len(study.trials) == n_first + 4
+    keys = [t.user_attrs["result_key"] for t in measured_trials(study)]
+    assert len(keys) == len(set(keys)), "a resolved recipe was measured twice"
+    assert not list((directory / "work").rglob("*.gguf*"))
+
+
+def _running_trial(directory: Path, name: str) -> bool:
+    try:
+        study = _load(directory, name)
+    except Exception:
+        return False
+    return any(t.state == optuna.trial.TrialState.RUNNING and "result_key" in t.user_attrs for t in study.trials)
+
+
+def test_killed_worker_trial_is_failed_and_retried(study_setup) -> None:
+    model, config, directory, cache = study_setup
+    env = {"RECIPE_SEARCH_HEARTBEAT": "1", "RECIPE_SEARCH_GRACE": "2"}
+    base = ["search", str(model), "--config", str(config), "--dir", str(directory), "--study", "k",
+            "--cache-dir", str(cache), "--quiet"]
+    assert cli(*base, "--trials", "0", env=env).returncode == 0  # creates the study, reference and presets
+    proc = subprocess.Popen([sys.executable, "-m", "recipe_search.cli", *base, "--trials", "6"],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _running_trial(directory, "k"):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # past the grace period
+    again = cli(*base, "--trials", "3", env=env)
+    assert again.returncode == 0, again.stderr
+    study = _load(directory, "k")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed, "the killed trial was not failed"
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") in {f.number for f in failed}]
+    assert retried and all(t.state != optuna.trial.TrialState.FAIL for t in retried)
+    assert all("metrics" not in f.user_attrs for f in failed)
+    assert not list((directory / "work").rglob("*.gguf*")), "temporary GGUF left behind"
+
+
+def test_two_workers_share_a_postgres_study(study_setup) -> None:
+    url = os.environ.get("RECIPE_SEARCH_TEST_POSTGRES")
+    if not url:
+        pytest.skip("RECIPE_SEARCH_TEST_POSTGRES is not set (.ci/run starts PostgreSQL and sets it)")
+    pytest.importorskip("psycopg2")
+    model, config, directory, cache = study_setup
+    name = f"pg-{os.getpid()}-{int(time.time())}"
+    made = cli("search", str(model), "--config", str(config), "--dir", str(directory), "--study", name,
+               "--storage", url, "--cache-dir", str(cache), "--trials", "0", "--quiet")
+    assert made.returncode == 0, made.stderr
+    workers = [subprocess.Popen([sys.executable, "-m", "recipe_search.cli", "worker", "--storage", url, "--study", name,
+                                 "--dir", str(directory / f"w{i}"), "--cache-dir", str(cache), "--trials", "5",
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    for w in workers:
+        out, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    study = optuna.load_study(study_name=name, storage=url)
+    optimized = [t for t in study.trials if "reference" not in t.user_attrs or t.params]
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert len([t for t in optimized if t.state.is_finished()]) >= 10
+    keys = [t.user_attrs["result_key"] for t in measured_trials(study)]
+    assert len(keys) == len(set(keys)), "two workers measured the same recipe"
+
+
+def test_prune_rule() -> None:
+    rng = np.random.default_rng(0)
+    frontier = [(100, 0.05), (200, 0.02)]
+    clearly_worse = rng.exponential(0.2, 500)
+    assert prune_decision(clearly_worse, 150, frontier) is not None
+    assert prune_decision(clearly_worse, 90, frontier) is None  # nothing measured at its size or smaller
+    close = rng.exponential(0.05, 50)
+    assert prune_decision(close, 150, frontier) is None
