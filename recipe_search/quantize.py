@@ -42,6 +42,14 @@ class ImatrixInput:
     dataset: str | None = None
     chunk_count: int = 0
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> ImatrixInput:
+        """Load an imatrix file (GGUF or legacy .dat) into what the quantizer receives."""
+        from .imatrix_file import load_imatrix, quantizer_arrays
+
+        im = load_imatrix(path)
+        return cls(quantizer_arrays(im), file=str(path), dataset=(im.datasets or [None])[0], chunk_count=im.chunk_count)
+
     def kv(self) -> dict[str, str | int]:
         """The keys llama-quantize adds to the output (strings cut to 127 bytes, as it does)."""
         out: dict[str, str | int] = {KV_IMATRIX_FILE: self.file.encode()[:127].decode(errors="ignore")}

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .errors import RecipeSearchError
 from .kld import TokenStats
 from .pareto import hypervolume_2d, non_dominated
+from .quantize import ImatrixInput
 from .recipe import Recipe, recipe_from_dict
 from .score import ScoreSettings, StopScoring
 from .space import MAXIMISE, SearchSpace, StudyConfig, build_space, reference_recipes
@@ -101,11 +102,7 @@ def open_study(storage: RDBStorage, name: str, model: Path | None, config: Study
         study.set_user_attr("config", config.model_dump_json())
         study.set_user_attr("model", str(model.resolve()))
         study.set_user_attr("objectives", list(config.objectives))
-    imatrix = None
-    if config.imatrix:
-        from .cli import _imatrix_input
-
-        imatrix = _imatrix_input(config.imatrix)
+    imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
     settings = ScoreSettings(text=TextSource.parse(config.text), ctx=config.ctx, chunks=config.chunks,
                              threads=config.threads)
     worker = Worker(model, settings, cache_dir, directory / "work" / socket.gethostname(), imatrix=imatrix)

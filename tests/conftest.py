@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tiny_models import english_text, write_dense, write_moe, write_qwen35moe
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

@@ -10,12 +10,12 @@ import llama_cpp
 import numpy as np
 import pytest
 from gguf import GGUFReader
+from tiny_models import BOS_ID, N_VOCAB
 
 from recipe_search import ggml_ctypes
 from recipe_search.errors import RecipeSearchError
 from recipe_search.imatrix import collect_imatrix
 from recipe_search.imatrix_file import Imatrix
-from tiny_models import BOS_ID, N_VOCAB
 
 CTX = 64
 

@@ -9,7 +9,6 @@ import llama_cpp
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
-
 from tiny_models import BOS_ID, EOS_ID, N_VOCAB, write_dense
 
 F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16

@@ -1,0 +1,1 @@
+"""Commands that turn measurements into decisions: sensitivity, pareto, report, compare."""

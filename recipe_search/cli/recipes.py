@@ -1,0 +1,166 @@
+"""Commands on models and recipes: demo-model, inspect, size, export, import, quantize."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import _human_bytes, _imatrix_input, _model, _print_json, _warn, command
+
+
+# -- demo-model ------------------------------------------------------------------------------------
+def demo_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", help="cache directory (default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search)")
+
+
+@command("demo-model", "build (once) and print the path of the F16 Gemma 3 270M demo model")
+def demo_model(a: argparse.Namespace) -> int:
+    from ..demo import demo_model_path
+
+    print(demo_model_path(a.dir))
+    return 0
+
+
+# -- inspect ---------------------------------------------------------------------------------------
+def inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="GGUF file (any shard of a split model), or `demo`")
+    p.add_argument("--json", action="store_true")
+
+
+@command("inspect", "list a model's tensor types from its GGUF header")
+def inspect(a: argparse.Namespace) -> int:
+    from ..inventory import inventory_rows, read_inventory
+
+    inv = read_inventory(_model(a.model))
+    rows = inventory_rows(inv)
+    if a.json:
+        _print_json({"path": str(inv.path), "architecture": inv.arch, "blocks": inv.n_blocks,
+                     "tensors": len(inv.tensors), "params": inv.n_elements, "bytes": inv.n_bytes,
+                     "file_type": inv.file_type_label(), "tensor_types": rows})
+        return 0
+    print(f"{inv.path}  arch={inv.arch}  blocks={inv.n_blocks}  tensors={len(inv.tensors)}  "
+          f"params={inv.n_elements:,}  size={_human_bytes(inv.n_bytes)}  file_type={inv.file_type_label()}")
+    head = f"{'tensor type':<22}{'n':>4}  {'blocks':<12}{'params':>13}{'share':>7}  {'type(s)':<12}{'bytes':>12}{'bpw':>7}  {'quant':<6}{'rows':<8}admits without fallback"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        admits = " ".join(t for t in r["admits"] if t not in ("F32", "F16", "BF16")) if r["quantized_by_llama_cpp"] else "-"
+        rows_txt = ",".join(map(str, r["row_lengths"]))
+        print(f"{r['tensor_type']:<22}{r['count']:>4}  {r['blocks']:<12}{r['params']:>13,}{r['share'] * 100:>6.1f}%  "
+              f"{'/'.join(r['ggml_types']):<12}{r['bytes']:>12,}{r['bpw']:>7.2f}  "
+              f"{'yes' if r['quantized_by_llama_cpp'] else 'no':<6}{rows_txt:<8}{admits}")
+    narrow = [r["tensor_type"] for r in rows if r["quantized_by_llama_cpp"] and "Q4_K" not in r["admits"]]
+    if narrow:
+        print(f"\nK- and I-quants fall back on: {', '.join(narrow)} (row length not a multiple of 256)")
+    return 0
+
+
+# -- size ------------------------------------------------------------------------------------------
+def size_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("recipe")
+    p.add_argument("--imatrix", help="imatrix file the quantization will use (adds its metadata keys)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("size", "predict the exact output size of a recipe without quantizing")
+def size(a: argparse.Namespace) -> int:
+    from ..inventory import read_inventory
+    from ..recipe import load_recipe
+    from ..resolve import lint, resolve
+    from ..size import predict_size
+
+    inv = read_inventory(_model(a.model))
+    recipe = load_recipe(a.recipe)
+    _warn(lint(recipe, inv))
+    resolution = resolve(recipe, inv)
+    extra = _imatrix_input(a.imatrix).kv() if a.imatrix else None
+    pred = predict_size(resolution, inv, extra)
+    if a.json:
+        _print_json({**pred.to_dict(), "fallbacks": {k: dict(v) for k, v in resolution.fallbacks().items()}})
+        return 0
+    by_kind: dict[str, list] = {}
+    for t in pred.tensors:
+        by_kind.setdefault(t.kind, []).append(t)
+    print(f"{'tensor type':<22}{'types':<24}{'bytes':>14}{'bpw':>7}")
+    for kind, ts in by_kind.items():
+        types = sorted({t.ggml_type for t in ts})
+        nbytes, nel = sum(t.bytes for t in ts), sum(t.n_elements for t in ts)
+        print(f"{kind:<22}{'/'.join(types):<24}{nbytes:>14,}{nbytes * 8 / nel:>7.2f}")
+    for kind, moves in resolution.fallbacks().items():
+        print(f"fallback: {kind}: " + ", ".join(f"{n} x {m}" for m, n in moves.items()))
+    print(f"\nfile: {pred.file_bytes:,} bytes ({_human_bytes(pred.file_bytes)}), metadata {pred.metadata_bytes:,} bytes, "
+          f"{pred.bits_per_weight:.3f} bits per weight")
+    return 0
+
+
+# -- export / import -------------------------------------------------------------------------------
+def export_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe")
+    p.add_argument("--format", choices=["tensor-type-file", "args", "custom-q"], default="tensor-type-file")
+    p.add_argument("-o", "--output", help="write here instead of standard output")
+
+
+@command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
+def export_cmd(a: argparse.Namespace) -> int:
+    from ..export import export
+    from ..recipe import atomic_write_text, load_recipe
+
+    text = export(load_recipe(a.recipe), a.format)
+    if a.output:
+        atomic_write_text(Path(a.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def import_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("quant", help="an existing quantized GGUF")
+    p.add_argument("-o", "--output", help="recipe YAML to write (default: standard output)")
+    p.add_argument("--name")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+@command("import", "recover the recipe of an existing quantized GGUF")
+def import_cmd(a: argparse.Namespace) -> int:
+    from ..importer import import_recipe
+
+    recipe = import_recipe(_model(a.quant), a.name)
+    if a.output:
+        recipe.save(a.output, overwrite=a.force)
+        print(f"wrote {a.output} ({len(recipe.rules)} rules)")
+    else:
+        sys.stdout.write(recipe.to_yaml())
+    return 0
+
+
+# -- quantize --------------------------------------------------------------------------------------
+def quantize_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("recipe")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--imatrix")
+    p.add_argument("--allow-partial-imatrix", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+
+
+@command("quantize", "apply a recipe with llama.cpp's quantizer and check every tensor's type")
+def quantize_cmd(a: argparse.Namespace) -> int:
+    from ..inventory import read_inventory
+    from ..quantize import quantize_model
+    from ..recipe import load_recipe
+    from ..resolve import lint
+
+    model = _model(a.model)
+    recipe = load_recipe(a.recipe)
+    imatrix_path = a.imatrix or recipe.imatrix
+    inv = read_inventory(model)
+    _warn(lint(recipe, inv))
+    result = quantize_model(model, recipe, a.output, imatrix=_imatrix_input(imatrix_path) if imatrix_path else None,
+                            threads=a.threads, allow_partial_imatrix=a.allow_partial_imatrix, inventory=inv)
+    _warn(result.warnings)
+    for kind, moves in result.resolution.fallbacks().items():
+        print(f"fallback: {kind}: " + ", ".join(f"{n} x {m}" for m, n in moves.items()))
+    print(f"wrote {result.path} ({result.file_bytes:,} bytes) in {result.seconds:.1f} s; every tensor has its recipe type")
+    return 0

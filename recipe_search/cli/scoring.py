@@ -1,0 +1,134 @@
+"""Commands that measure: score."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import RecipeSearchError
+from . import _human_bytes, _imatrix_input, _model, _print_json, _warn, command
+
+
+# -- score -----------------------------------------------------------------------------------------
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", help="text file to score on, optionally a fraction: FILE[0:0.4] "
+                                  "(default: the built-in Python docstring text)")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-dir", help="reference-logits cache (default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search)")
+
+
+def _settings(a: argparse.Namespace):
+    from ..score import ScoreSettings
+    from ..text import TextSource
+
+    return ScoreSettings(text=TextSource.parse(a.text), ctx=a.ctx, chunks=a.chunks, threads=a.threads)
+
+
+def score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the unquantized base model (or `demo`)")
+    p.add_argument("target", help="a recipe YAML (quantized, scored, removed) or a quantized GGUF of the model")
+    _add_scoring_args(p)
+    p.add_argument("--imatrix")
+    p.add_argument("--allow-partial-imatrix", action="store_true")
+    p.add_argument("--speed", action="store_true", help="also measure prompt and generation tokens/s")
+    p.add_argument("--keep", metavar="OUT.gguf", help="keep the quantized file here")
+    p.add_argument("--json", action="store_true")
+
+
+@command("score", "KL divergence of a recipe or quant against the base model, as llama-perplexity computes it")
+def score(a: argparse.Namespace) -> int:
+    import time
+
+    from ..demo import cache_dir
+    from ..kld import bootstrap_quantile_ci
+    from ..recipe import load_recipe
+    from ..worker import Worker
+
+    model = _model(a.model)
+    settings = _settings(a)
+    cache = cache_dir(a.cache_dir)
+    worker = Worker(model, settings, cache, cache / "work", imatrix=_imatrix_input(a.imatrix) if a.imatrix else None)
+    _check_text_overlap(settings, a.imatrix)
+    start = time.perf_counter()
+    ref = worker.reference
+    how = f"cached, {ref.path}" if worker.reference_was_cached else f"computed in {worker.reference_seconds:.1f} s"
+    if a.target.endswith(".gguf"):
+        from ..inventory import read_inventory
+        from ..score import score_quant
+
+        scored = score_quant(Path(a.target), ref, settings)
+        metrics = {**scored.summary.to_dict()}
+        kld_tokens = scored.stats.kld
+        quant_inv = read_inventory(a.target)
+        file_bytes, bpw = Path(a.target).stat().st_size, quant_inv.n_bytes * 8 / quant_inv.n_elements
+        speed, fallbacks = {}, {}
+        if a.speed:
+            from ..llama import LlamaModel
+
+            with LlamaModel(Path(a.target), n_threads=settings.threads) as lm:
+                pp, tg = lm.generate_speed()
+            speed = {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
+    else:
+        recipe = load_recipe(a.target)
+        m = worker.measure(recipe, speed=a.speed, out=Path(a.keep) if a.keep else None)
+        metrics, kld_tokens, file_bytes, bpw, speed, fallbacks = (m.metrics, m.kld_tokens, m.file_bytes, m.bpw,
+                                                                   m.speed, m.fallbacks)
+    import math
+
+    metrics.setdefault("ppl_ratio", math.exp(metrics["ln_ppl_ratio"]))
+    lo, hi = bootstrap_quantile_ci(kld_tokens, 0.999)
+    result = {"reference": {"cached": worker.reference_was_cached, "path": str(ref.path),
+                            "seconds": worker.reference_seconds, "text": settings.text.label},
+              "file_bytes": file_bytes, "bpw": bpw, "metrics": metrics, "kld_p999_ci95": [lo, hi],
+              "speed": speed, "fallbacks": fallbacks, "seconds": time.perf_counter() - start}
+    if a.json:
+        _print_json(result)
+        return 0
+    s = metrics
+    print(f"reference: {how}  (text {settings.text.label}, ctx {settings.ctx}, {ref.meta['n_chunks']} chunks)")
+    print(f"size: {file_bytes:,} bytes ({_human_bytes(file_bytes)}), {bpw:.3f} bits per weight")
+    for kind, moves in fallbacks.items():
+        print(f"fallback: {kind}: " + ", ".join(f"{n} x {mv}" for mv, n in moves.items()))
+    print(f"scored tokens:   {s['n_tokens']}")
+    print(f"PPL(Q):          {s['ppl_q']:.4f} +/- {s['ppl_q_err']:.4f}")
+    print(f"PPL(base):       {s['ppl_base']:.4f} +/- {s['ppl_base_err']:.4f}")
+    print(f"ln(PPL(Q)/PPL(base)): {s['ln_ppl_ratio']:.6f} +/- {s['ln_ppl_ratio_err']:.6f}  (ratio {s['ppl_ratio']:.4f})")
+    print(f"Mean    KLD:     {s['kld_mean']:.6f} +/- {s['kld_mean_err']:.6f}")
+    print(f"Maximum KLD:     {s['kld_max']:.6f}")
+    print(f"99.9%   KLD:     {s['kld_p999']:.6f}  (95% bootstrap CI {lo:.6f} .. {hi:.6f})")
+    print(f"99.0%   KLD:     {s['kld_p99']:.6f}")
+    print(f"95.0%   KLD:     {s['kld_p95']:.6f}")
+    print(f"90.0%   KLD:     {s['kld_p90']:.6f}")
+    print(f"Median  KLD:     {s['kld_median']:.6f}")
+    print(f"Mean    Δp:      {100 * s['dp_mean']:.3f} +/- {100 * s['dp_mean_err']:.3f} %")
+    print(f"RMS     Δp:      {100 * s['dp_rms']:.3f} +/- {100 * s['dp_rms_err']:.3f} %")
+    print(f"Δp percentiles:  1% {100 * s['dp_p1']:.3f}  5% {100 * s['dp_p5']:.3f}  50% {100 * s['dp_median']:.3f}  "
+          f"95% {100 * s['dp_p95']:.3f}  99% {100 * s['dp_p99']:.3f}  max {100 * s['dp_max']:.3f} %")
+    print(f"Same top p:      {100 * s['same_top']:.3f} +/- {100 * s['same_top_err']:.3f} %")
+    if speed:
+        print(f"speed:           prompt {speed['pp_tokens_per_s']:.1f} tok/s, generation {speed['tg_tokens_per_s']:.1f} tok/s")
+    if s["n_tokens"] < 10_000:
+        print(f"note: {s['n_tokens']} scored tokens: the 99.9th percentile rests on the top "
+              f"{max(1, round(s['n_tokens'] / 1000))} or so tokens; use more --chunks for a firmer tail")
+    print(f"time: {result['seconds']:.1f} s")
+    return 0
+
+
+def _check_text_overlap(settings, imatrix_path: str | None) -> None:
+    """Warn when the scoring text overlaps the imatrix's calibration text."""
+    if not imatrix_path:
+        return
+    from ..imatrix_file import load_imatrix
+    from ..text import TextSource
+
+    for dataset in load_imatrix(imatrix_path).datasets:
+        try:
+            calib = TextSource.parse(dataset)
+        except RecipeSearchError:
+            continue
+        same_name = calib.path is not None and settings.text.path is not None and \
+            calib.path.name == settings.text.path.name
+        if same_name and calib.start < settings.text.end and settings.text.start < calib.end:
+            _warn([f"the imatrix was computed on {dataset}, which overlaps the scoring text {settings.text.label}"])
