@@ -1,1 +1,1 @@
-"""Commands that turn measurements into decisions: sensitivity, pareto, report, compare."""
+"""Commands that turn measurements into decisions: pareto, report, compare."""

@@ -1,0 +1,1 @@
+"""Commands on sensitivity sweeps and the surrogate: sensitivity."""
