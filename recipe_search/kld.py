@@ -294,12 +294,14 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic: Callable[[np.ndarr
 
 
 def default_max_entries(n_vocab: int) -> int:
-    """Per-token cap on kept entries: 1% of the vocabulary (all of a small one, up to 256).
+    """Per-token cap on kept entries: 1% of a large vocabulary, up to 2,048 entries of a small one.
 
-    At 8 bytes an entry plus 24 per token this is ≤ 4.1% of llama-perplexity's base file
-    (2 bytes per vocabulary entry per token) even if every token hits the cap.
+    For a 262,144-entry vocabulary, at 8 bytes an entry plus 24 per token, this is ≤ 4.1% of
+    llama-perplexity's base file (2 bytes per vocabulary entry per token) even if every token hits the
+    cap. Small vocabularies of weak models can have thousands of entries above −16 per token; 2,048
+    keeps their cache no larger than llama-perplexity's file for an 8,192-entry vocabulary.
     """
-    return max(min(n_vocab, 256), n_vocab // 100)
+    return max(min(n_vocab, 2048), n_vocab // 100)
 
 
 @dataclass

@@ -103,8 +103,9 @@ def check_imatrix(resolution: Resolution, imatrix: ImatrixInput | None, allow_pa
             wrong.append(f"{r.tensor.name} ({arr.size} != {expected})")
     if wrong:
         raise RecipeSearchError(f"imatrix entries of the wrong width: {_short_list(wrong)}", imatrix.file)
+    # llama-imatrix never collects token embeddings, nor output.weight without --process-output
     missing = [r.tensor.name for r in quantized if r.tensor.name not in imatrix.arrays
-               and not _is_token_embd(r.tensor.name)]
+               and not _is_token_embd(r.tensor.name) and r.tensor.name != "output.weight"]
     needed = [n for n in missing if requires_imatrix(n, resolution.types()[n], ft)]
     if needed or (missing and not allow_partial):
         raise RecipeSearchError(f"imatrix has no entry for {len(missing)} tensor(s) to be quantized: "

@@ -202,3 +202,42 @@ def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
     stats = TokenStats.concat(parts)
     done = time.perf_counter()
     return ScoreResult(summarize(stats), stats, loaded - start, done - loaded)
+
+
+def write_base_file(model: Path, settings: ScoreSettings, out: Path) -> int:
+    """Write llama-perplexity's ``--kl-divergence-base`` file for the base model; returns the chunk count."""
+    from .kld_base_file import KLDBaseFileWriter
+
+    text = settings.text.read()
+    with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq) as lm:
+        tokens = lm.tokenize(text)
+        if len(tokens) < 2 * settings.ctx:
+            raise RecipeSearchError(f"the text has {len(tokens)} tokens; at least 2 x ctx = {2 * settings.ctx} "
+                                    "are needed", settings.text.path or settings.text.label)
+        chunks = chunk_tokens(tokens, settings.ctx, settings.chunks, lm.add_bos, lm.bos_id)
+        raw = np.asarray(tokens[:chunks.size], dtype=np.int32).reshape(chunks.shape)  # stored before the BOS swap
+        first, _ = scored_range(settings.ctx)
+        with KLDBaseFileWriter(out, raw, lm.n_vocab) as writer:
+            for _, logits in evaluate(lm, chunks, first):
+                writer.write_chunk(logits)
+    return len(chunks)
+
+
+def score_against_base_file(quant: Path, base_file: Path, settings: ScoreSettings) -> ScoreResult:
+    """Score a quant against a llama-perplexity base file (tokens come from the file), as llama-perplexity does."""
+    from .kld_base_file import KLDBaseFile
+
+    base = KLDBaseFile(base_file)
+    start = time.perf_counter()
+    with LlamaModel(quant, n_threads=settings.threads, n_ctx=base.n_ctx, n_seq=settings.n_seq) as lm:
+        if lm.n_vocab != base.n_vocab:
+            raise RecipeSearchError(f"vocabulary of {base.n_vocab} entries, but {quant.name} has {lm.n_vocab}",
+                                    base_file)
+        chunks = np.array(base.tokens, dtype=np.int32)
+        if lm.add_bos:
+            chunks[:, 0] = lm.bos_id
+        loaded = time.perf_counter()
+        parts = [base.token_stats(i, logits) for i, logits in evaluate(lm, chunks, base.n_ctx // 2)]
+    stats = TokenStats.concat(parts)
+    done = time.perf_counter()
+    return ScoreResult(summarize(stats), stats, loaded - start, done - loaded)

@@ -81,6 +81,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def speed_of(quant: Path, threads: int) -> dict[str, float]:
+    """Prompt-processing and generation tokens per second of a GGUF on this machine."""
+    with LlamaModel(quant, n_threads=threads, n_ctx=512) as lm:
+        pp, tg = lm.generate_speed()
+    return {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
+
+
 class Worker:
     """Measures recipes for one base model, text and scoring setup."""
 
@@ -128,11 +135,7 @@ class Worker:
             if q.file_bytes != predicted.file_bytes:
                 raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {q.file_bytes}", path)
             scored = score_quant(path, reference, self.settings, on_chunk)
-            speed_numbers = {}
-            if speed:
-                with LlamaModel(path, n_threads=self.settings.threads, n_ctx=512) as lm:
-                    pp, tg = lm.generate_speed()
-                speed_numbers = {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
+            speed_numbers = speed_of(path, self.settings.threads) if speed else {}
         finally:
             if not self.keep and out is None:
                 path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import RecipeSearchError
@@ -34,63 +35,72 @@ def score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-partial-imatrix", action="store_true")
     p.add_argument("--speed", action="store_true", help="also measure prompt and generation tokens/s")
     p.add_argument("--keep", metavar="OUT.gguf", help="keep the quantized file here")
+    p.add_argument("--base", metavar="BASE.kld", help="score against a llama-perplexity --kl-divergence-base file "
+                                                      "(its tokens; full 16-bit distributions) instead of the cache")
     p.add_argument("--json", action="store_true")
 
 
 @command("score", "KL divergence of a recipe or quant against the base model, as llama-perplexity computes it")
 def score(a: argparse.Namespace) -> int:
+    import math
     import time
 
     from ..demo import cache_dir
+    from ..inventory import read_inventory
     from ..kld import bootstrap_quantile_ci
+    from ..quantize import quantize_model
     from ..recipe import load_recipe
-    from ..worker import Worker
+    from ..score import score_against_base_file, score_quant
+    from ..worker import TRIAL_PREFIX, Worker, speed_of
 
     model = _model(a.model)
     settings = _settings(a)
     cache = cache_dir(a.cache_dir)
-    worker = Worker(model, settings, cache, cache / "work", imatrix=_imatrix_input(a.imatrix) if a.imatrix else None)
+    imatrix = _imatrix_input(a.imatrix) if a.imatrix else None
+    worker = Worker(model, settings, cache, cache / "work", imatrix=imatrix)
     _check_text_overlap(settings, a.imatrix)
     start = time.perf_counter()
-    ref = worker.reference
-    how = f"cached, {ref.path}" if worker.reference_was_cached else f"computed in {worker.reference_seconds:.1f} s"
+    if a.base:
+        how = f"llama-perplexity base file {a.base}"
+    else:
+        ref = worker.reference
+        how = (f"cached, {ref.path}" if worker.reference_was_cached else
+               f"computed in {worker.reference_seconds:.1f} s, {ref.path}")
+        how += f" (text {settings.text.label}, ctx {settings.ctx}, {ref.meta['n_chunks']} chunks)"
+    fallbacks: dict = {}
     if a.target.endswith(".gguf"):
-        from ..inventory import read_inventory
-        from ..score import score_quant
-
-        scored = score_quant(Path(a.target), ref, settings)
-        metrics = {**scored.summary.to_dict()}
-        kld_tokens = scored.stats.kld
-        quant_inv = read_inventory(a.target)
-        file_bytes, bpw = Path(a.target).stat().st_size, quant_inv.n_bytes * 8 / quant_inv.n_elements
-        speed, fallbacks = {}, {}
-        if a.speed:
-            from ..llama import LlamaModel
-
-            with LlamaModel(Path(a.target), n_threads=settings.threads) as lm:
-                pp, tg = lm.generate_speed()
-            speed = {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
+        quant, temporary = Path(a.target), False
     else:
         recipe = load_recipe(a.target)
-        m = worker.measure(recipe, speed=a.speed, out=Path(a.keep) if a.keep else None)
-        metrics, kld_tokens, file_bytes, bpw, speed, fallbacks = (m.metrics, m.kld_tokens, m.file_bytes, m.bpw,
-                                                                   m.speed, m.fallbacks)
-    import math
-
-    metrics.setdefault("ppl_ratio", math.exp(metrics["ln_ppl_ratio"]))
-    lo, hi = bootstrap_quantile_ci(kld_tokens, 0.999)
-    result = {"reference": {"cached": worker.reference_was_cached, "path": str(ref.path),
-                            "seconds": worker.reference_seconds, "text": settings.text.label},
-              "file_bytes": file_bytes, "bpw": bpw, "metrics": metrics, "kld_p999_ci95": [lo, hi],
-              "speed": speed, "fallbacks": fallbacks, "seconds": time.perf_counter() - start}
+        quant = Path(a.keep) if a.keep else worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-score.gguf"
+        temporary = not a.keep
+        q = quantize_model(model, recipe, quant, imatrix=imatrix, threads=settings.threads,
+                           allow_partial_imatrix=a.allow_partial_imatrix, inventory=worker.inventory)
+        _warn(q.warnings)
+        fallbacks = {k: dict(v) for k, v in q.resolution.fallbacks().items()}
+    try:
+        scored = (score_against_base_file(quant, Path(a.base), settings) if a.base
+                  else score_quant(quant, worker.reference, settings))
+        speed = speed_of(quant, settings.threads) if a.speed else {}
+        quant_inv = read_inventory(quant)
+        file_bytes, bpw = quant.stat().st_size, quant_inv.n_bytes * 8 / quant_inv.n_elements
+    finally:
+        if temporary:
+            quant.unlink(missing_ok=True)
+    metrics = scored.summary.to_dict()
+    metrics["ppl_ratio"] = math.exp(metrics["ln_ppl_ratio"])
+    lo, hi = bootstrap_quantile_ci(scored.stats.kld, 0.999)
+    result = {"reference": how, "file_bytes": file_bytes, "bpw": bpw, "metrics": metrics,
+              "kld_p999_ci95": [lo, hi], "speed": speed, "fallbacks": fallbacks,
+              "seconds": time.perf_counter() - start}
     if a.json:
         _print_json(result)
         return 0
-    s = metrics
-    print(f"reference: {how}  (text {settings.text.label}, ctx {settings.ctx}, {ref.meta['n_chunks']} chunks)")
+    print(f"reference: {how}")
     print(f"size: {file_bytes:,} bytes ({_human_bytes(file_bytes)}), {bpw:.3f} bits per weight")
     for kind, moves in fallbacks.items():
         print(f"fallback: {kind}: " + ", ".join(f"{n} x {mv}" for mv, n in moves.items()))
+    s = metrics
     print(f"scored tokens:   {s['n_tokens']}")
     print(f"PPL(Q):          {s['ppl_q']:.4f} +/- {s['ppl_q_err']:.4f}")
     print(f"PPL(base):       {s['ppl_base']:.4f} +/- {s['ppl_base_err']:.4f}")
@@ -132,3 +142,49 @@ def _check_text_overlap(settings, imatrix_path: str | None) -> None:
             calib.path.name == settings.text.path.name
         if same_name and calib.start < settings.text.end and settings.text.start < calib.end:
             _warn([f"the imatrix was computed on {dataset}, which overlaps the scoring text {settings.text.label}"])
+
+
+# -- base-logits / imatrix -------------------------------------------------------------------------
+def base_logits_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the unquantized base model (or `demo`)")
+    _add_scoring_args(p)
+    p.add_argument("-o", "--output", required=True, help="file to write (llama-perplexity --kl-divergence-base format)")
+
+
+@command("base-logits", "write the base model's logits in llama-perplexity's --kl-divergence-base format")
+def base_logits(a: argparse.Namespace) -> int:
+    from ..score import write_base_file
+
+    n = write_base_file(_model(a.model), _settings(a), Path(a.output))
+    print(f"wrote {a.output}: {n} chunks of {a.ctx} tokens ({_human_bytes(Path(a.output).stat().st_size)})")
+    return 0
+
+
+def imatrix_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the unquantized model (or `demo`)")
+    p.add_argument("--text", required=True, help="calibration text, FILE or FILE[0.4:1]; keep it apart from "
+                                                 "the scoring text")
+    p.add_argument("-o", "--output", required=True, help="imatrix file to write (llama.cpp's GGUF format)")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--chunks", type=int, help="chunks to evaluate (default: all the text holds)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--process-output", action="store_true", help="also collect output.weight, as llama-imatrix "
+                                                                 "--process-output does")
+
+
+@command("imatrix", "compute an importance matrix in-process, as llama-imatrix does")
+def imatrix_cmd(a: argparse.Namespace) -> int:
+    import time
+
+    from ..imatrix import collect_imatrix
+    from ..imatrix_file import save_imatrix_gguf
+    from ..text import TextSource
+
+    source = TextSource.parse(a.text)
+    start = time.perf_counter()
+    im = collect_imatrix(_model(a.model), source.read(), ctx=a.ctx, n_chunks=a.chunks, n_threads=a.threads,
+                         process_output=a.process_output, dataset=source.label)
+    save_imatrix_gguf(im, a.output)
+    print(f"wrote {a.output}: {len(im.entries)} entries from {im.chunk_count} chunks of {im.chunk_size} tokens "
+          f"of {source.label} in {time.perf_counter() - start:.1f} s")
+    return 0
