@@ -25,7 +25,7 @@ from .kld import KLDSummary, SparseReference, TokenStats, summarize, token_stats
 from .llama import LlamaModel, chunk_tokens, evaluate, scored_range
 from .text import TextSource, text_sha256
 
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2
 _PER_TOKEN = {"remainder": np.float32, "dropped": np.float32, "top": np.int32, "nll_base": np.float32}
 _PER_ENTRY = {"indices": np.int32, "logprobs": np.float32}
 

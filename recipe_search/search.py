@@ -31,6 +31,7 @@ from .quantize import ImatrixInput
 from .recipe import Recipe, recipe_from_dict
 from .score import ScoreSettings, StopScoring
 from .space import MAXIMISE, SearchSpace, StudyConfig, build_space, reference_recipes
+from .surrogate import enqueue_seeds
 from .text import TextSource
 from .worker import Measurement, Worker, clean_workdir, encode_array
 
@@ -248,6 +249,7 @@ def enqueue_references(ctx: StudyContext) -> int:
         if choice is not None:
             ctx.study.enqueue_trial(choice, user_attrs={"reference": recipe.name}, skip_if_exists=True)
             n += 1
+    n += enqueue_seeds(ctx)
     ctx.study.set_user_attr("references_enqueued", True)
     return n
 

@@ -74,6 +74,7 @@ class StudyConfig(BaseModel):
     seed: int = 0
     prune: bool = True
     surrogate_seeds: int = 0  # recipes from the sensitivity surrogate enqueued at start
+    sensitivity: str | None = None  # the sensitivity table directory the surrogate seeds come from
 
     @field_validator("objectives")
     @classmethod
