@@ -1,0 +1,290 @@
+"""An additive surrogate from a sensitivity table, the size-target allocator, and surrogate-seeded studies.
+
+Every single-type cell's KLD is measured against the base model, which has zero KLD against itself,
+so a full recipe's mean KLD is predicted as the sum of its tensor types' cell means, and its tail from
+the cells' per-token KLD vectors summed token by token (then the 99%, 99.9% and max of the sum). A tensor
+type set in only some of its blocks (a band, a llama.cpp mixture) counts with that share of its elements.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .errors import RecipeSearchError
+from .ggml_types import GGMLType
+from .inventory import Inventory, model_fingerprint
+from .kld import percentile
+from .recipe import Recipe
+from .resolve import Resolution, ResolvedTensor, resolve
+from .sensitivity import SensitivityTable, cell_key
+from .size import predict_size
+from .space import Parameter, SearchSpace, StudyConfig
+
+if TYPE_CHECKING:
+    from .search import StudyContext
+
+#: what the surrogate predicts (and can allocate for)
+SURROGATE_METRICS = ("kld_mean", "kld_p99", "kld_p999", "kld_max")
+SurrogateMetric = Literal["kld_mean", "kld_p99", "kld_p999", "kld_max"]
+#: size bins of the dynamic programme
+DP_BINS = 2000
+
+
+@dataclass(frozen=True)
+class Prediction:
+    kld_mean: float
+    kld_p99: float
+    kld_p999: float
+    kld_max: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def tail_metric(tokens: np.ndarray, metric: str) -> float:
+    """99%, 99.9% (llama-perplexity's percentile) or max of per-token KLD values."""
+    s = np.sort(tokens.astype(np.float32))
+    return {"kld_p99": lambda: percentile(s, 0.99), "kld_p999": lambda: percentile(s, 0.999),
+            "kld_max": lambda: float(s[-1])}[metric]()
+
+
+class Surrogate:
+    """Predicts a recipe's KLD statistics for one model from its sensitivity table."""
+
+    def __init__(self, table: SensitivityTable, inv: Inventory) -> None:
+        if table.meta.get("model_fingerprint") != model_fingerprint(inv):
+            raise RecipeSearchError(f"the sensitivity table was measured on another model "
+                                    f"({table.meta.get('model')})", table.directory)
+        if not table.rows:
+            raise RecipeSearchError("the sensitivity table has no cells", table.directory)
+        self.table, self.inv = table, inv
+        self.means = {cell_key(r["tensor_type"], r["ggml_type"]): float(r["kld_mean"]) for r in table.rows}
+        self.n_tokens = len(next(iter(table.tokens.values())))
+
+    def missing(self, tensors: Iterable[ResolvedTensor]) -> list[str]:
+        """Cells the prediction for ``tensors`` would need and the table lacks."""
+        return sorted({cell_key(r.tensor.kind, r.ggml_type.name) for r in tensors
+                       if r.ggml_type != r.tensor.ggml_type and cell_key(r.tensor.kind, r.ggml_type.name) not in self.means})
+
+    def contribution(self, tensors: Iterable[ResolvedTensor]) -> tuple[float, np.ndarray]:
+        """Mean KLD and per-token KLD that ``tensors`` add (each at its resolved type; zero at the source type)."""
+        elements: dict[str, int] = defaultdict(int)
+        for r in tensors:
+            if r.ggml_type != r.tensor.ggml_type:
+                elements[cell_key(r.tensor.kind, r.ggml_type.name)] += r.tensor.n_elements
+        mean, tokens = 0.0, np.zeros(self.n_tokens, np.float64)
+        for key, n in elements.items():
+            if key not in self.means:
+                raise RecipeSearchError(f"no cell {key.replace('|', ' ')} in the sensitivity table", self.table.directory)
+            share = n / self.inv.kinds[key.split("|")[0]].n_elements
+            mean += share * self.means[key]
+            tokens += share * self.table.tokens[key]
+        return mean, tokens
+
+    def predict(self, resolution: Resolution) -> Prediction:
+        mean, tokens = self.contribution(resolution.tensors)
+        return Prediction(mean, *(tail_metric(tokens, m) for m in SURROGATE_METRICS[1:]))
+
+    def predict_recipe(self, recipe: Recipe) -> Prediction:
+        return self.predict(resolve(recipe, self.inv))
+
+
+@dataclass(frozen=True)
+class _Option:
+    index: int  # into the parameter's ladder
+    file_bytes: int  # relative to every parameter at ladder index 0
+    tensor_bytes: int
+    mean: float
+    tokens: np.ndarray
+
+
+@dataclass(frozen=True)
+class Allocation:
+    choice: dict[str, int]  # parameter name -> ladder index
+    recipe: Recipe
+    file_bytes: int
+    bpw: float
+    prediction: Prediction
+
+
+def _covers(p: Parameter, r: ResolvedTensor) -> bool:
+    return r.tensor.kind in p.kinds and (p.blocks is None or r.tensor.block in p.blocks)
+
+
+class Allocator:
+    """The recipe of a search space the surrogate rates best at or under a size target.
+
+    Sizes are exact (`predict_size` is additive over tensors). A dynamic programme over discretised size
+    picks the ladder indices of least summed mean KLD; for a tail metric, single and paired ladder moves
+    then lower the predicted tail while the size stays within the target. Ladder types the table has no
+    cell for are left out; tied groups and fixed types come from the space.
+    """
+
+    def __init__(self, surrogate: Surrogate, space: SearchSpace, extra_kv: dict[str, str | int] | None = None) -> None:
+        self.surrogate, self.space, self.extra_kv = surrogate, space, extra_kv
+        inv = surrogate.inv
+        first = {p.name: 0 for p in space.parameters}
+        base_resolution = resolve(space.recipe(first), inv)
+        base = predict_size(base_resolution, inv, extra_kv)
+        self.base_bytes, self.base_tensor_bytes, self.n_elements = base.file_bytes, base.tensor_bytes, base.n_elements
+        fixed = [r for r in base_resolution.tensors if not any(_covers(p, r) for p in space.parameters)]
+        self.fixed_mean, self.fixed_tokens = surrogate.contribution(fixed)
+        self.options: list[list[_Option]] = []
+        for p in space.parameters:
+            options = []
+            for j in range(len(p.ladder)):
+                resolution = resolve(space.recipe({**first, p.name: j}), inv)
+                own = [r for r in resolution.tensors if _covers(p, r)]
+                if surrogate.missing(own):
+                    continue
+                size = predict_size(resolution, inv, extra_kv)
+                mean, tokens = surrogate.contribution(own)
+                options.append(_Option(j, size.file_bytes - self.base_bytes, size.tensor_bytes - self.base_tensor_bytes,
+                                       mean, tokens))
+            if not options:
+                raise RecipeSearchError(f"no ladder type of {p.name} has a cell in the sensitivity table",
+                                        surrogate.table.directory)
+            self.options.append(options)
+
+    def _cost(self, o: _Option, unit: str) -> int:
+        return o.file_bytes if unit == "bytes" else o.tensor_bytes
+
+    def size_range(self, unit: Literal["bytes", "bpw"] = "bytes") -> tuple[float, float]:
+        """The smallest and largest recipe over the ladders, in file bytes or bits per weight."""
+        lo = sum(min(self._cost(o, unit) for o in opts) for opts in self.options)
+        hi = sum(max(self._cost(o, unit) for o in opts) for opts in self.options)
+        if unit == "bytes":
+            return self.base_bytes + lo, self.base_bytes + hi
+        return tuple((self.base_tensor_bytes + x) * 8 / self.n_elements for x in (lo, hi))
+
+    def allocate(self, target: float, unit: Literal["bytes", "bpw"] = "bytes",
+                 metric: SurrogateMetric = "kld_p999") -> Allocation:
+        """The surrogate's best recipe at or under ``target`` file bytes (or bits per weight)."""
+        if metric not in SURROGATE_METRICS:
+            raise RecipeSearchError(f"the surrogate predicts {', '.join(SURROGATE_METRICS)}, not {metric}")
+        cap = int(target) - self.base_bytes if unit == "bytes" else \
+            int(target * self.n_elements / 8) - self.base_tensor_bytes
+        costs = [[self._cost(o, unit) for o in opts] for opts in self.options]
+        picks = _knapsack(costs, [[o.mean for o in opts] for opts in self.options], cap)
+        if picks is None:
+            lo, _ = self.size_range(unit)
+            raise RecipeSearchError(f"size target {target:g} is below the smallest recipe of the ladders ({lo:g})")
+        if metric != "kld_mean":
+            picks = self._improve_tail(picks, costs, cap, metric)
+        choice = {p.name: self.options[i][k].index for i, (p, k) in enumerate(zip(self.space.parameters, picks))}
+        recipe = self.space.recipe(choice, name=f"surrogate-{target:.3f}bpw" if unit == "bpw" else f"surrogate-{int(target)}B")
+        resolution = resolve(recipe, self.surrogate.inv)
+        size = predict_size(resolution, self.surrogate.inv, self.extra_kv)
+        return Allocation(choice, recipe, size.file_bytes, size.bits_per_weight, self.surrogate.predict(resolution))
+
+    def _improve_tail(self, picks: list[int], costs: list[list[int]], cap: int, metric: str) -> list[int]:
+        """Hill-climb the tail metric: one parameter to any type, or one up and another down a step."""
+        picks = list(picks)
+        total = self.fixed_tokens + sum(self.options[i][k].tokens for i, k in enumerate(picks))
+        used = sum(costs[i][k] for i, k in enumerate(picks))
+        current = tail_metric(total, metric)
+        ladders = [sorted(range(len(c)), key=lambda k, c=c: c[k]) for c in costs]
+        while True:
+            moves: list[list[tuple[int, int]]] = [[(i, k)] for i in range(len(picks)) for k in range(len(costs[i]))
+                                                  if k != picks[i]]
+            for i, up in enumerate(ladders):
+                pos_i = up.index(picks[i])
+                for j, down in enumerate(ladders):
+                    pos_j = down.index(picks[j])
+                    if i != j and pos_i + 1 < len(up) and pos_j > 0:
+                        moves.append([(i, up[pos_i + 1]), (j, down[pos_j - 1])])
+            best, best_value = None, current
+            for move in moves:
+                extra = sum(costs[i][k] - costs[i][picks[i]] for i, k in move)
+                if used + extra > cap:
+                    continue
+                trial = total + sum(self.options[i][k].tokens - self.options[i][picks[i]].tokens for i, k in move)
+                value = tail_metric(trial, metric)
+                if value < best_value * (1 - 1e-9):
+                    best, best_value = move, value
+            if best is None:
+                return picks
+            for i, k in best:
+                total = total + self.options[i][k].tokens - self.options[i][picks[i]].tokens
+                used += costs[i][k] - costs[i][picks[i]]
+                picks[i] = k
+            current = best_value
+
+
+def _knapsack(costs: list[list[int]], values: list[list[float]], cap: int) -> list[int] | None:
+    """Multiple-choice knapsack: one option per group, summed cost <= cap, least summed value.
+
+    Costs are rounded up onto DP_BINS bins of the spare room, so every answer fits exactly (the price is
+    a pick up to one bin's width short of the best). None when even the cheapest options do not fit.
+    """
+    floor = [min(c) for c in costs]
+    spare = cap - sum(floor)
+    if spare < 0:
+        return None
+    n = DP_BINS if spare > 0 else 0
+    bins = [[0 if c == f else (-(-(c - f) * n // spare) if spare else n + 1) for c in cs]
+            for cs, f in zip(costs, floor)]
+    best = np.zeros(n + 1)
+    taken = np.zeros((len(costs), n + 1), dtype=np.int32)
+    for g, (bs, vs) in enumerate(zip(bins, values)):
+        new = np.full(n + 1, np.inf)
+        for k, (b, v) in enumerate(zip(bs, vs)):
+            if b > n:
+                continue
+            candidate = np.full(n + 1, np.inf)
+            candidate[b:] = best[:n + 1 - b] + v
+            better = candidate < new
+            new[better] = candidate[better]
+            taken[g, better] = k
+        best = new
+    picks, room = [], n
+    for g in range(len(costs) - 1, -1, -1):
+        k = int(taken[g, room])
+        picks.append(k)
+        room -= bins[g][k]
+    return picks[::-1]
+
+
+def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
+                     extra_kv: dict[str, str | int] | None = None) -> list[Allocation]:
+    """The surrogate-optimal recipes at ``config.surrogate_seeds`` size targets spread evenly over the
+    ladders' size range (inside the study's size band), for the study's first quality objective."""
+    if not config.sensitivity:
+        raise RecipeSearchError("surrogate_seeds needs `sensitivity`, the directory of a sensitivity table")
+    allocator = Allocator(Surrogate(SensitivityTable.load(Path(config.sensitivity)), inv), space, extra_kv)
+    metric = next((o for o in config.objectives if o in SURROGATE_METRICS), "kld_mean")
+    unit: Literal["bytes", "bpw"] = "bpw" if config.max_bpw is not None or config.min_bpw is not None else "bytes"
+    lo, hi = allocator.size_range(unit)
+    if unit == "bytes":
+        hi = min(hi, config.max_bytes) if config.max_bytes is not None else hi
+    else:
+        lo = max(lo, config.min_bpw) if config.min_bpw is not None else lo
+        hi = min(hi, config.max_bpw) if config.max_bpw is not None else hi
+    n = config.surrogate_seeds
+    out, seen = [], set()
+    for i in range(n):
+        a = allocator.allocate(lo + (hi - lo) * (i + 1) / (n + 1), unit, metric)
+        key = tuple(sorted(a.choice.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+def enqueue_seeds(ctx: StudyContext) -> int:
+    """Enqueue the study's surrogate seeds as trials (none unless ``surrogate_seeds`` is set)."""
+    if not ctx.config.surrogate_seeds:
+        return 0
+    extra_kv = ctx.worker.imatrix.kv() if ctx.worker.imatrix else None
+    seeds = seed_allocations(ctx.config, ctx.space, ctx.worker.inventory, extra_kv)
+    for a in seeds:
+        ctx.study.enqueue_trial(a.choice, user_attrs={"surrogate_seed": a.recipe.name,
+                                                      "surrogate_prediction": a.prediction.to_dict()},
+                                skip_if_exists=True)
+    return len(seeds)
