@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,9 +233,3 @@ def run_sweep(worker: Worker, out: Path, tensor_types: list[str] | None = None, 
             f"99.9% {m.metrics['kld_p999']:.4f} ({sum(m.seconds.values()):.1f} s)")
     return table
 
-
-def rows_for(table: SensitivityTable, tensor_types: Iterable[str] | None = None) -> list[dict]:
-    """The table's rows, optionally of some tensor types only, ordered by tensor type then bits."""
-    wanted = None if tensor_types is None else set(tensor_types)
-    rows = [r for r in table.rows if wanted is None or r["tensor_type"] in wanted]
-    return sorted(rows, key=lambda r: (r["tensor_type"], -r["bpw"]))

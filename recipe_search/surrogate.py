@@ -8,6 +8,7 @@ type set in only some of its blocks (a band, a llama.cpp mixture) counts with th
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .errors import RecipeSearchError
-from .ggml_types import GGMLType
 from .inventory import Inventory, model_fingerprint
 from .kld import percentile
 from .recipe import Recipe
@@ -121,8 +121,8 @@ class Allocator:
     """The recipe of a search space the surrogate rates best at or under a size target.
 
     Sizes are exact (`predict_size` is additive over tensors). A dynamic programme over discretised size
-    picks the ladder indices of least summed mean KLD; for a tail metric, single and paired ladder moves
-    then lower the predicted tail while the size stays within the target. Ladder types the table has no
+    picks the ladder indices of least summed mean KLD; single and paired ladder moves then lower the
+    predicted metric (the mean, or a tail of the summed per-token KLD) while the size stays within the target. Ladder types the table has no
     cell for are left out; tied groups and fixed types come from the space.
     """
 
@@ -175,43 +175,46 @@ class Allocator:
         if picks is None:
             lo, _ = self.size_range(unit)
             raise RecipeSearchError(f"size target {target:g} is below the smallest recipe of the ladders ({lo:g})")
-        if metric != "kld_mean":
-            picks = self._improve_tail(picks, costs, cap, metric)
+        picks = self._improve(picks, costs, cap, metric)
         choice = {p.name: self.options[i][k].index for i, (p, k) in enumerate(zip(self.space.parameters, picks))}
         recipe = self.space.recipe(choice, name=f"surrogate-{target:.3f}bpw" if unit == "bpw" else f"surrogate-{int(target)}B")
         resolution = resolve(recipe, self.surrogate.inv)
         size = predict_size(resolution, self.surrogate.inv, self.extra_kv)
         return Allocation(choice, recipe, size.file_bytes, size.bits_per_weight, self.surrogate.predict(resolution))
 
-    def _improve_tail(self, picks: list[int], costs: list[list[int]], cap: int, metric: str) -> list[int]:
-        """Hill-climb the tail metric: one parameter to any type, or one up and another down a step."""
+    def _improve(self, picks: list[int], costs: list[list[int]], cap: int, metric: str) -> list[int]:
+        """Hill-climb ``metric`` within the size cap: one parameter to any type, or one up and another down a
+        step (this also spends the room the DP's rounded-up costs left)."""
         picks = list(picks)
-        total = self.fixed_tokens + sum(self.options[i][k].tokens for i, k in enumerate(picks))
+        opts = self.options
+        mean = sum(opts[i][k].mean for i, k in enumerate(picks))
+        tokens = self.fixed_tokens + sum(opts[i][k].tokens for i, k in enumerate(picks))
         used = sum(costs[i][k] for i, k in enumerate(picks))
-        current = tail_metric(total, metric)
-        ladders = [sorted(range(len(c)), key=lambda k, c=c: c[k]) for c in costs]
+        by_cost = [sorted(range(len(c)), key=lambda k, c=c: c[k]) for c in costs]
+
+        def value(m: float, t: np.ndarray) -> float:
+            return m if metric == "kld_mean" else tail_metric(t, metric)
+
+        current = value(mean, tokens)
         while True:
-            moves: list[list[tuple[int, int]]] = [[(i, k)] for i in range(len(picks)) for k in range(len(costs[i]))
-                                                  if k != picks[i]]
-            for i, up in enumerate(ladders):
-                pos_i = up.index(picks[i])
-                for j, down in enumerate(ladders):
-                    pos_j = down.index(picks[j])
-                    if i != j and pos_i + 1 < len(up) and pos_j > 0:
-                        moves.append([(i, up[pos_i + 1]), (j, down[pos_j - 1])])
+            moves = [[(i, k)] for i in range(len(picks)) for k in range(len(costs[i])) if k != picks[i]]
+            for i, j in itertools.permutations(range(len(picks)), 2):
+                up, down = by_cost[i].index(picks[i]) + 1, by_cost[j].index(picks[j]) - 1
+                if up < len(by_cost[i]) and down >= 0:
+                    moves.append([(i, by_cost[i][up]), (j, by_cost[j][down])])
             best, best_value = None, current
             for move in moves:
-                extra = sum(costs[i][k] - costs[i][picks[i]] for i, k in move)
-                if used + extra > cap:
+                if used + sum(costs[i][k] - costs[i][picks[i]] for i, k in move) > cap:
                     continue
-                trial = total + sum(self.options[i][k].tokens - self.options[i][picks[i]].tokens for i, k in move)
-                value = tail_metric(trial, metric)
-                if value < best_value * (1 - 1e-9):
-                    best, best_value = move, value
+                v = value(mean + sum(opts[i][k].mean - opts[i][picks[i]].mean for i, k in move),
+                          tokens + sum(opts[i][k].tokens - opts[i][picks[i]].tokens for i, k in move))
+                if v < best_value * (1 - 1e-9):
+                    best, best_value = move, v
             if best is None:
                 return picks
             for i, k in best:
-                total = total + self.options[i][k].tokens - self.options[i][picks[i]].tokens
+                mean += opts[i][k].mean - opts[i][picks[i]].mean
+                tokens = tokens + opts[i][k].tokens - opts[i][picks[i]].tokens
                 used += costs[i][k] - costs[i][picks[i]]
                 picks[i] = k
             current = best_value

@@ -1,0 +1,191 @@
+"""Sensitivity sweep, additive surrogate, size-target allocator and surrogate seeds, on tiny generated models."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from recipe_search.cli import main
+from recipe_search.errors import RecipeSearchError
+from recipe_search.ggml_types import IMATRIX_REQUIRED, GGMLType
+from recipe_search.inventory import read_inventory
+from recipe_search.recipe import uniform_recipe
+from recipe_search.resolve import resolve
+from recipe_search.score import ScoreSettings
+from recipe_search.search import enqueue_references, open_study, storage_for
+from recipe_search.sensitivity import (
+    TABLE_FILE,
+    TOKENS_FILE,
+    SensitivityTable,
+    check_single_type,
+    planned_cells,
+    run_sweep,
+    single_type_recipe,
+    sweep_ladders,
+)
+from recipe_search.size import predict_size
+from recipe_search.space import StudyConfig, build_space
+from recipe_search.surrogate import Allocator, Surrogate, seed_allocations
+from recipe_search.worker import Worker
+
+KINDS = ["ffn_up", "ffn_gate", "attn_v"]
+TYPES = ["Q8_0", "Q4_0", "Q2_K"]
+SPACE = {"tensor_types": KINDS, "ladder": TYPES, "tied": [["ffn_up", "ffn_gate"]], "fixed": {"attn_output": "F16"},
+         "unmatched": "F16"}
+
+
+def _worker(model: Path, cache: Path, chunks: int = 2) -> Worker:
+    return Worker(model, ScoreSettings(ctx=128, chunks=chunks), cache, cache / "work")
+
+
+@pytest.fixture(scope="module")
+def sweep(dense_model, tmp_path_factory) -> tuple[Worker, Path, list]:
+    """The dense model's table over KINDS x TYPES, and the cells each run measured."""
+    root = tmp_path_factory.mktemp("sweep")
+    worker = _worker(dense_model, root / "cache")
+    measured: list[str] = []
+    measure = worker.measure
+    worker.measure = lambda recipe, **kw: measured.append(recipe.name) or measure(recipe, **kw)
+    run_sweep(worker, root / "table", KINDS, TYPES)
+    return worker, root / "table", measured
+
+
+@pytest.mark.parametrize("fixture, source", [("dense_model", "F16"), ("moe_model", "F32"), ("qwen35_model", "BF16")])
+def test_sweep_recipes_change_one_tensor_type(request, fixture: str, source: str) -> None:
+    inv = read_inventory(request.getfixturevalue(fixture))
+    ladders = sweep_ladders(inv, has_imatrix=False)
+    assert set(ladders) == {k.name for k in inv.kinds.values() if k.quantizable}
+    cells = planned_cells(inv, ladders)
+    assert len(cells) == sum(len(v) for v in ladders.values())
+    for kind, t, recipe in cells:
+        assert recipe.unmatched.type == source
+        changed = {r.tensor.kind for r in resolve(recipe, inv).tensors if r.ggml_type != r.tensor.ggml_type}
+        assert changed == {kind}, (kind, t, changed)
+        assert t not in IMATRIX_REQUIRED
+    with_imatrix = sweep_ladders(inv, has_imatrix=True)
+    assert any(IMATRIX_REQUIRED & set(v) for v in with_imatrix.values())
+
+
+def test_sweep_leaves_out_fallback_types_and_checks_resolution(dense_model) -> None:
+    inv = read_inventory(dense_model)
+    ladders = sweep_ladders(inv, has_imatrix=False)
+    assert GGMLType.Q2_K not in ladders["ffn_down"] and GGMLType.Q4_K not in ladders["ffn_down"]  # rows of 320
+    assert GGMLType.Q2_K in ladders["ffn_up"]
+    with pytest.raises(RecipeSearchError, match="resolves to"):
+        check_single_type(resolve(uniform_recipe("Q4_0"), inv), "ffn_up", GGMLType.Q4_0, inv.path)
+    with pytest.raises(RecipeSearchError, match="not quantized"):
+        single_type_recipe(inv, "attn_norm", GGMLType.Q8_0)
+
+
+def test_table_written_and_resumes(sweep) -> None:
+    worker, out, measured = sweep
+    assert len(measured) == len(KINDS) * len(TYPES)
+    table = SensitivityTable.load(out)
+    assert {(r["tensor_type"], r["ggml_type"]) for r in table.rows} == set(itertools.product(KINDS, TYPES))
+    row = table.cell("ffn_up", "Q4_0")
+    assert row["bpw"] == 4.5 and row["file_bytes"] > 0
+    assert {"kld_mean", "kld_p99", "kld_p999", "kld_max", "ppl_ratio", "same_top", "dp_rms"} <= set(row)
+    assert all(len(v) == row["n_tokens"] for v in table.tokens.values())
+    # a finished sweep measures nothing again
+    measured.clear()
+    run_sweep(worker, out, KINDS, TYPES)
+    assert measured == []
+    # a sweep killed between the token file and the table: the cell without its tokens is measured again
+    with np.load(out / TOKENS_FILE) as npz:
+        kept = {k: npz[k] for k in npz.files if k != "attn_v|Q2_K"}
+    np.savez_compressed(out / TOKENS_FILE, **kept)
+    run_sweep(worker, out, KINDS, TYPES)
+    assert measured == ["sensitivity-attn_v-Q2_K"]
+    assert len(SensitivityTable.load(out).rows) == len(KINDS) * len(TYPES)
+    assert (out / TABLE_FILE).read_text().count("\n") == len(KINDS) * len(TYPES) + 1
+
+
+def test_table_refuses_other_settings(sweep, dense_model) -> None:
+    worker, out, _ = sweep
+    other = _worker(dense_model, worker.cache_dir, chunks=3)
+    with pytest.raises(RecipeSearchError, match="another reference"):
+        run_sweep(other, out, KINDS, TYPES)
+
+
+def test_surrogate_of_one_type_recipe_is_that_cell(sweep) -> None:
+    worker, out, _ = sweep
+    table = SensitivityTable.load(out)
+    surrogate = Surrogate(table, worker.inventory)
+    for kind, t in [("ffn_up", "Q4_0"), ("attn_v", "Q2_K")]:
+        cell = table.cell(kind, t)
+        p = surrogate.predict_recipe(single_type_recipe(worker.inventory, kind, GGMLType[t]))
+        assert p.kld_mean == pytest.approx(cell["kld_mean"], rel=1e-12)
+        assert p.kld_p999 == pytest.approx(cell["kld_p999"], rel=1e-6)
+        assert p.kld_max == pytest.approx(cell["kld_max"], rel=1e-6)
+    both = surrogate.predict_recipe(single_type_recipe(worker.inventory, "ffn_up", GGMLType.Q2_K).model_copy(
+        update={"rules": [*single_type_recipe(worker.inventory, "ffn_up", GGMLType.Q2_K).rules,
+                          *single_type_recipe(worker.inventory, "ffn_gate", GGMLType.Q2_K).rules]}))
+    assert both.kld_mean == pytest.approx(table.cell("ffn_up", "Q2_K")["kld_mean"] +
+                                          table.cell("ffn_gate", "Q2_K")["kld_mean"])
+    with pytest.raises(RecipeSearchError, match="no cell ffn_down Q4_0"):
+        surrogate.predict_recipe(single_type_recipe(worker.inventory, "ffn_down", GGMLType.Q4_0))
+
+
+def test_allocator_fits_the_target_and_honours_ties_and_fixed_types(sweep) -> None:
+    worker, out, _ = sweep
+    inv = worker.inventory
+    space = build_space(StudyConfig(space=SPACE), inv, has_imatrix=False)
+    surrogate = Surrogate(SensitivityTable.load(out), inv)
+    allocator = Allocator(surrogate, space)
+    lo, hi = allocator.size_range()
+    combos = [dict(zip([p.name for p in space.parameters], c))
+              for c in itertools.product(*(range(len(p.ladder)) for p in space.parameters))]
+    sizes = {tuple(c.values()): predict_size(resolve(space.recipe(c), inv), inv).file_bytes for c in combos}
+    assert (lo, hi) == (min(sizes.values()), max(sizes.values()))
+    for target in np.linspace(lo, hi, 7):
+        fits = [c for c in combos if sizes[tuple(c.values())] <= target]
+        by_mean = allocator.allocate(target, metric="kld_mean")
+        by_tail = allocator.allocate(target, metric="kld_p999")
+        for a in (by_mean, by_tail):
+            resolution = resolve(a.recipe, inv)
+            assert a.file_bytes == predict_size(resolution, inv).file_bytes <= target
+            kinds = resolution.kind_types()
+            assert kinds["ffn_up"] == kinds["ffn_gate"] and set(kinds["attn_output"]) == {"F16"}
+        assert by_mean.prediction.kld_mean == pytest.approx(
+            min(surrogate.predict_recipe(space.recipe(c)).kld_mean for c in fits))
+        assert by_tail.prediction.kld_p999 <= by_mean.prediction.kld_p999
+    measured = worker.measure(allocator.allocate((lo + hi) / 2).recipe)  # the worker checks the size it wrote
+    assert measured.file_bytes <= (lo + hi) / 2
+    bpw_lo, bpw_hi = allocator.size_range("bpw")
+    assert allocator.allocate((bpw_lo + bpw_hi) / 2, unit="bpw").bpw <= (bpw_lo + bpw_hi) / 2
+    with pytest.raises(RecipeSearchError, match="below the smallest"):
+        allocator.allocate(lo - 1)
+
+
+def test_seeding_enqueues_surrogate_recipes(sweep, tmp_path) -> None:
+    worker, out, _ = sweep
+    config = StudyConfig(ctx=128, chunks=2, space=SPACE, references={"uniform": ["Q8_0"], "presets": []},
+                         surrogate_seeds=3, sensitivity=str(out))
+    storage = storage_for(f"sqlite:///{tmp_path / 'study.db'}")
+    ctx = open_study(storage, "seeded", worker.model, config, tmp_path, worker.cache_dir)
+    seeds = seed_allocations(config, ctx.space, worker.inventory)
+    assert 1 <= len(seeds) <= 3
+    sizes = [s.file_bytes for s in seeds]
+    assert sizes == sorted(sizes)
+    assert enqueue_references(ctx) >= len(seeds)
+    waiting = ctx.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    seeded = [json.dumps(t.system_attrs["fixed_params"], sort_keys=True) for t in waiting
+              if "surrogate_seed" in t.user_attrs]
+    assert seeded and set(seeded) <= {json.dumps(s.choice, sort_keys=True) for s in seeds}
+    assert enqueue_references(ctx) == 0
+    with pytest.raises(RecipeSearchError, match="needs `sensitivity`"):
+        seed_allocations(config.model_copy(update={"sensitivity": None}), ctx.space, worker.inventory)
+
+
+def test_cli_prints_the_table(sweep, capsys) -> None:
+    worker, out, _ = sweep
+    args = ["sensitivity", str(worker.model), "--tensor-types", "ffn_up", "--types", "Q8_0", "Q4_0", "--ctx", "128",
+            "--chunks", "2", "--out", str(out), "--cache-dir", str(worker.cache_dir), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "kld_p999 by tensor type" in printed and "attn_v" in printed and f"table: {out}" in printed
