@@ -15,13 +15,14 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import RecipeSearchError
@@ -44,6 +45,8 @@ METRIC_OF = {"kld_p999": "kld_p999", "kld_p99": "kld_p99", "kld_mean": "kld_mean
              "same_top": "same_top", "speed": "tg_tokens_per_s"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# heartbeats and the retry callback are marked experimental; they are the documented way to survive killed workers
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def storage_for(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS) -> RDBStorage:
@@ -51,7 +54,7 @@ def storage_for(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as err:  # sqlalchemy/driver errors: report, don't trace
         raise RecipeSearchError(f"cannot open study storage {url}: {str(err).splitlines()[0]}") from None
 
@@ -66,7 +69,7 @@ def make_sampler(config: StudyConfig, worker_seed: int) -> optuna.samplers.BaseS
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
 
 
 @dataclass
