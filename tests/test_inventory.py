@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFWriter
 
 from recipe_search.errors import RecipeSearchError
-from recipe_search.ggml_types import GGMLType
 from recipe_search.importer import recipe_from_inventory
 from recipe_search.inventory import inventory_rows, read_inventory
 from recipe_search.resolve import resolve
 from recipe_search.size import predict_size
+from recipe_search.tensor_map import read_map, write_header_only
 
 QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
-_MAP_LINE = re.compile(r":(?P<name>[^:]+):shape=\((?P<shape>[^)]*)\):dtype=(?P<dtype>[^:]+):elements=(?P<el>\d+):bytes=(?P<bytes>\d+)")
-
-
-def read_map(path: Path) -> list[tuple[str, tuple[int, ...], GGMLType, int]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        m = _MAP_LINE.search(line)
-        shape = tuple(int(s) for s in m["shape"].split(",") if s.strip())
-        rows.append((m["name"], shape, GGMLType[m["dtype"].upper()], int(m["bytes"])))
-    return rows
-
-
-def write_header_only(path: Path, arch: str, tensors, kv: dict[str, int] | None = None) -> Path:
-    """A GGUF holding only the header and tensor table; the data region is a sparse hole."""
-    w = GGUFWriter(path, arch=arch)
-    w.add_block_count(40)
-    for key, value in (kv or {}).items():
-        w.add_uint16(key, value) if key != "split.tensors.count" else w.add_int32(key, value)
-    for name, shape, gtype, nbytes in tensors:
-        w.add_tensor_info(name, tuple(reversed(shape)), np.dtype(np.float32), nbytes, raw_dtype=GGMLQuantizationType(int(gtype)))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
-    pad = lambda n: -(-n // 32) * 32  # noqa: E731
-    end = pad(path.stat().st_size) + sum(pad(nb) for *_, nb in tensors)
-    with open(path, "r+b") as fh:
-        fh.truncate(end)
-    return path
 
 
 def test_layouts(dense_model, moe_model, qwen35_model) -> None:

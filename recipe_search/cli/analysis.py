@@ -1,1 +1,176 @@
 """Commands that turn measurements into decisions: pareto, report, compare."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import _human_bytes, _print_json, _warn, command
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="Optuna storage URL (default: the SQLite database in --dir)")
+    p.add_argument("--study", help="study name (default: the only study in the storage)")
+    p.add_argument("--dir", help="study directory holding study.db (default: studies/<study>)")
+    p.add_argument("--objective", help="quality metric to rank by (default: the study's first quality objective; "
+                                       "any measured metric, e.g. kld_p99, kld_mean, same_top)")
+    p.add_argument("--targets", help="comma-separated size targets: 3.0bpw, 20GiB, 900MiB or bytes")
+
+
+def _selection(a: argparse.Namespace):
+    from ..pareto import parse_targets
+    from ..selector import load_study, select, storage_url
+
+    url = storage_url(a.storage, a.dir, a.study)
+    targets = parse_targets(a.targets) if a.targets else []
+    return select(load_study(url, a.study), url, a.objective, targets)
+
+
+def _objective_columns(sel) -> list[str]:
+    """The ranking objective, then the study's other quality objectives (mean KLD has a column of its own)."""
+    cols = [o for o in dict.fromkeys([sel.objective, *sel.objectives[1:]]) if o in sel.candidates[0].metrics]
+    return [o for o in cols if o != "kld_mean"]
+
+
+def _selection_json(sel, written: dict[int, Path]) -> dict:
+    cols = _objective_columns(sel)
+    frontier = []
+    for p in sel.frontier:
+        c = sel.candidates[p.candidate]
+        frontier.append({"trial": c.trial, "name": c.name, "reference": c.reference, "file_bytes": c.file_bytes,
+                         "bpw": c.bpw, **{o: c.metrics[o] for o in cols}, "kld_mean": c.metrics.get("kld_mean"),
+                         "status": sel.status(p), "distinct": p.distinct,
+                         "vs_smaller_ci95": None if p.test is None else [p.test.low, p.test.high]})
+    picks = []
+    for i, pick in enumerate(sel.picks):
+        c = None if pick.candidate is None else sel.candidates[pick.candidate]
+        picks.append({"target": pick.target.label, "trial": c and c.trial, "name": c and c.name,
+                      "file_bytes": c and c.file_bytes, "bpw": c and c.bpw,
+                      sel.objective: c and c.metrics[sel.objective],
+                      "recipe": str(written[i]) if i in written else None})
+    return {"study": sel.study, "storage": sel.storage, "model": str(sel.model), "objective": sel.objective,
+            "trials": sel.counts, "measured": len(sel.candidates), "frontier": frontier, "picks": picks}
+
+
+def _print_frontier(sel) -> None:
+    cols = _objective_columns(sel)
+    pruned, dups = sel.counts.get("pruned", 0), sel.counts.get("duplicates", 0)
+    print(f"study {sel.study}: {len(sel.candidates)} measured trials ({pruned} pruned, {dups} duplicate(s) left out); "
+          f"frontier on file size x {sel.objective}: {len(sel.frontier)} recipes")
+    print(f"{'trial':>6}  {'name':<18}{'size':>12}{'bpw':>7}" + "".join(f"{o:>11}" for o in cols)
+          + f"{'mean KLD':>11}  vs next smaller ({sel.objective}, 95% paired bootstrap)")
+    for p in sel.frontier:
+        c = sel.candidates[p.candidate]
+        ci = "" if p.test is None else f"  (diff {p.test.low:+.3g} .. {p.test.high:+.3g})"
+        print(f"{c.trial:>6}  {c.name[:17]:<18}{_human_bytes(c.file_bytes):>12}{c.bpw:>7.3f}"
+              + "".join(f"{c.metrics[o]:>11.4g}" for o in cols)
+              + f"{c.metrics.get('kld_mean', float('nan')):>11.4g}  {sel.status(p)}{ci}")
+    tested = [p for p in sel.frontier if p.test is not None]
+    if tested:
+        print(f"{sum(bool(p.distinct) for p in tested)} of {len(tested)} steps along the frontier are statistically "
+              f"distinct; the others tie (the difference's 95% interval holds 0)")
+
+
+# -- pareto ----------------------------------------------------------------------------------------
+def pareto_args(p: argparse.ArgumentParser) -> None:
+    _study_args(p)
+    p.add_argument("--out", default="recipes", help="directory for the picked recipes (default: recipes/)")
+    p.add_argument("--force", action="store_true", help="replace existing recipe files")
+    p.add_argument("--json", action="store_true")
+
+
+@command("pareto", "the study's Pareto frontier with statistical ties, and the best recipe at each size target")
+def pareto(a: argparse.Namespace) -> int:
+    from ..selector import write_picks
+
+    sel = _selection(a)
+    if sel.picks and not sel.model.exists():
+        _warn([f"the study's model {sel.model} is not here: the recipes get no `model` block"])
+    written = write_picks(sel, Path(a.out), a.force)
+    if a.json:
+        _print_json(_selection_json(sel, written))
+        return 0
+    _print_frontier(sel)
+    if sel.picks:
+        print(f"\npicks (the best measured {sel.objective} at or under each target):")
+    for i, pick in enumerate(sel.picks):
+        if pick.candidate is None:
+            smallest = min(sel.candidates, key=lambda c: c.bpw if pick.target.kind == "bpw" else c.file_bytes)
+            print(f"  {pick.target.label:>10}  nothing measured fits (smallest: {smallest.name}, {smallest.bpw:.3f} bpw, "
+                  f"{_human_bytes(smallest.file_bytes)})")
+            continue
+        c = sel.candidates[pick.candidate]
+        point = sel.point_of(pick.candidate)
+        print(f"  {pick.target.label:>10}  trial {c.trial} ({c.name}): {c.bpw:.3f} bpw, {_human_bytes(c.file_bytes)}, "
+              f"{sel.objective} {c.metrics[sel.objective]:.4g}, {sel.status(point) if point else 'off the frontier'}"
+              f" -> {written[i]}")
+    n_tokens = int(sel.candidates[0].metrics.get("n_tokens", 0))
+    if sel.objective == "kld_p999" and n_tokens < 10_000:
+        print(f"note: {n_tokens} scored tokens per trial: the 99.9th percentile rests on the top "
+              f"{max(1, round(n_tokens / 1000))} or so tokens, hence the ties", file=sys.stderr)
+    return 0
+
+
+# -- report ----------------------------------------------------------------------------------------
+def report_args(p: argparse.ArgumentParser) -> None:
+    _study_args(p)
+    p.add_argument("-o", "--output", help="report directory (default: <study dir>/report, or report/)")
+    p.add_argument("--sensitivity", action="append", default=[], metavar="DIR",
+                   help="a sensitivity sweep directory (its CSV gets a chart); may be repeated")
+
+
+@command("report", "plots (frontier, sensitivity) and a Markdown page with the frontier table and picks")
+def report(a: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    sel = _selection(a)
+    out = Path(a.output) if a.output else (Path(a.dir) / "report" if a.dir else Path("report"))
+    page = write_report(sel, out, [Path(d) for d in a.sensitivity])
+    print(f"wrote {page} ({len(sel.frontier)} frontier recipes, {sum(p.candidate is not None for p in sel.picks)} "
+          f"picks) with {', '.join(sorted(p.name for p in out.glob('*.png')))}")
+    return 0
+
+
+# -- compare ---------------------------------------------------------------------------------------
+def compare_args(p: argparse.ArgumentParser) -> None:
+    from .scoring import _add_scoring_args
+
+    p.add_argument("recipes", nargs="+", metavar="RECIPE_OR_QUANT", help="recipe YAMLs or quantized GGUFs")
+    p.add_argument("--model", help="map every recipe onto this model's tensor table (GGUF, or `demo`)")
+    p.add_argument("--score", action="store_true", help="with --model: quantize and measure each mapped recipe")
+    p.add_argument("--imatrix", help="with --score: the imatrix to quantize with")
+    _add_scoring_args(p)
+    p.add_argument("--json", action="store_true")
+
+
+@command("compare", "recipes or quantized GGUFs side by side per tensor type; --model maps them onto another model")
+def compare(a: argparse.Namespace) -> int:
+    from ..compare import SCORE_METRICS, format_table
+    from ..compare import compare as run_compare
+    from ..errors import RecipeSearchError
+    from . import _imatrix_input, _model
+
+    if a.score and not a.model:
+        raise RecipeSearchError("--score needs --model (the model to quantize and measure on)")
+    model = _model(a.model) if a.model else None
+    measure = None
+    if a.score:
+        from ..demo import cache_dir
+        from ..worker import Worker
+        from .scoring import _settings
+
+        cache = cache_dir(a.cache_dir)
+        worker = Worker(model, _settings(a), cache, cache / "work", imatrix=_imatrix_input(a.imatrix) if a.imatrix else None)
+
+        def measure(recipe):
+            m = worker.measure(recipe)
+            return {**{k: m.metrics[k] for k in SCORE_METRICS}, "n_tokens": m.metrics["n_tokens"],
+                    "file_bytes": m.file_bytes}
+
+    result = run_compare(a.recipes, model, measure)
+    if a.json:
+        _print_json(result.to_dict())
+    else:
+        sys.stdout.write(format_table(result))
+    return 0

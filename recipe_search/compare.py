@@ -1,0 +1,295 @@
+"""Recipes side by side, tensor type by tensor type, and recipes carried from one model family to another.
+
+Without a model each recipe is shown as it reads (a quantized GGUF as the types it holds); with a
+model every recipe is resolved on that model's tensor table: the types llama.cpp would write, the
+exact file size, the rules that find nothing there and the tensor types no rule covers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import RecipeSearchError
+from .ggml_types import GGMLType, bits_per_weight, is_quantized
+from .inventory import Inventory, _compact_ranges
+from .recipe import Recipe, Rule
+from .resolve import Resolution, Source
+from .size import SizePrediction
+
+#: the measured numbers a scored column shows
+SCORE_METRICS = ("kld_mean", "kld_p99", "kld_p999", "same_top", "ppl_ratio")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What one recipe gives one tensor type. Text in parentheses: no rule names it, the recipe's unmatched
+    type (or llama.cpp's mixture) applies; ``~``: a regex rule, matched against a sample tensor name."""
+
+    text: str
+    bpw: float | None = None
+
+
+@dataclass
+class Column:
+    label: str
+    source: str  # "recipe", "gguf" (types read from the file) or "mapped" (resolved on --model)
+    unmatched: str
+    cells: dict[str, Cell]
+    bpw: float | None = None
+    file_bytes: int | None = None
+    size_from: str | None = None  # "measured" (recipe metrics), "file", "predicted"
+    missing_rules: list[str] = field(default_factory=list)  # mapped: rules that match no tensor, and why
+    uncovered: list[str] = field(default_factory=list)  # mapped: tensor types (partly) left to `unmatched`
+    fallbacks: dict[str, dict[str, int]] = field(default_factory=dict)
+    score: dict[str, float | str] | None = None  # SCORE_METRICS, or {"error": why}
+
+
+@dataclass
+class Comparison:
+    rows: list[str]  # tensor types, in order
+    columns: list[Column]
+    model: str | None = None  # "path (arch, N tensors)" when mapped
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def unmatched_text(recipe: Recipe) -> str:
+    u = recipe.unmatched
+    if u.type is not None:
+        return u.type
+    return f"{u.file_type} {'(pure)' if recipe.pure else 'mixture'}"
+
+
+def _unmatched_bpw(recipe: Recipe) -> float | None:
+    return None if recipe.uses_mixture else bits_per_weight(recipe.file_type.default_type
+                                                            if recipe.unmatched.type is None
+                                                            else GGMLType[recipe.unmatched.type])
+
+
+def _type_counts(counter: Counter, counts: bool = False) -> str:
+    if len(counter) == 1 and not counts:
+        return next(iter(counter))
+    return " ".join(f"{t}×{n}" for t, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# -- rows ------------------------------------------------------------------------------------------
+def nominal_rows(recipes: Sequence[Recipe], known: Sequence[str] = ()) -> list[str]:
+    """Tensor types to show without a model: ``known`` ones first, then those the recipes name (a regex
+    rule that names none of them gets a row of its own, ``/regex/``)."""
+    rows = list(dict.fromkeys(known))
+    for recipe in recipes:
+        if recipe.token_embedding_type:
+            rows.append("token_embd")
+        if recipe.output_tensor_type:
+            rows.append("output")
+        for rule in recipe.rules:
+            if rule.tensors is not None:
+                rows.append(rule.tensors)
+            elif not any(_pattern_hits(rule, kind) for kind in rows):
+                rows.append(f"/{rule.pattern}/")
+    return list(dict.fromkeys(rows))
+
+
+def _pattern_hits(rule: Rule, kind: str) -> bool:
+    return rule.pattern is not None and any(re.search(rule.pattern, n) for n in (f"{kind}.weight",
+                                                                                 f"blk.0.{kind}.weight"))
+
+
+# -- columns ---------------------------------------------------------------------------------------
+def recipe_column(label: str, recipe: Recipe, rows: Sequence[str]) -> Column:
+    """A recipe as it reads: per tensor type the rules that name it, in first-match order."""
+    cells = {}
+    for kind in rows:
+        cells[kind] = _nominal_cell(recipe, kind)
+    metrics = recipe.metrics or {}
+    measured = "bpw" in metrics and "file_bytes" in metrics
+    return Column(label, "recipe", unmatched_text(recipe), cells,
+                  float(metrics["bpw"]) if measured else None, int(metrics["file_bytes"]) if measured else None,
+                  "measured" if measured else None)
+
+
+def _nominal_cell(recipe: Recipe, kind: str) -> Cell:
+    override = {"token_embd": recipe.token_embedding_type, "output": recipe.output_tensor_type}.get(kind)
+    if override:
+        return Cell(override, bits_per_weight(GGMLType[override]))
+    parts: list[str] = []
+    for rule in recipe.rules:
+        if rule.tensors == kind and rule.blocks:
+            parts.append(f"{rule.type}@{_compact_ranges(sorted(rule.blocks))}")
+        elif rule.tensors == kind or kind == f"/{rule.pattern}/" or _pattern_hits(rule, kind):
+            parts.append(f"{rule.type}~" if _pattern_hits(rule, kind) else rule.type)
+            bpw = bits_per_weight(rule.ggml_type) if len(parts) == 1 else None
+            return Cell(" ".join(parts), bpw)
+    parts.append(f"({unmatched_text(recipe)})")
+    return Cell(" ".join(parts), _unmatched_bpw(recipe) if len(parts) == 1 else None)
+
+
+def quant_column(label: str, recipe: Recipe, quant: Inventory, file_bytes: int) -> Column:
+    """A quantized GGUF: the types it holds per tensor type (``recipe``: its imported recipe)."""
+    cells = {k.name: Cell(_type_counts(Counter(t.ggml_type.name for t in k.tensors)), k.bits_per_weight)
+             for k in quant.kinds.values() if k.quantizable}
+    return Column(label, "gguf", unmatched_text(recipe), cells, quant.n_bytes * 8 / quant.n_elements, file_bytes,
+                  "file")
+
+
+def mapped_column(label: str, recipe: Recipe, model: Inventory, resolution: Resolution,
+                  prediction: SizePrediction) -> Column:
+    """``recipe`` resolved on ``model``: the types llama.cpp would write, rules that find nothing, tensor types
+    left to the unmatched type, fallbacks, and the predicted size."""
+    per_kind: dict[str, Counter] = defaultdict(Counter)
+    left: dict[str, int] = Counter()
+    for r in resolution.tensors:
+        if not r.tensor.quantizable:
+            continue
+        from_unmatched = r.source in (Source.UNMATCHED, Source.MIXTURE)
+        per_kind[r.tensor.kind][(r.ggml_type.name, from_unmatched)] += 1
+        left[r.tensor.kind] += from_unmatched
+    bytes_of: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for t in prediction.tensors:
+        bytes_of[t.kind][0] += t.bytes
+        bytes_of[t.kind][1] += t.n_elements
+    cells = {}
+    for kind, counts in per_kind.items():
+        ruled = Counter({t: n for (t, u), n in counts.items() if not u})
+        fell = Counter({t: n for (t, u), n in counts.items() if u})
+        both = bool(ruled) and bool(fell)
+        text = " ".join(p for p in (_type_counts(ruled, both) if ruled else "",
+                                    f"({_type_counts(fell, both)})" if fell else "") if p)
+        nbytes, nel = bytes_of[kind]
+        cells[kind] = Cell(text, nbytes * 8 / nel)
+    uncovered = [kind if n == model.kinds[kind].count else f"{kind} ({n} of {model.kinds[kind].count} tensors)"
+                 for kind, n in left.items() if n]
+    return Column(label, "mapped", unmatched_text(recipe), cells, prediction.bits_per_weight, prediction.file_bytes,
+                  "predicted", missing_rules(recipe, model), uncovered,
+                  {k: dict(v) for k, v in resolution.fallbacks().items()})
+
+
+def missing_rules(recipe: Recipe, model: Inventory) -> list[str]:
+    """The rules that match no tensor of ``model``, each with the reason."""
+    out = []
+    for rule in recipe.rules:
+        rx = re.compile(rule.regex)
+        if any(rx.search(t.name) for t in model.tensors):
+            continue
+        if rule.tensors is None:
+            why = "the regex matches no tensor"
+        elif rule.tensors not in model.kinds:
+            why = "no such tensor type"
+        else:
+            why = f"{rule.tensors} exists only in blocks {_compact_ranges(model.kinds[rule.tensors].blocks)}"
+        out.append(f"{rule.label} -> {rule.type}: {why}")
+    for kind, t in (("token_embd", recipe.token_embedding_type), ("output", recipe.output_tensor_type)):
+        if t and f"{kind}.weight" not in model.by_name:
+            out.append(f"{kind} -> {t} ({'token_embedding_type' if kind == 'token_embd' else 'output_tensor_type'}): "
+                       "no such tensor")
+    return out
+
+
+# -- the table -------------------------------------------------------------------------------------
+def format_table(cmp: Comparison) -> str:
+    """The side-by-side table, then per column what did not carry over (mapped) and its score."""
+    name_w = max([len("tensor type"), *(len(r) for r in cmp.rows)]) + 2
+    widths = [max(len(c.label), *(len(cell.text) for cell in c.cells.values()), 6) + 1 for c in cmp.columns]
+    lines = []
+    if cmp.model:
+        lines.append(f"mapped onto {cmp.model}")
+    lines.append(f"{'':<{name_w}}" + "".join(f"{c.label:<{w}}{'':>7}  " for c, w in zip(cmp.columns, widths)))
+    lines.append(f"{'tensor type':<{name_w}}" + "".join(f"{'type':<{w}}{'bpw':>7}  " for w in widths))
+    for row in cmp.rows:
+        cells = [c.cells.get(row) for c in cmp.columns]
+        lines.append(f"{row:<{name_w}}" + "".join(
+            f"{(cell.text if cell else '-'):<{w}}{(f'{cell.bpw:.2f}' if cell and cell.bpw else ''):>7}  "
+            for cell, w in zip(cells, widths)))
+    lines.append(f"{'unmatched':<{name_w}}" + "".join(f"{c.unmatched:<{w}}{'':>7}  " for c, w in zip(cmp.columns,
+                                                                                                       widths)))
+    lines.append(f"{'overall':<{name_w}}" + "".join(
+        f"{(_size_text(c) or '-'):<{w}}{(f'{c.bpw:.3f}' if c.bpw else ''):>7}  " for c, w in zip(cmp.columns, widths)))
+    if any(c.score for c in cmp.columns):
+        for m in SCORE_METRICS:
+            lines.append(f"{m:<{name_w}}" + "".join(
+                f"{(f'{c.score[m]:.5g}' if c.score and m in c.score else '-'):<{w}}{'':>7}  "
+                for c, w in zip(cmp.columns, widths)))
+    lines.append("(T): no rule names the tensor type, the unmatched type applies; T~: by a regex rule; "
+                 "T@blocks: a rule for some blocks")
+    for c in cmp.columns:
+        notes = ([f"  rule finds nothing: {m}" for m in c.missing_rules]
+                 + ([f"  left to the unmatched type {c.unmatched}: {', '.join(c.uncovered)}"] if c.uncovered else [])
+                 + [f"  fallback: {kind}: " + ", ".join(f"{n} x {mv}" for mv, n in moves.items())
+                    for kind, moves in c.fallbacks.items()]
+                 + ([f"  not scored: {c.score['error']}"] if c.score and "error" in c.score else []))
+        if notes:
+            lines += [f"{c.label}:", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _size_text(c: Column) -> str | None:
+    if c.file_bytes is None:
+        return None
+    n, unit = float(c.file_bytes), "B"
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            break
+        n, unit = n / 1024, u
+    return f"{n:.2f} {unit} ({c.size_from})" if unit != "B" else f"{c.file_bytes} B ({c.size_from})"
+
+
+# -- loading and mapping (I/O) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Loaded:
+    """A recipe and, for a quantized GGUF, the file it was imported from."""
+
+    label: str
+    recipe: Recipe
+    quant: Inventory | None = None
+    file_bytes: int | None = None
+
+
+def load_source(path: str | Path) -> Loaded:
+    """A recipe YAML, or a quantized GGUF (its recipe imported)."""
+    from .importer import recipe_from_inventory
+    from .inventory import read_inventory
+    from .recipe import load_recipe
+
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        inv = read_inventory(path)
+        if not any(is_quantized(t.ggml_type) for t in inv.tensors):
+            raise RecipeSearchError("holds no quantized tensor; compare takes quantized GGUFs or recipes", path)
+        return Loaded(path.stem, recipe_from_inventory(inv), inv, sum(p.stat().st_size for p in inv.paths))
+    return Loaded(path.stem, load_recipe(path))
+
+
+def compare(paths: Sequence[str | Path], model: Path | None = None,
+            measure: Callable[[Recipe], dict[str, float | str]] | None = None) -> Comparison:
+    """The comparison of ``paths``; with ``model`` each is resolved there (and, with ``measure``, scored)."""
+    sources = [load_source(p) for p in paths]
+    if len({s.label for s in sources}) < len(sources):
+        sources = [Loaded(str(p), s.recipe, s.quant, s.file_bytes) for p, s in zip(paths, sources)]
+    if model is None:
+        known = [k.name for s in sources if s.quant for k in s.quant.kinds.values() if k.quantizable]
+        rows = nominal_rows([s.recipe for s in sources], known)
+        cols = [quant_column(s.label, s.recipe, s.quant, s.file_bytes) if s.quant
+                else recipe_column(s.label, s.recipe, rows) for s in sources]
+        return Comparison(rows, cols)
+    from .inventory import read_inventory
+    from .resolve import resolve
+    from .size import predict_size
+
+    inv = read_inventory(model)
+    cols = []
+    for s in sources:
+        resolution = resolve(s.recipe, inv)
+        col = mapped_column(s.label, s.recipe, inv, resolution, predict_size(resolution, inv))
+        if measure is not None:
+            try:
+                col.score = measure(s.recipe)
+            except RecipeSearchError as err:
+                col.score = {"error": str(err)}
+        cols.append(col)
+    rows = [k.name for k in inv.kinds.values() if k.quantizable]
+    return Comparison(rows, cols, f"{model} ({inv.arch}, {len(inv.tensors)} tensors, {inv.n_blocks} blocks)")

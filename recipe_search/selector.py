@@ -1,0 +1,250 @@
+"""Reading a study for decisions: its frontier on one objective, ties, picks at size targets, recipe files.
+
+`pareto` does the arithmetic; this module opens the storage, gathers the measured trials and writes
+the picked recipes (with their measurements and provenance) as YAML.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from . import __version__
+from .errors import RecipeSearchError
+from .kld import bootstrap_quantile_ci
+from .pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
+from .recipe import ModelRef, Recipe
+from .search import load_trial_recipe, measured_trials
+from .space import MAXIMISE, StudyConfig
+from .text import TextSource
+from .worker import decode_array
+
+#: quantiles whose bootstrap interval a written recipe records
+_CI_QUANTILES = {"kld_p99": 0.99, "kld_p999": 0.999}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One measured, non-duplicate trial."""
+
+    trial: int
+    name: str
+    reference: str | None  # the reference recipe's name (uniform-*, preset-*), None for a searched trial
+    file_bytes: int
+    bpw: float
+    metrics: dict[str, float]
+    kld_tokens: np.ndarray | None
+    recipe: Recipe
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    candidate: int  # index into Selection.candidates
+    test: NeighbourTest | None  # against the next smaller frontier point (None: the smallest, or untestable)
+
+    @property
+    def distinct(self) -> bool | None:
+        """True: better than its smaller neighbour beyond the interval; False: a tie; None: not tested."""
+        return None if self.test is None else not self.test.tie
+
+
+@dataclass(frozen=True)
+class Pick:
+    target: Target
+    candidate: int | None  # None: nothing measured fits the target
+
+
+@dataclass
+class Selection:
+    """A study's measured trials, its frontier on (file size, objective) and the picks at the targets."""
+
+    study: str
+    storage: str
+    model: Path
+    config: StudyConfig
+    objectives: list[str]
+    objective: str
+    counts: dict[str, int]  # trial states, plus duplicates
+    candidates: list[Candidate]
+    frontier: list[FrontierPoint]
+    picks: list[Pick]
+
+    def quality(self, c: Candidate) -> float:
+        return float(c.metrics[self.objective])
+
+    def point_of(self, candidate: int) -> FrontierPoint | None:
+        return next((p for p in self.frontier if p.candidate == candidate), None)
+
+    def status(self, point: FrontierPoint, trial: str = "#") -> str:
+        """How a frontier point stands against its smaller neighbour, in words (``trial`` prefixes trial numbers)."""
+        if point.test is None:
+            first = bool(self.frontier) and self.frontier[0].candidate == point.candidate
+            return "smallest" if first else "not tested"
+        smaller = self.candidates[point.test.smaller].trial
+        return f"{'distinct from' if point.distinct else 'tie with'} {trial}{smaller}"
+
+
+# -- opening a study -------------------------------------------------------------------------------
+def storage_url(storage: str | None, directory: str | Path | None, study: str | None) -> str:
+    """The storage URL: given, or the SQLite database of the study directory (default studies/<study>)."""
+    if storage:
+        return storage
+    if directory is None and study is None:
+        raise RecipeSearchError("say where the study is: --storage URL, --dir DIR or --study NAME")
+    db = Path(directory if directory is not None else Path("studies") / str(study)) / "study.db"
+    if not db.is_file():
+        raise RecipeSearchError("no study database here", db)
+    return f"sqlite:///{db.resolve()}"
+
+
+def load_study(url: str, name: str | None) -> optuna.Study:
+    """Open an existing study read-only in spirit (no heartbeat); the only study when ``name`` is None."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise RecipeSearchError("no study database here", url.removeprefix("sqlite:///"))
+    try:
+        storage = optuna.storages.RDBStorage(url)
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except (SQLAlchemyError, ImportError, ValueError) as err:  # a bad URL, a missing driver, an unreachable server
+        raise RecipeSearchError(f"cannot open study storage {_safe_url(url)}: {str(err).splitlines()[0]}") from None
+    if name is None:
+        if len(names) != 1:
+            raise RecipeSearchError(f"{_safe_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                                    "name one with --study")
+        name = names[0]
+    if name not in names:
+        raise RecipeSearchError(f"no study {name!r} in {_safe_url(url)} (it has: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _safe_url(url: str) -> str:
+    """The URL with any password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL sqlalchemy reads: keep the scheme only
+        return url.split("://")[0] + "://..."
+
+
+def candidates_of(study: optuna.Study) -> list[Candidate]:
+    """The measured, non-duplicate trials (pruned, failed and duplicate trials are left out)."""
+    out = []
+    for t in measured_trials(study):
+        a = t.user_attrs
+        tokens = decode_array(a["kld_tokens"]) if a.get("kld_tokens") else None
+        out.append(Candidate(t.number, a.get("reference") or f"trial-{t.number}", a.get("reference"),
+                             int(a["file_bytes"]), float(a["bpw"]), dict(a["metrics"]), tokens,
+                             load_trial_recipe(t)))
+    return out
+
+
+def select(study: optuna.Study, url: str, objective: str | None, targets: list[Target], n_boot: int = 1000,
+           seed: int = 0) -> Selection:
+    """The frontier on (file size, ``objective``), each point tested against its smaller neighbour, and
+    the best measured recipe at or under each target."""
+    if "config" not in study.user_attrs:
+        raise RecipeSearchError(f"study {study.study_name!r} was not made by recipe-search (no stored config)")
+    config = StudyConfig.model_validate(json.loads(study.user_attrs["config"]))
+    objectives = list(study.user_attrs.get("objectives", config.objectives))
+    objective = objective or objectives[1]
+    candidates = candidates_of(study)
+    if not candidates:
+        raise RecipeSearchError(f"study {study.study_name!r} has no measured trial yet")
+    missing = [c.trial for c in candidates if objective not in c.metrics]
+    if missing:
+        known = sorted(k for k in candidates[0].metrics if isinstance(candidates[0].metrics[k], (int, float)))
+        raise RecipeSearchError(f"objective {objective!r} is not among the measured metrics ({', '.join(known)})")
+    sign = -1.0 if objective in MAXIMISE else 1.0
+    quality = [sign * float(c.metrics[objective]) for c in candidates]
+    order = [int(i) for i in frontier_2d([c.file_bytes for c in candidates], quality)]
+    tests = neighbour_tests(order, [c.kld_tokens for c in candidates], objective, n_boot=n_boot, seed=seed)
+    frontier = [FrontierPoint(i, test) for i, test in zip(order, [None, *tests])]
+    picks = [Pick(t, t.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality))
+             for t in targets]
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    counts["duplicates"] = sum("duplicate_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
+    return Selection(study.study_name, _safe_url(url), Path(study.user_attrs["model"]), config, objectives,
+                     objective, counts, candidates, frontier, picks)
+
+
+# -- writing picks ---------------------------------------------------------------------------------
+def tool_versions() -> dict[str, str]:
+    """This tool's version, llama-cpp-python's, and the llama.cpp/ggml build it vendors (as its libraries report)."""
+    import ctypes
+    from importlib.metadata import version
+
+    import llama_cpp
+
+    from .ggml_ctypes import lib_dir
+
+    ggml = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
+    ggml.ggml_version.restype = ctypes.c_char_p
+    ggml.ggml_commit.restype = ctypes.c_char_p
+    return {"recipe_search": __version__, "llama_cpp_python": version("llama-cpp-python"),
+            "libllama": llama_cpp.llama_version().decode(), "ggml": ggml.ggml_version().decode(),
+            "ggml_commit": ggml.ggml_commit().decode()}
+
+
+def model_ref(model: Path) -> ModelRef | None:
+    """Architecture and tensor count of the study's model, None when its file is not here."""
+    from .inventory import read_inventory
+
+    try:
+        inv = read_inventory(model)
+    except RecipeSearchError:
+        return None
+    name = inv.headers[0].get("general.name")
+    return ModelRef(architecture=inv.arch, tensor_count=len(inv.tensors), name=str(name) if name else None)
+
+
+def recipe_file_name(sel: Selection, pick: Pick) -> str:
+    """``<model>-<target>-<objective>.yaml``, e.g. ``gemma-3-270m-f16-4.00bpw-kld_p999.yaml``."""
+    return f"{sel.model.stem}-{pick.target.label}-{sel.objective}.yaml"
+
+
+def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: dict[str, str]) -> Recipe:
+    """The picked trial's rules with its measurements (``metrics``) and where they come from (``provenance``)."""
+    if pick.candidate is None:
+        raise RecipeSearchError(f"nothing measured fits {pick.target.label}")
+    c = sel.candidates[pick.candidate]
+    metrics: dict = {"file_bytes": c.file_bytes, "bpw": c.bpw, **c.metrics}
+    if c.kld_tokens is not None:
+        for name, q in _CI_QUANTILES.items():
+            metrics[f"{name}_ci95"] = list(bootstrap_quantile_ci(c.kld_tokens.astype(np.float64), q))
+    point = sel.point_of(pick.candidate)
+    cfg = sel.config
+    how = sel.status(point, trial="trial ") if point else "not on the frontier"
+    provenance = {
+        "study": {"name": sel.study, "storage": sel.storage, "trial": c.trial, "trial_name": c.name,
+                  "objective": sel.objective, "target": pick.target.label,
+                  "frontier": f"{how} (95% paired bootstrap of {sel.objective} against the next smaller frontier point)"},
+        "scoring": {"model": str(sel.model), "text": cfg.text or TextSource.parse(None).label, "ctx": cfg.ctx,
+                    "chunks": cfg.chunks, "imatrix": cfg.imatrix},
+        "tools": versions,
+    }
+    return c.recipe.model_copy(update={
+        "name": Path(recipe_file_name(sel, pick)).stem, "model": model, "imatrix": cfg.imatrix,
+        "metrics": metrics, "provenance": provenance})
+
+
+def write_picks(sel: Selection, out_dir: Path, force: bool) -> dict[int, Path]:
+    """Write every pick's recipe under ``out_dir`` (pick index -> file); checks every name first, so nothing
+    is written when one exists (without ``force``). Targets nothing fits are skipped."""
+    todo = {i: out_dir / recipe_file_name(sel, p) for i, p in enumerate(sel.picks) if p.candidate is not None}
+    if not force:
+        for path in todo.values():
+            if path.exists():
+                raise RecipeSearchError("exists already (use --force to replace it)", path)
+    if todo:
+        model, versions = model_ref(sel.model), tool_versions()
+        for i, path in todo.items():
+            picked_recipe(sel, sel.picks[i], model, versions).save(path, overwrite=force)
+    return todo

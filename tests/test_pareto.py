@@ -1,0 +1,232 @@
+"""Pareto selection: frontier and hypervolume by hand, ties by paired bootstrap, targets, written recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from recipe_search.cli import main
+from recipe_search.errors import RecipeSearchError
+from recipe_search.export import read_tensor_type_file
+from recipe_search.inventory import read_inventory
+from recipe_search.pareto import (
+    frontier_2d,
+    hypervolume_2d,
+    neighbour_tests,
+    non_dominated,
+    parse_target,
+    parse_targets,
+    pick_at_target,
+)
+from recipe_search.recipe import Recipe, Rule, Unmatched, load_recipe
+from recipe_search.selector import load_study, select, storage_url
+from recipe_search.space import StudyConfig
+from recipe_search.worker import encode_array
+
+
+# -- pure ------------------------------------------------------------------------------------------
+def test_non_dominated_and_frontier_order() -> None:
+    pts = np.array([[3, 4], [1, 5], [2, 3], [4, 1], [2, 3.5], [5, 1]])
+    # (3,4) by (2,3); (2,3.5) by (2,3); (5,1) by (4,1)
+    assert sorted(non_dominated(pts).tolist()) == [1, 2, 3]
+    assert frontier_2d(pts[:, 0], pts[:, 1]).tolist() == [1, 2, 3]
+    assert frontier_2d([], []).tolist() == []
+    # equal points dominate neither each other
+    assert sorted(non_dominated(np.array([[1, 1], [1, 1], [2, 2]])).tolist()) == [0, 1]
+
+
+def test_hypervolume_by_hand() -> None:
+    # staircase (1,3), (2,1) under reference (4,4): 3*1 + 2*2
+    assert hypervolume_2d(np.array([[1, 3], [2, 1]]), (4, 4)) == pytest.approx(7.0)
+    # a dominated point and one beyond the reference add nothing
+    assert hypervolume_2d(np.array([[1, 3], [2, 1], [3, 3], [5, 0]]), (4, 4)) == pytest.approx(7.0)
+    assert hypervolume_2d(np.array([[5, 5]]), (4, 4)) == 0.0
+
+
+def test_pick_at_target() -> None:
+    sizes, quality = [1.0, 2.0, 3.0, 2.5], [5.0, 3.0, 1.0, 3.0]
+    assert pick_at_target(sizes, quality, 2.6) == 1  # 2.0 and 2.5 tie on quality: the smaller wins
+    assert pick_at_target(sizes, quality, 3.0) == 2  # at the target counts
+    assert pick_at_target(sizes, quality, 0.5) is None
+
+
+@pytest.mark.parametrize("text, kind, value, label", [
+    ("4.0bpw", "bpw", 4.0, "4.00bpw"), ("3.5BPW", "bpw", 3.5, "3.50bpw"),
+    ("20GiB", "bytes", 20 * 2**30, "20GiB"), ("900MiB", "bytes", 900 * 2**20, "900MiB"),
+    ("1.5GB", "bytes", 1.5e9, "1.5GB"), ("123456789", "bytes", 123456789, "123456789B"),
+])
+def test_parse_target(text, kind, value, label) -> None:
+    t = parse_target(text)
+    assert (t.kind, t.value, t.label) == (kind, pytest.approx(value), label)
+
+
+@pytest.mark.parametrize("bad", ["4.5", "abc", "0bpw", "-1GiB", "20 parsecs", ""])
+def test_bad_targets(bad) -> None:
+    with pytest.raises(RecipeSearchError, match="target"):
+        parse_targets(bad)
+
+
+def test_target_picks_by_bpw_or_bytes() -> None:
+    bpw, nbytes, quality = [3.0, 4.0, 5.0], [300, 400, 500], [3.0, 2.0, 1.0]
+    assert parse_target("4.2bpw").pick(bpw, nbytes, quality) == 1
+    assert parse_target("500").pick(bpw, nbytes, quality) == 2
+    assert parse_target("299").pick(bpw, nbytes, quality) is None
+
+
+def test_ties_by_paired_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.exponential(0.05, 5000)
+    twin = base * rng.normal(1.0, 0.02, 5000)  # the same tokens, a little noise
+    better = base * 0.5
+    tokens = [base, twin, better, base[:100]]
+    # frontier by size: base (smallest), twin, better
+    tests = neighbour_tests([0, 1, 2], tokens, "kld_p999", n_boot=400)
+    assert tests[0].tie and tests[0].low <= 0 <= tests[0].high
+    assert not tests[1].tie and tests[1].low > 0  # the larger point is better beyond the interval
+    assert (tests[1].smaller, tests[1].larger) == (1, 2)
+    mean_tests = neighbour_tests([0, 2], tokens, "kld_mean", n_boot=400)
+    assert not mean_tests[0].tie
+    # different tokens, or a metric without a per-token statistic: no test
+    assert neighbour_tests([3, 0], tokens, "kld_p999") == [None]
+    assert neighbour_tests([0, 2], tokens, "ppl_ratio") == [None]
+    assert neighbour_tests([0, 1], [base, None], "kld_p999") == [None]
+
+
+# -- a synthetic study on the dense model ----------------------------------------------------------
+def _trial(recipe: Recipe, file_bytes: int, bpw: float, tokens: np.ndarray, reference: str | None = None,
+           **extra) -> optuna.trial.FrozenTrial:
+    metrics = {"n_tokens": len(tokens), "kld_mean": float(tokens.mean()), "kld_p99": float(np.quantile(tokens, 0.99)),
+               "kld_p999": float(np.quantile(tokens, 0.999)), "same_top": 0.9}
+    attrs = {"recipe": recipe.to_yaml(), "file_bytes": file_bytes, "bpw": bpw, "metrics": metrics,
+             "kld_tokens": encode_array(tokens), "result_key": recipe.name, "fallbacks": {}, "seconds": {}, **extra}
+    if reference:
+        attrs["reference"] = reference
+    return optuna.trial.create_trial(values=[float(file_bytes), metrics["kld_p999"]], params={}, distributions={},
+                                     user_attrs=attrs)
+
+
+def _recipe(name: str, ffn: str, attn: str) -> Recipe:
+    return Recipe(name=name, unmatched=Unmatched(type="Q8_0"),
+                  rules=[Rule(tensors=k, type=ffn) for k in ("ffn_up", "ffn_gate", "ffn_down")]
+                  + [Rule(tensors=k, type=attn) for k in ("attn_q", "attn_k", "attn_v", "attn_output")])
+
+
+@pytest.fixture()
+def synthetic_study(tmp_path, dense_model) -> Path:
+    """Four measured trials (one a near twin of its smaller neighbour), a duplicate and a pruned trial."""
+    rng = np.random.default_rng(1)
+    base = rng.exponential(0.1, 3000).astype(np.float32)
+    directory = tmp_path / "study"
+    directory.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{directory / 'study.db'}", study_name="dense",
+                                directions=["minimize", "minimize"])
+    config = StudyConfig(ctx=128, chunks=4)
+    study.set_user_attr("config", config.model_dump_json())
+    study.set_user_attr("model", str(dense_model.resolve()))
+    study.set_user_attr("objectives", ["size", "kld_p999"])
+    study.add_trial(_trial(_recipe("q4", "Q4_0", "Q4_0"), 700_000, 4.5, base * 4, reference="uniform-Q4_0"))
+    # the twin: the same tail values on other tokens (a paired resample can go either way), 0.1% lower
+    twin = base * 4
+    top = np.argsort(twin)[-12:]
+    twin[top] = twin[top][::-1]
+    study.add_trial(_trial(_recipe("q4q5", "Q4_0", "Q5_0"), 720_000, 4.7, twin * np.float32(0.999)))
+    study.add_trial(_trial(_recipe("q5", "Q5_0", "Q5_0"), 800_000, 5.5, base * 2, reference="uniform-Q5_0"))
+    study.add_trial(_trial(_recipe("q8", "Q8_0", "Q8_0"), 1_200_000, 8.5, base * 0.1, reference="uniform-Q8_0"))
+    study.add_trial(_trial(_recipe("dup", "Q5_0", "Q5_0"), 800_000, 5.5, base * 2, duplicate_of=2))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
+                                              user_attrs={"pruned": "after chunk 2"}))
+    return directory
+
+
+def test_select_frontier_ties_and_picks(synthetic_study) -> None:
+    url = storage_url(None, synthetic_study, None)
+    sel = select(load_study(url, None), url, None, parse_targets("5.0bpw,1000000,1bpw"), n_boot=300)
+    assert sel.objective == "kld_p999" and len(sel.candidates) == 4  # the duplicate and the pruned are out
+    assert sel.counts["pruned"] == 1 and sel.counts["duplicates"] == 1
+    names = [sel.candidates[p.candidate].name for p in sel.frontier]
+    assert names == ["uniform-Q4_0", "trial-1", "uniform-Q5_0", "uniform-Q8_0"]
+    assert [p.distinct for p in sel.frontier] == [None, False, True, True]
+    assert [sel.status(p) for p in sel.frontier] == ["smallest", "tie with #0", "distinct from #1", "distinct from #2"]
+    picked = [None if p.candidate is None else sel.candidates[p.candidate].name for p in sel.picks]
+    assert picked == ["trial-1", "uniform-Q5_0", None]
+
+
+def test_pareto_writes_usable_recipes_and_respects_force(synthetic_study, dense_model, tmp_path, capsys) -> None:
+    out = tmp_path / "recipes"
+    args = ["pareto", "--dir", str(synthetic_study), "--targets", "5.0bpw,1000000,1bpw", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "tie with #0" in printed.out and "nothing measured fits" in printed.out
+    stem = dense_model.stem
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [f"{stem}-1000000B-kld_p999.yaml", f"{stem}-5.00bpw-kld_p999.yaml"]
+
+    path = out / f"{stem}-5.00bpw-kld_p999.yaml"
+    recipe = load_recipe(path)
+    inv = read_inventory(dense_model)
+    assert recipe.name == path.stem
+    assert (recipe.model.architecture, recipe.model.tensor_count) == (inv.arch, len(inv.tensors))
+    assert recipe.metrics["bpw"] == 4.7 and recipe.metrics["file_bytes"] == 720_000
+    lo, hi = recipe.metrics["kld_p999_ci95"]
+    assert lo <= recipe.metrics["kld_p999"] <= hi
+    prov = recipe.provenance
+    assert prov["study"]["trial"] == 1 and prov["study"]["target"] == "5.00bpw"
+    assert prov["study"]["frontier"].startswith("tie with trial 0")
+    assert (prov["scoring"]["ctx"], prov["scoring"]["chunks"], prov["scoring"]["imatrix"]) == (128, 4, None)
+    import llama_cpp
+
+    import recipe_search
+
+    tools = prov["tools"]
+    assert tools["recipe_search"] == recipe_search.__version__
+    assert tools["llama_cpp_python"] == llama_cpp.__version__
+    assert tools["libllama"] and tools["ggml"] and tools["ggml_commit"]
+    assert [r.model_dump() for r in recipe.rules] == [r.model_dump() for r in _recipe("x", "Q4_0", "Q5_0").rules]
+
+    # immediately usable: export and quantize take it as it is
+    exported = tmp_path / "types.txt"
+    assert main(["export", str(path), "-o", str(exported)]) == 0
+    assert ("^(blk\\.\\d+\\.)?attn_q\\.weight$", recipe.rules[3].ggml_type) in read_tensor_type_file(exported.read_text())
+    quant = tmp_path / "q.gguf"
+    assert main(["quantize", str(dense_model), str(path), "-o", str(quant)]) == 0
+    types = {t.name: t.ggml_type.name for t in read_inventory(quant).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q5_0" and types["blk.0.ffn_up.weight"] == "Q4_0"
+    capsys.readouterr()
+
+    # an existing file is kept without --force: one line naming it, nothing rewritten
+    before = path.read_text()
+    path.write_text(before + "# edited\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"recipe-search: error: {path}: exists already (use --force to replace it)"
+    assert path.read_text().endswith("# edited\n")
+    assert main([*args, "--force"]) == 0
+    assert path.read_text() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_pareto_json_and_objective(synthetic_study, tmp_path, capsys) -> None:
+    assert main(["pareto", "--dir", str(synthetic_study), "--objective", "kld_mean", "--targets", "6bpw",
+                 "--out", str(tmp_path / "r"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["objective"] == "kld_mean" and data["measured"] == 4
+    assert [f["name"] for f in data["frontier"]][-1] == "uniform-Q8_0"
+    assert data["picks"][0]["name"] == "uniform-Q5_0" and data["picks"][0]["recipe"].endswith("6.00bpw-kld_mean.yaml")
+    written = yaml.safe_load(Path(data["picks"][0]["recipe"]).read_text())
+    assert written["provenance"]["study"]["objective"] == "kld_mean"
+
+
+def test_pareto_errors(synthetic_study, tmp_path, capsys) -> None:
+    assert main(["pareto", "--dir", str(tmp_path / "nowhere")]) == 2
+    assert "no study database here" in capsys.readouterr().err
+    assert main(["pareto", "--dir", str(synthetic_study), "--objective", "kld_p42"]) == 2
+    assert "objective 'kld_p42' is not among the measured metrics" in capsys.readouterr().err
+    assert main(["pareto", "--dir", str(synthetic_study), "--study", "other"]) == 2
+    assert "no study 'other'" in capsys.readouterr().err
+    assert main(["pareto", "--dir", str(synthetic_study), "--targets", "4.5"]) == 2
+    assert "say 4.5bpw" in capsys.readouterr().err
