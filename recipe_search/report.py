@@ -153,7 +153,8 @@ def plot_frontier(sel: Selection, path: Path | None = None) -> Figure:
     ax.grid(True, which="both", color="0.92", lw=0.6)
     ax.set_title(f"{sel.study}: {sel.objective} against size — {len(sel.frontier)} of {len(cands)} measured "
                  f"recipes on the frontier", fontsize=10)
-    ax.legend(loc="upper right", fontsize=7.5, framealpha=0.9)
+    # the frontier runs from top left down to the right (or up, for a maximised metric): the corner it leaves free
+    ax.legend(loc="lower right" if sel.objective in MAXIMISE else "upper right", fontsize=7.5, framealpha=0.9)
     _place_labels(ax, labels)
     _save(fig, path)
     return fig
