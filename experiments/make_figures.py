@@ -1,7 +1,8 @@
 """Regenerate the README's figures into experiments/figures/: a study's frontier, sensitivity charts.
 
     python experiments/make_figures.py --dir /tmp/st-pareto --name frontier-tiny-qwen35moe \
-        --targets 3.5bpw,4.0bpw,9MiB [--sensitivity SWEEP_DIR ...]
+        --targets 3.5bpw,4.0bpw,9MiB --sensitivity /tmp/sweep-tiny-qwen35moe \
+        --sensitivity-metric kld_mean --sensitivity-metric kld_p999
 
 Each PNG must stay under 200 KB (they are committed); the command fails when one does not.
 """
@@ -29,6 +30,8 @@ def main() -> int:
     p.add_argument("--objective", help="quality metric (default: the study's first quality objective)")
     p.add_argument("--targets", help="size targets to mark, e.g. 3.5bpw,4.0bpw")
     p.add_argument("--sensitivity", action="append", default=[], metavar="DIR", help="a sensitivity sweep directory")
+    p.add_argument("--sensitivity-metric", action="append", default=[], metavar="METRIC",
+                   help="metric of the sensitivity charts, one chart each (default: kld_p999)")
     p.add_argument("--name", help="file name of the frontier plot, without .png (default: frontier-<study>)")
     p.add_argument("--out", type=Path, default=FIGURES)
     a = p.parse_args()
@@ -43,10 +46,11 @@ def main() -> int:
         for directory in a.sensitivity:
             for csv_path in sensitivity_csvs(Path(directory)):
                 rows = read_sensitivity(csv_path)
-                path = a.out / f"sensitivity-{csv_path.parent.name}-{csv_path.stem}.png"
-                plot_sensitivity(rows, path, sensitivity_metric(rows, a.objective or "kld_p999"),
-                                 title=f"sensitivity ({csv_path.parent.name})")
-                written.append(path)
+                for wanted in a.sensitivity_metric or ["kld_p999"]:
+                    metric = sensitivity_metric(rows, wanted)
+                    path = a.out / f"sensitivity-{csv_path.parent.name}-{metric}.png"
+                    plot_sensitivity(rows, path, metric, title=f"sensitivity ({csv_path.parent.name})")
+                    written.append(path)
     except RecipeSearchError as err:
         print(f"make_figures: error: {err}", file=sys.stderr)
         return 2
