@@ -127,8 +127,8 @@ def report(a: argparse.Namespace) -> int:
     sel = _selection(a)
     out = Path(a.output) if a.output else (Path(a.dir) / "report" if a.dir else Path("report"))
     page = write_report(sel, out, [Path(d) for d in a.sensitivity])
-    print(f"wrote {page} ({len(sel.frontier)} frontier recipes, {sum(p.candidate is not None for p in sel.picks)} "
-          f"picks) with {', '.join(sorted(p.name for p in out.glob('*.png')))}")
+    print(f"wrote {page} and its plots ({len(sel.frontier)} frontier recipes, "
+          f"{sum(p.candidate is not None for p in sel.picks)} picks)")
     return 0
 
 
