@@ -36,6 +36,9 @@ IMATRIX_REQUIRED: frozenset[GGMLType] = frozenset({
     GGMLType.IQ3_XXS, GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S, GGMLType.IQ1_M, GGMLType.IQ1_S,
 })
 
+#: Types ggml itself cannot quantize without imatrix data (ggml_quantize_requires_imatrix): it aborts.
+GGML_IMATRIX_REQUIRED: frozenset[GGMLType] = frozenset({GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ1_S})
+
 #: tensor_type_fallback: where a type goes when a row does not divide its block.
 _FALLBACK: dict[GGMLType, GGMLType] = {
     **{t: GGMLType.IQ4_NL for t in (GGMLType.IQ1_S, GGMLType.IQ1_M, GGMLType.IQ2_XXS, GGMLType.IQ2_XS,

@@ -121,6 +121,8 @@ def read_header(path: str | Path, file_index: int = 0) -> GGUFHeader:
         raise RecipeSearchError(f"cannot read: {err.strerror}", path) from None
     try:
         return _parse(_Cursor(buf, path), path, file_index, size)
+    except struct.error:
+        raise RecipeSearchError("truncated GGUF header", path) from None
     finally:
         buf.close()
 

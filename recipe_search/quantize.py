@@ -8,10 +8,13 @@ every tensor's type is checked against the recipe's resolution afterwards.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import llama_cpp
@@ -19,7 +22,7 @@ import numpy as np
 
 from . import llama_log
 from .errors import RecipeSearchError
-from .ggml_types import IMATRIX_REQUIRED, FileType, GGMLType, is_quantized, parse_type
+from .ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, FileType, GGMLType, is_quantized, parse_type
 from .inventory import Inventory, read_inventory
 from .recipe import Recipe
 from .resolve import Resolution, resolve
@@ -88,8 +91,15 @@ def check_imatrix(resolution: Resolution, imatrix: ImatrixInput | None, allow_pa
     """
     ft = resolution.recipe.file_type
     quantized = [r for r in resolution.tensors if r.ggml_type != r.tensor.ggml_type and is_quantized(r.ggml_type)]
+    # ggml aborts on these even where llama.cpp's own check exempts the tensor (token_embd, output)
+    abort = [r for r in quantized if r.ggml_type in GGML_IMATRIX_REQUIRED
+             and (imatrix is None or r.tensor.name not in imatrix.arrays)]
+    if abort and imatrix is not None:
+        raise RecipeSearchError(f"ggml cannot quantize to {abort[0].ggml_type.name} without imatrix data, which "
+                                f"this imatrix lacks for {_short_list([r.tensor.name for r in abort])}", imatrix.file)
     if imatrix is None:
-        need = [r.tensor.name for r in quantized if requires_imatrix(r.tensor.name, r.ggml_type, ft)]
+        need = [r.tensor.name for r in quantized
+                if requires_imatrix(r.tensor.name, r.ggml_type, ft) or r.ggml_type in GGML_IMATRIX_REQUIRED]
         if need:
             types = sorted({r.ggml_type.name for r in quantized if r.tensor.name in need})
             raise RecipeSearchError(f"{', '.join(types)} need an importance matrix (--imatrix) for "
@@ -178,6 +188,41 @@ def _run(inp: Path, out: Path | None, params: _Params) -> str:
     return text
 
 
+def _child(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None, stderr: str,
+           conn: Connection) -> None:
+    """Quantize in a child process: a GGML_ASSERT there aborts the child, not the study."""
+    fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 2)  # ggml_abort writes its message to stderr
+    try:
+        conn.send(("ok", _run(inp, out, _Params(recipe, threads, imatrix, dry_run=False))))
+    except RecipeSearchError as err:
+        conn.send(("error", str(err)))
+
+
+def _run_isolated(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None) -> None:
+    """Run llama_model_quantize in a fresh process and turn any abort into a one-line error."""
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # ggml would otherwise fork a debugger and wait on it
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    with tempfile.NamedTemporaryFile(prefix="recipe-search-quantize-", suffix=".log") as log:
+        proc = ctx.Process(target=_child, args=(inp, out, recipe, threads, imatrix, log.name, send))
+        proc.start()
+        send.close()
+        try:
+            status, message = receive.recv()
+        except EOFError:
+            status, message = "crash", ""
+        proc.join()
+        if status == "ok":
+            return
+        if status == "error":
+            raise RecipeSearchError(message.removeprefix(f"{inp}: "), inp)
+        lines = [ln.strip() for ln in Path(log.name).read_text(errors="replace").splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if "GGML_ASSERT" in ln or "error" in ln.lower()),
+                   lines[-1] if lines else f"exit code {proc.exitcode}")
+        raise RecipeSearchError(f"llama.cpp aborted while quantizing: {why}", inp)
+
+
 _TENSOR_LINE = re.compile(
     r"\[\s*\d+/\s*\d+\]\s+(?P<name>\S+)\s+- \[[^\]]*\], type =\s*(?P<src>\S+), size =\s*[\d.]+ MiB"
     r"(?: ->\s*[\d.]+ MiB \((?P<dst>\S+)\))?")
@@ -206,7 +251,7 @@ def quantize_model(model: str | Path, recipe: Recipe, out: str | Path, *, imatri
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     start = time.perf_counter()
     try:
-        _run(model, partial, _Params(recipe, threads, imatrix, dry_run=False))
+        _run_isolated(model, partial, recipe, threads, imatrix)
         written = read_inventory(partial)
         _verify(resolution, written, out)
         os.replace(partial, out)
