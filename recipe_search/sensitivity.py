@@ -194,6 +194,7 @@ def sweep_meta(worker: Worker) -> dict:
     return {"format": TABLE_FORMAT, "model": str(worker.model.resolve()),
             "model_fingerprint": model_fingerprint(worker.inventory), "reference": worker.reference.path.name,
             "text": s.text.label, "ctx": s.ctx, "chunks": s.chunks,
+            "text_spec": None if s.text.path is None else f"{s.text.path.resolve()}[{s.text.start:g}:{s.text.end:g}]",
             "imatrix": imatrix_digest(worker.imatrix),
             "imatrix_file": worker.imatrix.file if worker.imatrix else None}
 

@@ -257,11 +257,14 @@ def _knapsack(costs: list[list[int]], values: list[list[float]], cap: int) -> li
 def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
                      extra_kv: dict[str, str | int] | None = None) -> list[Allocation]:
     """The surrogate-optimal recipes at ``config.surrogate_seeds`` size targets spread evenly over the
-    ladders' size range (inside the study's size band), for the study's first quality objective."""
+    ladders' size range (inside the study's size band).
+
+    They minimise the predicted mean KLD whatever the study's objective: the summed mean ranks measured
+    recipes' tails better than the summed per-token tails do (see experiments/FINDINGS-sensitivity.md).
+    """
     if not config.sensitivity:
         raise RecipeSearchError("surrogate_seeds needs `sensitivity`, the directory of a sensitivity table")
     allocator = Allocator(Surrogate(SensitivityTable.load(Path(config.sensitivity)), inv), space, extra_kv)
-    metric = next((o for o in config.objectives if o in SURROGATE_METRICS), "kld_mean")
     unit: Literal["bytes", "bpw"] = "bpw" if config.max_bpw is not None or config.min_bpw is not None else "bytes"
     lo, hi = allocator.size_range(unit)
     if unit == "bytes":
@@ -272,7 +275,7 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
     n = config.surrogate_seeds
     out, seen = [], set()
     for i in range(n):
-        a = allocator.allocate(lo + (hi - lo) * (i + 1) / (n + 1), unit, metric)
+        a = allocator.allocate(lo + (hi - lo) * (i + 1) / (n + 1), unit, "kld_mean")
         key = tuple(sorted(a.choice.items()))
         if key not in seen:
             seen.add(key)

@@ -1,0 +1,117 @@
+"""Does seeding a study with surrogate-optimal recipes reach a better frontier in the same number of trials?
+
+For each seed, two studies of the same config and trial budget run one after the other: `plain` (the
+uniform references, then TPE) and `seeded` (the same, plus `--surrogate-seeds` recipes the sensitivity
+table's surrogate rates best at sizes spread over the ladder's range). The frontiers (size x log10 of the
+objective) are compared by hypervolume against one reference point shared by every run (the worst
+size and objective of all of them, as `search.hypervolumes` places it), at a few trial counts on the way.
+Each study is stored under --dir and resumes if rerun.
+
+    python experiments/seeding.py MODEL --table DIR --text FILE[0:0.4] --json OUT.json [--trials 40] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from optuna.trial import TrialState
+
+from recipe_search.demo import resolve_model_arg
+from recipe_search.pareto import hypervolume_2d, non_dominated
+from recipe_search.search import enqueue_references, measured_trials, open_study, run, storage_for, study_summary
+from recipe_search.space import StudyConfig
+
+ARMS = ("plain", "seeded")
+
+
+def run_arm(a: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
+    """Run (or resume) one study; return its measured points in trial order and its own summary."""
+    config = StudyConfig(text=a.text, ctx=a.ctx, chunks=a.chunks, seed=seed, threads=a.threads,
+                         objectives=["size", a.objective], references={"uniform": "ladder", "presets": []},
+                         surrogate_seeds=a.surrogate_seeds if arm == "seeded" else 0,
+                         sensitivity=str(Path(a.table).resolve()) if arm == "seeded" else None)
+    directory = Path(a.dir) / f"{arm}-{seed}"
+    directory.mkdir(parents=True, exist_ok=True)
+    storage = storage_for(f"sqlite:///{(directory / 'study.db').resolve()}")
+    ctx = open_study(storage, f"{arm}-{seed}", model, config, directory, Path(a.cache_dir))
+    enqueue_references(ctx)
+    finished = len(ctx.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    start = time.perf_counter()
+    if finished < a.trials:
+        run(ctx, a.trials - finished, None, quiet=True, log=lambda msg: print(msg, file=sys.stderr))
+    seconds = time.perf_counter() - start
+    trials = sorted(measured_trials(ctx.study), key=lambda t: t.number)
+    return {"arm": arm, "seed": seed, "seconds_this_call": seconds,
+            "points": [[t.number, t.values[0], math.log10(max(t.values[1], 1e-12)), "surrogate_seed" in t.user_attrs]
+                       for t in trials],
+            "summary": study_summary(ctx.study)}
+
+
+def frontier_stats(points: list[list], ref: np.ndarray, checkpoints: list[int]) -> dict:
+    pts = np.array([[p[1], p[2]] for p in points])
+    numbers = np.array([p[0] for p in points])
+    out = {f"hv@{k}": hypervolume_2d(pts[numbers < k], ref) for k in checkpoints}
+    front = non_dominated(pts)
+    out["frontier"] = len(front)
+    out["frontier_from_seeds"] = int(sum(points[i][3] for i in front))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--table", required=True, help="sensitivity table directory (for the seeded arm)")
+    ap.add_argument("--text", required=True, help="scoring text, as the table was measured on")
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--objective", default="kld_p999")
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--surrogate-seeds", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dir", default="/tmp/rs-seeding")
+    ap.add_argument("--cache-dir", default="/tmp/rs-cache")
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args()
+    model = resolve_model_arg(a.model)
+    runs = []
+    for seed in a.seeds:
+        for arm in ARMS:
+            print(f"running {arm} seed {seed}", file=sys.stderr, flush=True)
+            runs.append(run_arm(a, model, arm, seed))
+    every = np.array([[p[1], p[2]] for r in runs for p in r["points"]])
+    ref = every.max(axis=0) + np.abs(every.max(axis=0)) * 0.01 + 1e-9
+    checkpoints = sorted({max(a.trials // 2, 1), a.trials * 3 // 4, a.trials})
+    for r in runs:
+        r.update(frontier_stats(r["points"], ref, checkpoints))
+    final = f"hv@{a.trials}"
+    table = {arm: [r[final] for r in runs if r["arm"] == arm] for arm in ARMS}
+    result = {"model": str(model), "table": a.table, "text": a.text, "ctx": a.ctx, "chunks": a.chunks,
+              "objective": a.objective, "trials": a.trials, "surrogate_seeds": a.surrogate_seeds,
+              "hv_reference_point": ref.tolist(), "checkpoints": checkpoints,
+              "mean": {arm: float(np.mean(v)) for arm, v in table.items()},
+              "std": {arm: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for arm, v in table.items()},
+              "runs": runs}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(result, indent=1))
+    print(f"{model.name}: {a.trials} trials per study, objectives size x {a.objective}; hypervolume on "
+          f"(bytes, log10 {a.objective}) against the shared point {ref[0]:.4g} B, {ref[1]:.3f}")
+    head = "".join(f"{'hv@' + str(k):>12}" for k in checkpoints)
+    print(f"{'arm':<8}{'seed':>5}{head}{'frontier':>10}{'of seeds':>10}{'own hv':>12}")
+    for r in runs:
+        print(f"{r['arm']:<8}{r['seed']:>5}" + "".join(f"{r[f'hv@{k}']:>12.5g}" for k in checkpoints)
+              + f"{r['frontier']:>10}{r['frontier_from_seeds']:>10}{r['summary']['hypervolume_all']:>12.5g}")
+    for arm in ARMS:
+        cols = "".join(f"{np.mean([r[f'hv@{k}'] for r in runs if r['arm'] == arm]):>12.5g}" for k in checkpoints)
+        print(f"{arm:<8}{'mean':>5}{cols}   (sd at {a.trials}: {result['std'][arm]:.4g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
