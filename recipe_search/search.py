@@ -26,11 +26,13 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import RecipeSearchError
-from .kld import TokenStats
+from .kld import TokenStats, default_max_entries
 from .pareto import hypervolume_2d, non_dominated
 from .quantize import ImatrixInput
 from .recipe import Recipe, recipe_from_dict
+from .resolve import resolve
 from .score import ScoreSettings, StopScoring
+from .size import predict_size
 from .space import MAXIMISE, SearchSpace, StudyConfig, build_space, reference_recipes
 from .surrogate import enqueue_seeds
 from .text import TextSource
@@ -159,8 +161,6 @@ class Objective:
         resolution = ctx.worker.resolve(recipe)
         key = ctx.worker.result_key(resolution)
         trial.set_user_attr("result_key", key)
-        from .size import predict_size
-
         predicted = predict_size(resolution, ctx.worker.inventory, ctx.worker.imatrix.kv() if ctx.worker.imatrix else None)
         trial.set_user_attr("predicted_bytes", predicted.file_bytes)
         band = _outside_band(config, predicted.file_bytes, predicted.bits_per_weight)
@@ -175,7 +175,9 @@ class Objective:
             return list(same.values)
         if self.on_trial_start:
             self.on_trial_start(trial.number)
-        on_chunk = _pruner(ctx.study, predicted.file_bytes, trial) if config.prune else None
+        # references anchor the frontier and the report: they are always measured in full
+        prune = config.prune and "reference" not in trial.user_attrs
+        on_chunk = _pruner(ctx.study, predicted.file_bytes, trial) if prune else None
         try:
             m = ctx.worker.measure(recipe, on_chunk=on_chunk, speed="speed" in config.objectives)
         except StopScoring as stop:
@@ -376,16 +378,12 @@ def run(ctx: StudyContext, n_trials: int | None, timeout: float | None, quiet: b
 
 def estimate_disk(ctx: StudyContext) -> dict[str, int]:
     """Bytes the study needs on disk: reference cache (upper bound), the largest temporary GGUF."""
-    from .kld import default_max_entries
-    from .resolve import resolve
-    from .size import predict_size
-
     inv = ctx.worker.inventory
     n_tokens = ctx.config.chunks * (ctx.config.ctx - 1 - ctx.config.ctx // 2)
     n_vocab = int(inv.headers[0].get(f"{inv.arch}.vocab_size", 0) or 0) or _vocab_from_header(inv)
     reference = n_tokens * (default_max_entries(n_vocab) * 8 + 24) + ctx.config.chunks * ctx.config.ctx * 4
-    biggest = max(predict_size(resolve(r, inv), inv).file_bytes
-                  for r, _ in reference_recipes(ctx.config, ctx.space, inv)[:1])
+    largest = ctx.space.recipe({p.name: 0 for p in ctx.space.parameters})  # every ladder's biggest type
+    biggest = predict_size(resolve(largest, inv), inv).file_bytes
     return {"reference_cache": reference, "temporary_gguf": biggest}
 
 
