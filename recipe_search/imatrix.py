@@ -228,6 +228,7 @@ def collect_imatrix(
     llama_cpp.llama_backend_init()
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
+    mparams.use_extra_bufts = False  # the AMX/repack buffer types die with SIGILL on some CPUs (see llama.py)
     with llama_log.captured() as log:
         model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
     if not model:
