@@ -19,7 +19,6 @@ Sums are accumulated in float64 (llama-imatrix uses float32) and returned as flo
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import llama_cpp
 import numpy as np
 import scipy.sparse
 
-from . import llama_log
 from .errors import RecipeSearchError
 from .ggml_ctypes import (
     GGML_OP_MUL_MAT,
@@ -40,6 +38,7 @@ from .ggml_ctypes import (
     tensor_to_numpy,
 )
 from .imatrix_file import Imatrix, ImatrixEntry
+from .llama import Batch, LlamaModel, chunk_tokens
 
 _MIN_ROWS = 16  # llama-imatrix ignores dense mat-muls of fewer input rows
 _N_UBATCH = 512
@@ -152,53 +151,6 @@ class _Collector:
         )
 
 
-class _Batch:
-    """A llama_batch over numpy arrays it owns: one sequence id per token, logits for every token."""
-
-    def __init__(self, capacity: int) -> None:
-        self.token = np.zeros(capacity, dtype=np.int32)
-        self.pos = np.zeros(capacity, dtype=np.int32)
-        self.n_seq_id = np.ones(capacity, dtype=np.int32)
-        self.seq = np.zeros(capacity, dtype=np.int32)
-        self.seq_ptr = self.seq.ctypes.data + self.seq.itemsize * np.arange(capacity, dtype=np.uintp)
-        self.output = np.ones(capacity, dtype=np.int8)
-        self.c = llama_cpp.llama_batch(
-            n_tokens=0,
-            token=self.token.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
-            embd=None,
-            pos=self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos)),
-            n_seq_id=self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
-            seq_id=ctypes.cast(self.seq_ptr.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id))),
-            logits=self.output.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
-        )
-
-    def fill(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray) -> None:
-        n = len(tokens)
-        self.token[:n], self.pos[:n], self.seq[:n] = tokens, pos, seq
-        self.c.n_tokens = n
-
-
-def _log_reason(messages: list[str]) -> str:
-    lines = [line.strip() for message in messages for line in message.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
-    return (errors or lines or ["llama.cpp gave no reason"])[-1]
-
-
-def _tokenize(vocab: llama_cpp.llama_vocab_p, text: str | bytes) -> np.ndarray:
-    """common_tokenize(ctx, text, add_special=true, parse_special=false)."""
-    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-    n_max = len(data) + 2
-    for _ in range(2):
-        out = np.empty(n_max, dtype=np.int32)
-        n = llama_cpp.llama_tokenize(
-            vocab, data, len(data), out.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)), n_max, True, False
-        )
-        if n >= 0:
-            return out[:n]
-        n_max = -n
-    raise RecipeSearchError("tokenization failed")
-
-
 def collect_imatrix(
     model_path: str | Path,
     tokens_or_text: str | bytes | Sequence[int] | np.ndarray,
@@ -219,66 +171,23 @@ def collect_imatrix(
     path = Path(model_path)
     if ctx < 1 or n_threads < 1 or n_batch < 1 or (n_chunks is not None and n_chunks < 1):
         raise ValueError("ctx, n_chunks, n_threads and n_batch must be positive")
-    if not path.is_file():
-        raise RecipeSearchError("no such file", path)
     n_seq = max(1, n_batch // ctx)
-    n_kv = n_seq * ctx
-    n_batch = min(n_batch, n_kv)
-    llama_log.install()
-    llama_cpp.llama_backend_init()
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0
-    mparams.use_extra_bufts = False  # the AMX/repack buffer types die with SIGILL on some CPUs (see llama.py)
-    with llama_log.captured() as log:
-        model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
-    if not model:
-        raise RecipeSearchError(f"llama.cpp cannot load it: {_log_reason(log)}", path)
     collector = _Collector(process_output)
-    lctx = None
-    try:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        if isinstance(tokens_or_text, (str, bytes)):
-            tokens = _tokenize(vocab, tokens_or_text)
-        else:
-            tokens = np.asarray(tokens_or_text, dtype=np.int32)
+    with LlamaModel(path, n_threads=n_threads, n_ctx=ctx, n_seq=n_seq, n_ubatch=_N_UBATCH,
+                    cb_eval=collector.callback) as lm:
+        tokens = lm.tokenize(tokens_or_text) if isinstance(tokens_or_text, (str, bytes)) else \
+            np.asarray(tokens_or_text, dtype=np.int32)
         available = len(tokens) // ctx
-        n_chunk = available if n_chunks is None else min(n_chunks, available)
-        if n_chunk < 1:
+        if available < 1:
             raise RecipeSearchError(f"{len(tokens)} tokens do not fill one chunk of {ctx}")
-        chunks = tokens[: n_chunk * ctx].reshape(n_chunk, ctx).copy()
-        if llama_cpp.llama_vocab_get_add_bos(vocab):
-            chunks[:, 0] = llama_cpp.llama_vocab_bos(vocab)
-
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_kv
-        cparams.n_seq_max = n_seq
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = min(_N_UBATCH, n_batch)
-        cparams.n_threads = cparams.n_threads_batch = n_threads
-        cparams.swa_full = False
-        cparams.cb_eval = collector.callback
-        with llama_log.captured() as log:
-            lctx = llama_cpp.llama_init_from_model(model, cparams)
-        if not lctx:
-            raise RecipeSearchError(f"llama.cpp cannot make a context for it: {_log_reason(log)}", path)
-        memory = llama_cpp.llama_get_memory(lctx)
-        batch = _Batch(n_batch)
-        for first in range(0, n_chunk, n_seq):
-            group = chunks[first : first + n_seq]
-            llama_cpp.llama_memory_clear(memory, True)
-            for start in range(0, ctx, n_batch):
-                part = group[:, start : start + n_batch]
-                n_group, size = part.shape
-                batch.fill(part.ravel(), np.tile(np.arange(start, start + size), n_group),
-                           np.repeat(np.arange(n_group), size))
-                rc = llama_cpp.llama_decode(lctx, batch.c)
-                if collector.error is not None:
-                    raise RecipeSearchError(f"imatrix collection failed: {collector.error}", path)
-                if rc != 0:
-                    raise RecipeSearchError(f"llama_decode failed (code {rc})", path)
-        llama_cpp.llama_synchronize(lctx)
-    finally:
-        if lctx:
-            llama_cpp.llama_free(lctx)
-        llama_cpp.llama_model_free(model)
+        chunks = chunk_tokens(tokens, ctx, min(n_chunks or available, available), lm.add_bos, lm.bos_id)
+        pos = np.tile(np.arange(ctx), n_seq)
+        batch = Batch(pos, np.repeat(np.arange(n_seq), ctx), np.ones(len(pos)))  # logits for every token
+        for first in range(0, len(chunks), n_seq):
+            group = chunks[first:first + n_seq]
+            batch.token[:group.size] = group.ravel()
+            lm.clear()
+            lm.decode(batch, group.size)
+            if collector.error is not None:
+                raise RecipeSearchError(f"imatrix collection failed: {collector.error}", path)
     return collector.result(ctx, dataset)

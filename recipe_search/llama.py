@@ -83,7 +83,7 @@ def scored_range(ctx: int) -> tuple[int, int]:
     return ctx // 2, ctx - 2
 
 
-class _Batch:
+class Batch:
     """A `llama_batch` over numpy arrays this object owns, one sequence id per token.
 
     Built directly instead of with llama_batch_init so that every field is filled by vectorised numpy
@@ -121,7 +121,8 @@ class LlamaModel:
     """
 
     def __init__(
-        self, path: str | Path, n_threads: int = 2, n_ctx: int = 512, n_seq: int = 1, n_ubatch: int = 512
+        self, path: str | Path, n_threads: int = 2, n_ctx: int = 512, n_seq: int = 1, n_ubatch: int = 512,
+        cb_eval: object | None = None,
     ) -> None:
         self.path = Path(path)
         self.n_ctx = n_ctx
@@ -148,6 +149,8 @@ class LlamaModel:
         cparams.n_ubatch = min(n_ubatch, n_seq * n_ctx)
         cparams.n_seq_max = n_seq
         cparams.n_threads = cparams.n_threads_batch = n_threads
+        if cb_eval is not None:  # the scheduler's eval callback (a ctypes function), e.g. imatrix collection
+            cparams.cb_eval = cb_eval
         cparams.swa_full = False
         with llama_log.captured() as log:
             self._ctx = llama_cpp.llama_init_from_model(self._model, cparams) or None
@@ -218,7 +221,7 @@ class LlamaModel:
         """Empty the KV cache / recurrent state of every sequence."""
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._live()), True)
 
-    def _decode(self, batch: _Batch, n_tokens: int) -> None:
+    def decode(self, batch: Batch, n_tokens: int) -> None:
         batch.c.n_tokens = n_tokens
         rc = llama_cpp.llama_decode(self._live(), batch.c)
         if rc != 0:
@@ -229,33 +232,35 @@ class LlamaModel:
         if not (0 < n_prompt <= self.n_ctx and 0 < n_gen <= self.n_ctx):
             raise ValueError(f"n_prompt and n_gen must be in 1..{self.n_ctx}")
         prompt = np.random.default_rng(0).integers(0, self.n_vocab, n_prompt, dtype=np.int32)
-        pp = _Batch(np.arange(n_prompt), np.zeros(n_prompt), np.arange(n_prompt) == n_prompt - 1)
+        pp = Batch(np.arange(n_prompt), np.zeros(n_prompt), np.arange(n_prompt) == n_prompt - 1)
         pp.token[:] = prompt
-        tg = _Batch(np.zeros(1), np.zeros(1), np.ones(1))
+        tg = Batch(np.zeros(1), np.zeros(1), np.ones(1))
         self.clear()
         tg.token[0] = prompt[0]
-        self._decode(tg, 1)  # warm-up: graph allocation, first page faults
+        self.decode(tg, 1)  # warm-up: graph allocation, first page faults
         self.clear()
         start = time.perf_counter()
-        self._decode(pp, n_prompt)
+        self.decode(pp, n_prompt)
         llama_cpp.llama_synchronize(self._live())
         pp_s = time.perf_counter() - start
         self.clear()
         start = time.perf_counter()
         for i in range(n_gen):
             tg.token[0], tg.pos[0] = prompt[i % n_prompt], i
-            self._decode(tg, 1)
+            self.decode(tg, 1)
         llama_cpp.llama_synchronize(self._live())
         tg_s = time.perf_counter() - start
         self.clear()
         return n_prompt / pp_s, n_gen / tg_s
 
 
-def evaluate(model: LlamaModel, chunks: np.ndarray, first: int) -> Iterator[tuple[int, np.ndarray]]:
+def evaluate(model: LlamaModel, chunks: np.ndarray, first: int,
+             copy: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (chunk index, float32 logits [ctx-1-first, n_vocab]) of positions first..ctx-2 of each chunk.
 
-    Chunks are decoded `model.n_seq` per llama_decode call; each yielded array is a fresh copy, and
-    the next round is decoded only when the consumer asks for it.
+    Chunks are decoded `model.n_seq` per llama_decode call, the next round only when the consumer asks
+    for it. Each yielded array is a fresh copy, or with ``copy=False`` a read-only view of llama.cpp's
+    output buffer that the next round overwrites (no copy of a chunk's logits, ~270 MB at a 262k vocabulary).
     """
     chunks = np.ascontiguousarray(chunks, dtype=np.int32)
     n_chunks, ctx = chunks.shape
@@ -266,12 +271,13 @@ def evaluate(model: LlamaModel, chunks: np.ndarray, first: int) -> Iterator[tupl
     n_seq, n_vocab = model.n_seq, model.n_vocab
     n_out = ctx - first  # outputs per sequence; the last one is requested, as llama-perplexity does, but unused
     pos = np.tile(np.arange(ctx), n_seq)
-    batch = _Batch(pos, np.repeat(np.arange(n_seq), ctx), pos >= first)
+    batch = Batch(pos, np.repeat(np.arange(n_seq), ctx), pos >= first)
     for start in range(0, n_chunks, n_seq):
         n = min(n_seq, n_chunks - start)
         batch.token[: n * ctx] = chunks[start : start + n].ravel()
         model.clear()
-        model._decode(batch, n * ctx)
+        model.decode(batch, n * ctx)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(model._live()), shape=(n, n_out, n_vocab))
+        logits.flags.writeable = False
         for s in range(n):
-            yield start + s, logits[s, : n_out - 1].copy()
+            yield start + s, logits[s, : n_out - 1].copy() if copy else logits[s, : n_out - 1]

@@ -87,6 +87,7 @@ def _final_norm_outputs(path: Path, chunks: np.ndarray) -> np.ndarray:
     """The model's final-norm hidden states (embeddings, no pooling) for each chunk, decoded alone."""
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
+    mparams.use_extra_bufts = False  # the same kernels as the collector's model
     model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
     cparams = llama_cpp.llama_context_default_params()
     cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = chunks.shape[1]
