@@ -1,38 +1,43 @@
 """Summaries of sensitivity tables for FINDINGS-sensitivity.md: per tensor type, the KLD its quantization
-alone costs at a few widths, that cost per megabyte saved, MXFP4 against Q4_K, and (given a second table
-measured with an imatrix) what the imatrix changes.
+alone costs at a few widths, that cost per megabyte saved (the ranking is by it), MXFP4 against Q4_K, and
+(given a second table measured with an imatrix) what the imatrix changes.
 
-    python experiments/sensitivity_findings.py TABLE_DIR [--imatrix-table DIR] [--json OUT.json]
+    python experiments/sensitivity_findings.py TABLE.csv [--imatrix-table TABLE.csv] [--json OUT.json]
+
+(TABLE.csv: a sweep directory's sensitivity.csv; the per-token vectors are not needed here.)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
 
-from recipe_search.sensitivity import SensitivityTable
-
 WIDTHS = ("Q6_K", "Q4_K", "Q3_K", "Q2_K")
 
 
-def per_type(table: SensitivityTable) -> dict[str, dict]:
-    """Per tensor type: its parameters, mean and 99.9% KLD per ggml type, and mean KLD per MB saved at Q3_K
-    (against its Q8_0 cell: the KLD bought by each megabyte that going from 8.5 to 3.44 bits saves)."""
+def read_rows(path: str) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: v if k in ("tensor_type", "ggml_type") else float(v) for k, v in r.items()}
+                for r in csv.DictReader(fh)]
+
+
+def per_type(rows: list[dict]) -> dict[str, dict]:
+    """Per tensor type: its parameters, mean, 99% and 99.9% KLD per ggml type, and its mean KLD at Q3_K per
+    megabyte that Q3_K saves against the 16-bit source (whose KLD is zero)."""
     out: dict[str, dict] = {}
-    for r in table.rows:
-        d = out.setdefault(r["tensor_type"], {"n_elements": r["n_elements"], "mean": {}, "p999": {}, "bytes": {}})
-        d["mean"][r["ggml_type"]] = r["kld_mean"]
-        d["p999"][r["ggml_type"]] = r["kld_p999"]
-        d["bytes"][r["ggml_type"]] = r["file_bytes"]
+    for r in rows:
+        d = out.setdefault(r["tensor_type"], {"n_elements": int(r["n_elements"]), "mean": {}, "p99": {}, "p999": {}})
+        for key, metric in (("mean", "kld_mean"), ("p99", "kld_p99"), ("p999", "kld_p999")):
+            d[key][r["ggml_type"]] = r[metric]
+        if r["ggml_type"] == "Q3_K":
+            d["mean_per_mb_q3k"] = r["kld_mean"] / (r["n_elements"] * (16 - r["bpw"]) / 8 / 1e6)
     for d in out.values():
-        if {"Q8_0", "Q3_K"} <= set(d["mean"]):
-            saved = (d["bytes"]["Q8_0"] - d["bytes"]["Q3_K"]) / 1e6
-            d["mean_per_mb_q3k"] = (d["mean"]["Q3_K"] - d["mean"]["Q8_0"]) / saved
         if {"MXFP4", "Q4_K"} <= set(d["mean"]):
             d["mxfp4_over_q4k_mean"] = d["mean"]["MXFP4"] / d["mean"]["Q4_K"]
-            d["mxfp4_over_q4k_p999"] = d["p999"]["MXFP4"] / d["p999"]["Q4_K"]
+            d["mxfp4_over_q4k_p99"] = d["p99"]["MXFP4"] / d["p99"]["Q4_K"]
     return out
 
 
@@ -42,19 +47,20 @@ def main() -> int:
     ap.add_argument("--imatrix-table")
     ap.add_argument("--json")
     a = ap.parse_args()
-    types = per_type(SensitivityTable.load(a.table))
+    types = per_type(read_rows(a.table))
     total = sum(d["n_elements"] for d in types.values())
     ranked = sorted(types.items(), key=lambda kv: -kv[1].get("mean_per_mb_q3k", 0))
     print(f"{'tensor type':<16}{'params':>7}" + "".join(f"{'mean ' + w:>12}" for w in WIDTHS)
-          + "".join(f"{'99.9% ' + w:>12}" for w in WIDTHS) + f"{'mean/MB Q3_K':>14}{'MXFP4/Q4_K':>12}")
+          + "".join(f"{'99% ' + w:>11}" for w in ("Q4_K", "Q2_K")) + f"{'mean/MB Q3_K':>14}{'MXFP4/Q4_K':>12}")
+    nan = float("nan")
     for kind, d in ranked:
         print(f"{kind:<16}{d['n_elements'] / total:>7.1%}"
-              + "".join(f"{d['mean'].get(w, float('nan')):>12.5f}" for w in WIDTHS)
-              + "".join(f"{d['p999'].get(w, float('nan')):>12.4f}" for w in WIDTHS)
-              + f"{d.get('mean_per_mb_q3k', float('nan')):>14.4g}{d.get('mxfp4_over_q4k_mean', float('nan')):>12.2f}")
+              + "".join(f"{d['mean'].get(w, nan):>12.5f}" for w in WIDTHS)
+              + "".join(f"{d['p99'].get(w, nan):>11.4f}" for w in ("Q4_K", "Q2_K"))
+              + f"{d.get('mean_per_mb_q3k', nan):>14.4g}{d.get('mxfp4_over_q4k_mean', nan):>12.2f}")
     result: dict = {"table": a.table, "per_type": types}
     if a.imatrix_table:
-        with_im = per_type(SensitivityTable.load(a.imatrix_table))
+        with_im = per_type(read_rows(a.imatrix_table))
         gains: dict[str, dict[str, float]] = {}
         for kind, d in with_im.items():
             for t, v in d["mean"].items():
