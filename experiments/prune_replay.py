@@ -1,0 +1,66 @@
+"""Replay the early-stopping rule on a finished study that ran without it.
+
+For every measured trial, in the order it finished, the rule sees the trial's per-token KLD chunk by
+chunk (as it would have during scoring) and the (size, mean KLD) of the trials finished before it.
+The script reports which trials the rule would have stopped, after how many chunks, and whether any
+of them is on the study's final frontier (which would mean the rule loses good recipes). Usage:
+
+    python experiments/prune_replay.py --storage sqlite:///studies/NAME/study.db --study NAME [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import optuna
+
+from recipe_search.search import (MIN_CHUNKS_BEFORE_PRUNING, frontier_trials, measured_trials, prune_decision,
+                                  storage_for)
+from recipe_search.space import StudyConfig
+from recipe_search.worker import decode_array
+
+
+def replay(study: optuna.Study) -> dict:
+    config = StudyConfig.model_validate_json(study.user_attrs["config"])
+    per_chunk = config.ctx - 1 - config.ctx // 2
+    trials = sorted(measured_trials(study), key=lambda t: t.datetime_complete)
+    front = {t.number for t in frontier_trials(trials, study.directions)}
+    done: list[tuple[int, float]] = []
+    stopped = []
+    for t in trials:
+        kld = decode_array(t.user_attrs["kld_tokens"])
+        size = int(t.user_attrs["file_bytes"])
+        if "reference" not in t.user_attrs:  # references are never pruned
+            for chunks in range(MIN_CHUNKS_BEFORE_PRUNING, config.chunks + 1):
+                why = prune_decision(kld[:chunks * per_chunk], size, done)
+                if why:
+                    stopped.append({"trial": t.number, "after_chunks": chunks, "on_frontier": t.number in front,
+                                    "reason": why})
+                    break
+        done.append((size, float(t.user_attrs["metrics"]["kld_mean"])))
+    chunks_saved = sum(config.chunks - s["after_chunks"] for s in stopped)
+    return {"measured": len(trials), "frontier": sorted(front), "would_stop": stopped,
+            "frontier_points_stopped": [s["trial"] for s in stopped if s["on_frontier"]],
+            "chunks_saved": chunks_saved, "chunks_total": len(trials) * config.chunks}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--storage", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--out")
+    a = p.parse_args()
+    result = replay(optuna.load_study(study_name=a.study, storage=storage_for(a.storage)))
+    print(f"{result['measured']} measured trials, {len(result['frontier'])} on the frontier")
+    print(f"the rule would stop {len(result['would_stop'])} trials, saving {result['chunks_saved']} of "
+          f"{result['chunks_total']} chunk evaluations")
+    print(f"frontier points it would stop: {result['frontier_points_stopped'] or 'none'}")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

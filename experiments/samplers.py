@@ -1,0 +1,76 @@
+"""Which Optuna sampler finds the better frontier for the same number of trials?
+
+Runs one study per (sampler, seed) on a model, all with the same references and trial budget, and
+compares the hypervolume of their final frontiers (size x log10 quality objective) against one
+common reference point. Usage:
+
+    python experiments/samplers.py MODEL --text 'FILE[0:0.4]' --ctx 256 --chunks 8 --trials 40 \
+        --seeds 0 1 2 --samplers tpe nsga2 random --out experiments/results/samplers-tiny-qwen35moe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from recipe_search.demo import cache_dir, resolve_model_arg
+from recipe_search.pareto import hypervolume_2d
+from recipe_search.search import add_presets, enqueue_references, measured_trials, open_study, run, storage_for
+from recipe_search.space import StudyConfig, load_study_config
+
+
+def run_one(model: Path, config: StudyConfig, trials: int, cache: Path) -> list[tuple[float, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = storage_for(f"sqlite:///{tmp}/study.db")
+        ctx = open_study(storage, "s", model, config, Path(tmp), cache)
+        enqueue_references(ctx)
+        add_presets(ctx, lambda msg: None)
+        run(ctx, trials, None, True, lambda msg: None)
+        return [(t.values[0], t.values[1]) for t in measured_trials(ctx.study)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--config")
+    p.add_argument("--text")
+    p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    model = resolve_model_arg(a.model)
+    base = load_study_config(a.config).model_copy(update={"text": a.text, "ctx": a.ctx, "chunks": a.chunks})
+    points: dict[str, dict[int, list]] = {}
+    for sampler in a.samplers:
+        for seed in a.seeds:
+            cfg = base.model_copy(update={"sampler": sampler, "seed": seed})
+            points.setdefault(sampler, {})[seed] = run_one(model, cfg, a.trials, cache_dir())
+            print(f"{sampler} seed {seed}: {len(points[sampler][seed])} measured recipes", flush=True)
+    every = np.array([[s, math.log10(max(q, 1e-12))] for runs in points.values() for pts in runs.values() for s, q in pts])
+    ref = every.max(axis=0) + np.abs(every.max(axis=0)) * 0.01 + 1e-9
+    table = {}
+    for sampler, runs in points.items():
+        hv = {seed: hypervolume_2d(np.array([[s, math.log10(max(q, 1e-12))] for s, q in pts]), ref)
+              for seed, pts in runs.items()}
+        table[sampler] = {"hypervolume": hv, "mean": statistics.mean(hv.values()),
+                          "stdev": statistics.stdev(hv.values()) if len(hv) > 1 else 0.0}
+    print(f"\n{'sampler':<8}" + "".join(f"{'seed ' + str(s):>14}" for s in a.seeds) + f"{'mean':>14}{'stdev':>12}")
+    for sampler, row in table.items():
+        print(f"{sampler:<8}" + "".join(f"{row['hypervolume'][s]:>14.5g}" for s in a.seeds)
+              + f"{row['mean']:>14.5g}{row['stdev']:>12.3g}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(a), "reference_point": ref.tolist(), "samplers": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
