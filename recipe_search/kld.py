@@ -24,6 +24,7 @@ leaves ~1e-6 of noise per token (a Q8_0-sized KLD).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -34,7 +35,7 @@ from .errors import RecipeSearchError
 LOG_PROB_FLOOR = np.float32(-16.0)
 #: llama-perplexity prints no statistics for fewer scored tokens than this.
 MIN_TOKENS = 100
-DEFAULT_BLOCK = 64
+DEFAULT_BLOCK = 16
 
 
 @dataclass
@@ -99,23 +100,40 @@ class KLDSummary:
         return asdict(self)
 
 
+def _normaliser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of float32 logits: the first index of the maximum, the maximum, float32 expf(x − max), its sum
+    accumulated in double, and the log-normaliser max + ln(sum) in double, as llama-perplexity forms them."""
+    top = x.argmax(axis=1)
+    m = x[np.arange(len(x)), top]
+    e = np.subtract(x, m[:, None])
+    np.exp(e, out=e)
+    sum_exp = e.sum(axis=1, dtype=np.float64)
+    return top, m, e, sum_exp, m + np.log(sum_exp)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax, computed in double and returned as float32."""
-    x = np.asarray(logits, dtype=np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
-    return x.astype(np.float32)
+    """Row-wise log-softmax of 2-D logits: x − (max + ln Σ expf(x − max)) in double, returned as float32."""
+    x = np.asarray(logits, dtype=np.float32)
+    norm = _normaliser(x)[4]
+    return (x - norm[:, None]).astype(np.float32)
 
 
 def _quant_side(q: np.ndarray, next_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                                                   np.ndarray]:
-    """argmax, float32 expf(q − max), its sum and the normaliser max + ln(sum) in double, the next token's NLL."""
-    m = q.max(axis=1)
-    e = np.exp(q - m[:, None])
-    sum_exp = e.sum(axis=1, dtype=np.float64)
-    norm = m + np.log(sum_exp)
+    """argmax, max, Σ expf(q − max) and the normaliser max + ln(sum) in double, the next token's NLL."""
+    top, m, _, sum_exp, norm = _normaliser(q)
     nll = (norm - q[np.arange(len(q)), next_tokens]).astype(np.float32)
-    return q.argmax(axis=1), e, sum_exp, norm, nll
+    return top, m, sum_exp, norm, nll
+
+
+def _map_blocks(fn: Callable[[int], object], n: int, block_size: int, threads: int) -> list:
+    """fn(start) for the row blocks of n rows (one empty block when n is 0), on `threads` threads; numpy's
+    array operations release the GIL, so blocks run in parallel."""
+    starts = range(0, max(n, 1), block_size)
+    if threads <= 1 or len(starts) < 2:
+        return [fn(s) for s in starts]
+    with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+        return list(pool.map(fn, starts))
 
 
 def _finish(kld: np.ndarray, nll_base: np.ndarray, nll_quant: np.ndarray, same_top: np.ndarray) -> TokenStats:
@@ -335,36 +353,41 @@ class SparseReference:
 
     @classmethod
     def from_logits(cls, base_logits: np.ndarray, next_tokens: np.ndarray, max_entries: int | None = None,
-                    block_size: int = DEFAULT_BLOCK) -> SparseReference:
-        """Sparsify base logits (float32 [n_tokens, n_vocab]) block by block."""
+                    block_size: int = DEFAULT_BLOCK, threads: int = 1) -> SparseReference:
+        """Sparsify base logits (float32 [n_tokens, n_vocab]) block by block, on `threads` threads."""
         base_logits, next_tokens = np.asarray(base_logits), np.asarray(next_tokens)
         n, n_vocab = _check_shapes("base logits", base_logits, None, None, next_tokens)
         cap = min(n_vocab, max_entries or default_max_entries(n_vocab))
-        return cls.concat([cls._sparsify(np.asarray(base_logits[s:s + block_size], dtype=np.float32),
-                                         next_tokens[s:s + block_size], cap) for s in range(0, max(n, 1), block_size)])
+        return cls.concat(_map_blocks(
+            lambda s: cls._sparsify(np.asarray(base_logits[s:s + block_size], dtype=np.float32),
+                                    next_tokens[s:s + block_size], cap), n, block_size, threads))
 
     @classmethod
     def _sparsify(cls, b: np.ndarray, tok: np.ndarray, cap: int) -> SparseReference:
+        """Log-probabilities (as `log_softmax` forms them) are computed only for entries near or above −16."""
         rows, n_vocab = b.shape
-        lp = log_softmax(b)
-        if cap < n_vocab:
-            cand = np.argpartition(lp, n_vocab - cap, axis=1)[:, n_vocab - cap:]
-        else:
-            cand = np.broadcast_to(np.arange(n_vocab), (rows, n_vocab))
-        vals = np.take_along_axis(lp, cand, axis=1)
-        keep = vals > LOG_PROB_FLOOR
-        kept = np.zeros(lp.shape, dtype=bool)
-        kept[np.nonzero(keep)[0], cand[keep]] = True
-        p_out = np.where(kept, np.float32(0), np.exp(lp))
+        top, _, e, sum_exp, norm = _normaliser(b)
+        # a float32 threshold a little below norm − 16 finds every entry whose float32 log-probability is above −16
+        ri, ci = np.divmod(np.flatnonzero(b > (norm - 16 - 1 / 64).astype(np.float32)[:, None]), n_vocab)
+        lp = (b[ri, ci] - norm[ri]).astype(np.float32)
+        above = lp > LOG_PROB_FLOOR
+        ri, ci, lp = ri[above], ci[above], lp[above]
+        counts = np.bincount(ri, minlength=rows)
+        keep = np.ones(len(ri), dtype=bool)
+        ends = np.cumsum(counts)
+        for r in np.flatnonzero(counts > cap):  # the cap keeps a row's `cap` most probable entries
+            a, z = ends[r] - counts[r], ends[r]
+            keep[a + np.argpartition(lp[a:z], z - a - cap)[:z - a - cap]] = False
+        e[ri[keep], ci[keep]] = 0
         return cls(
             n_vocab=n_vocab,
-            offsets=np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64),
-            indices=cand[keep].astype(np.int32),
-            logprobs=vals[keep],
-            remainder=p_out.sum(axis=1, dtype=np.float64).astype(np.float32),
-            dropped=np.where(lp > LOG_PROB_FLOOR, p_out, 0).sum(axis=1, dtype=np.float64).astype(np.float32),
-            top=b.argmax(axis=1).astype(np.int32),
-            nll_base=-lp[np.arange(rows), tok],
+            offsets=np.concatenate([[0], np.cumsum(np.bincount(ri[keep], minlength=rows))]).astype(np.int64),
+            indices=ci[keep].astype(np.int32),
+            logprobs=lp[keep],
+            remainder=(e.sum(axis=1, dtype=np.float64) / sum_exp).astype(np.float32),
+            dropped=np.bincount(ri[~keep], weights=np.exp(lp[~keep]), minlength=rows).astype(np.float32),
+            top=top.astype(np.int32),
+            nll_base=-(b[np.arange(rows), tok] - norm).astype(np.float32),
         )
 
     @classmethod
@@ -411,7 +434,7 @@ class SparseReference:
 
 
 def token_stats_sparse(sparse_base: SparseReference, quant_logits: np.ndarray, next_tokens: np.ndarray,
-                       block_size: int = DEFAULT_BLOCK) -> TokenStats:
+                       block_size: int = DEFAULT_BLOCK, threads: int = 1) -> TokenStats:
     """Per-token statistics against a sparse reference; exact where no token hit the entry cap.
 
     A token's KLD is Σ p·d over its kept entries, d = ln p_base − ln p_quant. When the cap dropped
@@ -419,28 +442,31 @@ def token_stats_sparse(sparse_base: SparseReference, quant_logits: np.ndarray, n
     "any entry not kept" (quant mass 1 − Σ kept quant probabilities) gives ln(remainder /
     remainder_quant) = −ln E[e^−d] ≈ E[d] − Var[d]/2, so the estimate is that plus half the variance
     of d over the kept entries (unweighted: most are low-probability entries like the dropped ones).
+    Blocks of `block_size` tokens run on `threads` threads.
     """
     quant_logits, next_tokens = np.asarray(quant_logits), np.asarray(next_tokens)
     n = len(sparse_base)
     _check_shapes("quant logits", quant_logits, n, sparse_base.n_vocab, next_tokens)
-    parts = []
-    for s in range(0, max(n, 1), block_size):
+
+    def block(s: int) -> TokenStats:
         sp = sparse_base.select(s, min(s + block_size, n))
         q = np.asarray(quant_logits[s:s + block_size], dtype=np.float32)
-        imax, e, sum_exp, norm, nll = _quant_side(q, next_tokens[s:s + block_size])
+        imax, m, sum_exp, norm, nll = _quant_side(q, next_tokens[s:s + block_size])
         counts = np.diff(sp.offsets)
         row = np.repeat(np.arange(len(q)), counts)
         lp = sp.logprobs
-        diff = lp - q[row, sp.indices].astype(np.float64)  # d up to the row's constant: ln p_quant = q − norm
+        q_kept = q[row, sp.indices]
+        diff = lp - q_kept.astype(np.float64)  # d up to the row's constant: ln p_quant = q − norm
         kld = np.bincount(row, weights=np.exp(lp) * (diff + norm[row]), minlength=len(q))
         lumped = sp.dropped > 0
         if lumped.any():
-            e[row, sp.indices] = 0
-            r_q = np.maximum(e[lumped].sum(axis=1, dtype=np.float64) / sum_exp[lumped], np.finfo(np.float64).tiny)
+            kept_exp = np.bincount(row, weights=np.exp(q_kept - m[row]), minlength=len(q))  # Σ expf(q − max) kept
+            r_q = np.maximum((sum_exp[lumped] - kept_exp[lumped]) / sum_exp[lumped], np.finfo(np.float64).tiny)
             mean = np.bincount(row, weights=diff, minlength=len(q)) / np.maximum(counts, 1)
             var = np.bincount(row, weights=np.square(diff - mean[row], dtype=np.float64), minlength=len(q)) \
                 / np.maximum(counts, 1)
             kld[lumped] += sp.dropped[lumped] * (np.log(sp.remainder[lumped].astype(np.float64)) - np.log(r_q)
                                                  + var[lumped] / 2)
-        parts.append(_finish(kld, sp.nll_base, nll, imax == sp.top))
-    return TokenStats.concat(parts)
+        return _finish(kld, sp.nll_base, nll, imax == sp.top)
+
+    return TokenStats.concat(_map_blocks(block, n, block_size, threads))

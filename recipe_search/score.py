@@ -72,6 +72,19 @@ def reference_key(fingerprint: str, text: bytes, settings: ScoreSettings) -> str
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+class Stopwatch:
+    """Seconds per phase: ``lap(phase)`` adds the time since the previous lap (or the start) to it."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._mark
+        self._mark = now
+
+
 def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
     """Open a cached reference (memory-mapped); refuse one made from another model."""
     try:
@@ -96,12 +109,19 @@ def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
 
 def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: Path,
                     fingerprint: str, text: bytes) -> Reference:
-    """Evaluate the base model on the text's chunks and write the sparse reference atomically."""
+    """Evaluate the base model on the text's chunks and write the sparse reference atomically.
+
+    The meta records the seconds of each phase: load, tokenize, decode, sparsify, write.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        clock = Stopwatch()
         with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq) as lm:
+            vocab_fingerprint = lm.vocab_fingerprint
+            clock.lap("load")
             tokens = lm.tokenize(text)
+            clock.lap("tokenize")
             if len(tokens) < 2 * settings.ctx:
                 raise RecipeSearchError(f"the text has {len(tokens)} tokens; at least 2 x ctx = {2 * settings.ctx} "
                                         "are needed", settings.text.path or settings.text.label)
@@ -111,23 +131,27 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
             n_tokens = n_entries = 0
             files["offsets"].write(np.zeros(1, np.int64).tobytes())
             try:
-                for i, logits in evaluate(lm, chunks, first):
-                    part = SparseReference.from_logits(logits, chunks[i, first + 1:])
+                for i, logits in evaluate(lm, chunks, first, copy=False):
+                    clock.lap("decode")
+                    part = SparseReference.from_logits(logits, chunks[i, first + 1:], threads=settings.threads)
+                    clock.lap("sparsify")
                     for name in [*_PER_TOKEN, *_PER_ENTRY]:
                         getattr(part, name).astype(_PER_TOKEN.get(name) or _PER_ENTRY[name]).tofile(files[name])
                     (part.offsets[1:] + n_entries).astype(np.int64).tofile(files["offsets"])
                     n_tokens += len(part)
                     n_entries += int(part.offsets[-1])
+                    clock.lap("write")
             finally:
                 for fh in files.values():
                     fh.close()
             chunks.astype(np.int32).tofile(tmp / "tokens.bin")
+            clock.lap("write")
             meta = {"format": REFERENCE_FORMAT, "tool": __version__, "model_fingerprint": fingerprint,
-                    "model_name": model.name, "n_vocab": lm.n_vocab, "vocab_fingerprint": lm.vocab_fingerprint,
+                    "model_name": model.name, "n_vocab": lm.n_vocab, "vocab_fingerprint": vocab_fingerprint,
                     "add_bos": lm.add_bos, "text": settings.text.label, "text_sha256": text_sha256(text),
                     "n_text_tokens": int(len(tokens)), "ctx": settings.ctx, "n_chunks": int(len(chunks)),
                     "first": first, "n_tokens": n_tokens, "n_entries": n_entries,
-                    "tensor_table": _tensor_table(inv)}
+                    "tensor_table": _tensor_table(inv), "seconds": clock.seconds}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if out.exists():
             shutil.rmtree(out)
@@ -177,31 +201,36 @@ class StopScoring(Exception):
 class ScoreResult:
     summary: KLDSummary
     stats: TokenStats
-    seconds_load: float
-    seconds_eval: float
+    seconds: dict[str, float]  # load, decode, kld
 
 
 def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
-                on_chunk: Callable[[int, TokenStats], None] | None = None) -> ScoreResult:
+                on_chunk: Callable[[int, TokenStats], None] | None = None, check: bool = True) -> ScoreResult:
     """Evaluate a quant on the reference's chunks and compute llama-perplexity's statistics.
 
-    ``on_chunk(i, stats_so_far)`` runs after each chunk and may raise StopScoring.
+    ``on_chunk(i, stats_so_far)`` runs after each chunk and may raise StopScoring. ``check=False``
+    skips checking that the quant has the reference model's tensors and tokenizer, for a quant that
+    llama.cpp's quantizer has just written from that very model.
     """
-    check_same_model(reference, read_inventory(quant))
-    start = time.perf_counter()
+    clock = Stopwatch()
+    if check:
+        check_same_model(reference, read_inventory(quant))
     with LlamaModel(quant, n_threads=settings.threads, n_ctx=reference.tokens.shape[1], n_seq=settings.n_seq) as lm:
-        if lm.vocab_fingerprint != reference.meta["vocab_fingerprint"]:
+        if check and lm.vocab_fingerprint != reference.meta["vocab_fingerprint"]:
             raise RecipeSearchError("tokenizer differs from the reference model's", quant)
-        loaded = time.perf_counter()
+        clock.lap("load")
         parts: list[TokenStats] = []
-        for i, logits in evaluate(lm, reference.tokens, reference.first):
+        for i, logits in evaluate(lm, reference.tokens, reference.first, copy=False):
+            clock.lap("decode")
             sparse, next_tokens = reference.chunk(i)
-            parts.append(token_stats_sparse(sparse, logits, next_tokens))
+            parts.append(token_stats_sparse(sparse, logits, next_tokens, threads=settings.threads))
             if on_chunk is not None:
                 on_chunk(i, TokenStats.concat(parts))
+            clock.lap("kld")
     stats = TokenStats.concat(parts)
-    done = time.perf_counter()
-    return ScoreResult(summarize(stats), stats, loaded - start, done - loaded)
+    summary = summarize(stats)
+    clock.lap("kld")
+    return ScoreResult(summary, stats, clock.seconds)
 
 
 def write_base_file(model: Path, settings: ScoreSettings, out: Path) -> int:
@@ -228,7 +257,7 @@ def score_against_base_file(quant: Path, base_file: Path, settings: ScoreSetting
     from .kld_base_file import KLDBaseFile
 
     base = KLDBaseFile(base_file)
-    start = time.perf_counter()
+    clock = Stopwatch()
     with LlamaModel(quant, n_threads=settings.threads, n_ctx=base.n_ctx, n_seq=settings.n_seq) as lm:
         if lm.n_vocab != base.n_vocab:
             raise RecipeSearchError(f"vocabulary of {base.n_vocab} entries, but {quant.name} has {lm.n_vocab}",
@@ -236,8 +265,13 @@ def score_against_base_file(quant: Path, base_file: Path, settings: ScoreSetting
         chunks = np.array(base.tokens, dtype=np.int32)
         if lm.add_bos:
             chunks[:, 0] = lm.bos_id
-        loaded = time.perf_counter()
-        parts = [base.token_stats(i, logits) for i, logits in evaluate(lm, chunks, base.n_ctx // 2)]
+        clock.lap("load")
+        parts = []
+        for i, logits in evaluate(lm, chunks, base.n_ctx // 2, copy=False):
+            clock.lap("decode")
+            parts.append(base.token_stats(i, logits))
+            clock.lap("kld")
     stats = TokenStats.concat(parts)
-    done = time.perf_counter()
-    return ScoreResult(summarize(stats), stats, loaded - start, done - loaded)
+    summary = summarize(stats)
+    clock.lap("kld")
+    return ScoreResult(summary, stats, clock.seconds)

@@ -134,7 +134,7 @@ class Worker:
                                inventory=self.inventory)
             if q.file_bytes != predicted.file_bytes:
                 raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {q.file_bytes}", path)
-            scored = score_quant(path, reference, self.settings, on_chunk)
+            scored = score_quant(path, reference, self.settings, on_chunk, check=False)
             speed_numbers = speed_of(path, self.settings.threads) if speed else {}
         finally:
             if not self.keep and out is None:
@@ -146,5 +146,5 @@ class Worker:
             file_bytes=q.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
             kld_tokens=scored.stats.kld.astype(np.float32),
             fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
-            seconds={"quantize": q.seconds, "load": scored.seconds_load, "eval": scored.seconds_eval},
+            seconds={"quantize": q.seconds, **scored.seconds},
             speed=speed_numbers)
