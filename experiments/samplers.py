@@ -25,10 +25,12 @@ from recipe_search.search import add_presets, enqueue_references, measured_trial
 from recipe_search.space import StudyConfig, load_study_config
 
 
-def run_one(model: Path, config: StudyConfig, trials: int, cache: Path) -> list[tuple[float, float]]:
+def run_one(model: Path, config: StudyConfig, trials: int, cache: Path, keep: Path | None) -> list[tuple[float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
-        storage = storage_for(f"sqlite:///{tmp}/study.db")
-        ctx = open_study(storage, "s", model, config, Path(tmp), cache)
+        where = keep / f"{config.sampler}-{config.seed}" if keep else Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        storage = storage_for(f"sqlite:///{where.resolve()}/study.db")
+        ctx = open_study(storage, "s", model, config, where, cache)
         enqueue_references(ctx)
         add_presets(ctx, lambda msg: None)
         run(ctx, trials, None, True, lambda msg: None)
@@ -45,15 +47,19 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
+    p.add_argument("--no-prune", action="store_true", help="measure every trial in full (for prune_replay.py)")
+    p.add_argument("--keep-dir", help="keep each study's database here (default: discarded)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     model = resolve_model_arg(a.model)
-    base = load_study_config(a.config).model_copy(update={"text": a.text, "ctx": a.ctx, "chunks": a.chunks})
+    base = load_study_config(a.config).model_copy(update={"text": a.text, "ctx": a.ctx, "chunks": a.chunks,
+                                                          "prune": not a.no_prune})
     points: dict[str, dict[int, list]] = {}
     for sampler in a.samplers:
         for seed in a.seeds:
             cfg = base.model_copy(update={"sampler": sampler, "seed": seed})
-            points.setdefault(sampler, {})[seed] = run_one(model, cfg, a.trials, cache_dir())
+            keep = Path(a.keep_dir) if a.keep_dir else None
+            points.setdefault(sampler, {})[seed] = run_one(model, cfg, a.trials, cache_dir(), keep)
             print(f"{sampler} seed {seed}: {len(points[sampler][seed])} measured recipes", flush=True)
     every = np.array([[s, math.log10(max(q, 1e-12))] for runs in points.values() for pts in runs.values() for s, q in pts])
     ref = every.max(axis=0) + np.abs(every.max(axis=0)) * 0.01 + 1e-9

@@ -1,0 +1,81 @@
+"""Cross-check `recipe-search score` against llama-perplexity itself, on the same model, text and quant.
+
+Builds (once) llama-perplexity from the pinned llama-cpp-python sdist (experiments/bench_trial.py's
+build), writes llama-perplexity's base file, scores a uniform-Q4_0 quant of the model three ways and
+prints the statistics side by side:
+  1. llama-perplexity --kl-divergence (run with --no-repack: the repack/AMX path dies on some CPUs),
+  2. recipe-search score --base on llama-perplexity's own base file (its 16-bit distributions),
+  3. recipe-search score with its sparse reference cache (the default).
+
+    python experiments/crosscheck_perplexity.py [--model demo] [--text wiki.test.raw] [--chunks 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_trial import build_tools  # noqa: E402
+
+from recipe_search.demo import cache_dir, resolve_model_arg  # noqa: E402
+
+STATS = {"Mean    KLD": "kld_mean", "Maximum KLD": "kld_max", "99.9%   KLD": "kld_p999", "99.0%   KLD": "kld_p99",
+         "Median  KLD": "kld_median", "RMS Δp    ": "dp_rms", "Same top p": "same_top"}
+
+
+def parse_perplexity(log: str) -> dict[str, float]:
+    out = {}
+    for label, key in STATS.items():
+        m = re.search(re.escape(label) + r"\s*:\s*([-\d.]+)", log)
+        if m:
+            value = float(m.group(1))
+            out[key] = value / 100 if key in ("dp_rms", "same_top") else value
+    return out
+
+
+def ours(model: Path, quant: Path, extra: list[str]) -> dict[str, float]:
+    run = subprocess.run([sys.executable, "-m", "recipe_search.cli", "score", str(model), str(quant), "--json", *extra],
+                         capture_output=True, text=True, check=True)
+    return json.loads(run.stdout)["metrics"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--text", default=str(Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/wiki.test.raw"))
+    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--tools", type=Path, help="a bin/ with llama-perplexity (default: build)")
+    p.add_argument("--out", default="experiments/results/crosscheck_perplexity.json")
+    a = p.parse_args()
+    model = resolve_model_arg(a.model)
+    bin_dir = a.tools or build_tools(cache_dir() / "llama.cpp-tools", "0.3.36")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        recipe, quant, base = tmp / "q40.yaml", tmp / "q40.gguf", tmp / "base.kld"
+        recipe.write_text("name: uniform-Q4_0\nunmatched: {type: Q4_0}\n")
+        subprocess.run([sys.executable, "-m", "recipe_search.cli", "quantize", str(model), str(recipe), "-o", str(quant)],
+                       check=True, capture_output=True)
+        common = ["-c", "512", "-b", "2048", "-t", "2", "--no-repack"]
+        env = {"LD_LIBRARY_PATH": str(bin_dir)}
+        subprocess.run([str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", a.text, "--chunks", str(a.chunks),
+                        "--kl-divergence-base", str(base), *common], check=True, capture_output=True, env=env)
+        theirs = subprocess.run([str(bin_dir / "llama-perplexity"), "-m", str(quant), "--kl-divergence-base", str(base),
+                                 "--kl-divergence", *common], check=True, capture_output=True, text=True, env=env)
+        rows = {"llama-perplexity": parse_perplexity(theirs.stdout + theirs.stderr),
+                "score --base (its file)": ours(model, quant, ["--base", str(base)]),
+                "score (sparse cache)": ours(model, quant, ["--text", a.text, "--chunks", str(a.chunks)])}
+    print(f"{'':26}" + "".join(f"{k:>12}" for k in STATS.values()))
+    for name, row in rows.items():
+        print(f"{name:26}" + "".join(f"{row.get(k, float('nan')):>12.6f}" for k in STATS.values()))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
