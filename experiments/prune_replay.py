@@ -33,7 +33,7 @@ def replay(study: optuna.Study) -> dict:
         kld = decode_array(t.user_attrs["kld_tokens"])
         size = int(t.user_attrs["file_bytes"])
         if "reference" not in t.user_attrs:  # references are never pruned
-            for chunks in range(MIN_CHUNKS_BEFORE_PRUNING, config.chunks + 1):
+            for chunks in range(MIN_CHUNKS_BEFORE_PRUNING, config.chunks):
                 why = prune_decision(kld[:chunks * per_chunk], size, done)
                 if why:
                     stopped.append({"trial": t.number, "after_chunks": chunks, "on_frontier": t.number in front,

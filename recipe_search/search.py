@@ -177,7 +177,7 @@ class Objective:
             self.on_trial_start(trial.number)
         # references anchor the frontier and the report: they are always measured in full
         prune = config.prune and "reference" not in trial.user_attrs
-        on_chunk = _pruner(ctx.study, predicted.file_bytes, trial) if prune else None
+        on_chunk = _pruner(ctx.study, predicted.file_bytes, trial, config.chunks) if prune else None
         try:
             m = ctx.worker.measure(recipe, on_chunk=on_chunk, speed="speed" in config.objectives)
         except StopScoring as stop:
@@ -216,11 +216,11 @@ def _frontier_means(study: optuna.Study) -> list[tuple[int, float]]:
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
 
 
-def _pruner(study: optuna.Study, size: int, trial: optuna.Trial) -> Callable[[int, TokenStats], None]:
+def _pruner(study: optuna.Study, size: int, trial: optuna.Trial, n_chunks: int) -> Callable[[int, TokenStats], None]:
     frontier = _frontier_means(study)
 
     def on_chunk(i: int, stats: TokenStats) -> None:
-        if i + 1 < MIN_CHUNKS_BEFORE_PRUNING:
+        if i + 1 < MIN_CHUNKS_BEFORE_PRUNING or i + 1 >= n_chunks:  # stopping after the last chunk saves nothing
             return
         why = prune_decision(stats.kld, size, frontier)
         if why:
