@@ -48,15 +48,18 @@ def run_arm(a: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
     seconds = time.perf_counter() - start
     trials = sorted(measured_trials(ctx.study), key=lambda t: t.number)
     return {"arm": arm, "seed": seed, "seconds_this_call": seconds,
-            "points": [[t.number, t.values[0], math.log10(max(t.values[1], 1e-12)), "surrogate_seed" in t.user_attrs]
-                       for t in trials],
+            "points": [[t.number, t.values[0], math.log10(max(t.values[1], 1e-12)), "surrogate_seed" in t.user_attrs,
+                        t.user_attrs["metrics"]["kld_mean"]] for t in trials],
             "summary": study_summary(ctx.study)}
 
 
-def frontier_stats(points: list[list], ref: np.ndarray, checkpoints: list[int]) -> dict:
+def frontier_stats(points: list[list], ref: np.ndarray, checkpoints: list[int], sizes: list[float]) -> dict:
+    """Hypervolume after each checkpoint's trials, the final frontier, and the best measured mean KLD at or
+    under each of ``sizes`` (the mean is the steadier statistic on a few thousand tokens)."""
     pts = np.array([[p[1], p[2]] for p in points])
     numbers = np.array([p[0] for p in points])
     out = {f"hv@{k}": hypervolume_2d(pts[numbers < k], ref) for k in checkpoints}
+    out["best_mean_at"] = [min((p[4] for p in points if p[1] <= size), default=None) for size in sizes]
     front = non_dominated(pts)
     out["frontier"] = len(front)
     out["frontier_from_seeds"] = int(sum(points[i][3] for i in front))
@@ -88,13 +91,15 @@ def main() -> int:
     every = np.array([[p[1], p[2]] for r in runs for p in r["points"]])
     ref = every.max(axis=0) + np.abs(every.max(axis=0)) * 0.01 + 1e-9
     checkpoints = sorted({max(a.trials // 2, 1), a.trials * 3 // 4, a.trials})
+    lo, hi = every[:, 0].min(), every[:, 0].max()
+    sizes = [float(lo + (hi - lo) * f) for f in (0.15, 0.3, 0.45, 0.6)]
     for r in runs:
-        r.update(frontier_stats(r["points"], ref, checkpoints))
+        r.update(frontier_stats(r["points"], ref, checkpoints, sizes))
     final = f"hv@{a.trials}"
     table = {arm: [r[final] for r in runs if r["arm"] == arm] for arm in ARMS}
     result = {"model": str(model), "table": a.table, "text": a.text, "ctx": a.ctx, "chunks": a.chunks,
               "objective": a.objective, "trials": a.trials, "surrogate_seeds": a.surrogate_seeds,
-              "hv_reference_point": ref.tolist(), "checkpoints": checkpoints,
+              "hv_reference_point": ref.tolist(), "checkpoints": checkpoints, "best_mean_sizes": sizes,
               "mean": {arm: float(np.mean(v)) for arm, v in table.items()},
               "std": {arm: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for arm, v in table.items()},
               "runs": runs}
@@ -103,13 +108,18 @@ def main() -> int:
     print(f"{model.name}: {a.trials} trials per study, objectives size x {a.objective}; hypervolume on "
           f"(bytes, log10 {a.objective}) against the shared point {ref[0]:.4g} B, {ref[1]:.3f}")
     head = "".join(f"{'hv@' + str(k):>12}" for k in checkpoints)
-    print(f"{'arm':<8}{'seed':>5}{head}{'frontier':>10}{'of seeds':>10}{'own hv':>12}")
+    means = "".join(f"{f'mean<={s / 2**20:.1f}M':>13}" for s in sizes)
+    print(f"{'arm':<8}{'seed':>5}{head}{'frontier':>10}{'of seeds':>10}{'own hv':>12}{means}")
     for r in runs:
         print(f"{r['arm']:<8}{r['seed']:>5}" + "".join(f"{r[f'hv@{k}']:>12.5g}" for k in checkpoints)
-              + f"{r['frontier']:>10}{r['frontier_from_seeds']:>10}{r['summary']['hypervolume_all']:>12.5g}")
+              + f"{r['frontier']:>10}{r['frontier_from_seeds']:>10}{r['summary']['hypervolume_all']:>12.5g}"
+              + "".join(f"{m:>13.4f}" if m is not None else f"{'-':>13}" for m in r["best_mean_at"]))
     for arm in ARMS:
-        cols = "".join(f"{np.mean([r[f'hv@{k}'] for r in runs if r['arm'] == arm]):>12.5g}" for k in checkpoints)
-        print(f"{arm:<8}{'mean':>5}{cols}   (sd at {a.trials}: {result['std'][arm]:.4g})")
+        arm_runs = [r for r in runs if r["arm"] == arm]
+        cols = "".join(f"{np.mean([r[f'hv@{k}'] for r in arm_runs]):>12.5g}" for k in checkpoints)
+        best = [[r["best_mean_at"][i] for r in arm_runs if r["best_mean_at"][i] is not None] for i in range(len(sizes))]
+        print(f"{arm:<8}{'mean':>5}{cols}{'':>32}" + "".join(f"{np.mean(b):>13.4f}" if b else f"{'-':>13}" for b in best)
+              + f"   (hv sd at {a.trials}: {result['std'][arm]:.4g})")
     return 0
 
 

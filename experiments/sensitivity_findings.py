@@ -1,5 +1,5 @@
 """Summaries of sensitivity tables for FINDINGS-sensitivity.md: per tensor type, the KLD its quantization
-alone costs at a few widths, that cost per megabyte saved (the ranking is by it), MXFP4 against Q4_K, and
+alone costs at a few widths, that cost per megabyte saved (the ranking is by it), MXFP4 against Q4_K and IQ4_XS, and
 (given a second table measured with an imatrix) what the imatrix changes.
 
     python experiments/sensitivity_findings.py TABLE.csv [--imatrix-table TABLE.csv] [--json OUT.json]
@@ -35,9 +35,10 @@ def per_type(rows: list[dict]) -> dict[str, dict]:
         if r["ggml_type"] == "Q3_K":
             d["mean_per_mb_q3k"] = r["kld_mean"] / (r["n_elements"] * (16 - r["bpw"]) / 8 / 1e6)
     for d in out.values():
-        if {"MXFP4", "Q4_K"} <= set(d["mean"]):
-            d["mxfp4_over_q4k_mean"] = d["mean"]["MXFP4"] / d["mean"]["Q4_K"]
-            d["mxfp4_over_q4k_p99"] = d["p99"]["MXFP4"] / d["p99"]["Q4_K"]
+        for other in ("Q4_K", "IQ4_XS"):
+            if {"MXFP4", other} <= set(d["mean"]):
+                d[f"mxfp4_over_{other.lower()}_mean"] = d["mean"]["MXFP4"] / d["mean"][other]
+                d[f"mxfp4_over_{other.lower()}_p99"] = d["p99"]["MXFP4"] / d["p99"][other]
     return out
 
 
@@ -51,13 +52,14 @@ def main() -> int:
     total = sum(d["n_elements"] for d in types.values())
     ranked = sorted(types.items(), key=lambda kv: -kv[1].get("mean_per_mb_q3k", 0))
     print(f"{'tensor type':<16}{'params':>7}" + "".join(f"{'mean ' + w:>12}" for w in WIDTHS)
-          + "".join(f"{'99% ' + w:>11}" for w in ("Q4_K", "Q2_K")) + f"{'mean/MB Q3_K':>14}{'MXFP4/Q4_K':>12}")
+          + "".join(f"{'99% ' + w:>11}" for w in ("Q4_K", "Q2_K")) + f"{'mean/MB Q3_K':>14}{'MXFP4/Q4_K':>12}{'MXFP4/IQ4_XS':>14}")
     nan = float("nan")
     for kind, d in ranked:
         print(f"{kind:<16}{d['n_elements'] / total:>7.1%}"
               + "".join(f"{d['mean'].get(w, nan):>12.5f}" for w in WIDTHS)
               + "".join(f"{d['p99'].get(w, nan):>11.4f}" for w in ("Q4_K", "Q2_K"))
-              + f"{d.get('mean_per_mb_q3k', nan):>14.4g}{d.get('mxfp4_over_q4k_mean', nan):>12.2f}")
+              + f"{d.get('mean_per_mb_q3k', nan):>14.4g}{d.get('mxfp4_over_q4_k_mean', nan):>12.2f}"
+              + f"{d.get('mxfp4_over_iq4_xs_mean', nan):>14.2f}")
     result: dict = {"table": a.table, "per_type": types}
     if a.imatrix_table:
         with_im = per_type(read_rows(a.imatrix_table))
