@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -58,7 +59,8 @@ def storage_for(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as err:  # sqlalchemy/driver errors: report, don't trace
-        raise RecipeSearchError(f"cannot open study storage {url}: {str(err).splitlines()[0]}") from None
+        shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)  # never print a password
+        raise RecipeSearchError(f"cannot open study storage {shown}: {str(err).splitlines()[0]}") from None
 
 
 def directions(config: StudyConfig) -> list[str]:

@@ -105,7 +105,7 @@ def test_two_workers_share_a_postgres_study(study_setup) -> None:
     url = os.environ.get("RECIPE_SEARCH_TEST_POSTGRES")
     if not url:
         pytest.skip("RECIPE_SEARCH_TEST_POSTGRES is not set (.ci/run starts PostgreSQL and sets it)")
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     model, config, directory, cache = study_setup
     name = f"pg-{os.getpid()}-{int(time.time())}"
     made = cli("search", str(model), "--config", str(config), "--dir", str(directory), "--study", name,
