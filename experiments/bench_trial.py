@@ -249,7 +249,7 @@ def child_trial(spec: dict) -> dict:
     m = worker.measure(recipe)
     wall = time.perf_counter() - start
     return {"wall": wall, "file_bytes": m.file_bytes, "kld_mean": m.metrics["kld_mean"],
-            "phases": {**m.seconds, "other (resolve, size, unlink)": wall - sum(m.seconds.values())}}
+            "phases": {**m.seconds, "other": wall - sum(m.seconds.values())}}
 
 
 def in_child(kind: str, spec: dict, log: Path) -> dict:
@@ -263,19 +263,38 @@ def in_child(kind: str, spec: dict, log: Path) -> dict:
 # the naive in-process loop, their side when the tools cannot be built (`--child naive-...`)
 
 
+def _naive_llama(path: str, spec: dict):
+    """High-level Llama with logits for every position, weights not repacked (its --no-repack, which it has no
+    argument for), the SWA cache as llama-perplexity sizes it."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    defaults = low.llama_model_default_params
+
+    def no_repack():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = no_repack
+    try:
+        return llama_cpp.Llama(path, n_ctx=spec["ctx"], n_batch=spec["ctx"], n_threads=spec["threads"],
+                               logits_all=True, swa_full=False, verbose=False)
+    finally:
+        low.llama_model_default_params = defaults
+
+
 def child_naive_reference(spec: dict) -> dict:
     """Base log-probabilities of every scored position, float16, from Llama(logits_all=True) chunk by chunk."""
-    import llama_cpp
     import numpy as np
 
     from recipe_search.kld import log_softmax
     from recipe_search.llama import chunk_tokens, read_text, scored_range
 
     start = time.perf_counter()
-    llm = llama_cpp.Llama(spec["model"], n_ctx=spec["ctx"], n_batch=spec["ctx"], n_threads=spec["threads"],
-                          logits_all=True, verbose=False)
+    llm = _naive_llama(spec["model"], spec)
     tokens = np.array(llm.tokenize(read_text(spec["text"]), add_bos=True, special=False), dtype=np.int32)
-    chunks = chunk_tokens(tokens, spec["ctx"], spec["chunks"], llm.add_bos, llm.token_bos())
+    chunks = chunk_tokens(tokens, spec["ctx"], spec["chunks"], llm._model.add_bos_token(), llm.token_bos())
     first, last = scored_range(spec["ctx"])
     out = np.lib.format.open_memmap(spec["base"], "w+", np.float16, (len(chunks), last + 1 - first, llm.n_vocab()))
     for i, chunk in enumerate(chunks):
@@ -289,7 +308,6 @@ def child_naive_reference(spec: dict) -> dict:
 
 def child_naive_trial(spec: dict) -> dict:
     """Quantize with llama.cpp's quantizer, then score with Llama(logits_all=True) chunk by chunk."""
-    import llama_cpp
     import numpy as np
 
     from recipe_search.kld import TokenStats, summarize, token_stats_from_logprobs
@@ -300,8 +318,7 @@ def child_naive_trial(spec: dict) -> dict:
     quant = Path(spec["work"]) / "naive.gguf"
     quantize_model(spec["model"], recipe_from_dict(spec["recipe"]), quant, threads=spec["threads"])
     quantized = time.perf_counter()
-    llm = llama_cpp.Llama(str(quant), n_ctx=spec["ctx"], n_batch=spec["ctx"], n_threads=spec["threads"],
-                          logits_all=True, verbose=False)
+    llm = _naive_llama(str(quant), spec)
     loaded = time.perf_counter()
     base = np.load(spec["base"], mmap_mode="r")
     chunks = np.load(spec["base"] + ".tokens.npy")
@@ -417,7 +434,7 @@ def main() -> None:
                 spec_n = {**spec, "base": str(target.with_suffix(".npy"))}
                 r = in_child("naive-reference", spec_n, work / f"ref-{i}-naive.log")
                 refs_theirs.append({**r, "bytes": target.with_suffix(".npy").stat().st_size,
-                                    "phases": {"load + decode + log-softmax + write": r["wall"]}})
+                                    "phases": {"all": r["wall"]}})
             else:
                 refs_theirs.append(theirs_reference(bin_dir, a, target, work / f"ref-{i}-theirs.log", timer))
             if i:
