@@ -1,7 +1,8 @@
 """Whole-model uniform quants with and without an importance matrix: does the imatrix help at every width?
 
 Every quantizable tensor goes to one ggml type of the default ladder (llama.cpp's row-size fallback where
-a type does not fit), measured once without and once with the imatrix (imatrix-only types: with it only).
+a type does not fit), measured once without and once with the imatrix (imatrix-only types: with it only;
+a type llama.cpp refuses, such as IQ2_XXS for a token_embd without imatrix data, is skipped).
 Measurements are saved after each one, so a rerun resumes.
 
     python experiments/uniform_imatrix.py MODEL --imatrix FILE --text FILE[0:0.4] --json OUT.json
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from recipe_search.demo import resolve_model_arg
+from recipe_search.errors import RecipeSearchError
 from recipe_search.ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED
 from recipe_search.quantize import ImatrixInput
 from recipe_search.recipe import uniform_recipe
@@ -49,7 +51,11 @@ def main() -> int:
         for with_imatrix in (False, True):
             if (t.name, with_imatrix) in done or (t in IMATRIX_REQUIRED and not with_imatrix):
                 continue
-            m = workers[with_imatrix].measure(uniform_recipe(t))
+            try:
+                m = workers[with_imatrix].measure(uniform_recipe(t))
+            except RecipeSearchError as err:  # e.g. an imatrix-only type for token_embd, which has no imatrix data
+                print(f"{t.name} imatrix={with_imatrix}: skipped ({err})", file=sys.stderr, flush=True)
+                continue
             rows.append({"type": t.name, "imatrix": with_imatrix, "bpw": m.bpw, "file_bytes": m.file_bytes,
                          "fallbacks": m.fallbacks, **{k: m.metrics[k] for k in METRICS}})
             print(f"{t.name} imatrix={with_imatrix}: {m.bpw:.2f} bpw, mean KLD {m.metrics['kld_mean']:.4f}",
@@ -62,6 +68,8 @@ def main() -> int:
     for t in DEFAULT_LADDER:
         plain, im = by.get((t.name, False)), by.get((t.name, True))
         ref = im or plain
+        if ref is None:
+            continue
         cols = [f"{r['kld_mean']:>11.4f}" if r else f"{'-':>11}" for r in (plain, im)]
         cols += [f"{r['kld_p999']:>11.3f}" if r else f"{'-':>11}" for r in (plain, im)]
         gain = f"{1 - im['kld_mean'] / plain['kld_mean']:>11.1%}" if plain and im else f"{'-':>11}"
