@@ -13,8 +13,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from .errors import RecipeSearchError
 from .ggml_types import GGMLType, bits_per_weight
 from .inventory import Inventory, model_fingerprint
 from .quantize import ImatrixInput
-from .recipe import Recipe, Rule, Unmatched, atomic_write_text
+from .recipe import Recipe, Rule, Unmatched, atomic_write_bytes, atomic_write_text
 from .resolve import Resolution
 from .space import SpaceConfig, StudyConfig, build_space
 from .worker import Worker
@@ -143,7 +141,7 @@ class SensitivityTable:
         self.directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez_compressed(buf, **self.tokens)
-        _atomic_write_bytes(self.directory / TOKENS_FILE, buf.getvalue())
+        atomic_write_bytes(self.directory / TOKENS_FILE, buf.getvalue())
         columns = list(CELL_COLUMNS) + [k for k in self.rows[0] if k not in CELL_COLUMNS] if self.rows else []
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
@@ -164,19 +162,6 @@ def _typed(row: dict[str, str]) -> dict:
             except ValueError:
                 out[k] = float(v)
     return out
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def imatrix_digest(imatrix: ImatrixInput | None) -> str | None:
