@@ -48,15 +48,6 @@ def _load_error(messages: list[str]) -> str:
     return lines[-1] if lines else "llama.cpp gave no reason"
 
 
-def read_text(path: str | Path) -> bytes:
-    """An evaluation text as llama-perplexity's `-f` reads it: raw bytes, one trailing newline dropped."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise RecipeSearchError(f"cannot read: {err.strerror}", path) from None
-    return data[:-1] if data.endswith(b"\n") else data
-
-
 def chunk_tokens(tokens: np.ndarray, ctx: int, n_chunks: int | None, add_bos: bool, bos_id: int) -> np.ndarray:
     """Chunk i = tokens[i*ctx:(i+1)*ctx] with its first token replaced by BOS when the model adds one.
 

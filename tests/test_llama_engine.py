@@ -9,6 +9,7 @@ import pytest
 
 from recipe_search import llama
 from recipe_search.errors import RecipeSearchError
+from recipe_search.text import TextSource
 
 CTX = 64
 # n_threads=1 throughout: on these tiny models two threads mostly wait on each other, badly so on a busy machine
@@ -37,13 +38,14 @@ def test_scored_range_is_second_half_minus_last() -> None:
     assert last - first + 1 == CTX - 1 - first  # one logit row per predicted token first+1..ctx-1
 
 
-def test_read_text_drops_one_trailing_newline(tmp_path: Path) -> None:
+def test_text_source_drops_one_trailing_newline(tmp_path: Path) -> None:
+    """As llama-perplexity's -f does, for the whole file; a cut keeps its newline."""
     path = tmp_path / "t.txt"
     path.write_bytes(b"a\r\nb\n\n")
-    assert llama.read_text(path) == b"a\r\nb\n"
-    with pytest.raises(RecipeSearchError, match="cannot read"):
-        llama.read_text(tmp_path / "missing.txt")
-
+    assert TextSource(path).read() == b"a\r\nb\n"
+    assert TextSource(path, 0.0, 0.3).read() == b"a\r\n"
+    with pytest.raises(RecipeSearchError, match="missing.txt: cannot read text"):
+        TextSource(tmp_path / "missing.txt").read()
 
 def test_unloadable_files_are_user_errors(tmp_path: Path, dense_model: Path) -> None:
     junk = tmp_path / "junk.gguf"
