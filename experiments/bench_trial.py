@@ -11,6 +11,14 @@ random per-tensor-type mix not scored before; the same threads, context, chunks 
 dies with SIGILL on quantized models. Peak RSS is each child's, from wait4 (the process and what it waited
 for). Prints ratios (ours/theirs) per target and a phase table; writes every number to a JSON file.
 
+Phases. Ours, from the library's own per-phase seconds: quantize (spawned quantizer child, type check),
+load, decode (inside llama_decode), kld (statistics, reading the cached reference, summary), other (the
+rest of Worker.measure: resolution, size prediction, removing the quant). The trial is Worker.measure;
+the interpreter, imports and worker setup (once per search) are reported as startup, outside the total.
+Theirs: quantize (llama-quantize's wall time), load (llama-perplexity's log timestamp when it starts
+computing), decode (inside its llama_process calls, timed by an LD_PRELOAD shim), kld + I/O (the rest:
+reading the base file, the statistics, exit).
+
     python experiments/bench_trial.py [--tools DIR] [--runs 3] [--out experiments/results/bench_trial.json]
 
 Without --tools, llama-quantize and llama-perplexity are built once (cmake, Release, -j2) into
@@ -497,6 +505,7 @@ def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, tr
             fmt = lambda kv: f"{kv[0]:>26s} {kv[1]:7.2f}" if kv[1] is not None else " " * 34
             print(f"{fmt(left)}   {fmt(right)}")
         print(f"{'total':>26s} {med(r['wall'] for r in o):7.2f}   {'total':>26s} {med(r['wall'] for r in th):7.2f}")
+        print(f"{'startup (not in total)':>26s} {med(r['startup'] for r in o):7.2f}")
         print(f"{'peak RSS MB':>26s} {med(r['rss_mb'] for r in o):7.0f}   {'peak RSS MB':>26s} "
               f"{med(r['rss_mb'] for r in th):7.0f}")
     out.parent.mkdir(parents=True, exist_ok=True)
