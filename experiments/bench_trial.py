@@ -427,6 +427,7 @@ def main() -> None:
     spec = {"model": str(a.model), "text": str(a.text), "ctx": a.ctx, "chunks": a.chunks, "threads": a.threads,
             "n_seq": a.n_seq, "work": str(work / "ours")}
     info["load_before"] = wait_quiet(a.max_load, a.max_wait)
+    info["machine"]["date"] = machine()["date"]  # when the measurements start
     print(f"load {info['load_before'][-1]:.2f}; work in {work}", flush=True)
     try:
         timer = None if naive_why else build_decode_timer(work)

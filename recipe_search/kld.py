@@ -35,7 +35,7 @@ from .errors import RecipeSearchError
 LOG_PROB_FLOOR = np.float32(-16.0)
 #: llama-perplexity prints no statistics for fewer scored tokens than this.
 MIN_TOKENS = 100
-DEFAULT_BLOCK = 8
+DEFAULT_BLOCK = 4
 
 
 @dataclass

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,11 @@ class ScoreSettings:
 
 @dataclass
 class Reference:
-    """A cached base-model reference: tokens, per-token sparse distributions, and what they came from."""
+    """A cached base-model reference: tokens, per-token sparse distributions, and what they came from.
+
+    The per-token arrays are in memory, the per-entry arrays (indices, logprobs) memory-mapped; `chunk`
+    reads a chunk's entries from the files, so scoring does not keep the whole mapped reference resident.
+    """
 
     path: Path
     meta: dict
@@ -61,7 +65,12 @@ class Reference:
 
     def chunk(self, i: int) -> tuple[SparseReference, np.ndarray]:
         n = self.n_scored_per_chunk
-        return self.sparse.select(i * n, (i + 1) * n), self.tokens[i, self.first + 1:]
+        part = self.sparse.select(i * n, (i + 1) * n)
+        start = int(self.sparse.offsets[i * n])
+        part.indices, part.logprobs = (
+            np.fromfile(self.path / f"{name}.bin", dt, len(part.indices), offset=start * np.dtype(dt).itemsize)
+            for name, dt in _PER_ENTRY.items())
+        return part, self.tokens[i, self.first + 1:]
 
 
 def reference_key(fingerprint: str, text: bytes, settings: ScoreSettings) -> str:
@@ -94,17 +103,22 @@ def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
     if fingerprint is not None and meta.get("model_fingerprint") != fingerprint:
         raise RecipeSearchError(f"reference cache belongs to another model ({meta.get('model_name')})", path)
     n_tok, n_ent = int(meta["n_tokens"]), int(meta["n_entries"])
+
+    def entries() -> dict[str, np.ndarray]:
+        return {name: np.memmap(path / f"{name}.bin", dt, "r", shape=(n_ent,)) if n_ent else np.zeros(0, dt)
+                for name, dt in _PER_ENTRY.items()}
+
     try:
         arrays = {"n_vocab": np.array(meta["n_vocab"]),
-                  "offsets": np.memmap(path / "offsets.bin", np.int64, "r", shape=(n_tok + 1,))}
-        for name, dt in _PER_TOKEN.items():
-            arrays[name] = np.memmap(path / f"{name}.bin", dt, "r", shape=(n_tok,))
-        for name, dt in _PER_ENTRY.items():
-            arrays[name] = np.memmap(path / f"{name}.bin", dt, "r", shape=(n_ent,)) if n_ent else np.zeros(0, dt)
-        tokens = np.memmap(path / "tokens.bin", np.int32, "r", shape=(meta["n_chunks"], meta["ctx"]))
+                  "offsets": np.fromfile(path / "offsets.bin", np.int64, n_tok + 1),
+                  **{name: np.fromfile(path / f"{name}.bin", dt, n_tok) for name, dt in _PER_TOKEN.items()},
+                  **entries()}
+        tokens = np.fromfile(path / "tokens.bin", np.int32).reshape(meta["n_chunks"], meta["ctx"])
+        checked = SparseReference.from_arrays(arrays, path)
     except (OSError, ValueError) as err:
         raise RecipeSearchError(f"damaged reference cache ({err})", path) from None
-    return Reference(path, meta, np.asarray(tokens), SparseReference.from_arrays(arrays, path))
+    # the check read every entry through its map: map them afresh, untouched
+    return Reference(path, meta, tokens, replace(checked, **entries()))
 
 
 def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: Path,
