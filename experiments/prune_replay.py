@@ -1,7 +1,8 @@
 """Replay the early-stopping rule on a finished study that ran without it.
 
 For every measured trial, in the order it finished, the rule sees the trial's per-token KLD chunk by
-chunk (as it would have during scoring) and the (size, mean KLD) of the trials finished before it.
+chunk (as it would have during scoring) and the size, mean KLD and objectives of the trials
+finished before it.
 The script reports which trials the rule would have stopped, after how many chunks, and whether any
 of them is on the study's final frontier (which would mean the rule loses good recipes). Usage:
 
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import optuna
 
-from recipe_search.search import (MIN_CHUNKS_BEFORE_PRUNING, frontier_trials, measured_trials, prune_decision,
-                                  storage_for)
+from recipe_search.search import (MIN_CHUNKS_BEFORE_PRUNING, Measured, frontier_trials, measured_for_pruning,
+                                  measured_trials, prune_decision, storage_for)
 from recipe_search.space import StudyConfig
 from recipe_search.worker import decode_array
 
@@ -27,7 +28,7 @@ def replay(study: optuna.Study) -> dict:
     per_chunk = config.ctx - 1 - config.ctx // 2
     trials = sorted(measured_trials(study), key=lambda t: t.datetime_complete)
     front = {t.number for t in frontier_trials(trials, study.directions)}
-    done: list[tuple[int, float]] = []
+    done: list[Measured] = []
     stopped = []
     for t in trials:
         kld = decode_array(t.user_attrs["kld_tokens"])
@@ -39,7 +40,7 @@ def replay(study: optuna.Study) -> dict:
                     stopped.append({"trial": t.number, "after_chunks": chunks, "on_frontier": t.number in front,
                                     "reason": why})
                     break
-        done.append((size, float(t.user_attrs["metrics"]["kld_mean"])))
+        done.append(measured_for_pruning(t, config.objectives))
     chunks_saved = sum(config.chunks - s["after_chunks"] for s in stopped)
     return {"measured": len(trials), "frontier": sorted(front), "would_stop": stopped,
             "frontier_points_stopped": [s["trial"] for s in stopped if s["on_frontier"]],

@@ -179,7 +179,7 @@ class Objective:
             self.on_trial_start(trial.number)
         # references anchor the frontier and the report: they are always measured in full
         prune = config.prune and "reference" not in trial.user_attrs
-        on_chunk = _pruner(ctx.study, predicted.file_bytes, trial, config.chunks) if prune else None
+        on_chunk = _pruner(ctx.study, predicted.file_bytes, trial, config) if prune else None
         try:
             m = ctx.worker.measure(recipe, on_chunk=on_chunk, speed="speed" in config.objectives)
         except StopScoring as stop:
@@ -199,32 +199,57 @@ def _outside_band(config: StudyConfig, nbytes: int, bpw: float) -> str | None:
     return None
 
 
-def prune_decision(running_kld: np.ndarray, size: int, frontier: list[tuple[int, float]], z: float = 3.0) -> str | None:
-    """Stop when the running mean KLD's confidence interval lies wholly above the mean KLD of some
-    measured recipe at the same size or smaller (``frontier``: (bytes, mean KLD) of complete trials)."""
+#: objectives the early-stopping rule can bound from the running mean KLD
+KLD_OBJECTIVES = ("kld_mean", "kld_p99", "kld_p999")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the early-stopping rule knows of a finished trial: its size, mean KLD and KLD objectives."""
+
+    file_bytes: int
+    kld_mean: float
+    objectives: dict[str, float]
+
+
+def prune_decision(running_kld: np.ndarray, size: int, done: list[Measured], z: float = 3.0) -> str | None:
+    """Stop when even an optimistic forecast of the trial's objectives is beaten by a finished recipe
+    of the same size or smaller.
+
+    The forecast takes the lower confidence bound of the running mean KLD (never a partial
+    percentile) times the smallest objective/mean ratio any finished trial showed, so a recipe whose
+    tail is unusually light for its mean is not cut. Objectives other than KLD statistics cannot be
+    forecast that way, so with one of them in ``done`` nothing is ever stopped."""
     n = len(running_kld)
-    if n < 2:
+    if n < 2 or not done or any(o not in KLD_OBJECTIVES for o in done[0].objectives):
         return None
     mean = float(running_kld.mean())
     lower = mean - z * float(running_kld.std(ddof=1)) / math.sqrt(n)
-    better = [kld for b, kld in frontier if b <= size and kld < lower]
-    if better:
-        return f"mean KLD {mean:.4g} (lower bound {lower:.4g}) behind a recipe of <= size with {min(better):.4g}"
+    if lower <= 0:
+        return None
+    forecast = {o: lower * min(d.objectives[o] / d.kld_mean for d in done if d.kld_mean > 0)
+                for o in done[0].objectives}
+    for d in done:
+        if d.file_bytes <= size and all(v < forecast[o] for o, v in d.objectives.items()):
+            shown = ", ".join(f"{o} >= {forecast[o]:.4g} vs {v:.4g}" for o, v in d.objectives.items())
+            return f"mean KLD {mean:.4g} (lower bound {lower:.4g}): {shown} of a recipe of <= size"
     return None
 
 
-def _frontier_means(study: optuna.Study) -> list[tuple[int, float]]:
-    return [(int(t.user_attrs["file_bytes"]), float(t.user_attrs["metrics"]["kld_mean"]))
+def measured_for_pruning(trial: FrozenTrial, objectives: list[str]) -> Measured:
+    metrics = trial.user_attrs["metrics"]
+    return Measured(int(trial.user_attrs["file_bytes"]), float(metrics["kld_mean"]),
+                    {o: float(metrics[METRIC_OF[o]]) for o in objectives[1:]})
+
+
+def _pruner(study: optuna.Study, size: int, trial: optuna.Trial, config: StudyConfig) -> Callable[[int, TokenStats], None]:
+    done = [measured_for_pruning(t, config.objectives)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
 
-
-def _pruner(study: optuna.Study, size: int, trial: optuna.Trial, n_chunks: int) -> Callable[[int, TokenStats], None]:
-    frontier = _frontier_means(study)
-
     def on_chunk(i: int, stats: TokenStats) -> None:
-        if i + 1 < MIN_CHUNKS_BEFORE_PRUNING or i + 1 >= n_chunks:  # stopping after the last chunk saves nothing
+        if i + 1 < MIN_CHUNKS_BEFORE_PRUNING or i + 1 >= config.chunks:  # stopping after the last chunk saves nothing
             return
-        why = prune_decision(stats.kld, size, frontier)
+        why = prune_decision(stats.kld, size, done)
         if why:
             trial.set_user_attr("pruned", f"after chunk {i + 1}: {why}")
             trial.set_user_attr("partial_kld_mean", float(stats.kld.mean()))

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from recipe_search.pareto import non_dominated
-from recipe_search.search import measured_trials, prune_decision
+from recipe_search.search import Measured, measured_trials, prune_decision
 
 CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
           "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
@@ -129,9 +129,16 @@ def test_two_workers_share_a_postgres_study(study_setup) -> None:
 
 def test_prune_rule() -> None:
     rng = np.random.default_rng(0)
-    frontier = [(100, 0.05), (200, 0.02)]
+    done = [Measured(100, 0.05, {"kld_p99": 0.5}), Measured(200, 0.02, {"kld_p99": 0.2})]
     clearly_worse = rng.exponential(0.2, 500)
-    assert prune_decision(clearly_worse, 150, frontier) is not None
-    assert prune_decision(clearly_worse, 90, frontier) is None  # nothing measured at its size or smaller
+    assert prune_decision(clearly_worse, 150, done) is not None
+    assert prune_decision(clearly_worse, 90, done) is None  # nothing measured at its size or smaller
     close = rng.exponential(0.05, 50)
-    assert prune_decision(close, 150, frontier) is None
+    assert prune_decision(close, 150, done) is None
+    # a finished trial with a light tail for its mean makes the forecast optimistic enough to keep it
+    light_tail = done + [Measured(300, 0.3, {"kld_p99": 0.6})]
+    assert prune_decision(clearly_worse, 150, light_tail) is None
+    # objectives that the mean cannot bound switch the rule off
+    assert prune_decision(clearly_worse, 150, [Measured(100, 0.05, {"same_top": 0.9})]) is None
+
+
