@@ -254,7 +254,7 @@ def child_trial(spec: dict) -> dict:
     assert worker.reference is not None and worker.reference_was_cached
     recipe = recipe_from_dict(spec["recipe"])
     start = time.perf_counter()
-    m = worker.measure(recipe)
+    m = worker.measure(recipe, use_cache=False)  # a trial's cost, not a cache read
     wall = time.perf_counter() - start
     return {"wall": wall, "file_bytes": m.file_bytes, "kld_mean": m.metrics["kld_mean"],
             "phases": {**m.seconds, "other": wall - sum(m.seconds.values())}}

@@ -48,8 +48,9 @@ def main() -> int:
                 rows = read_sensitivity(csv_path)
                 for wanted in a.sensitivity_metric or ["kld_p999"]:
                     metric = sensitivity_metric(rows, wanted)
-                    path = a.out / f"sensitivity-{csv_path.parent.name}-{metric}.png"
-                    plot_sensitivity(rows, path, metric, title=f"sensitivity ({csv_path.parent.name})")
+                    sweep = csv_path.parent.name.removeprefix("sensitivity-")
+                    path = a.out / f"sensitivity-{sweep}-{metric}.png"
+                    plot_sensitivity(rows, path, metric, title=f"sensitivity ({sweep})")
                     written.append(path)
     except RecipeSearchError as err:
         print(f"make_figures: error: {err}", file=sys.stderr)

@@ -17,8 +17,15 @@ from pathlib import Path
 
 import optuna
 
-from recipe_search.search import (MIN_CHUNKS_BEFORE_PRUNING, Measured, frontier_trials, measured_for_pruning,
-                                  measured_trials, prune_decision, storage_for)
+from recipe_search.search import (
+    MIN_CHUNKS_BEFORE_PRUNING,
+    Measured,
+    frontier_trials,
+    measured_for_pruning,
+    measured_trials,
+    prune_decision,
+    storage_for,
+)
 from recipe_search.space import StudyConfig
 from recipe_search.worker import decode_array
 

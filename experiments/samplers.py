@@ -6,6 +6,9 @@ common reference point. Usage:
 
     python experiments/samplers.py MODEL --text 'FILE[0:0.4]' --ctx 256 --chunks 8 --trials 40 \
         --seeds 0 1 2 --samplers tpe nsga2 random --out experiments/results/samplers-tiny-qwen35moe.json
+
+With --keep-dir each study is kept and a rerun resumes it; measurements come from the measurement
+cache when another study (or `seeding.py`) measured the same resolved recipe before.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from optuna.trial import TrialState
 
 from recipe_search.demo import cache_dir, resolve_model_arg
 from recipe_search.pareto import hypervolume_2d
@@ -33,7 +37,11 @@ def run_one(model: Path, config: StudyConfig, trials: int, cache: Path, keep: Pa
         ctx = open_study(storage, "s", model, config, where, cache)
         enqueue_references(ctx)
         add_presets(ctx, lambda msg: None)
-        run(ctx, trials, None, True, lambda msg: None)
+        # a kept study resumes: the budget counts the trials it already finished (not the presets)
+        finished = [t for t in ctx.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+                    if t.params]
+        if len(finished) < trials:
+            run(ctx, trials - len(finished), None, True, lambda msg: None)
         return [(t.values[0], t.values[1]) for t in measured_trials(ctx.study)]
 
 

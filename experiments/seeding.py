@@ -8,6 +8,11 @@ size and objective of all of them, as `search.hypervolumes` places it), at a few
 Each study is stored under --dir and resumes if rerun.
 
     python experiments/seeding.py MODEL --table DIR --text FILE[0:0.4] --json OUT.json [--trials 40] [--seeds 0 1 2]
+        [--config STUDY.yaml] [--no-prune]
+
+With the same --config, --no-prune and cache directory as `samplers.py`, the `plain` arm proposes
+exactly what that script's TPE study of the same seed proposed, so its measurements come from the
+measurement cache.
 """
 
 from __future__ import annotations
@@ -24,24 +29,37 @@ from optuna.trial import TrialState
 
 from recipe_search.demo import resolve_model_arg
 from recipe_search.pareto import hypervolume_2d, non_dominated
-from recipe_search.search import enqueue_references, measured_trials, open_study, run, storage_for, study_summary
-from recipe_search.space import StudyConfig
+from recipe_search.search import (
+    add_presets,
+    enqueue_references,
+    measured_trials,
+    open_study,
+    run,
+    storage_for,
+    study_summary,
+)
+from recipe_search.space import StudyConfig, load_study_config
 
 ARMS = ("plain", "seeded")
 
 
 def run_arm(a: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
     """Run (or resume) one study; return its measured points in trial order and its own summary."""
-    config = StudyConfig(text=a.text, ctx=a.ctx, chunks=a.chunks, seed=seed, threads=a.threads,
-                         objectives=["size", a.objective], references={"uniform": "ladder", "presets": []},
-                         surrogate_seeds=a.surrogate_seeds if arm == "seeded" else 0,
-                         sensitivity=str(Path(a.table).resolve()) if arm == "seeded" else None)
+    base = (load_study_config(a.config) if a.config
+            else StudyConfig(objectives=["size", a.objective], references={"uniform": "ladder", "presets": []}))
+    config = base.model_copy(update={
+        "text": a.text, "ctx": a.ctx, "chunks": a.chunks, "seed": seed, "threads": a.threads, "prune": not a.no_prune,
+        "surrogate_seeds": a.surrogate_seeds if arm == "seeded" else 0,
+        "sensitivity": str(Path(a.table).resolve()) if arm == "seeded" else None})
     directory = Path(a.dir) / f"{arm}-{seed}"
     directory.mkdir(parents=True, exist_ok=True)
     storage = storage_for(f"sqlite:///{(directory / 'study.db').resolve()}")
     ctx = open_study(storage, f"{arm}-{seed}", model, config, directory, Path(a.cache_dir))
     enqueue_references(ctx)
-    finished = len(ctx.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    add_presets(ctx, lambda msg: None)
+    # the presets are added as finished trials outside the search: the budget counts the others
+    finished = len([t for t in ctx.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+                    if t.params])
     start = time.perf_counter()
     if finished < a.trials:
         run(ctx, a.trials - finished, None, quiet=True, log=lambda msg: print(msg, file=sys.stderr))
@@ -73,7 +91,9 @@ def main() -> int:
     ap.add_argument("--text", required=True, help="scoring text, as the table was measured on")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--chunks", type=int, default=8)
-    ap.add_argument("--objective", default="kld_p999")
+    ap.add_argument("--config", help="study config the arms start from (default: uniform ladder references, no presets)")
+    ap.add_argument("--objective", default="kld_p999", help="quality objective when no --config is given")
+    ap.add_argument("--no-prune", action="store_true", help="measure every trial in full")
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--surrogate-seeds", type=int, default=8)
@@ -83,6 +103,8 @@ def main() -> int:
     ap.add_argument("--json", required=True)
     a = ap.parse_args()
     model = resolve_model_arg(a.model)
+    if a.config:
+        a.objective = load_study_config(a.config).objectives[1]
     runs = []
     for seed in a.seeds:
         for arm in ARMS:

@@ -268,8 +268,17 @@ def _compact_ranges(blocks: list[int]) -> str:
     return ",".join(parts)
 
 
-__all__ = ["Inventory", "Tensor", "TensorKind", "read_inventory", "tensor_kind", "block_index",
-           "allows_quantization", "inventory_rows", "bits_per_weight"]
+__all__ = [
+    "Inventory",
+    "Tensor",
+    "TensorKind",
+    "allows_quantization",
+    "bits_per_weight",
+    "block_index",
+    "inventory_rows",
+    "read_inventory",
+    "tensor_kind",
+]
 
 
 def model_fingerprint(inv: Inventory, samples: int = 16, sample_bytes: int = 1 << 16) -> str:

@@ -11,7 +11,9 @@ import ctypes
 import multiprocessing
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -191,12 +193,29 @@ def _run(inp: Path, out: Path | None, params: _Params) -> str:
 def _child(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None, stderr: str,
            conn: Connection) -> None:
     """Quantize in a child process: a GGML_ASSERT there aborts the child, not the study."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 2)  # ggml_abort writes its message to stderr
     try:
         conn.send(("ok", _run(inp, out, _Params(recipe, threads, imatrix, dry_run=False))))
     except RecipeSearchError as err:
         conn.send(("error", str(err)))
+
+
+def _start_ignoring_sigint(proc: multiprocessing.process.BaseProcess) -> None:
+    """Start ``proc`` with SIGINT ignored from its first instruction (an ignored signal stays ignored
+    across exec), so a Ctrl-C while it imports cannot kill it. The parent blocks SIGINT meanwhile:
+    one that arrives then stays pending and reaches the parent's own handler afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        proc.start()
+        return
+    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
 
 
 def _run_isolated(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None) -> None:
@@ -206,12 +225,16 @@ def _run_isolated(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: I
     receive, send = ctx.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="recipe-search-quantize-", suffix=".log") as log:
         proc = ctx.Process(target=_child, args=(inp, out, recipe, threads, imatrix, log.name, send))
-        proc.start()
+        _start_ignoring_sigint(proc)
         send.close()
         try:
             status, message = receive.recv()
         except EOFError:
             status, message = "crash", ""
+        except BaseException:  # a second Ctrl-C abandons the trial: do not leave the child writing
+            proc.kill()
+            proc.join()
+            raise
         proc.join()
         if status == "ok":
             return

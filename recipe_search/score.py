@@ -163,7 +163,7 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
             meta = {"format": REFERENCE_FORMAT, "tool": __version__, "model_fingerprint": fingerprint,
                     "model_name": model.name, "n_vocab": lm.n_vocab, "vocab_fingerprint": vocab_fingerprint,
                     "add_bos": lm.add_bos, "text": settings.text.label, "text_sha256": text_sha256(text),
-                    "n_text_tokens": int(len(tokens)), "ctx": settings.ctx, "n_chunks": int(len(chunks)),
+                    "n_text_tokens": len(tokens), "ctx": settings.ctx, "n_chunks": len(chunks),
                     "first": first, "n_tokens": n_tokens, "n_entries": n_entries,
                     "tensor_table": _tensor_table(inv), "seconds": clock.seconds}
         (tmp / "meta.json").write_text(json.dumps(meta))

@@ -142,11 +142,21 @@ def measurement_attrs(recipe: Recipe, m: Measurement) -> dict:
             "kld_tokens": encode_array(m.kld_tokens)}
 
 
-def _same_key(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if t.number != number and t.user_attrs.get("result_key") == key and "metrics" in t.user_attrs:
-            return t
-    return None
+def _same_key(study: optuna.Study, key: str, number: int, poll: float = 1.0) -> FrozenTrial | None:
+    """The finished trial (complete or pruned) that measured the same resolved recipe, if any.
+
+    When another worker is measuring it right now (an earlier trial, still running), wait for that
+    trial instead of measuring it a second time; a killed worker's trial is failed by its heartbeat."""
+    while True:
+        same = [t for t in study.get_trials(deepcopy=False) if t.number != number and t.user_attrs.get("result_key") == key]
+        complete = [t for t in same if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs]
+        pruned = [t for t in same if t.state == TrialState.PRUNED]
+        if complete or pruned:
+            return (complete or pruned)[0]
+        if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
+            return None
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll)
 
 
 class Objective:
@@ -169,8 +179,12 @@ class Objective:
         if band:
             trial.set_user_attr("pruned", band)
             raise optuna.TrialPruned(band)
+        reference = "reference" in trial.user_attrs
         same = _same_key(ctx.study, key, trial.number)
-        if same is not None:
+        if same is not None and same.state == TrialState.PRUNED and not reference:
+            trial.set_user_attr("pruned", f"same resolved recipe as pruned trial {same.number}")
+            raise optuna.TrialPruned(f"same resolved recipe as pruned trial {same.number}")
+        if same is not None and same.state == TrialState.COMPLETE:
             for k in MEASUREMENT_ATTRS:
                 trial.set_user_attr(k, same.user_attrs[k])
             trial.set_user_attr("duplicate_of", same.number)
@@ -178,7 +192,7 @@ class Objective:
         if self.on_trial_start:
             self.on_trial_start(trial.number)
         # references anchor the frontier and the report: they are always measured in full
-        prune = config.prune and "reference" not in trial.user_attrs
+        prune = config.prune and not reference
         on_chunk = _pruner(ctx.study, predicted.file_bytes, trial, config) if prune else None
         try:
             m = ctx.worker.measure(recipe, on_chunk=on_chunk, speed="speed" in config.objectives)
@@ -186,6 +200,8 @@ class Objective:
             raise optuna.TrialPruned(str(stop)) from None
         for k, v in measurement_attrs(recipe, m).items():
             trial.set_user_attr(k, v)
+        if m.cached:
+            trial.set_user_attr("cached_measurement", True)
         return trial_values(config, m)
 
 

@@ -2,6 +2,8 @@
 
 It resolves the recipe, predicts the file size exactly, quantizes into a work directory with
 llama.cpp's quantizer, scores the result against the cached reference, and removes the temporary GGUF.
+Finished measurements are kept in the cache directory by their result key, so a recipe that resolves
+to the same file is measured once across studies.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .inventory import Inventory, read_inventory
 from .kld import TokenStats
 from .llama import LlamaModel
 from .quantize import PARTIAL_SUFFIX, ImatrixInput, quantize_model
-from .recipe import Recipe
+from .recipe import Recipe, atomic_write_text
 from .resolve import Resolution, resolve
 from .score import Reference, ScoreSettings, get_reference, score_quant
 from .size import predict_size
@@ -43,10 +45,17 @@ class Measurement:
     fallbacks: dict[str, dict[str, int]]
     seconds: dict[str, float]
     speed: dict[str, float] = field(default_factory=dict)
+    cached: bool = False  # read from the measurement cache instead of measured now
 
     def to_dict(self) -> dict:
         return {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
                 "fallbacks": self.fallbacks, "seconds": self.seconds, "speed": self.speed}
+
+    @classmethod
+    def from_dict(cls, d: dict, kld_tokens: np.ndarray) -> Measurement:
+        return cls(file_bytes=int(d["file_bytes"]), bpw=float(d["bpw"]), metrics=dict(d["metrics"]),
+                   kld_tokens=kld_tokens, fallbacks=dict(d["fallbacks"]), seconds=dict(d["seconds"]),
+                   speed=dict(d["speed"]), cached=True)
 
 
 def encode_array(a: np.ndarray) -> str:
@@ -120,10 +129,29 @@ class Worker:
         blob = json.dumps({"types": resolution.key(), "imatrix": im, "reference": self.reference.path.name})
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
+    def _cache_path(self, key: str) -> Path:
+        return self.cache_dir / "measurements" / f"{key}.json"
+
+    def cached(self, resolution: Resolution, speed: bool = False) -> Measurement | None:
+        """The stored measurement of this resolved recipe, if a finished one is in the cache."""
+        try:
+            d = json.loads(self._cache_path(self.result_key(resolution)).read_text())
+            m = Measurement.from_dict(d, decode_array(d["kld_tokens"]))
+        except (OSError, ValueError, KeyError, TypeError, zlib.error):
+            return None  # absent, or unreadable: measure again (and overwrite it atomically)
+        return None if speed and not m.speed else m
+
+    def _store(self, resolution: Resolution, m: Measurement) -> None:
+        atomic_write_text(self._cache_path(self.result_key(resolution)),
+                          json.dumps({**m.to_dict(), "kld_tokens": encode_array(m.kld_tokens)}))
+
     def measure(self, recipe: Recipe, on_chunk: Callable[[int, TokenStats], None] | None = None,
-                speed: bool = False, out: Path | None = None) -> Measurement:
-        """Quantize and score ``recipe``; ``on_chunk`` may raise StopScoring to abandon the trial."""
+                speed: bool = False, out: Path | None = None, use_cache: bool = True) -> Measurement:
+        """Quantize and score ``recipe`` (or read its earlier measurement from the cache when no file
+        is asked for); ``on_chunk`` may raise StopScoring to abandon the trial."""
         resolution = self.resolve(recipe)
+        if use_cache and out is None and (hit := self.cached(resolution, speed)) is not None:
+            return hit
         reference = self.reference
         extra_kv = self.imatrix.kv() if self.imatrix else None
         predicted = predict_size(resolution, self.inventory, extra_kv)
@@ -142,9 +170,11 @@ class Worker:
                 path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
         metrics = scored.summary.to_dict()
         metrics["ppl_ratio"] = float(np.exp(metrics["ln_ppl_ratio"]))
-        return Measurement(
+        m = Measurement(
             file_bytes=q.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
             kld_tokens=scored.stats.kld.astype(np.float32),
             fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
             seconds={"quantize": q.seconds, **scored.seconds},
             speed=speed_numbers)
+        self._store(resolution, m)
+        return m

@@ -115,9 +115,8 @@ def test_file_token_stats_streams_a_chunk(tmp_path: Path) -> None:
 def test_writer_errors(tmp_path: Path) -> None:
     path = tmp_path / "w.kld"
     tokens = np.zeros((2, N_CTX), np.int32)
-    with pytest.raises(RecipeSearchError, match="shape"):
-        with KLDBaseFileWriter(path, tokens, N_VOCAB) as w:
-            w.write_chunk(np.zeros((4, N_VOCAB), np.float32))
+    with pytest.raises(RecipeSearchError, match="shape"), KLDBaseFileWriter(path, tokens, N_VOCAB) as w:
+        w.write_chunk(np.zeros((4, N_VOCAB), np.float32))
     w = KLDBaseFileWriter(path, tokens, N_VOCAB)
     w.write_chunk(np.zeros((3, N_VOCAB), np.float32))
     with pytest.raises(RecipeSearchError, match="1 of 2 chunks"):

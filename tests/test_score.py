@@ -46,8 +46,19 @@ def test_worker_measures_and_caches(dense_model, tmp_path) -> None:
     assert good.fallbacks == {} and bad.fallbacks == {"ffn_down": {"Q2_K->Q4_0": 2}}
     assert not list((tmp_path / "work").iterdir())
     again = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work")
-    assert again.measure(uniform_recipe("Q8_0")).metrics == good.metrics
+    hit = again.measure(uniform_recipe("Q8_0"))
+    assert hit.cached and not good.cached
+    assert hit.metrics == good.metrics and np.array_equal(hit.kld_tokens, good.kld_tokens)
     assert again.reference_was_cached is True
+    # a damaged cache entry is measured again and rewritten, never trusted
+    entries = sorted((tmp_path / "cache" / "measurements").glob("*.json"))
+    assert len(entries) == 2
+    for e in entries:
+        e.write_text(e.read_text()[:50])
+    remeasured = again.measure(uniform_recipe("Q8_0"))
+    assert not remeasured.cached and remeasured.metrics["kld_mean"] == pytest.approx(good.metrics["kld_mean"], rel=1e-5)
+    assert again.measure(uniform_recipe("Q8_0")).cached
+    assert not again.measure(uniform_recipe("Q8_0"), use_cache=False).cached
 
 
 def test_base_file_round_trip(dense_model, tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -99,6 +100,51 @@ def test_killed_worker_trial_is_failed_and_retried(study_setup) -> None:
     assert retried and all(t.state != optuna.trial.TrialState.FAIL for t in retried)
     assert all("metrics" not in f.user_attrs for f in failed)
     assert not list((directory / "work").rglob("*.gguf*")), "temporary GGUF left behind"
+
+
+def test_ctrl_c_records_the_trial_in_flight(study_setup) -> None:
+    model, config, directory, cache = study_setup
+    base = ["search", str(model), "--config", str(config), "--dir", str(directory), "--study", "c",
+            "--cache-dir", str(cache), "--quiet"]
+    assert cli(*base, "--trials", "0").returncode == 0
+    # a terminal's Ctrl-C reaches the whole process group, the quantizing child included
+    proc = subprocess.Popen([sys.executable, "-m", "recipe_search.cli", *base, "--trials", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _running_trial(directory, "c"):
+        time.sleep(0.05)
+    in_flight = next(t.number for t in _load(directory, "c").trials if t.state == optuna.trial.TrialState.RUNNING)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "stopped by Ctrl-C" in out
+    study = _load(directory, "c")
+    assert study.trials[in_flight].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert not [t for t in study.trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)]
+    assert len(study.trials) < 20 + 4  # it stopped instead of running the whole budget
+    assert not list((directory / "work").rglob("*.gguf*"))
+
+
+def test_two_workers_share_a_sqlite_study(study_setup) -> None:
+    model, config, directory, cache = study_setup
+    url = f"sqlite:///{directory / 'study.db'}"
+    assert cli("search", str(model), "--config", str(config), "--dir", str(directory), "--study", "w",
+               "--cache-dir", str(cache), "--trials", "0", "--quiet").returncode == 0
+    workers = [subprocess.Popen([sys.executable, "-m", "recipe_search.cli", "worker", "--storage", url, "--study", "w",
+                                 "--dir", str(directory / f"w{i}"), "--cache-dir", str(cache), "--trials", "5",
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    with sqlite3.connect(directory / "study.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    study = _load(directory, "w")
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    keys = [t.user_attrs["result_key"] for t in measured_trials(study)]
+    assert len(keys) == len(set(keys)), "two workers measured the same recipe"
 
 
 def test_two_workers_share_a_postgres_study(study_setup) -> None:

@@ -32,15 +32,11 @@ SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 _F32 = GGMLQuantizationType.F32
 _TEXT_WORDS = {
-    "adj": "small large early late quiet bright heavy simple common local public "
-    "northern final main second modern ancient strong young".split(),
-    "noun": "river city model station bridge garden island village engine paper "
-    "letter window market school church harbour valley season record album "
-    "battle company council network system music weather".split(),
-    "verb": "opened crossed reached joined built covered followed described "
-    "carried returned supported replaced changed released recorded".split(),
-    "prep": "near across above under beside through after before during".split(),
-    "name": "Alder Brook Carver Dunmore Ellis Fenwick Garland Hollis Ivers".split(),
+    "adj": ["small", "large", "early", "late", "quiet", "bright", "heavy", "simple", "common", "local", "public", "northern", "final", "main", "second", "modern", "ancient", "strong", "young"],
+    "noun": ["river", "city", "model", "station", "bridge", "garden", "island", "village", "engine", "paper", "letter", "window", "market", "school", "church", "harbour", "valley", "season", "record", "album", "battle", "company", "council", "network", "system", "music", "weather"],
+    "verb": ["opened", "crossed", "reached", "joined", "built", "covered", "followed", "described", "carried", "returned", "supported", "replaced", "changed", "released", "recorded"],
+    "prep": ["near", "across", "above", "under", "beside", "through", "after", "before", "during"],
+    "name": ["Alder", "Brook", "Carver", "Dunmore", "Ellis", "Fenwick", "Garland", "Hollis", "Ivers"],
 }
 
 
