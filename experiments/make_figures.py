@@ -1,7 +1,7 @@
 """Regenerate the README's figures into experiments/figures/: a study's frontier, sensitivity charts.
 
     python experiments/make_figures.py --dir /tmp/st-pareto --name frontier-tiny-qwen35moe \
-        --targets 3.5bpw,4.0bpw,9MiB --sensitivity /tmp/sweep-tiny-qwen35moe \
+        --targets 3.5bpw,4.0bpw,9MiB --sensitivity experiments/results/sensitivity-tiny-qwen35moe \
         --sensitivity-metric kld_mean --sensitivity-metric kld_p999
 
 Each PNG must stay under 200 KB (they are committed); the command fails when one does not.
