@@ -142,7 +142,7 @@ def measurement_attrs(recipe: Recipe, m: Measurement) -> dict:
             "kld_tokens": encode_array(m.kld_tokens)}
 
 
-def _same_key(study: optuna.Study, key: str, number: int, poll: float = 1.0) -> FrozenTrial | None:
+def same_measurement(study: optuna.Study, key: str, number: int, poll: float = 1.0) -> FrozenTrial | None:
     """The finished trial (complete or pruned) that measured the same resolved recipe, if any.
 
     When another worker is measuring it right now (an earlier trial, still running), wait for that
@@ -180,7 +180,7 @@ class Objective:
             trial.set_user_attr("pruned", band)
             raise optuna.TrialPruned(band)
         reference = "reference" in trial.user_attrs
-        same = _same_key(ctx.study, key, trial.number)
+        same = same_measurement(ctx.study, key, trial.number)
         if same is not None and same.state == TrialState.PRUNED and not reference:
             trial.set_user_attr("pruned", f"same resolved recipe as pruned trial {same.number}")
             raise optuna.TrialPruned(f"same resolved recipe as pruned trial {same.number}")

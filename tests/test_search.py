@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from recipe_search.pareto import non_dominated
-from recipe_search.search import Measured, measured_trials, prune_decision
+from recipe_search.search import Measured, same_measurement, measured_trials, prune_decision
 
 CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
           "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
@@ -188,3 +189,25 @@ def test_prune_rule() -> None:
     assert prune_decision(clearly_worse, 150, [Measured(100, 0.05, {"same_top": 0.9})]) is None
 
 
+
+
+def test_same_recipe_is_measured_once() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    dist = {"x": optuna.distributions.IntDistribution(0, 3)}
+    study.add_trial(optuna.trial.create_trial(params={"x": 1}, distributions=dist, state=optuna.trial.TrialState.PRUNED,
+                                              user_attrs={"result_key": "k"}))
+    assert same_measurement(study, "k", 99).state == optuna.trial.TrialState.PRUNED
+    assert same_measurement(study, "other", 99) is None
+    study.add_trial(optuna.trial.create_trial(params={"x": 1}, distributions=dist, values=[1.0, 2.0],
+                                              user_attrs={"result_key": "k", "metrics": {}}))
+    assert same_measurement(study, "k", 99).state == optuna.trial.TrialState.COMPLETE  # a measurement beats a pruned one
+    # another worker is measuring the same recipe: wait for it instead of measuring again
+    running = study.ask()
+    running.set_user_attr("result_key", "r")
+    later = study.ask()
+    finisher = threading.Timer(0.3, lambda: (running.set_user_attr("metrics", {}), study.tell(running, [1.0, 1.0])))
+    finisher.start()
+    start = time.time()
+    same = same_measurement(study, "r", later.number, poll=0.05)
+    finisher.join()
+    assert same is not None and same.number == running.number and time.time() - start >= 0.25
