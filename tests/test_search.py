@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from recipe_search.pareto import non_dominated
-from recipe_search.search import Measured, same_measurement, measured_trials, prune_decision
+from recipe_search.search import Measured, measured_trials, prune_decision, same_measurement
 
 CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
           "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
