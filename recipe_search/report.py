@@ -97,7 +97,7 @@ def plot_frontier(sel: Selection, path: Path | None = None) -> Figure:
     """Every measured trial faint, the frontier as a step line (hollow where a point ties its smaller
     neighbour), reference recipes and presets by name, target picks starred; x bits per weight with the
     file size on the top axis, y the objective (log scale for KLD-like metrics)."""
-    fig = _new_figure(9.0, 5.6)
+    fig = _new_figure(11.5, 5.6)
     ax = fig.add_subplot()
     cands = sel.candidates
     bpw = np.array([c.bpw for c in cands])
@@ -153,8 +153,7 @@ def plot_frontier(sel: Selection, path: Path | None = None) -> Figure:
     ax.grid(True, which="both", color="0.92", lw=0.6)
     ax.set_title(f"{sel.study}: {sel.objective} against size — {len(sel.frontier)} of {len(cands)} measured "
                  f"recipes on the frontier", fontsize=10)
-    # the frontier runs from top left down to the right (or up, for a maximised metric): the corner it leaves free
-    ax.legend(loc="lower right" if sel.objective in MAXIMISE else "upper right", fontsize=7.5, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5)  # outside: no corner is always free
     _place_labels(ax, labels)
     _save(fig, path)
     return fig
