@@ -17,8 +17,10 @@ import optuna
 import pytest
 import yaml
 
+from recipe_search.inventory import read_inventory
 from recipe_search.pareto import non_dominated
 from recipe_search.search import Measured, measured_trials, prune_decision, same_measurement
+from recipe_search.space import StudyConfig, build_space
 
 CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
           "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
@@ -211,3 +213,14 @@ def test_same_recipe_is_measured_once() -> None:
     same = same_measurement(study, "r", later.number, poll=0.05)
     finisher.join()
     assert same is not None and same.number == running.number and time.time() - start >= 0.25
+
+
+def test_readme_study_config_is_valid(qwen35_model) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### The study config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = StudyConfig.model_validate(yaml.safe_load(block))
+    space = build_space(config, read_inventory(qwen35_model), has_imatrix=True)
+    names = {p.name for p in space.parameters}
+    assert "ffn_up_exps+ffn_gate_exps" in names and "token_embd" not in names and "token_embd" in space.fixed
+    assert len([n for n in names if n.startswith("ffn_down_exps")]) == 3, names
+    assert [t.name for t in next(p for p in space.parameters if p.name == "ssm_out").ladder] == ["Q8_0", "Q6_K", "Q5_K"]
