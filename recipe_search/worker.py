@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 
 from .errors import RecipeSearchError
@@ -32,6 +33,8 @@ from .score import Reference, ScoreSettings, get_reference, score_quant
 from .size import predict_size
 
 TRIAL_PREFIX = "trial-"
+#: the llama.cpp build: a measurement made with another one is not reused
+LLAMA_BUILD = f"llama-cpp-python {llama_cpp.__version__}, libllama {llama_cpp.llama_version().decode()}"
 
 
 @dataclass
@@ -123,10 +126,12 @@ class Worker:
         return resolve(recipe, self.inventory)
 
     def result_key(self, resolution: Resolution) -> str:
-        """Identifies a measurement: the per-tensor types, the imatrix and the reference (model, text, ctx, chunks)."""
+        """Identifies a measurement: the per-tensor types, the imatrix, the reference (model, text, ctx,
+        chunks) and the llama.cpp build that quantizes and evaluates."""
         im = "" if self.imatrix is None else hashlib.sha256(
             b"".join(k.encode() + v.tobytes() for k, v in sorted(self.imatrix.arrays.items()))).hexdigest()
-        blob = json.dumps({"types": resolution.key(), "imatrix": im, "reference": self.reference.path.name})
+        blob = json.dumps({"types": resolution.key(), "imatrix": im, "reference": self.reference.path.name,
+                           "llama": LLAMA_BUILD})
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def _cache_path(self, key: str) -> Path:
