@@ -128,35 +128,9 @@ def test_ctrl_c_records_the_trial_in_flight(study_setup) -> None:
     assert not list((directory / "work").rglob("*.gguf*"))
 
 
-def test_two_workers_share_a_sqlite_study(study_setup) -> None:
+def _two_workers(study_setup, url: str, name: str) -> optuna.Study:
+    """Create the study, run two workers of 5 trials each on it at once, check what they left."""
     model, config, directory, cache = study_setup
-    url = f"sqlite:///{directory / 'study.db'}"
-    assert cli("search", str(model), "--config", str(config), "--dir", str(directory), "--study", "w",
-               "--cache-dir", str(cache), "--trials", "0", "--quiet").returncode == 0
-    workers = [subprocess.Popen([sys.executable, "-m", "recipe_search.cli", "worker", "--storage", url, "--study", "w",
-                                 "--dir", str(directory / f"w{i}"), "--cache-dir", str(cache), "--trials", "5",
-                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
-    for w in workers:
-        _, err = w.communicate(timeout=600)
-        assert w.returncode == 0, err
-    with sqlite3.connect(directory / "study.db") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    study = _load(directory, "w")
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers))
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    keys = [t.user_attrs["result_key"] for t in measured_trials(study)]
-    assert len(keys) == len(set(keys)), "two workers measured the same recipe"
-
-
-def test_two_workers_share_a_postgres_study(study_setup) -> None:
-    url = os.environ.get("RECIPE_SEARCH_TEST_POSTGRES")
-    if not url:
-        pytest.skip("RECIPE_SEARCH_TEST_POSTGRES is not set (.ci/run starts PostgreSQL and sets it)")
-    pytest.importorskip("psycopg")
-    model, config, directory, cache = study_setup
-    name = f"pg-{os.getpid()}-{int(time.time())}"
     made = cli("search", str(model), "--config", str(config), "--dir", str(directory), "--study", name,
                "--storage", url, "--cache-dir", str(cache), "--trials", "0", "--quiet")
     assert made.returncode == 0, made.stderr
@@ -165,15 +139,33 @@ def test_two_workers_share_a_postgres_study(study_setup) -> None:
                                  "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
     for w in workers:
-        out, err = w.communicate(timeout=600)
+        _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
     study = optuna.load_study(study_name=name, storage=url)
-    optimized = [t for t in study.trials if "reference" not in t.user_attrs or t.params]
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    optimized = [t for t in study.trials if "reference" not in t.user_attrs or t.params]
     assert len([t for t in optimized if t.state.is_finished()]) >= 10
     keys = [t.user_attrs["result_key"] for t in measured_trials(study)]
     assert len(keys) == len(set(keys)), "two workers measured the same recipe"
+    return study
+
+
+def test_two_workers_share_a_sqlite_study(study_setup) -> None:
+    directory = study_setup[2]
+    directory.mkdir(parents=True)
+    _two_workers(study_setup, f"sqlite:///{directory / 'study.db'}", "w")
+    with sqlite3.connect(directory / "study.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_two_workers_share_a_postgres_study(study_setup) -> None:
+    url = os.environ.get("RECIPE_SEARCH_TEST_POSTGRES")
+    if not url:
+        pytest.skip("RECIPE_SEARCH_TEST_POSTGRES is not set (.ci/run starts PostgreSQL and sets it)")
+    pytest.importorskip("psycopg")
+    _two_workers(study_setup, url, f"pg-{os.getpid()}-{int(time.time())}")
 
 
 def test_prune_rule() -> None:
