@@ -326,7 +326,8 @@ class Progress:
             eta.append(self.timeout - elapsed)
         eta_txt = f" | ETA {_duration(max(min(eta), 0))}" if eta else ""
         best = _best_at_sizes(front)
-        state = trial.state.name.lower() + (" (dup)" if "duplicate_of" in trial.user_attrs else "")
+        state = trial.state.name.lower() + (" (dup)" if "duplicate_of" in trial.user_attrs else
+                                            " (cached)" if trial.user_attrs.get("cached_measurement") else "")
         line = (f"[{self.done}{'/' + str(self.budget) if self.budget else ''}] trial {trial.number} {state} | "
                 f"frontier {len(front)} | {best}{eta_txt}")
         end = "\r" if self.tty else "\n"
