@@ -9,6 +9,7 @@ to the same file is measured once across studies.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -128,11 +129,15 @@ class Worker:
     def result_key(self, resolution: Resolution) -> str:
         """Identifies a measurement: the per-tensor types, the imatrix, the reference (model, text, ctx,
         chunks) and the llama.cpp build that quantizes and evaluates."""
-        im = "" if self.imatrix is None else hashlib.sha256(
-            b"".join(k.encode() + v.tobytes() for k, v in sorted(self.imatrix.arrays.items()))).hexdigest()
-        blob = json.dumps({"types": resolution.key(), "imatrix": im, "reference": self.reference.path.name,
-                           "llama": LLAMA_BUILD})
+        blob = json.dumps({"types": resolution.key(), "imatrix": self._imatrix_digest,
+                           "reference": self.reference.path.name, "llama": LLAMA_BUILD})
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    @functools.cached_property
+    def _imatrix_digest(self) -> str:
+        """Hash of the imatrix's data (a large imatrix is hashed once, not per trial)."""
+        return "" if self.imatrix is None else hashlib.sha256(
+            b"".join(k.encode() + v.tobytes() for k, v in sorted(self.imatrix.arrays.items()))).hexdigest()
 
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / "measurements" / f"{key}.json"
