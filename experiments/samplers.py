@@ -21,11 +21,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from optuna.trial import TrialState
 
 from recipe_search.demo import cache_dir, resolve_model_arg
 from recipe_search.pareto import hypervolume_2d
-from recipe_search.search import add_presets, enqueue_references, measured_trials, open_study, run, storage_for
+from recipe_search.search import (
+    add_presets,
+    enqueue_references,
+    measured_trials,
+    open_study,
+    run,
+    searched_trials_done,
+    storage_for,
+)
 from recipe_search.space import StudyConfig, load_study_config
 
 
@@ -37,11 +44,9 @@ def run_one(model: Path, config: StudyConfig, trials: int, cache: Path, keep: Pa
         ctx = open_study(storage, "s", model, config, where, cache)
         enqueue_references(ctx)
         add_presets(ctx, lambda msg: None)
-        # a kept study resumes: the budget counts the trials it already finished (not the presets)
-        finished = [t for t in ctx.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-                    if t.params]
-        if len(finished) < trials:
-            run(ctx, trials - len(finished), None, True, lambda msg: None)
+        done = searched_trials_done(ctx.study)  # a kept study resumes
+        if done < trials:
+            run(ctx, trials - done, None, True, lambda msg: None)
         return [(t.values[0], t.values[1]) for t in measured_trials(ctx.study)]
 
 

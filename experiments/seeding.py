@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from optuna.trial import TrialState
 
 from recipe_search.demo import resolve_model_arg
 from recipe_search.pareto import hypervolume_2d, non_dominated
@@ -35,6 +34,7 @@ from recipe_search.search import (
     measured_trials,
     open_study,
     run,
+    searched_trials_done,
     storage_for,
     study_summary,
 )
@@ -57,9 +57,7 @@ def run_arm(a: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
     ctx = open_study(storage, f"{arm}-{seed}", model, config, directory, Path(a.cache_dir))
     enqueue_references(ctx)
     add_presets(ctx, lambda msg: None)
-    # the presets are added as finished trials outside the search: the budget counts the others
-    finished = len([t for t in ctx.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-                    if t.params])
+    finished = searched_trials_done(ctx.study)
     start = time.perf_counter()
     if finished < a.trials:
         run(ctx, a.trials - finished, None, quiet=True, log=lambda msg: print(msg, file=sys.stderr))

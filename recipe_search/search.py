@@ -288,6 +288,13 @@ def add_presets(ctx: StudyContext, log: Callable[[str], None]) -> None:
                                                       distributions={}, user_attrs=attrs))
 
 
+def searched_trials_done(study: optuna.Study) -> int:
+    """Finished trials of the search itself (enqueued references included, added presets not): what a
+    trial budget counts when a study resumes."""
+    return len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                      TrialState.FAIL)) if t.params])
+
+
 def enqueue_references(ctx: StudyContext) -> int:
     """Enqueue the uniform recipes over the ladder (and surrogate seeds) once per study."""
     if ctx.study.user_attrs.get("references_enqueued"):
