@@ -72,12 +72,20 @@ def test_search_resume_and_frontier(study_setup) -> None:
     assert not list((directory / "work").rglob("*.gguf*"))
 
 
-def _running_trial(directory: Path, name: str) -> bool:
-    try:
-        study = _load(directory, name)
-    except Exception:
-        return False
-    return any(t.state == optuna.trial.TrialState.RUNNING and "result_key" in t.user_attrs for t in study.trials)
+def _wait_for_running_trial(directory: Path, name: str, timeout: float = 120) -> int:
+    """The number of the first trial seen measuring (running, its recipe resolved)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            study = _load(directory, name)
+        except Exception:  # the database may not exist yet
+            study = None
+        running = [t.number for t in (study.trials if study else [])
+                   if t.state == optuna.trial.TrialState.RUNNING and "result_key" in t.user_attrs]
+        if running:
+            return running[0]
+        time.sleep(0.05)
+    pytest.fail(f"no trial of study {name} started measuring within {timeout} s")
 
 
 def test_killed_worker_trial_is_failed_and_retried(study_setup) -> None:
@@ -88,9 +96,7 @@ def test_killed_worker_trial_is_failed_and_retried(study_setup) -> None:
     assert cli(*base, "--trials", "0", env=env).returncode == 0  # creates the study, reference and presets
     proc = subprocess.Popen([sys.executable, "-m", "recipe_search.cli", *base, "--trials", "6"],
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not _running_trial(directory, "k"):
-        time.sleep(0.05)
+    _wait_for_running_trial(directory, "k")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(3)  # past the grace period
@@ -113,10 +119,7 @@ def test_ctrl_c_records_the_trial_in_flight(study_setup) -> None:
     # a terminal's Ctrl-C reaches the whole process group, the quantizing child included
     proc = subprocess.Popen([sys.executable, "-m", "recipe_search.cli", *base, "--trials", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not _running_trial(directory, "c"):
-        time.sleep(0.05)
-    in_flight = next(t.number for t in _load(directory, "c").trials if t.state == optuna.trial.TrialState.RUNNING)
+    in_flight = _wait_for_running_trial(directory, "c")
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
