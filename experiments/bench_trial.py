@@ -470,6 +470,10 @@ def main() -> None:
     report(info, refs_ours, refs_theirs, trials_ours, trials_theirs, a.out)
 
 
+def _phase_cell(kv: tuple[str, float | None]) -> str:
+    return f"{kv[0]:>26s} {kv[1]:7.2f}" if kv[1] is not None else " " * 34
+
+
 def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, trials_theirs: list,
            out: Path) -> None:
     med = statistics.median
@@ -503,8 +507,7 @@ def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, tr
         for k in range(max(len(po), len(pt))):
             left = list(po.items())[k] if k < len(po) else ("", None)
             right = list(pt.items())[k] if k < len(pt) else ("", None)
-            fmt = lambda kv: f"{kv[0]:>26s} {kv[1]:7.2f}" if kv[1] is not None else " " * 34
-            print(f"{fmt(left)}   {fmt(right)}")
+            print(f"{_phase_cell(left)}   {_phase_cell(right)}")
         print(f"{'total':>26s} {med(r['wall'] for r in o):7.2f}   {'total':>26s} {med(r['wall'] for r in th):7.2f}")
         print(f"{'startup (not in total)':>26s} {med(r['startup'] for r in o):7.2f}")
         print(f"{'peak RSS MB':>26s} {med(r['rss_mb'] for r in o):7.0f}   {'peak RSS MB':>26s} "

@@ -19,35 +19,34 @@ import optuna
 
 from recipe_search.search import (
     MIN_CHUNKS_BEFORE_PRUNING,
-    Measured,
-    frontier_trials,
-    measured_for_pruning,
-    measured_trials,
+    FinishedPoint,
+    finished_point,
+    frontier_records,
     prune_decision,
     storage_for,
 )
 from recipe_search.space import StudyConfig
-from recipe_search.worker import decode_array
+from recipe_search.trial_record import TrialRecord
 
 
 def replay(study: optuna.Study) -> dict:
     config = StudyConfig.model_validate_json(study.user_attrs["config"])
     per_chunk = config.ctx - 1 - config.ctx // 2
-    trials = sorted(measured_trials(study), key=lambda t: t.datetime_complete)
-    front = {t.number for t in frontier_trials(trials, study.directions)}
-    done: list[Measured] = []
+    in_completion_order = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                                 key=lambda t: t.datetime_complete)
+    trials = [r for r in map(TrialRecord.from_trial, in_completion_order) if r.measured]
+    front = {r.number for r in frontier_records(trials, study.directions)}
+    done: list[FinishedPoint] = []
     stopped = []
     for t in trials:
-        kld = decode_array(t.user_attrs["kld_tokens"])
-        size = int(t.user_attrs["file_bytes"])
-        if "reference" not in t.user_attrs:  # references are never pruned
+        if t.reference is None and t.kld_tokens is not None:  # references are never pruned
             for chunks in range(MIN_CHUNKS_BEFORE_PRUNING, config.chunks):
-                why = prune_decision(kld[:chunks * per_chunk], size, done)
+                why = prune_decision(t.kld_tokens[:chunks * per_chunk], t.file_bytes, done)
                 if why:
                     stopped.append({"trial": t.number, "after_chunks": chunks, "on_frontier": t.number in front,
                                     "reason": why})
                     break
-        done.append(measured_for_pruning(t, config.objectives))
+        done.append(finished_point(t, config.objectives))
     chunks_saved = sum(config.chunks - s["after_chunks"] for s in stopped)
     return {"measured": len(trials), "frontier": sorted(front), "would_stop": stopped,
             "frontier_points_stopped": [s["trial"] for s in stopped if s["on_frontier"]],

@@ -22,32 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from recipe_search.demo import cache_dir, resolve_model_arg
+from recipe_search.demo import resolve_model_arg
+from recipe_search.locations import cache_dir
 from recipe_search.pareto import hypervolume_2d
-from recipe_search.search import (
-    add_presets,
-    enqueue_references,
-    measured_trials,
-    open_study,
-    run,
-    searched_trials_done,
-    storage_for,
-)
+from recipe_search.search import measured_records
 from recipe_search.space import StudyConfig, load_study_config
+from recipe_search.study import Study
 
 
 def run_one(model: Path, config: StudyConfig, trials: int, cache: Path, keep: Path | None) -> list[tuple[float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         where = keep / f"{config.sampler}-{config.seed}" if keep else Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        storage = storage_for(f"sqlite:///{where.resolve()}/study.db")
-        ctx = open_study(storage, "s", model, config, where, cache)
-        enqueue_references(ctx)
-        add_presets(ctx, lambda msg: None)
-        done = searched_trials_done(ctx.study)  # a kept study resumes
-        if done < trials:
-            run(ctx, trials - done, None, True, lambda msg: None)
-        return [(t.values[0], t.values[1]) for t in measured_trials(ctx.study)]
+        study = Study.open(model, config, name="s", directory=where, cache=cache)
+        study.prepare()
+        study.run_to(trials)  # a kept study resumes
+        return [(t.values[0], t.values[1]) for t in measured_records(study.optuna_study)]
 
 
 def main() -> None:

@@ -28,17 +28,9 @@ import numpy as np
 
 from recipe_search.demo import resolve_model_arg
 from recipe_search.pareto import hypervolume_2d, non_dominated
-from recipe_search.search import (
-    add_presets,
-    enqueue_references,
-    measured_trials,
-    open_study,
-    run,
-    searched_trials_done,
-    storage_for,
-    study_summary,
-)
+from recipe_search.search import measured_records
 from recipe_search.space import StudyConfig, load_study_config
+from recipe_search.study import Study
 
 ARMS = ("plain", "seeded")
 
@@ -51,22 +43,17 @@ def run_arm(a: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
         "text": a.text, "ctx": a.ctx, "chunks": a.chunks, "seed": seed, "threads": a.threads, "prune": not a.no_prune,
         "surrogate_seeds": a.surrogate_seeds if arm == "seeded" else 0,
         "sensitivity": str(Path(a.table).resolve()) if arm == "seeded" else None})
-    directory = Path(a.dir) / f"{arm}-{seed}"
-    directory.mkdir(parents=True, exist_ok=True)
-    storage = storage_for(f"sqlite:///{(directory / 'study.db').resolve()}")
-    ctx = open_study(storage, f"{arm}-{seed}", model, config, directory, Path(a.cache_dir))
-    enqueue_references(ctx)
-    add_presets(ctx, lambda msg: None)
-    finished = searched_trials_done(ctx.study)
+    study = Study.open(model, config, name=f"{arm}-{seed}", directory=Path(a.dir) / f"{arm}-{seed}",
+                       cache=a.cache_dir)
+    study.prepare()
     start = time.perf_counter()
-    if finished < a.trials:
-        run(ctx, a.trials - finished, None, quiet=True, log=lambda msg: print(msg, file=sys.stderr))
+    study.run_to(a.trials)
     seconds = time.perf_counter() - start
-    trials = sorted(measured_trials(ctx.study), key=lambda t: t.number)
+    trials = sorted(measured_records(study.optuna_study), key=lambda t: t.number)
     return {"arm": arm, "seed": seed, "seconds_this_call": seconds,
-            "points": [[t.number, t.values[0], math.log10(max(t.values[1], 1e-12)), "surrogate_seed" in t.user_attrs,
-                        t.user_attrs["metrics"]["kld_mean"]] for t in trials],
-            "summary": study_summary(ctx.study)}
+            "points": [[t.number, t.values[0], math.log10(max(t.values[1], 1e-12)), t.surrogate_seed is not None,
+                        t.metrics["kld_mean"]] for t in trials],
+            "summary": study.summary()}
 
 
 def frontier_stats(points: list[list], ref: np.ndarray, checkpoints: list[int], sizes: list[float]) -> dict:

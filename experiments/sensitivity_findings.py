@@ -54,7 +54,8 @@ def main() -> int:
     total = sum(d["n_elements"] for d in types.values())
     ranked = sorted(types.items(), key=lambda kv: -kv[1].get("mean_per_mb_q3k", 0))
     print(f"{'tensor type':<16}{'params':>7}" + "".join(f"{'mean ' + w:>12}" for w in WIDTHS)
-          + "".join(f"{'99% ' + w:>11}" for w in ("Q4_K", "Q2_K")) + f"{'mean/MB Q3_K':>14}{'MXFP4/Q4_K':>12}{'MXFP4/IQ4_XS':>14}")
+          + "".join(f"{'99% ' + w:>11}" for w in ("Q4_K", "Q2_K"))
+          + f"{'mean/MB Q3_K':>14}{'MXFP4/Q4_K':>12}{'MXFP4/IQ4_XS':>14}")
     nan = float("nan")
     for kind, d in ranked:
         print(f"{kind:<16}{d['n_elements'] / total:>7.1%}"

@@ -24,11 +24,12 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from recipe_search.demo import resolve_model_arg
-from recipe_search.quantize import ImatrixInput
+from recipe_search.imatrix_file import ImatrixInput
+from recipe_search.metrics import SURROGATE_METRICS
 from recipe_search.score import ScoreSettings
 from recipe_search.sensitivity import SensitivityTable
 from recipe_search.space import SearchSpace, SpaceConfig, StudyConfig, build_space
-from recipe_search.surrogate import SURROGATE_METRICS, Allocator, Surrogate
+from recipe_search.surrogate import Allocator, Surrogate
 from recipe_search.text import TextSource
 from recipe_search.worker import Worker
 

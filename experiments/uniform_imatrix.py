@@ -18,7 +18,7 @@ from pathlib import Path
 from recipe_search.demo import resolve_model_arg
 from recipe_search.errors import RecipeSearchError
 from recipe_search.ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED
-from recipe_search.quantize import ImatrixInput
+from recipe_search.imatrix_file import ImatrixInput
 from recipe_search.recipe import uniform_recipe
 from recipe_search.score import ScoreSettings
 from recipe_search.text import TextSource

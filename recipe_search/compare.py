@@ -15,10 +15,10 @@ from pathlib import Path
 
 from .errors import RecipeSearchError
 from .ggml_types import GGMLType, bits_per_weight, is_quantized
-from .inventory import Inventory, _compact_ranges
+from .inventory import Inventory, _compact_ranges, read_inventory
 from .recipe import Recipe, Rule
-from .resolve import Resolution, Source
-from .size import SizePrediction
+from .resolve import MixtureOracle, Resolution, Source, resolve
+from .size import SizePrediction, human_bytes, predict_size
 
 #: the measured numbers a scored column shows
 SCORE_METRICS = ("kld_mean", "kld_p99", "kld_p999", "same_top", "ppl_ratio")
@@ -230,12 +230,7 @@ def format_table(cmp: Comparison) -> str:
 def _size_text(c: Column) -> str | None:
     if c.file_bytes is None:
         return None
-    n, unit = float(c.file_bytes), "B"
-    for u in ("KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            break
-        n, unit = n / 1024, u
-    return f"{n:.2f} {unit} ({c.size_from})" if unit != "B" else f"{c.file_bytes} B ({c.size_from})"
+    return f"{human_bytes(c.file_bytes)} ({c.size_from})"
 
 
 # -- loading and mapping (I/O) ---------------------------------------------------------------------
@@ -265,8 +260,10 @@ def load_source(path: str | Path) -> Loaded:
 
 
 def compare(paths: Sequence[str | Path], model: Path | None = None,
-            measure: Callable[[Recipe], dict[str, float | str]] | None = None) -> Comparison:
-    """The comparison of ``paths``; with ``model`` each is resolved there (and, with ``measure``, scored)."""
+            measure: Callable[[Recipe], dict[str, float | str]] | None = None,
+            mixture: MixtureOracle | None = None) -> Comparison:
+    """The comparison of ``paths``; with ``model`` each is resolved there (``mixture`` resolves recipes that
+    ask for llama.cpp's own mixture) and, with ``measure``, scored."""
     sources = [load_source(p) for p in paths]
     if len({s.label for s in sources}) < len(sources):
         sources = [Loaded(str(p), s.recipe, s.quant, s.file_bytes) for p, s in zip(paths, sources)]
@@ -276,14 +273,10 @@ def compare(paths: Sequence[str | Path], model: Path | None = None,
         cols = [quant_column(s.label, s.recipe, s.quant, s.file_bytes) if s.quant
                 else recipe_column(s.label, s.recipe, rows) for s in sources]
         return Comparison(rows, cols)
-    from .inventory import read_inventory
-    from .resolve import resolve
-    from .size import predict_size
-
     inv = read_inventory(model)
     cols = []
     for s in sources:
-        resolution = resolve(s.recipe, inv)
+        resolution = resolve(s.recipe, inv, mixture)
         col = mapped_column(s.label, s.recipe, inv, resolution, predict_size(resolution, inv))
         if measure is not None:
             try:

@@ -14,16 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RecipeSearchError
+from .locations import cache_dir
 
 DEMO_NAME = "gemma-3-270m-f16.gguf"
 DEMO_WORD = "demo"
-
-
-def cache_dir(override: str | Path | None = None) -> Path:
-    """Where recipe-search keeps derived files: ``--dir``, ``$RECIPE_SEARCH_CACHE`` or ~/.cache/recipe-search."""
-    if override is not None:
-        return Path(override)
-    return Path(os.environ.get("RECIPE_SEARCH_CACHE", Path.home() / ".cache" / "recipe-search"))
 
 
 def _package():

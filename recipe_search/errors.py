@@ -1,4 +1,5 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The exceptions: the one the CLI turns into a one-line message and exit code 2, and the one that stops
+scoring early."""
 
 
 class RecipeSearchError(Exception):
@@ -7,3 +8,7 @@ class RecipeSearchError(Exception):
     def __init__(self, message: str, path: object | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class StopScoring(Exception):
+    """Raised by an ``on_chunk`` callback to stop scoring early (the trial is pruned)."""

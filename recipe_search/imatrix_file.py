@@ -19,11 +19,13 @@ passes the values unchanged, loads as 1). Its chunk_size is 0 (unknown), as in l
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -291,3 +293,45 @@ def save_imatrix_dat(imatrix: Imatrix, path: str | os.PathLike[str]) -> None:
     blob = (struct.pack("<i", len(body)) + b"".join(body) + struct.pack("<ii", imatrix.chunk_count, len(dataset))
             + dataset)
     _atomic_write(path, lambda fh: fh.write(blob))
+
+
+# llama-quantize's kv_overrides for an imatrix (tools/quantize/quantize.cpp)
+KV_IMATRIX_FILE = "quantize.imatrix.file"
+KV_IMATRIX_DATASET = "quantize.imatrix.dataset"
+KV_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
+KV_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
+
+
+@dataclass
+class ImatrixInput:
+    """What the quantizer receives from an importance matrix: per-tensor weights plus provenance keys."""
+
+    arrays: dict[str, np.ndarray]  # tensor name -> float32 [n_expert * ne0], in_sum2 / count
+    file: str
+    dataset: str | None = None
+    chunk_count: int = 0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ImatrixInput:
+        """Load an imatrix file (GGUF or legacy .dat) into what the quantizer receives."""
+        im = load_imatrix(path)
+        return cls(quantizer_arrays(im), file=str(path), dataset=(im.datasets or [None])[0], chunk_count=im.chunk_count)
+
+    @cached_property
+    def digest(self) -> str:
+        """Hash of the quantizer's arrays: keys every cache whose entries depend on the imatrix
+        (a large imatrix is hashed once)."""
+        h = hashlib.sha256()
+        for name, values in sorted(self.arrays.items()):
+            h.update(name.encode() + np.asarray(values, np.float32).tobytes())
+        return h.hexdigest()[:32]
+
+    def kv(self) -> dict[str, str | int]:
+        """The keys llama-quantize adds to the output (strings cut to 127 bytes, as it does)."""
+        out: dict[str, str | int] = {KV_IMATRIX_FILE: self.file.encode()[:127].decode(errors="ignore")}
+        if self.dataset:
+            out[KV_IMATRIX_DATASET] = self.dataset.encode()[:127].decode(errors="ignore")
+        out[KV_IMATRIX_N_ENTRIES] = len(self.arrays)
+        if self.chunk_count > 0:
+            out[KV_IMATRIX_N_CHUNKS] = self.chunk_count
+        return out

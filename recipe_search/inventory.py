@@ -59,9 +59,7 @@ def allows_quantization(name: str, shape: tuple[int, ...], arch: str) -> bool:
         return False
     if name in ("position_embd.weight", "token_types.weight"):
         return False
-    if arch == "glm5-next" and any(s in name for s in _GLM5_NEXT_SUBSTRINGS):
-        return False
-    return True
+    return not (arch == "glm5-next" and any(s in name for s in _GLM5_NEXT_SUBSTRINGS))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,18 +13,7 @@ import numpy as np
 
 from .errors import RecipeSearchError
 from .kld import paired_bootstrap
-
-#: per-token statistics behind the KLD metrics (llama-perplexity's percentile interpolates at f·(N−1),
-#: as numpy's default quantile does); a metric not listed here has no per-token test
-TOKEN_STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "kld_mean": lambda x: np.mean(x, axis=-1),
-    "kld_median": lambda x: np.quantile(x, 0.5, axis=-1),
-    "kld_p90": lambda x: np.quantile(x, 0.90, axis=-1),
-    "kld_p95": lambda x: np.quantile(x, 0.95, axis=-1),
-    "kld_p99": lambda x: np.quantile(x, 0.99, axis=-1),
-    "kld_p999": lambda x: np.quantile(x, 0.999, axis=-1),
-    "kld_max": lambda x: np.max(x, axis=-1),
-}
+from .metrics import TOKEN_STATISTICS, token_statistic
 
 _BYTE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -138,7 +128,7 @@ def neighbour_tests(order: Sequence[int], tokens: Sequence[np.ndarray | None], m
     """For each frontier point after the first (``order``: candidate indices by increasing size), the test
     against its smaller neighbour; None where the metric has no per-token statistic or the two points'
     per-token values are missing or not of the same tokens."""
-    statistic = TOKEN_STATISTICS.get(metric)
+    statistic = functools.partial(token_statistic, metric) if metric in TOKEN_STATISTICS else None
     out: list[NeighbourTest | None] = []
     for a, b in itertools.pairwise(order):
         ta, tb = tokens[a], tokens[b]

@@ -25,46 +25,12 @@ import numpy as np
 from . import llama_log
 from .errors import RecipeSearchError
 from .ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, FileType, GGMLType, is_quantized, parse_type
+from .imatrix_file import ImatrixInput
 from .inventory import Inventory, read_inventory
 from .recipe import Recipe
 from .resolve import Resolution, resolve
 
 PARTIAL_SUFFIX = ".partial"
-
-# llama-quantize's kv_overrides for an imatrix (tools/quantize/quantize.cpp)
-KV_IMATRIX_FILE = "quantize.imatrix.file"
-KV_IMATRIX_DATASET = "quantize.imatrix.dataset"
-KV_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
-KV_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
-
-
-@dataclass
-class ImatrixInput:
-    """What the quantizer receives from an importance matrix: per-tensor weights plus provenance keys."""
-
-    arrays: dict[str, np.ndarray]  # tensor name -> float32 [n_expert * ne0], in_sum2 / count
-    file: str
-    dataset: str | None = None
-    chunk_count: int = 0
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> ImatrixInput:
-        """Load an imatrix file (GGUF or legacy .dat) into what the quantizer receives."""
-        from .imatrix_file import load_imatrix, quantizer_arrays
-
-        im = load_imatrix(path)
-        return cls(quantizer_arrays(im), file=str(path), dataset=(im.datasets or [None])[0], chunk_count=im.chunk_count)
-
-    def kv(self) -> dict[str, str | int]:
-        """The keys llama-quantize adds to the output (strings cut to 127 bytes, as it does)."""
-        out: dict[str, str | int] = {KV_IMATRIX_FILE: self.file.encode()[:127].decode(errors="ignore")}
-        if self.dataset:
-            out[KV_IMATRIX_DATASET] = self.dataset.encode()[:127].decode(errors="ignore")
-        out[KV_IMATRIX_N_ENTRIES] = len(self.arrays)
-        if self.chunk_count > 0:
-            out[KV_IMATRIX_N_CHUNKS] = self.chunk_count
-        return out
-
 
 @dataclass
 class QuantizeResult:
@@ -268,7 +234,7 @@ def quantize_model(model: str | Path, recipe: Recipe, out: str | Path, *, imatri
     """Quantize ``model`` by ``recipe`` into ``out`` (atomically) and check every tensor's type."""
     model, out = Path(model), Path(out)
     inv = inventory or read_inventory(model)
-    resolution = resolve(recipe, inv)
+    resolution = resolve(recipe, inv, dry_run_types)
     warnings = check_imatrix(resolution, imatrix, allow_partial_imatrix)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)

@@ -18,20 +18,17 @@ from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Bbox
 
 from .errors import RecipeSearchError
+from .metrics import LABELS, MAXIMISE, SIZE_OBJECTIVES
 from .recipe import atomic_write_text
 from .selector import Selection, write_picks
-from .space import MAXIMISE
+from .size import human_bytes
 
-#: axis titles of the metrics the plots draw
-METRIC_LABELS = {"kld_p999": "99.9% KLD", "kld_p99": "99% KLD", "kld_p95": "95% KLD", "kld_p90": "90% KLD",
-                 "kld_median": "median KLD", "kld_mean": "mean KLD", "kld_max": "maximum KLD",
-                 "ppl_ratio": "PPL(Q)/PPL(base)", "same_top": "same top token (fraction)", "dp_rms": "RMS Δp"}
 SENSITIVITY_COLUMNS = ("tensor_type", "ggml_type", "bpw")
 _DPI = 110
 
 
 def metric_label(metric: str) -> str:
-    return f"{METRIC_LABELS[metric]} ({metric})" if metric in METRIC_LABELS else metric
+    return f"{LABELS[metric]} ({metric})" if metric in LABELS else metric
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -114,7 +111,7 @@ def plot_frontier(sel: Selection, path: Path | None = None) -> Figure:
     if tied.any():
         ax.scatter(fx[tied], fy[tied], s=70, facecolors="none", edgecolors="tab:blue", linewidths=1.5, zorder=3,
                    label="frontier point, tie with the next smaller (95% paired bootstrap)")
-    labels = [(cands[p.candidate].bpw, sel.quality(cands[p.candidate]), f"#{cands[p.candidate].trial}", "tab:blue")
+    labels = [(cands[p.candidate].bpw, sel.quality(cands[p.candidate]), f"#{cands[p.candidate].number}", "tab:blue")
               for p in sel.frontier if cands[p.candidate].reference is None]
 
     uniform = [c for c in cands if c.reference and c.reference.startswith("uniform-")]
@@ -229,18 +226,14 @@ def read_sensitivity(path: Path) -> list[dict]:
 def sensitivity_metric(rows: Sequence[dict], preferred: str) -> str:
     """``preferred`` when the rows have it, else the first KLD-like column they have."""
     columns = set(rows[0]) if rows else set()
-    for m in (preferred, *METRIC_LABELS):
+    quality = [m for m in LABELS if m not in SIZE_OBJECTIVES]
+    for m in (preferred, *quality):
         if m in columns:
             return m
-    raise RecipeSearchError(f"sensitivity rows have none of the metrics {', '.join(METRIC_LABELS)}")
+    raise RecipeSearchError(f"sensitivity rows have none of the metrics {', '.join(quality)}")
 
 
 # -- the page --------------------------------------------------------------------------------------
-def _human(n: float) -> str:
-    unit, scale = _size_unit(n)
-    return f"{n:.0f} B" if unit == "B" else f"{n / scale:.2f} {unit}"
-
-
 def markdown(sel: Selection, frontier_png: str, sensitivity_pngs: Sequence[str], recipes: dict[int, str]) -> str:
     """The report page; ``recipes`` maps a pick's index to its written recipe file (relative)."""
     cfg = sel.config
@@ -264,7 +257,7 @@ def markdown(sel: Selection, frontier_png: str, sensitivity_pngs: Sequence[str],
     for p in sel.frontier:
         cand = sel.candidates[p.candidate]
         ci = "" if p.test is None else f" ({p.test.low:+.3g} .. {p.test.high:+.3g})"
-        lines.append(f"| {cand.trial} | {cand.name} | {_human(cand.file_bytes)} | {cand.bpw:.3f} | "
+        lines.append(f"| {cand.number} | {cand.name} | {human_bytes(cand.file_bytes)} | {cand.bpw:.3f} | "
                      + " | ".join(f"{cand.metrics[o]:.4g}" for o in cols)
                      + f" | {cand.metrics.get('kld_mean', float('nan')):.4g} | {sel.status(p)}{ci} |")
     if sel.picks:
@@ -277,7 +270,7 @@ def markdown(sel: Selection, frontier_png: str, sensitivity_pngs: Sequence[str],
                 continue
             cand = sel.candidates[pick.candidate]
             point = sel.point_of(pick.candidate)
-            lines.append(f"| {pick.target.label} | {cand.trial} | {cand.name} | {_human(cand.file_bytes)} | "
+            lines.append(f"| {pick.target.label} | {cand.number} | {cand.name} | {human_bytes(cand.file_bytes)} | "
                          f"{cand.bpw:.3f} | {cand.metrics[sel.objective]:.4g} | "
                          f"{sel.status(point) if point else 'off'} | [{recipes[i]}]({recipes[i]}) |")
         for i, pick in enumerate(sel.picks):

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
+from .errors import RecipeSearchError
 from .ggml_types import GGMLType, fallback, is_quantized
 from .inventory import Inventory, Tensor
 from .recipe import Recipe
@@ -71,14 +74,19 @@ def _is_token_embd(name: str) -> bool:
     return name in ("token_embd.weight", "per_layer_token_embd.weight")
 
 
-def resolve(recipe: Recipe, inv: Inventory) -> Resolution:
-    """Resolve every tensor's type. Uses llama.cpp's dry run only where the recipe asks for its mixture."""
-    if recipe.uses_mixture:
-        from .quantize import dry_run_types
+#: llama.cpp's own choice of every tensor's type for a recipe (its dry run: `quantize.dry_run_types`)
+MixtureOracle = Callable[[Path, Recipe], dict[str, GGMLType]]
 
-        oracle = dry_run_types(inv.path, recipe)
-    else:
-        oracle = None
+
+def resolve(recipe: Recipe, inv: Inventory, mixture: MixtureOracle | None = None) -> Resolution:
+    """Resolve every tensor's type. A recipe that asks for llama.cpp's own per-tensor mixture (a file type
+    without ``pure``) is resolved by ``mixture``, llama.cpp's dry run, which the engine layer passes in."""
+    oracle = None
+    if recipe.uses_mixture:
+        if mixture is None:
+            raise RecipeSearchError(f"recipe {recipe.name!r} asks for llama.cpp's own {recipe.file_type.name} mixture, "
+                                    "which only llama.cpp's dry run can resolve")
+        oracle = mixture(inv.path, recipe)
     rules = [(re.compile(rx), t) for rx, t in recipe.overrides()]
     n_named = len(recipe.rules)
     default = recipe.file_type.default_type

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +23,11 @@ from .errors import RecipeSearchError
 from .inventory import Inventory, ggml_n_dims, model_fingerprint, read_inventory
 from .kld import KLDSummary, SparseReference, TokenStats, summarize, token_stats_sparse
 from .llama import LlamaModel, chunk_tokens, evaluate, scored_range
-from .text import TextSource, text_sha256
+from .text import ScoreSettings, text_sha256
 
 REFERENCE_FORMAT = 2
 _PER_TOKEN = {"remainder": np.float32, "dropped": np.float32, "top": np.int32, "nll_base": np.float32}
 _PER_ENTRY = {"indices": np.int32, "logprobs": np.float32}
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    text: TextSource = field(default_factory=TextSource)
-    ctx: int = 512
-    chunks: int | None = 8
-    threads: int = 2
-    n_seq: int = 4  # chunks per llama_decode, as llama-perplexity's -b 2048 at ctx 512
-
-    def key_fields(self) -> dict:
-        return {"text": self.text.label, "ctx": self.ctx, "chunks": self.chunks}
 
 
 @dataclass
@@ -141,7 +129,7 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
                                         "are needed", settings.text.path or settings.text.label)
             chunks = chunk_tokens(tokens, settings.ctx, settings.chunks, lm.add_bos, lm.bos_id)
             first, _ = scored_range(settings.ctx)
-            files = {n: open(tmp / f"{n}.bin", "wb") for n in [*_PER_TOKEN, *_PER_ENTRY, "offsets"]}
+            files = {n: open(tmp / f"{n}.bin", "wb") for n in [*_PER_TOKEN, *_PER_ENTRY, "offsets"]}  # noqa: SIM115
             n_tokens = n_entries = 0
             files["offsets"].write(np.zeros(1, np.int64).tobytes())
             try:
@@ -205,10 +193,6 @@ def check_same_model(reference: Reference, quant: Inventory) -> None:
         diff = sorted(set(base.items()) ^ set(got.items()))
         raise RecipeSearchError(f"not a quant of {reference.meta['model_name']}: tensors differ "
                                 f"(e.g. {diff[0][0]})", quant.path)
-
-
-class StopScoring(Exception):
-    """Raised by an ``on_chunk`` callback to stop scoring early (the trial is pruned)."""
 
 
 @dataclass

@@ -17,29 +17,16 @@ from optuna.trial import TrialState
 from . import __version__
 from .errors import RecipeSearchError
 from .kld import bootstrap_quantile_ci
+from .metrics import MAXIMISE
 from .pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
 from .recipe import ModelRef, Recipe
-from .search import load_trial_recipe, measured_trials
-from .space import MAXIMISE, StudyConfig
+from .search import measured_records
+from .space import StudyConfig
 from .text import TextSource
-from .worker import decode_array
+from .trial_record import TrialRecord
 
 #: quantiles whose bootstrap interval a written recipe records
 _CI_QUANTILES = {"kld_p99": 0.99, "kld_p999": 0.999}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One measured, non-duplicate trial."""
-
-    trial: int
-    name: str
-    reference: str | None  # the reference recipe's name (uniform-*, preset-*), None for a searched trial
-    file_bytes: int
-    bpw: float
-    metrics: dict[str, float]
-    kld_tokens: np.ndarray | None
-    recipe: Recipe
 
 
 @dataclass(frozen=True)
@@ -70,11 +57,12 @@ class Selection:
     objectives: list[str]
     objective: str
     counts: dict[str, int]  # trial states, plus duplicates
-    candidates: list[Candidate]
+    candidates: list[TrialRecord]
     frontier: list[FrontierPoint]
     picks: list[Pick]
+    tools: dict[str, str]  # the versions that measured the study
 
-    def quality(self, c: Candidate) -> float:
+    def quality(self, c: TrialRecord) -> float:
         return float(c.metrics[self.objective])
 
     def point_of(self, candidate: int) -> FrontierPoint | None:
@@ -85,7 +73,7 @@ class Selection:
         if point.test is None:
             first = bool(self.frontier) and self.frontier[0].candidate == point.candidate
             return "smallest" if first else "not tested"
-        smaller = self.candidates[point.test.smaller].trial
+        smaller = self.candidates[point.test.smaller].number
         return f"{'distinct from' if point.distinct else 'tie with'} {trial}{smaller}"
 
 
@@ -134,18 +122,6 @@ def _safe_url(url: str) -> str:
         return url.split("://")[0] + "://..."
 
 
-def candidates_of(study: optuna.Study) -> list[Candidate]:
-    """The measured, non-duplicate trials (pruned, failed and duplicate trials are left out)."""
-    out = []
-    for t in measured_trials(study):
-        a = t.user_attrs
-        tokens = decode_array(a["kld_tokens"]) if a.get("kld_tokens") else None
-        out.append(Candidate(t.number, a.get("reference") or f"trial-{t.number}", a.get("reference"),
-                             int(a["file_bytes"]), float(a["bpw"]), dict(a["metrics"]), tokens,
-                             load_trial_recipe(t)))
-    return out
-
-
 def select(study: optuna.Study, url: str, objective: str | None, targets: list[Target], n_boot: int = 1000,
            seed: int = 0) -> Selection:
     """The frontier on (file size, ``objective``), each point tested against its smaller neighbour, and
@@ -155,10 +131,10 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     config = StudyConfig.model_validate(json.loads(study.user_attrs["config"]))
     objectives = list(study.user_attrs.get("objectives", config.objectives))
     objective = objective or objectives[1]
-    candidates = candidates_of(study)
+    candidates = measured_records(study)
     if not candidates:
         raise RecipeSearchError(f"study {study.study_name!r} has no measured trial yet")
-    missing = [c.trial for c in candidates if objective not in c.metrics]
+    missing = [c.number for c in candidates if objective not in c.metrics]
     if missing:
         known = sorted(k for k in candidates[0].metrics if isinstance(candidates[0].metrics[k], (int, float)))
         raise RecipeSearchError(f"objective {objective!r} is not among the measured metrics ({', '.join(known)})")
@@ -170,27 +146,19 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     picks = [Pick(t, t.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality))
              for t in targets]
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
-    counts["duplicates"] = sum("duplicate_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
+    counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
     return Selection(study.study_name, _safe_url(url), Path(study.user_attrs["model"]), config, objectives,
-                     objective, counts, candidates, frontier, picks)
+                     objective, counts, candidates, frontier, picks, study_tools(study))
 
 
 # -- writing picks ---------------------------------------------------------------------------------
-def tool_versions() -> dict[str, str]:
-    """This tool's version, llama-cpp-python's, and the llama.cpp/ggml build it vendors (as its libraries report)."""
-    import ctypes
+def study_tools(study: optuna.Study) -> dict[str, str]:
+    """The tool versions that measured the study (stored when it was created); for a study made before
+    they were stored, this tool's version and the installed llama-cpp-python's, read without loading it."""
     from importlib.metadata import version
 
-    import llama_cpp
-
-    from .ggml_ctypes import lib_dir
-
-    ggml = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
-    ggml.ggml_version.restype = ctypes.c_char_p
-    ggml.ggml_commit.restype = ctypes.c_char_p
-    return {"recipe_search": __version__, "llama_cpp_python": version("llama-cpp-python"),
-            "libllama": llama_cpp.llama_version().decode(), "ggml": ggml.ggml_version().decode(),
-            "ggml_commit": ggml.ggml_commit().decode()}
+    stored = study.user_attrs.get("tools")
+    return dict(stored) if stored else {"recipe_search": __version__, "llama_cpp_python": version("llama-cpp-python")}
 
 
 def model_ref(model: Path) -> ModelRef | None:
@@ -223,7 +191,7 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
     cfg = sel.config
     how = sel.status(point, trial="trial ") if point else "not on the frontier"
     provenance = {
-        "study": {"name": sel.study, "storage": sel.storage, "trial": c.trial, "trial_name": c.name,
+        "study": {"name": sel.study, "storage": sel.storage, "trial": c.number, "trial_name": c.name,
                   "objective": sel.objective, "target": pick.target.label,
                   "frontier": f"{how} (95% paired bootstrap of {sel.objective} against the next smaller frontier point)"},
         "scoring": {"model": str(sel.model), "text": cfg.text or TextSource.parse(None).label, "ctx": cfg.ctx,
@@ -244,7 +212,7 @@ def write_picks(sel: Selection, out_dir: Path, force: bool) -> dict[int, Path]:
             if path.exists():
                 raise RecipeSearchError("exists already (use --force to replace it)", path)
     if todo:
-        model, versions = model_ref(sel.model), tool_versions()
+        model, versions = model_ref(sel.model), sel.tools
         for i, path in todo.items():
             picked_recipe(sel, sel.picks[i], model, versions).save(path, overwrite=force)
     return todo

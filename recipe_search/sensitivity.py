@@ -10,7 +10,6 @@ Every file is replaced atomically after each cell, so a killed sweep resumes whe
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections import Counter
@@ -23,7 +22,6 @@ import numpy as np
 from .errors import RecipeSearchError
 from .ggml_types import GGMLType, bits_per_weight
 from .inventory import Inventory, model_fingerprint
-from .quantize import ImatrixInput
 from .recipe import Recipe, Rule, Unmatched, atomic_write_bytes, atomic_write_text
 from .resolve import Resolution
 from .space import SpaceConfig, StudyConfig, build_space
@@ -164,15 +162,6 @@ def _typed(row: dict[str, str]) -> dict:
     return out
 
 
-def imatrix_digest(imatrix: ImatrixInput | None) -> str | None:
-    if imatrix is None:
-        return None
-    h = hashlib.sha256()
-    for name, values in sorted(imatrix.arrays.items()):
-        h.update(name.encode() + np.asarray(values, np.float32).tobytes())
-    return h.hexdigest()[:32]
-
-
 def sweep_meta(worker: Worker) -> dict:
     """What a table's cells depend on: the model, the scoring reference (text, ctx, chunks) and the imatrix."""
     s = worker.settings
@@ -180,7 +169,7 @@ def sweep_meta(worker: Worker) -> dict:
             "model_fingerprint": model_fingerprint(worker.inventory), "reference": worker.reference.path.name,
             "text": s.text.label, "ctx": s.ctx, "chunks": s.chunks,
             "text_spec": None if s.text.path is None else f"{s.text.path.resolve()}[{s.text.start:g}:{s.text.end:g}]",
-            "imatrix": imatrix_digest(worker.imatrix),
+            "imatrix": worker.imatrix.digest if worker.imatrix else None,
             "imatrix_file": worker.imatrix.file if worker.imatrix else None}
 
 

@@ -79,3 +79,12 @@ def predict_size(resolution: Resolution, inv: Inventory, extra_kv: dict[str, str
     meta = metadata_bytes(inv, extra_kv)
     data = sum(_pad(t.bytes, align) for t in rows)
     return SizePrediction(meta + data, meta, sum(t.bytes for t in rows), sum(t.n_elements for t in rows), rows)
+
+
+def human_bytes(n: float) -> str:
+    """``123 B``, ``1.50 KiB``, ``20.31 GiB``: binary units, two decimals."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -17,11 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeSearchError
 from .ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
 from .inventory import Inventory
+from .metrics import OBJECTIVES, SIZE_OBJECTIVES
 from .recipe import Recipe, Rule, Unmatched, preset_recipe
-
-Objective = Literal["size", "bpw", "kld_p999", "kld_p99", "kld_mean", "ppl_ratio", "same_top", "speed"]
-#: objectives to maximise; everything else is minimised
-MAXIMISE = {"same_top", "speed"}
+from .text import ScoreSettings, TextSource
 
 
 class SpaceConfig(BaseModel):
@@ -60,11 +58,11 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = None  # FILE or FILE[a:b]; None = the built-in default text
-    ctx: int = 512
-    chunks: int = 8
+    ctx: int = ScoreSettings.ctx
+    chunks: int = ScoreSettings.chunks or 8
     imatrix: str | None = None
-    threads: int = 2
-    objectives: list[Objective] = Field(default_factory=lambda: ["size", "kld_p999"])
+    threads: int = ScoreSettings.threads
+    objectives: list[str] = Field(default_factory=lambda: ["size", "kld_p999"])
     max_bpw: float | None = None
     min_bpw: float | None = None
     max_bytes: int | None = None
@@ -79,9 +77,17 @@ class StudyConfig(BaseModel):
     @field_validator("objectives")
     @classmethod
     def _two_or_more(cls, v: list[str]) -> list[str]:
-        if len(v) < 2 or v[0] not in ("size", "bpw"):
+        unknown = [o for o in v if o not in OBJECTIVES]
+        if unknown:
+            raise ValueError(f"unknown objective {unknown[0]!r} (one of {', '.join(OBJECTIVES)})")
+        if len(v) < 2 or v[0] not in SIZE_OBJECTIVES:
             raise ValueError("objectives start with `size` or `bpw` and name at least one quality measure")
         return v
+
+
+    def score_settings(self) -> ScoreSettings:
+        """The scoring setup of every trial."""
+        return ScoreSettings(text=TextSource.parse(self.text), ctx=self.ctx, chunks=self.chunks, threads=self.threads)
 
 
 def load_study_config(path: str | Path | None) -> StudyConfig:

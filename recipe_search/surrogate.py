@@ -13,25 +13,20 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from .errors import RecipeSearchError
 from .inventory import Inventory, model_fingerprint
 from .kld import percentile
+from .metrics import BY_NAME, SURROGATE_METRICS
 from .recipe import Recipe
 from .resolve import Resolution, ResolvedTensor, resolve
 from .sensitivity import SensitivityTable, cell_key
 from .size import predict_size
 from .space import Parameter, SearchSpace, StudyConfig
 
-if TYPE_CHECKING:
-    from .search import StudyContext
-
-#: what the surrogate predicts (and can allocate for)
-SURROGATE_METRICS = ("kld_mean", "kld_p99", "kld_p999", "kld_max")
-SurrogateMetric = Literal["kld_mean", "kld_p99", "kld_p999", "kld_max"]
 #: size bins of the dynamic programme
 DP_BINS = 2000
 
@@ -50,8 +45,8 @@ class Prediction:
 def tail_metric(tokens: np.ndarray, metric: str) -> float:
     """99%, 99.9% (llama-perplexity's percentile) or max of per-token KLD values."""
     s = np.sort(tokens.astype(np.float32))
-    return {"kld_p99": lambda: percentile(s, 0.99), "kld_p999": lambda: percentile(s, 0.999),
-            "kld_max": lambda: float(s[-1])}[metric]()
+    stat = BY_NAME[metric].statistic
+    return float(s[-1]) if stat == "max" else percentile(s, float(stat))
 
 
 class Surrogate:
@@ -89,7 +84,7 @@ class Surrogate:
 
     def predict(self, resolution: Resolution) -> Prediction:
         mean, tokens = self.contribution(resolution.tensors)
-        return Prediction(mean, *(tail_metric(tokens, m) for m in SURROGATE_METRICS[1:]))
+        return Prediction(**{m: mean if m == "kld_mean" else tail_metric(tokens, m) for m in SURROGATE_METRICS})
 
     def predict_recipe(self, recipe: Recipe) -> Prediction:
         return self.predict(resolve(recipe, self.inv))
@@ -122,8 +117,9 @@ class Allocator:
 
     Sizes are exact (`predict_size` is additive over tensors). A dynamic programme over discretised size
     picks the ladder indices of least summed mean KLD; single and paired ladder moves then lower the
-    predicted metric (the mean, or a tail of the summed per-token KLD) while the size stays within the target. Ladder types the table has no
-    cell for are left out; tied groups and fixed types come from the space.
+    predicted metric (the mean, or a tail of the summed per-token KLD) while the size stays within the
+    target. Ladder types the table has no cell for are left out; tied groups and fixed types come from
+    the space.
     """
 
     def __init__(self, surrogate: Surrogate, space: SearchSpace, extra_kv: dict[str, str | int] | None = None) -> None:
@@ -164,7 +160,7 @@ class Allocator:
         return tuple((self.base_tensor_bytes + x) * 8 / self.n_elements for x in (lo, hi))
 
     def allocate(self, target: float, unit: Literal["bytes", "bpw"] = "bytes",
-                 metric: SurrogateMetric = "kld_p999") -> Allocation:
+                 metric: str = "kld_p999") -> Allocation:
         """The surrogate's best recipe at or under ``target`` file bytes (or bits per weight)."""
         if metric not in SURROGATE_METRICS:
             raise RecipeSearchError(f"the surrogate predicts {', '.join(SURROGATE_METRICS)}, not {metric}")
@@ -281,16 +277,3 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
             seen.add(key)
             out.append(a)
     return out
-
-
-def enqueue_seeds(ctx: StudyContext) -> int:
-    """Enqueue the study's surrogate seeds as trials (none unless ``surrogate_seeds`` is set)."""
-    if not ctx.config.surrogate_seeds:
-        return 0
-    extra_kv = ctx.worker.imatrix.kv() if ctx.worker.imatrix else None
-    seeds = seed_allocations(ctx.config, ctx.space, ctx.worker.inventory, extra_kv)
-    for a in seeds:
-        ctx.study.enqueue_trial(a.choice, user_attrs={"surrogate_seed": a.recipe.name,
-                                                      "surrogate_prediction": a.prediction.to_dict()},
-                                skip_if_exists=True)
-    return len(seeds)

@@ -11,7 +11,8 @@ import hashlib
 import importlib
 import inspect
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RecipeSearchError
@@ -87,9 +88,24 @@ class TextSource:
         return data[:-1] if self.end >= 1.0 and data.endswith(b"\n") else data
 
     def overlaps(self, other: TextSource) -> bool:
-        same = (self.path is None and other.path is None) or (
-            self.path is not None and other.path is not None and self.path.resolve() == other.path.resolve())
+        """Byte ranges of the same text that intersect. Texts are told apart by file name, since what
+        records a text (an imatrix's dataset, a reference's meta) keeps its label, not its path."""
+        same = (self.path is None) == (other.path is None) and (
+            self.path is None or other.path is None or self.path.name == other.path.name)
         return same and self.start < other.end and other.start < self.end
+
+
+def overlapping(text: TextSource, specs: Iterable[str]) -> list[str]:
+    """The text specs or labels among ``specs`` (an imatrix's datasets, say) whose text overlaps ``text``;
+    specs that name no text are skipped."""
+    out = []
+    for spec in specs:
+        try:
+            if TextSource.parse(spec).overlaps(text):
+                out.append(spec)
+        except RecipeSearchError:
+            continue
+    return out
 
 
 def _cut(data: bytes, start: float, end: float) -> bytes:
@@ -107,3 +123,19 @@ def _cut(data: bytes, start: float, end: float) -> bytes:
 
 def text_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What a KLD measurement is made on: the text, the context per chunk, how many chunks, threads.
+
+    Its defaults are every command's and the study config's."""
+
+    text: TextSource = field(default_factory=TextSource)
+    ctx: int = 512
+    chunks: int | None = 8
+    threads: int = 2
+    n_seq: int = 4  # chunks per llama_decode, as llama-perplexity's -b 2048 at ctx 512
+
+    def key_fields(self) -> dict:
+        return {"text": self.text.label, "ctx": self.ctx, "chunks": self.chunks}

@@ -8,8 +8,7 @@ to the same file is measured once across studies.
 
 from __future__ import annotations
 
-import base64
-import functools
+import ctypes
 import hashlib
 import json
 import os
@@ -17,58 +16,39 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
+from . import __version__
 from .errors import RecipeSearchError
+from .ggml_ctypes import lib_dir
+from .imatrix_file import ImatrixInput
 from .inventory import Inventory, read_inventory
 from .kld import TokenStats
 from .llama import LlamaModel
-from .quantize import PARTIAL_SUFFIX, ImatrixInput, quantize_model
+from .quantize import PARTIAL_SUFFIX, dry_run_types, quantize_model
 from .recipe import Recipe, atomic_write_text
 from .resolve import Resolution, resolve
 from .score import Reference, ScoreSettings, get_reference, score_quant
 from .size import predict_size
+from .trial_record import Measurement
 
 TRIAL_PREFIX = "trial-"
 #: the llama.cpp build: a measurement made with another one is not reused
 LLAMA_BUILD = f"llama-cpp-python {llama_cpp.__version__}, libllama {llama_cpp.llama_version().decode()}"
 
 
-@dataclass
-class Measurement:
-    """Everything the worker measured for one recipe (JSON-able through `to_dict`)."""
-
-    file_bytes: int
-    bpw: float
-    metrics: dict[str, float]  # KLDSummary fields, plus ppl_ratio
-    kld_tokens: np.ndarray  # per-token KLD, float32
-    fallbacks: dict[str, dict[str, int]]
-    seconds: dict[str, float]
-    speed: dict[str, float] = field(default_factory=dict)
-    cached: bool = False  # read from the measurement cache instead of measured now
-
-    def to_dict(self) -> dict:
-        return {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
-                "fallbacks": self.fallbacks, "seconds": self.seconds, "speed": self.speed}
-
-    @classmethod
-    def from_dict(cls, d: dict, kld_tokens: np.ndarray) -> Measurement:
-        return cls(file_bytes=int(d["file_bytes"]), bpw=float(d["bpw"]), metrics=dict(d["metrics"]),
-                   kld_tokens=kld_tokens, fallbacks=dict(d["fallbacks"]), seconds=dict(d["seconds"]),
-                   speed=dict(d["speed"]), cached=True)
-
-
-def encode_array(a: np.ndarray) -> str:
-    """A compact text form of a float32 vector (for study storage)."""
-    return base64.b64encode(zlib.compress(np.asarray(a, np.float32).tobytes(), 6)).decode()
-
-
-def decode_array(s: str) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=np.float32)
+def tool_versions() -> dict[str, str]:
+    """This tool's version, llama-cpp-python's, and the llama.cpp/ggml build it vendors (as its libraries report)."""
+    ggml = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
+    ggml.ggml_version.restype = ctypes.c_char_p
+    ggml.ggml_commit.restype = ctypes.c_char_p
+    return {"recipe_search": __version__, "llama_cpp_python": version("llama-cpp-python"),
+            "libllama": llama_cpp.llama_version().decode(), "ggml": ggml.ggml_version().decode(),
+            "ggml_commit": ggml.ggml_commit().decode()}
 
 
 def clean_workdir(workdir: Path) -> list[Path]:
@@ -124,20 +104,14 @@ class Worker:
         return self._reference
 
     def resolve(self, recipe: Recipe) -> Resolution:
-        return resolve(recipe, self.inventory)
+        return resolve(recipe, self.inventory, dry_run_types)
 
     def result_key(self, resolution: Resolution) -> str:
         """Identifies a measurement: the per-tensor types, the imatrix, the reference (model, text, ctx,
         chunks) and the llama.cpp build that quantizes and evaluates."""
-        blob = json.dumps({"types": resolution.key(), "imatrix": self._imatrix_digest,
+        blob = json.dumps({"types": resolution.key(), "imatrix": self.imatrix.digest if self.imatrix else "",
                            "reference": self.reference.path.name, "llama": LLAMA_BUILD})
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-    @functools.cached_property
-    def _imatrix_digest(self) -> str:
-        """Hash of the imatrix's data (a large imatrix is hashed once, not per trial)."""
-        return "" if self.imatrix is None else hashlib.sha256(
-            b"".join(k.encode() + v.tobytes() for k, v in sorted(self.imatrix.arrays.items()))).hexdigest()
 
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / "measurements" / f"{key}.json"
@@ -145,15 +119,13 @@ class Worker:
     def cached(self, resolution: Resolution, speed: bool = False) -> Measurement | None:
         """The stored measurement of this resolved recipe, if a finished one is in the cache."""
         try:
-            d = json.loads(self._cache_path(self.result_key(resolution)).read_text())
-            m = Measurement.from_dict(d, decode_array(d["kld_tokens"]))
+            m = Measurement.from_dict(json.loads(self._cache_path(self.result_key(resolution)).read_text()), cached=True)
         except (OSError, ValueError, KeyError, TypeError, zlib.error):
             return None  # absent, or unreadable: measure again (and overwrite it atomically)
         return None if speed and not m.speed else m
 
     def _store(self, resolution: Resolution, m: Measurement) -> None:
-        atomic_write_text(self._cache_path(self.result_key(resolution)),
-                          json.dumps({**m.to_dict(), "kld_tokens": encode_array(m.kld_tokens)}))
+        atomic_write_text(self._cache_path(self.result_key(resolution)), json.dumps(m.to_dict()))
 
     def measure(self, recipe: Recipe, on_chunk: Callable[[int, TokenStats], None] | None = None,
                 speed: bool = False, out: Path | None = None, use_cache: bool = True) -> Measurement:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 import yaml
+from tiny_studies import STUDY_TOOLS, ffn_attn_recipe
 
 from recipe_search.cli import main
 from recipe_search.errors import RecipeSearchError
@@ -23,10 +23,8 @@ from recipe_search.pareto import (
     parse_targets,
     pick_at_target,
 )
-from recipe_search.recipe import Recipe, Rule, Unmatched, load_recipe
+from recipe_search.recipe import load_recipe
 from recipe_search.selector import load_study, select, storage_url
-from recipe_search.space import StudyConfig
-from recipe_search.worker import encode_array
 
 
 # -- pure ------------------------------------------------------------------------------------------
@@ -97,52 +95,7 @@ def test_ties_by_paired_bootstrap() -> None:
     assert neighbour_tests([0, 1], [base, None], "kld_p999") == [None]
 
 
-# -- a synthetic study on the dense model ----------------------------------------------------------
-def _trial(recipe: Recipe, file_bytes: int, bpw: float, tokens: np.ndarray, reference: str | None = None,
-           **extra) -> optuna.trial.FrozenTrial:
-    metrics = {"n_tokens": len(tokens), "kld_mean": float(tokens.mean()), "kld_p99": float(np.quantile(tokens, 0.99)),
-               "kld_p999": float(np.quantile(tokens, 0.999)), "same_top": 0.9}
-    attrs = {"recipe": recipe.to_yaml(), "file_bytes": file_bytes, "bpw": bpw, "metrics": metrics,
-             "kld_tokens": encode_array(tokens), "result_key": recipe.name, "fallbacks": {}, "seconds": {}, **extra}
-    if reference:
-        attrs["reference"] = reference
-    return optuna.trial.create_trial(values=[float(file_bytes), metrics["kld_p999"]], params={}, distributions={},
-                                     user_attrs=attrs)
-
-
-def _recipe(name: str, ffn: str, attn: str) -> Recipe:
-    return Recipe(name=name, unmatched=Unmatched(type="Q8_0"),
-                  rules=[Rule(tensors=k, type=ffn) for k in ("ffn_up", "ffn_gate", "ffn_down")]
-                  + [Rule(tensors=k, type=attn) for k in ("attn_q", "attn_k", "attn_v", "attn_output")])
-
-
-@pytest.fixture()
-def synthetic_study(tmp_path, dense_model) -> Path:
-    """Four measured trials (one a near twin of its smaller neighbour), a duplicate and a pruned trial."""
-    rng = np.random.default_rng(1)
-    base = rng.exponential(0.1, 3000).astype(np.float32)
-    directory = tmp_path / "study"
-    directory.mkdir()
-    study = optuna.create_study(storage=f"sqlite:///{directory / 'study.db'}", study_name="dense",
-                                directions=["minimize", "minimize"])
-    config = StudyConfig(ctx=128, chunks=4)
-    study.set_user_attr("config", config.model_dump_json())
-    study.set_user_attr("model", str(dense_model.resolve()))
-    study.set_user_attr("objectives", ["size", "kld_p999"])
-    study.add_trial(_trial(_recipe("q4", "Q4_0", "Q4_0"), 700_000, 4.5, base * 4, reference="uniform-Q4_0"))
-    # the twin: the same tail values on other tokens (a paired resample can go either way), 0.1% lower
-    twin = base * 4
-    top = np.argsort(twin)[-12:]
-    twin[top] = twin[top][::-1]
-    study.add_trial(_trial(_recipe("q4q5", "Q4_0", "Q5_0"), 720_000, 4.7, twin * np.float32(0.999)))
-    study.add_trial(_trial(_recipe("q5", "Q5_0", "Q5_0"), 800_000, 5.5, base * 2, reference="uniform-Q5_0"))
-    study.add_trial(_trial(_recipe("q8", "Q8_0", "Q8_0"), 1_200_000, 8.5, base * 0.1, reference="uniform-Q8_0"))
-    study.add_trial(_trial(_recipe("dup", "Q5_0", "Q5_0"), 800_000, 5.5, base * 2, duplicate_of=2))
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
-                                              user_attrs={"pruned": "after chunk 2"}))
-    return directory
-
-
+# -- a synthetic study on the dense model (tests/tiny_studies.py, the `synthetic_study` fixture) --------
 def test_select_frontier_ties_and_picks(synthetic_study) -> None:
     url = storage_url(None, synthetic_study, None)
     sel = select(load_study(url, None), url, None, parse_targets("5.0bpw,1000000,1bpw"), n_boot=300)
@@ -178,15 +131,8 @@ def test_pareto_writes_usable_recipes_and_respects_force(synthetic_study, dense_
     assert prov["study"]["trial"] == 1 and prov["study"]["target"] == "5.00bpw"
     assert prov["study"]["frontier"].startswith("tie with trial 0")
     assert (prov["scoring"]["ctx"], prov["scoring"]["chunks"], prov["scoring"]["imatrix"]) == (128, 4, None)
-    import llama_cpp
-
-    import recipe_search
-
-    tools = prov["tools"]
-    assert tools["recipe_search"] == recipe_search.__version__
-    assert tools["llama_cpp_python"] == llama_cpp.__version__
-    assert tools["libllama"] and tools["ggml"] and tools["ggml_commit"]
-    assert [r.model_dump() for r in recipe.rules] == [r.model_dump() for r in _recipe("x", "Q4_0", "Q5_0").rules]
+    assert prov["tools"] == STUDY_TOOLS  # the versions that measured the study, not the ones reading it
+    assert [r.model_dump() for r in recipe.rules] == [r.model_dump() for r in ffn_attn_recipe("x", "Q4_0", "Q5_0").rules]
 
     # immediately usable: export and quantize take it as it is
     exported = tmp_path / "types.txt"

@@ -16,6 +16,8 @@ from recipe_search.recipe import load_recipe
 from recipe_search.report import plot_frontier, plot_sensitivity, read_sensitivity, sensitivity_csvs
 from recipe_search.selector import load_study, select, storage_url
 
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
+
 CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
           "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
                     "ladder": ["Q8_0", "Q5_0", "Q4_0", "Q3_K", "Q2_K"], "tied": [["ffn_up", "ffn_gate"]]},
@@ -77,8 +79,8 @@ def test_frontier_plot(selection, tmp_path) -> None:
     labels = {t.get_text() for t in ax.texts}
     assert {"Q8_0", "Q4_0", "Q2_K", "Q4_K_M", "≤ 5.50bpw", "≤ 800KiB"} <= labels
     searched = [c for c in selection.candidates if c.reference is None]
-    on_front = {selection.candidates[p.candidate].trial for p in selection.frontier}
-    assert {f"#{c.trial}" for c in searched if c.trial in on_front} <= labels
+    on_front = {selection.candidates[p.candidate].number for p in selection.frontier}
+    assert {f"#{c.number}" for c in searched if c.number in on_front} <= labels
     # the step line passes through every frontier point, by size
     step = ax.get_lines()[0]
     assert step.get_drawstyle() == "steps-post"

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from recipe_search.errors import RecipeSearchError
 from recipe_search.export import read_tensor_type_file, tensor_type_file
 from recipe_search.importer import import_recipe
 from recipe_search.inventory import read_inventory
@@ -13,6 +14,8 @@ from recipe_search.quantize import dry_run_types, quantize_model
 from recipe_search.recipe import Recipe, Rule, Unmatched, preset_recipe, recipe_from_dict, uniform_recipe
 from recipe_search.resolve import resolve
 from recipe_search.size import predict_size
+
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
 MIXED = [
     uniform_recipe("Q4_K"),
@@ -37,9 +40,15 @@ MIXED = [
 def test_resolution_matches_llama_cpp_dry_run(recipe: Recipe, dense_model, moe_model, qwen35_model) -> None:
     for model in (dense_model, moe_model, qwen35_model):
         inv = read_inventory(model)
-        ours = {n: t.name for n, t in resolve(recipe, inv).types().items()}
+        ours = {n: t.name for n, t in resolve(recipe, inv, dry_run_types).types().items()}
         theirs = {n: t.name for n, t in dry_run_types(model, recipe).items()}
         assert ours == theirs, f"{model.name}: {set(ours.items()) ^ set(theirs.items())}"
+
+
+def test_mixture_needs_the_dry_run(dense_model) -> None:
+    """The pure resolver never loads llama.cpp itself: a mixture recipe without the dry run is a clear error."""
+    with pytest.raises(RecipeSearchError, match="MOSTLY_Q4_K_M mixture"):
+        resolve(preset_recipe("Q4_K_M"), read_inventory(dense_model))
 
 
 def test_resolution_on_demo_reports_fallbacks(demo_model) -> None:

@@ -12,12 +12,12 @@ import pytest
 
 from recipe_search.errors import RecipeSearchError
 from recipe_search.imatrix import collect_imatrix
-from recipe_search.imatrix_file import save_imatrix_gguf
+from recipe_search.imatrix_file import ImatrixInput, save_imatrix_gguf
 from recipe_search.inventory import read_inventory
 from recipe_search.kld import SparseReference, TokenStats, summarize, token_stats, token_stats_sparse
 from recipe_search.kld_base_file import KLDBaseFile
 from recipe_search.llama import LlamaModel, chunk_tokens, evaluate, scored_range
-from recipe_search.quantize import ImatrixInput, quantize_model
+from recipe_search.quantize import quantize_model
 from recipe_search.recipe import recipe_from_dict, uniform_recipe
 from recipe_search.score import (
     ScoreSettings,
@@ -29,6 +29,8 @@ from recipe_search.score import (
 )
 from recipe_search.text import TextSource
 from recipe_search.worker import Worker
+
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
 SETTINGS = ScoreSettings(ctx=128, chunks=4)
 

@@ -19,8 +19,13 @@ import yaml
 
 from recipe_search.inventory import read_inventory
 from recipe_search.pareto import non_dominated
-from recipe_search.search import Measured, measured_trials, prune_decision, same_measurement
+from recipe_search.recipe import Recipe, Unmatched
+from recipe_search.search import FinishedPoint, measured_records, prune_decision, same_measurement
 from recipe_search.space import StudyConfig, build_space
+from recipe_search.trial_record import Measurement, TrialRecord, record_measurement, record_resolution
+from recipe_search.worker import tool_versions
+
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
 CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
           "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
@@ -53,10 +58,11 @@ def test_search_resume_and_frontier(study_setup) -> None:
     summary = json.loads(first.stdout)
     study = _load(directory, "s")
     n_first = len(study.trials)
-    measured = measured_trials(study)
-    assert measured and all({"kld_p99", "kld_p999", "kld_mean", "ppl_ratio", "same_top", "dp_rms"} <= set(t.user_attrs["metrics"])
+    measured = measured_records(study)
+    assert measured and all({"kld_p99", "kld_p999", "kld_mean", "ppl_ratio", "same_top", "dp_rms"} <= set(t.metrics)
                             for t in measured)
-    assert {t.user_attrs.get("reference") for t in study.trials} >= {"uniform-Q8_0", "uniform-Q4_0", "preset-Q4_K_M"}
+    assert {TrialRecord.from_trial(t).reference for t in study.trials} >= {"uniform-Q8_0", "uniform-Q4_0", "preset-Q4_K_M"}
+    assert study.user_attrs["tools"] == tool_versions()  # what measured it, for the picks' provenance
     # the frontier is non-dominated, and everything else is dominated by it
     pts = np.array([t.values for t in measured])
     assert len(summary["frontier"]) == len(non_dominated(pts))
@@ -67,7 +73,7 @@ def test_search_resume_and_frontier(study_setup) -> None:
     assert "reference: cached" in second.stderr
     study = _load(directory, "s")
     assert len(study.trials) == n_first + 4
-    keys = [t.user_attrs["result_key"] for t in measured_trials(study)]
+    keys = [t.result_key for t in measured_records(study)]
     assert len(keys) == len(set(keys)), "a resolved recipe was measured twice"
     assert not list((directory / "work").rglob("*.gguf*"))
 
@@ -81,7 +87,7 @@ def _wait_for_running_trial(directory: Path, name: str, timeout: float = 120) ->
         except Exception:  # the database may not exist yet
             study = None
         running = [t.number for t in (study.trials if study else [])
-                   if t.state == optuna.trial.TrialState.RUNNING and "result_key" in t.user_attrs]
+                   if t.state == optuna.trial.TrialState.RUNNING and TrialRecord.from_trial(t).result_key]
         if running:
             return running[0]
         time.sleep(0.05)
@@ -107,7 +113,7 @@ def test_killed_worker_trial_is_failed_and_retried(study_setup) -> None:
     assert failed, "the killed trial was not failed"
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") in {f.number for f in failed}]
     assert retried and all(t.state != optuna.trial.TrialState.FAIL for t in retried)
-    assert all("metrics" not in f.user_attrs for f in failed)
+    assert all(TrialRecord.from_trial(f).measurement is None for f in failed)
     assert not list((directory / "work").rglob("*.gguf*")), "temporary GGUF left behind"
 
 
@@ -148,9 +154,9 @@ def _two_workers(study_setup, url: str, name: str) -> optuna.Study:
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    optimized = [t for t in study.trials if "reference" not in t.user_attrs or t.params]
+    optimized = [t for t in study.trials if TrialRecord.from_trial(t).reference is None or t.params]
     assert len([t for t in optimized if t.state.is_finished()]) >= 10
-    keys = [t.user_attrs["result_key"] for t in measured_trials(study)]
+    keys = [t.result_key for t in measured_records(study)]
     assert len(keys) == len(set(keys)), "two workers measured the same recipe"
     return study
 
@@ -173,17 +179,17 @@ def test_two_workers_share_a_postgres_study(study_setup) -> None:
 
 def test_prune_rule() -> None:
     rng = np.random.default_rng(0)
-    done = [Measured(100, 0.05, {"kld_p99": 0.5}), Measured(200, 0.02, {"kld_p99": 0.2})]
+    done = [FinishedPoint(100, 0.05, {"kld_p99": 0.5}), FinishedPoint(200, 0.02, {"kld_p99": 0.2})]
     clearly_worse = rng.exponential(0.2, 500)
     assert prune_decision(clearly_worse, 150, done) is not None
     assert prune_decision(clearly_worse, 90, done) is None  # nothing measured at its size or smaller
     close = rng.exponential(0.05, 50)
     assert prune_decision(close, 150, done) is None
     # a finished trial with a light tail for its mean makes the forecast optimistic enough to keep it
-    light_tail = done + [Measured(300, 0.3, {"kld_p99": 0.6})]
+    light_tail = done + [FinishedPoint(300, 0.3, {"kld_p99": 0.6})]
     assert prune_decision(clearly_worse, 150, light_tail) is None
     # objectives that the mean cannot bound switch the rule off
-    assert prune_decision(clearly_worse, 150, [Measured(100, 0.05, {"same_top": 0.9})]) is None
+    assert prune_decision(clearly_worse, 150, [FinishedPoint(100, 0.05, {"same_top": 0.9})]) is None
 
 
 
@@ -191,18 +197,21 @@ def test_prune_rule() -> None:
 def test_same_recipe_is_measured_once() -> None:
     study = optuna.create_study(directions=["minimize", "minimize"])
     dist = {"x": optuna.distributions.IntDistribution(0, 3)}
+    measured = Measurement(1000, 4.5, {"kld_mean": 0.1}, np.zeros(4, np.float32), {}, {})
     study.add_trial(optuna.trial.create_trial(params={"x": 1}, distributions=dist, state=optuna.trial.TrialState.PRUNED,
-                                              user_attrs={"result_key": "k"}))
+                                              user_attrs=TrialRecord(-1, result_key="k").to_attrs()))
     assert same_measurement(study, "k", 99).state == optuna.trial.TrialState.PRUNED
     assert same_measurement(study, "other", 99) is None
     study.add_trial(optuna.trial.create_trial(params={"x": 1}, distributions=dist, values=[1.0, 2.0],
-                                              user_attrs={"result_key": "k", "metrics": {}}))
+                                              user_attrs=TrialRecord(-1, result_key="k", measurement=measured).to_attrs()))
     assert same_measurement(study, "k", 99).state == optuna.trial.TrialState.COMPLETE  # a measurement beats a pruned one
     # another worker is measuring the same recipe: wait for it instead of measuring again
     running = study.ask()
-    running.set_user_attr("result_key", "r")
+    record_resolution(running, "r", 1000)
     later = study.ask()
-    finisher = threading.Timer(0.3, lambda: (running.set_user_attr("metrics", {}), study.tell(running, [1.0, 1.0])))
+    recipe = Recipe(name="r", unmatched=Unmatched(type="Q8_0"))
+    finisher = threading.Timer(0.3, lambda: (record_measurement(running, recipe, measured),
+                                             study.tell(running, [1.0, 1.0])))
     finisher.start()
     start = time.time()
     same = same_measurement(study, "r", later.number, poll=0.05)

@@ -17,7 +17,6 @@ from recipe_search.inventory import read_inventory
 from recipe_search.recipe import uniform_recipe
 from recipe_search.resolve import resolve
 from recipe_search.score import ScoreSettings
-from recipe_search.search import enqueue_references, open_study, storage_for
 from recipe_search.sensitivity import (
     TABLE_FILE,
     TOKENS_FILE,
@@ -30,8 +29,12 @@ from recipe_search.sensitivity import (
 )
 from recipe_search.size import predict_size
 from recipe_search.space import StudyConfig, build_space
+from recipe_search.study import Study
 from recipe_search.surrogate import Allocator, Surrogate, seed_allocations
+from recipe_search.trial_record import TrialRecord
 from recipe_search.worker import Worker
+
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
 KINDS = ["ffn_up", "ffn_gate", "attn_v"]
 TYPES = ["Q8_0", "Q4_0", "Q2_K"]
@@ -166,20 +169,19 @@ def test_seeding_enqueues_surrogate_recipes(sweep, tmp_path) -> None:
     worker, out, _ = sweep
     config = StudyConfig(ctx=128, chunks=2, space=SPACE, references={"uniform": ["Q8_0"], "presets": []},
                          surrogate_seeds=3, sensitivity=str(out))
-    storage = storage_for(f"sqlite:///{tmp_path / 'study.db'}")
-    ctx = open_study(storage, "seeded", worker.model, config, tmp_path, worker.cache_dir)
-    seeds = seed_allocations(config, ctx.space, worker.inventory)
+    study = Study.open(worker.model, config, name="seeded", directory=tmp_path, cache=worker.cache_dir)
+    seeds = seed_allocations(config, study.space, worker.inventory)
     assert 1 <= len(seeds) <= 3
     sizes = [s.file_bytes for s in seeds]
     assert sizes == sorted(sizes)
-    assert enqueue_references(ctx) >= len(seeds)
-    waiting = ctx.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert study.enqueue_references() >= len(seeds)
+    waiting = study.optuna_study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     seeded = [json.dumps(t.system_attrs["fixed_params"], sort_keys=True) for t in waiting
-              if "surrogate_seed" in t.user_attrs]
+              if TrialRecord.from_trial(t).surrogate_seed is not None]
     assert seeded and set(seeded) <= {json.dumps(s.choice, sort_keys=True) for s in seeds}
-    assert enqueue_references(ctx) == 0
+    assert study.enqueue_references() == 0
     with pytest.raises(RecipeSearchError, match="needs `sensitivity`"):
-        seed_allocations(config.model_copy(update={"sensitivity": None}), ctx.space, worker.inventory)
+        seed_allocations(config.model_copy(update={"sensitivity": None}), study.space, worker.inventory)
 
 
 def test_cli_prints_the_table(sweep, capsys) -> None:

@@ -39,23 +39,22 @@ def _print_json(data: object) -> None:
     sys.stdout.write("\n")
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _warn(lines: Sequence[str]) -> None:
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
 
 
 def _imatrix_input(path: str):
-    from ..quantize import ImatrixInput
+    from ..imatrix_file import ImatrixInput
 
     return ImatrixInput.from_file(path)
+
+
+def _dry_run(model: Path, recipe):
+    """llama.cpp's dry run, loaded only when a recipe asks for llama.cpp's own mixture."""
+    from ..quantize import dry_run_types
+
+    return dry_run_types(model, recipe)
 
 
 def _log(quiet: bool):
@@ -65,7 +64,8 @@ def _log(quiet: bool):
 def build_parser() -> argparse.ArgumentParser:
     for sub in _SUBMODULES:
         importlib.import_module(f"{__name__}.{sub}")
-    parser = argparse.ArgumentParser(prog="recipe-search", description="Find per-tensor mixed-precision GGUF quantization recipes for llama.cpp.")
+    parser = argparse.ArgumentParser(prog="recipe-search", description="Find per-tensor mixed-precision GGUF "
+                                                                       "quantization recipes for llama.cpp.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, add_args, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

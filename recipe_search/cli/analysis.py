@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _human_bytes, _print_json, _warn, command
+from ..size import human_bytes
+from . import _print_json, _warn, command
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -38,14 +39,14 @@ def _selection_json(sel, written: dict[int, Path]) -> dict:
     frontier = []
     for p in sel.frontier:
         c = sel.candidates[p.candidate]
-        frontier.append({"trial": c.trial, "name": c.name, "reference": c.reference, "file_bytes": c.file_bytes,
+        frontier.append({"trial": c.number, "name": c.name, "reference": c.reference, "file_bytes": c.file_bytes,
                          "bpw": c.bpw, **{o: c.metrics[o] for o in cols}, "kld_mean": c.metrics.get("kld_mean"),
                          "status": sel.status(p), "distinct": p.distinct,
                          "vs_smaller_ci95": None if p.test is None else [p.test.low, p.test.high]})
     picks = []
     for i, pick in enumerate(sel.picks):
         c = None if pick.candidate is None else sel.candidates[pick.candidate]
-        picks.append({"target": pick.target.label, "trial": c and c.trial, "name": c and c.name,
+        picks.append({"target": pick.target.label, "trial": c and c.number, "name": c and c.name,
                       "file_bytes": c and c.file_bytes, "bpw": c and c.bpw,
                       sel.objective: c and c.metrics[sel.objective],
                       "recipe": str(written[i]) if i in written else None})
@@ -63,7 +64,7 @@ def _print_frontier(sel) -> None:
     for p in sel.frontier:
         c = sel.candidates[p.candidate]
         ci = "" if p.test is None else f"  (diff {p.test.low:+.3g} .. {p.test.high:+.3g})"
-        print(f"{c.trial:>6}  {c.name[:17]:<18}{_human_bytes(c.file_bytes):>12}{c.bpw:>7.3f}"
+        print(f"{c.number:>6}  {c.name[:17]:<18}{human_bytes(c.file_bytes):>12}{c.bpw:>7.3f}"
               + "".join(f"{c.metrics[o]:>11.4g}" for o in cols)
               + f"{c.metrics.get('kld_mean', float('nan')):>11.4g}  {sel.status(p)}{ci}")
     tested = [p for p in sel.frontier if p.test is not None]
@@ -98,11 +99,11 @@ def pareto(a: argparse.Namespace) -> int:
         if pick.candidate is None:
             smallest = min(sel.candidates, key=lambda c: c.bpw if pick.target.kind == "bpw" else c.file_bytes)
             print(f"  {pick.target.label:>10}  nothing measured fits (smallest: {smallest.name}, {smallest.bpw:.3f} bpw, "
-                  f"{_human_bytes(smallest.file_bytes)})")
+                  f"{human_bytes(smallest.file_bytes)})")
             continue
         c = sel.candidates[pick.candidate]
         point = sel.point_of(pick.candidate)
-        print(f"  {pick.target.label:>10}  trial {c.trial} ({c.name}): {c.bpw:.3f} bpw, {_human_bytes(c.file_bytes)}, "
+        print(f"  {pick.target.label:>10}  trial {c.number} ({c.name}): {c.bpw:.3f} bpw, {human_bytes(c.file_bytes)}, "
               f"{sel.objective} {c.metrics[sel.objective]:.4g}, {sel.status(point) if point else 'off the frontier'}"
               f" -> {written[i]}")
     n_tokens = int(sel.candidates[0].metrics.get("n_tokens", 0))
@@ -149,14 +150,14 @@ def compare(a: argparse.Namespace) -> int:
     from ..compare import SCORE_METRICS, format_table
     from ..compare import compare as run_compare
     from ..errors import RecipeSearchError
-    from . import _imatrix_input, _model
+    from . import _dry_run, _imatrix_input, _model
 
     if a.score and not a.model:
         raise RecipeSearchError("--score needs --model (the model to quantize and measure on)")
     model = _model(a.model) if a.model else None
     measure = None
     if a.score:
-        from ..demo import cache_dir
+        from ..locations import cache_dir
         from ..worker import Worker
         from .scoring import _settings
 
@@ -168,7 +169,7 @@ def compare(a: argparse.Namespace) -> int:
             return {**{k: m.metrics[k] for k in SCORE_METRICS}, "n_tokens": m.metrics["n_tokens"],
                     "file_bytes": m.file_bytes}
 
-    result = run_compare(a.recipes, model, measure)
+    result = run_compare(a.recipes, model, measure, _dry_run)
     if a.json:
         _print_json(result.to_dict())
     else:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _human_bytes, _imatrix_input, _model, _print_json, _warn, command
+from ..size import human_bytes
+from . import _dry_run, _imatrix_input, _model, _print_json, _warn, command
 
 
 # -- demo-model ------------------------------------------------------------------------------------
@@ -40,8 +41,9 @@ def inspect(a: argparse.Namespace) -> int:
                      "file_type": inv.file_type_label(), "tensor_types": rows})
         return 0
     print(f"{inv.path}  arch={inv.arch}  blocks={inv.n_blocks}  tensors={len(inv.tensors)}  "
-          f"params={inv.n_elements:,}  size={_human_bytes(inv.n_bytes)}  file_type={inv.file_type_label()}")
-    head = f"{'tensor type':<22}{'n':>4}  {'blocks':<12}{'params':>13}{'share':>7}  {'type(s)':<12}{'bytes':>12}{'bpw':>7}  {'quant':<6}{'rows':<8}admits without fallback"
+          f"params={inv.n_elements:,}  size={human_bytes(inv.n_bytes)}  file_type={inv.file_type_label()}")
+    head = (f"{'tensor type':<22}{'n':>4}  {'blocks':<12}{'params':>13}{'share':>7}  {'type(s)':<12}{'bytes':>12}"
+            f"{'bpw':>7}  {'quant':<6}{'rows':<8}admits without fallback")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -74,7 +76,7 @@ def size(a: argparse.Namespace) -> int:
     inv = read_inventory(_model(a.model))
     recipe = load_recipe(a.recipe)
     _warn(lint(recipe, inv))
-    resolution = resolve(recipe, inv)
+    resolution = resolve(recipe, inv, _dry_run)
     extra = _imatrix_input(a.imatrix).kv() if a.imatrix else None
     pred = predict_size(resolution, inv, extra)
     if a.json:
@@ -90,7 +92,7 @@ def size(a: argparse.Namespace) -> int:
         print(f"{kind:<22}{'/'.join(types):<24}{nbytes:>14,}{nbytes * 8 / nel:>7.2f}")
     for kind, moves in resolution.fallbacks().items():
         print(f"fallback: {kind}: " + ", ".join(f"{n} x {m}" for m, n in moves.items()))
-    print(f"\nfile: {pred.file_bytes:,} bytes ({_human_bytes(pred.file_bytes)}), metadata {pred.metadata_bytes:,} bytes, "
+    print(f"\nfile: {pred.file_bytes:,} bytes ({human_bytes(pred.file_bytes)}), metadata {pred.metadata_bytes:,} bytes, "
           f"{pred.bits_per_weight:.3f} bits per weight")
     return 0
 

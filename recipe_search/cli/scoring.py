@@ -6,24 +6,22 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import RecipeSearchError
-from . import _human_bytes, _imatrix_input, _model, _print_json, _warn, command
+from ..size import human_bytes
+from ..text import ScoreSettings, TextSource, overlapping
+from . import _imatrix_input, _model, _print_json, _warn, command
 
 
 # -- score -----------------------------------------------------------------------------------------
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="text file to score on, optionally a fraction: FILE[0:0.4] "
                                   "(default: the built-in Python docstring text)")
-    p.add_argument("--ctx", type=int, default=512)
-    p.add_argument("--chunks", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ctx", type=int, default=ScoreSettings.ctx)
+    p.add_argument("--chunks", type=int, default=ScoreSettings.chunks)
+    p.add_argument("--threads", type=int, default=ScoreSettings.threads)
     p.add_argument("--cache-dir", help="reference-logits cache (default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search)")
 
 
-def _settings(a: argparse.Namespace):
-    from ..score import ScoreSettings
-    from ..text import TextSource
-
+def _settings(a: argparse.Namespace) -> ScoreSettings:
     return ScoreSettings(text=TextSource.parse(a.text), ctx=a.ctx, chunks=a.chunks, threads=a.threads)
 
 
@@ -45,9 +43,9 @@ def score(a: argparse.Namespace) -> int:
     import math
     import time
 
-    from ..demo import cache_dir
     from ..inventory import read_inventory
     from ..kld import bootstrap_quantile_ci
+    from ..locations import cache_dir
     from ..quantize import quantize_model
     from ..recipe import load_recipe
     from ..score import score_against_base_file, score_quant
@@ -97,7 +95,7 @@ def score(a: argparse.Namespace) -> int:
         _print_json(result)
         return 0
     print(f"reference: {how}")
-    print(f"size: {file_bytes:,} bytes ({_human_bytes(file_bytes)}), {bpw:.3f} bits per weight")
+    print(f"size: {file_bytes:,} bytes ({human_bytes(file_bytes)}), {bpw:.3f} bits per weight")
     for kind, moves in fallbacks.items():
         print(f"fallback: {kind}: " + ", ".join(f"{n} x {mv}" for mv, n in moves.items()))
     s = metrics
@@ -126,22 +124,14 @@ def score(a: argparse.Namespace) -> int:
     return 0
 
 
-def _check_text_overlap(settings, imatrix_path: str | None) -> None:
+def _check_text_overlap(settings: ScoreSettings, imatrix_path: str | None) -> None:
     """Warn when the scoring text overlaps the imatrix's calibration text."""
     if not imatrix_path:
         return
     from ..imatrix_file import load_imatrix
-    from ..text import TextSource
 
-    for dataset in load_imatrix(imatrix_path).datasets:
-        try:
-            calib = TextSource.parse(dataset)
-        except RecipeSearchError:
-            continue
-        same_name = calib.path is not None and settings.text.path is not None and \
-            calib.path.name == settings.text.path.name
-        if same_name and calib.start < settings.text.end and settings.text.start < calib.end:
-            _warn([f"the imatrix was computed on {dataset}, which overlaps the scoring text {settings.text.label}"])
+    for dataset in overlapping(settings.text, load_imatrix(imatrix_path).datasets):
+        _warn([f"the imatrix was computed on {dataset}, which overlaps the scoring text {settings.text.label}"])
 
 
 # -- base-logits / imatrix -------------------------------------------------------------------------
@@ -156,7 +146,7 @@ def base_logits(a: argparse.Namespace) -> int:
     from ..score import write_base_file
 
     n = write_base_file(_model(a.model), _settings(a), Path(a.output))
-    print(f"wrote {a.output}: {n} chunks of {a.ctx} tokens ({_human_bytes(Path(a.output).stat().st_size)})")
+    print(f"wrote {a.output}: {n} chunks of {a.ctx} tokens ({human_bytes(Path(a.output).stat().st_size)})")
     return 0
 
 
@@ -178,7 +168,6 @@ def imatrix_cmd(a: argparse.Namespace) -> int:
 
     from ..imatrix import collect_imatrix
     from ..imatrix_file import save_imatrix_gguf
-    from ..text import TextSource
 
     source = TextSource.parse(a.text)
     start = time.perf_counter()

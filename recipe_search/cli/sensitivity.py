@@ -26,8 +26,8 @@ def sensitivity_args(p: argparse.ArgumentParser) -> None:
 
 @command("sensitivity", "quantize one tensor type at a time (the rest at source precision) and measure each")
 def sensitivity(a: argparse.Namespace) -> int:
-    from ..demo import cache_dir
     from ..errors import RecipeSearchError
+    from ..locations import cache_dir
     from ..sensitivity import default_out, run_sweep
     from ..worker import Worker
 

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from . import _human_bytes, _log, _model, _print_json, command
+from ..errors import RecipeSearchError
+from ..size import human_bytes
+from . import _log, _model, _print_json, command
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from ..study import Study
+    from ..trial_record import TrialRecord
 
 
 # -- search / worker -------------------------------------------------------------------------------
@@ -32,68 +46,141 @@ def search_args(p: argparse.ArgumentParser) -> None:
 
 @command("search", "run (or resume) a search study: Optuna proposes, the worker measures")
 def search(a: argparse.Namespace) -> int:
-    from ..demo import cache_dir
-    from ..search import check_disk, open_study, parse_duration, storage_for
     from ..space import load_study_config
+    from ..study import Study
 
     model = _model(a.model)
     config = load_study_config(a.config)
     overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads")
                  if getattr(a, k) is not None}
-    config = config.model_copy(update=overrides)
-    name = a.study or model.stem
-    directory = Path(a.dir) if a.dir else Path("studies") / name
-    directory.mkdir(parents=True, exist_ok=True)
-    storage = storage_for(a.storage or f"sqlite:///{(directory / 'study.db').resolve()}")
-    cache = cache_dir(a.cache_dir)
-    ctx = open_study(storage, name, model, config, directory, cache)
-    return _run_study(ctx, a, cache, parse_duration(a.timeout) if a.timeout else None, check_disk)
+    study = Study.open(model, config.model_copy(update=overrides), name=a.study, storage=a.storage, directory=a.dir,
+                       cache=a.cache_dir)
+    return _run_study(study, a)
 
 
-def _run_study(ctx, a: argparse.Namespace, cache: Path, timeout: float | None, check_disk) -> int:
-    import time
-
-    from ..search import add_presets, enqueue_references, run, study_summary
-
+def _run_study(study: Study, a: argparse.Namespace) -> int:
     log = _log(a.quiet)
-    need = check_disk(ctx, cache)
-    log(f"study {ctx.study.study_name}: {len(ctx.study.trials)} trials so far, {len(ctx.space.parameters)} searched "
-        f"parameters, objectives {', '.join(ctx.config.objectives)}")
-    log(f"disk: reference cache <= {_human_bytes(need['reference_cache'])}, temporary GGUF "
-        f"{_human_bytes(need['temporary_gguf'])}")
-    n_scored = ctx.config.chunks * (ctx.config.ctx - 1 - ctx.config.ctx // 2)
-    if n_scored < 10_000 and "kld_p999" in ctx.config.objectives:
+    config = study.config
+    log(f"study {study.name}: {len(study.optuna_study.trials)} trials so far, {len(study.space.parameters)} searched "
+        f"parameters, objectives {', '.join(config.objectives)}")
+    n_scored = study.scored_tokens_per_trial
+    if n_scored < 10_000 and "kld_p999" in config.objectives:
         log(f"note: {n_scored} scored tokens per trial: the 99.9th percentile rests on ~{max(1, n_scored // 1000)} "
             "tokens; consider more --chunks or the kld_p99 objective")
-    start = time.perf_counter()
-    ref = ctx.worker.reference
-    log(f"reference: {'cached' if ctx.worker.reference_was_cached else 'computed'} in "
-        f"{time.perf_counter() - start:.1f} s ({ref.meta['n_tokens']} scored tokens, text {ref.meta['text']})")
-    enqueue_references(ctx)
-    first = time.perf_counter()
-    add_presets(ctx, log)
-    if len(ctx.config.references.presets):
-        per = (time.perf_counter() - first) / max(1, len(ctx.config.references.presets))
-        if per > 1:
-            log(f"expected time per trial: about {per:.0f} s (measured on the presets)")
-    outcome = run(ctx, a.trials, timeout, a.quiet, log)
-    summary = study_summary(ctx.study)
+    prep = study.prepare(log)
+    log(f"disk: reference cache <= {human_bytes(prep.disk['reference_cache'])}, temporary GGUF "
+        f"{human_bytes(prep.disk['temporary_gguf'])}")
+    ref = study.worker.reference
+    log(f"reference: {'cached' if prep.reference_cached else 'computed'} in {prep.reference_seconds:.1f} s "
+        f"({ref.meta['n_tokens']} scored tokens, text {ref.meta['text']})")
+    if prep.presets_measured and prep.presets_seconds / prep.presets_measured > 1:
+        log(f"expected time per trial: about {prep.presets_seconds / prep.presets_measured:.0f} s "
+            "(measured on the presets)")
+    timeout = parse_duration(a.timeout) if a.timeout else None
+    progress = Progress(a.trials, timeout, a.quiet)
+    with _stop_on_sigint(study, log):
+        try:
+            outcome = study.run(a.trials, timeout, callbacks=[progress])
+        finally:
+            progress.close()
+    summary = study.summary()
     if a.json:
         _print_json(summary)
         return 0
-    print(f"\nstudy {ctx.study.study_name}: {summary['measured']} measured trials "
+    print(f"\nstudy {study.name}: {summary['measured']} measured trials "
           f"({', '.join(f'{n} {k}' for k, n in summary['trials'].items() if n)})")
     objs = summary["objectives"]
     print(f"{'trial':>6}  {'name':<18}{'size':>12}{'bpw':>7}  " + "".join(f"{o:>12}" for o in objs[1:]) + f"{'mean KLD':>12}")
     for r in summary["frontier"]:
-        print(f"{r['trial']:>6}  {r['name'][:17]:<18}{_human_bytes(r['file_bytes']):>12}{r['bpw']:>7.3f}  "
+        print(f"{r['trial']:>6}  {r['name'][:17]:<18}{human_bytes(r['file_bytes']):>12}{r['bpw']:>7.3f}  "
               + "".join(f"{r['values'][o]:>12.5g}" for o in objs[1:]) + f"{r['kld_mean']:>12.5g}")
     print(f"frontier: {len(summary['frontier'])} recipes, {summary['frontier_non_reference']} of them found by the search; "
           f"hypervolume {summary['hypervolume_all']:.4g} vs {summary['hypervolume_references']:.4g} for the "
           f"reference recipes alone")
-    if outcome.stopped_by_user:
+    if outcome.stopped_by_request:
         print("stopped by Ctrl-C; run the same command again to resume")
     return 0
+
+
+@contextmanager
+def _stop_on_sigint(study: Study, log) -> Iterator[None]:
+    """First Ctrl-C: finish the trial in flight, then stop; a second one abandons it."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        if study.stop_requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        study.request_stop()
+        log("\nstopping after the trial in flight (Ctrl-C again to abandon it)")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Progress:
+    """An Optuna callback printing one progress line: trials, frontier size, best quality at a few sizes, ETA."""
+
+    def __init__(self, budget: int | None, timeout: float | None, quiet: bool) -> None:
+        self.budget, self.timeout, self.quiet = budget, timeout, quiet
+        self.start = time.perf_counter()
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from ..search import frontier_records, measured_records
+        from ..trial_record import TrialRecord
+
+        self.done += 1
+        if self.quiet:
+            return
+        front = frontier_records(measured_records(study), study.directions)
+        elapsed = time.perf_counter() - self.start
+        per = elapsed / self.done
+        eta = []
+        if self.budget:
+            eta.append((self.budget - self.done) * per)
+        if self.timeout:
+            eta.append(self.timeout - elapsed)
+        eta_txt = f" | ETA {_duration(max(min(eta), 0))}" if eta else ""
+        record = TrialRecord.from_trial(trial)
+        state = trial.state.name.lower() + (" (dup)" if record.duplicate_of is not None else
+                                            " (cached)" if record.cached_measurement else "")
+        line = (f"[{self.done}{'/' + str(self.budget) if self.budget else ''}] trial {trial.number} {state} | "
+                f"frontier {len(front)} | {_best_at_sizes(front)}{eta_txt}")
+        end = "\r" if self.tty else "\n"
+        print(line.ljust(110)[:160], end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.quiet and self.tty:
+            print(file=sys.stderr)
+
+
+def _best_at_sizes(front: list[TrialRecord]) -> str:
+    if not front:
+        return "no frontier yet"
+    pts = sorted((r.bpw, r.values[1]) for r in front)
+    marks = [pts[0], pts[len(pts) // 2], pts[-1]]
+    return "best " + ", ".join(f"{v:.3g}@{b:.2f}bpw" for b, v in dict(marks).items())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``8h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise RecipeSearchError(f"bad duration {text!r} (use e.g. 90s, 15m, 8h)") from None
 
 
 def worker_args(p: argparse.ArgumentParser) -> None:
@@ -109,10 +196,9 @@ def worker_args(p: argparse.ArgumentParser) -> None:
 
 @command("worker", "join an existing study (its stored config and model) and run trials")
 def worker(a: argparse.Namespace) -> int:
-    from ..demo import cache_dir
-    from ..search import check_disk, open_study, parse_duration, storage_for, worker_seed
+    from ..search import worker_seed
+    from ..study import Study
 
-    directory = Path(a.dir) if a.dir else Path("studies") / a.study
-    cache = cache_dir(a.cache_dir)
-    ctx = open_study(storage_for(a.storage), a.study, None, None, directory, cache, worker_seed())
-    return _run_study(ctx, a, cache, parse_duration(a.timeout) if a.timeout else None, check_disk)
+    study = Study.open(None, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
+                       worker_seed=worker_seed())
+    return _run_study(study, a)

@@ -1,0 +1,211 @@
+"""The study façade: open or resume a study, prepare it, run trials, summarise.
+
+It owns the sequence that every front end shares (the CLI, a worker on another machine, the
+experiments, a notebook)::
+
+    study = Study.open("model-F16.gguf", StudyConfig(chunks=40), directory="studies/m")
+    study.prepare()                  # reference logits, enqueued references and seeds, presets
+    study.run(n_trials=40)           # Ctrl-C handling and progress come in as callbacks
+    study.summary()
+
+Progress and stopping are the caller's: `run` takes Optuna-style callbacks, and `request_stop`
+ends the run after the trial in flight (a signal handler can call it).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from .errors import RecipeSearchError
+from .imatrix_file import ImatrixInput
+from .locations import cache_dir as default_cache_dir
+from .search import (
+    Objective,
+    check_disk,
+    directions,
+    make_sampler,
+    searched_trials_done,
+    storage_for,
+    study_summary,
+    trial_values,
+)
+from .space import SearchSpace, StudyConfig, build_space, reference_recipes
+from .surrogate import seed_allocations
+from .trial_record import TrialRecord, role_attrs
+from .worker import Worker, clean_workdir, tool_versions
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What `Study.prepare` did: disk needed, the reference, trials enqueued, presets measured."""
+
+    disk: dict[str, int]
+    reference_seconds: float
+    reference_cached: bool
+    enqueued: int
+    presets_measured: int
+    presets_seconds: float
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    trials_run: int
+    stopped_by_request: bool
+
+
+class Study:
+    """A study opened for running: Optuna's study, the stored config, the search space and the worker."""
+
+    def __init__(self, study: optuna.Study, config: StudyConfig, space: SearchSpace, worker: Worker,
+                 directory: Path) -> None:
+        self.optuna_study, self.config, self.space, self.worker, self.directory = study, config, space, worker, directory
+        self._stop_requested = False
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, model: str | Path | None, config: StudyConfig | None = None, *, name: str | None = None,
+             storage: str | None = None, directory: str | Path | None = None, cache: str | Path | None = None,
+             worker_seed: int = 0) -> Study:
+        """Create the study (storing its config and model) or resume it with its stored config.
+
+        ``model`` None joins an existing study (a worker on another machine); ``name`` defaults to the
+        model file's stem, ``directory`` to ``studies/<name>``, ``storage`` to SQLite in the directory."""
+        if name is None:
+            if model is None:
+                raise RecipeSearchError("name the study to join")
+            name = Path(model).stem
+        where = Path(directory) if directory is not None else Path("studies") / name
+        where.mkdir(parents=True, exist_ok=True)
+        rdb = storage_for(storage or f"sqlite:///{(where / 'study.db').resolve()}")
+        summaries = {s.study_name: s for s in optuna.get_all_study_summaries(rdb)}
+        model_path = Path(model) if model is not None else None
+        if name in summaries:
+            stored = summaries[name].user_attrs
+            stored_config = StudyConfig.model_validate(json.loads(stored["config"]))
+            if config is not None and config != stored_config:
+                raise RecipeSearchError(f"study {name!r} exists with another config; use --study to start a new one")
+            config = stored_config
+            stored_model = Path(stored["model"])
+            if model_path is not None and model_path.resolve() != stored_model:
+                raise RecipeSearchError(f"study {name!r} belongs to model {stored_model}")
+            model_path = stored_model
+        if model_path is None:
+            raise RecipeSearchError(f"no study {name!r} in this storage (start it with `recipe-search search MODEL`)")
+        config = config or StudyConfig()
+        study = optuna.create_study(storage=rdb, study_name=name, directions=directions(config),
+                                    sampler=make_sampler(config, worker_seed), load_if_exists=True)
+        if "config" not in study.user_attrs:
+            study.set_user_attr("config", config.model_dump_json())
+            study.set_user_attr("model", str(model_path.resolve()))
+            study.set_user_attr("objectives", list(config.objectives))
+            study.set_user_attr("tools", tool_versions())
+        imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
+        cache_root = default_cache_dir(cache)
+        worker = Worker(model_path, config.score_settings(), cache_root, where / "work" / socket.gethostname(), imatrix=imatrix)
+        space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
+        return cls(study, config, space, worker, where)
+
+    @property
+    def name(self) -> str:
+        return self.optuna_study.study_name
+
+    @property
+    def scored_tokens_per_trial(self) -> int:
+        return self.config.chunks * (self.config.ctx - 1 - self.config.ctx // 2)
+
+    # -- the sequence ----------------------------------------------------------------------------
+    def prepare(self, log: Callable[[str], None] = lambda msg: None) -> Preparation:
+        """Check the disk, compute (or read) the reference, enqueue the references and surrogate seeds
+        once per study, and measure the llama.cpp presets that are not measured yet."""
+        disk = check_disk(self)
+        removed = clean_workdir(self.worker.workdir)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) left by a killed worker")
+        _ = self.worker.reference
+        enqueued = self.enqueue_references()
+        start = time.perf_counter()
+        presets = self.add_presets(log)
+        return Preparation(disk, self.worker.reference_seconds, bool(self.worker.reference_was_cached), enqueued,
+                           presets, time.perf_counter() - start)
+
+    def enqueue_references(self) -> int:
+        """Enqueue the uniform recipes over the ladder and the surrogate seeds, once per study."""
+        study = self.optuna_study
+        if study.user_attrs.get("references_enqueued"):
+            return 0
+        n = 0
+        for recipe, choice in reference_recipes(self.config, self.space, self.worker.inventory):
+            if choice is not None:
+                study.enqueue_trial(choice, user_attrs=role_attrs(reference=recipe.name), skip_if_exists=True)
+                n += 1
+        if self.config.surrogate_seeds:
+            extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
+            for a in seed_allocations(self.config, self.space, self.worker.inventory, extra_kv):
+                study.enqueue_trial(a.choice, user_attrs=role_attrs(surrogate_seed=a.recipe.name,
+                                                                    surrogate_prediction=a.prediction.to_dict()),
+                                    skip_if_exists=True)
+                n += 1
+        study.set_user_attr("references_enqueued", True)
+        return n
+
+    def add_presets(self, log: Callable[[str], None] = lambda msg: None) -> int:
+        """Measure the llama.cpp presets (outside the search space) once and add them as finished trials."""
+        done = {TrialRecord.from_trial(t).reference for t in self.optuna_study.get_trials(deepcopy=False)}
+        n = 0
+        for recipe, choice in reference_recipes(self.config, self.space, self.worker.inventory):
+            if choice is not None or recipe.name in done:
+                continue
+            log(f"measuring reference {recipe.name}")
+            m = self.worker.measure(recipe, speed="speed" in self.config.objectives)
+            record = TrialRecord(-1, reference=recipe.name, recipe_yaml=recipe.to_yaml(), measurement=m,
+                                 result_key=self.worker.result_key(self.worker.resolve(recipe)))
+            self.optuna_study.add_trial(optuna.trial.create_trial(
+                values=trial_values(self.config, m), params={}, distributions={}, user_attrs=record.to_attrs()))
+            n += 1
+        return n
+
+    def run(self, n_trials: int | None = None, timeout: float | None = None,
+            callbacks: Sequence[Callback] = (), on_trial_start: Callable[[int], None] | None = None) -> RunOutcome:
+        """Run trials until the budget (trials or seconds) is spent or `request_stop` is called."""
+        self._stop_requested = False
+        counted = [0]
+
+        def count_and_stop(study: optuna.Study, trial: FrozenTrial) -> None:
+            counted[0] += 1
+            if self._stop_requested:
+                study.stop()
+
+        self.optuna_study.optimize(Objective(self, on_trial_start), n_trials=n_trials, timeout=timeout,
+                                   callbacks=[*callbacks, count_and_stop], catch=(RecipeSearchError, OSError, MemoryError))
+        return RunOutcome(counted[0], self._stop_requested)
+
+    def run_to(self, total_trials: int) -> RunOutcome:
+        """Run until the search itself has finished ``total_trials`` (a resumed study counts what it did)."""
+        left = total_trials - searched_trials_done(self.optuna_study)
+        return self.run(n_trials=left) if left > 0 else RunOutcome(0, False)
+
+    def request_stop(self) -> None:
+        """End `run` once the trial in flight is finished (safe to call from a signal handler)."""
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    # -- reading -----------------------------------------------------------------------------------
+    def records(self) -> list[TrialRecord]:
+        return [TrialRecord.from_trial(t) for t in self.optuna_study.get_trials(deepcopy=False)]
+
+    def summary(self) -> dict:
+        """Frontier, counts and hypervolumes (JSON-able)."""
+        return study_summary(self.optuna_study)

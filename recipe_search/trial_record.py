@@ -1,0 +1,183 @@
+"""What a study stores of one trial, written and read in this one place.
+
+A trial's record lives in Optuna's ``user_attrs`` (so optuna-dashboard shows it). Writers call the
+``record_*`` functions on a live trial, or `TrialRecord.to_attrs` for a finished one; readers call
+`TrialRecord.from_trial` on a frozen trial. Nothing here imports Optuna: a trial is anything with
+``number``, ``values``, ``state`` and ``user_attrs`` (and ``set_user_attr`` for the writers).
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+
+from .recipe import Recipe, recipe_from_dict
+
+
+def encode_array(a: np.ndarray) -> str:
+    """A compact text form of a float32 vector (for study storage and the measurement cache)."""
+    return base64.b64encode(zlib.compress(np.asarray(a, np.float32).tobytes(), 6)).decode()
+
+
+def decode_array(s: str) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=np.float32)
+
+
+@dataclass
+class Measurement:
+    """Everything the worker measured for one recipe (JSON-able through `to_dict`)."""
+
+    file_bytes: int
+    bpw: float
+    metrics: dict[str, float]  # KLDSummary fields, plus ppl_ratio
+    kld_tokens: np.ndarray  # per-token KLD, float32, in chunk order
+    fallbacks: dict[str, dict[str, int]]
+    seconds: dict[str, float]
+    speed: dict[str, float] = field(default_factory=dict)
+    cached: bool = False  # read from the measurement cache instead of measured now
+
+    def to_dict(self) -> dict:
+        """The JSON form, per-token KLD included (encoded)."""
+        return {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
+                "fallbacks": self.fallbacks, "seconds": self.seconds, "speed": self.speed,
+                "kld_tokens": encode_array(self.kld_tokens)}
+
+    @classmethod
+    def from_dict(cls, d: dict, cached: bool = False) -> Measurement:
+        return cls(file_bytes=int(d["file_bytes"]), bpw=float(d["bpw"]), metrics=dict(d["metrics"]),
+                   kld_tokens=decode_array(d["kld_tokens"]), fallbacks=dict(d["fallbacks"]),
+                   seconds=dict(d["seconds"]), speed=dict(d.get("speed") or {}), cached=cached)
+
+
+class _Trial(Protocol):
+    number: int
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+
+class _LiveTrial(_Trial, Protocol):
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+#: the keys of a trial's measurement (a duplicate copies exactly these from the trial it repeats)
+_MEASUREMENT_KEYS = ("recipe", "file_bytes", "bpw", "metrics", "fallbacks", "seconds", "speed", "kld_tokens")
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the study stored it: its role, its resolution key and, once measured, its numbers."""
+
+    number: int
+    values: list[float] | None = None
+    reference: str | None = None  # a reference recipe's name (uniform-*, preset-*); None for a searched trial
+    surrogate_seed: str | None = None  # the surrogate allocation this trial was enqueued from
+    result_key: str | None = None  # identifies the resolved recipe and scoring setup (see Worker.result_key)
+    predicted_bytes: int | None = None
+    recipe_yaml: str | None = None
+    measurement: Measurement | None = None
+    duplicate_of: int | None = None  # the trial whose measurement this one repeats
+    cached_measurement: bool = False  # read from the cross-study measurement cache
+    pruned: str | None = None  # why it was stopped or thrown away
+    partial_kld_mean: float | None = None  # running mean KLD when early stopping cut it
+
+    @property
+    def name(self) -> str:
+        return self.reference or f"trial-{self.number}"
+
+    @property
+    def measured(self) -> bool:
+        """Complete with a measurement of its own (not a duplicate of another trial's)."""
+        return self.measurement is not None and self.values is not None and self.duplicate_of is None
+
+    @property
+    def recipe(self) -> Recipe:
+        if self.recipe_yaml is None:
+            raise ValueError(f"trial {self.number} has no recipe")
+        return recipe_from_dict(yaml.safe_load(self.recipe_yaml), f"trial {self.number}")
+
+    @property
+    def file_bytes(self) -> int:
+        assert self.measurement is not None
+        return self.measurement.file_bytes
+
+    @property
+    def bpw(self) -> float:
+        assert self.measurement is not None
+        return self.measurement.bpw
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        assert self.measurement is not None
+        return self.measurement.metrics
+
+    @property
+    def kld_tokens(self) -> np.ndarray | None:
+        return None if self.measurement is None or self.measurement.kld_tokens.size == 0 else self.measurement.kld_tokens
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The ``user_attrs`` form (only the fields that are set)."""
+        attrs: dict[str, Any] = {}
+        for key in ("reference", "surrogate_seed", "result_key", "predicted_bytes", "duplicate_of", "pruned",
+                    "partial_kld_mean"):
+            if getattr(self, key) is not None:
+                attrs[key] = getattr(self, key)
+        if self.cached_measurement:
+            attrs["cached_measurement"] = True
+        if self.measurement is not None:
+            attrs.update(self.measurement.to_dict())
+        if self.recipe_yaml is not None:
+            attrs["recipe"] = self.recipe_yaml
+        return attrs
+
+    @classmethod
+    def from_trial(cls, trial: _Trial) -> TrialRecord:
+        a = trial.user_attrs
+        measurement = None
+        if "metrics" in a and "file_bytes" in a:
+            measurement = Measurement(
+                file_bytes=int(a["file_bytes"]), bpw=float(a["bpw"]), metrics=dict(a["metrics"]),
+                kld_tokens=decode_array(a["kld_tokens"]) if a.get("kld_tokens") else np.zeros(0, np.float32),
+                fallbacks=dict(a.get("fallbacks") or {}), seconds=dict(a.get("seconds") or {}),
+                speed=dict(a.get("speed") or {}), cached=bool(a.get("cached_measurement")))
+        values = getattr(trial, "values", None)
+        return cls(number=trial.number, values=list(values) if values else None, reference=a.get("reference"),
+                   surrogate_seed=a.get("surrogate_seed"), result_key=a.get("result_key"),
+                   predicted_bytes=a.get("predicted_bytes"), recipe_yaml=a.get("recipe"), measurement=measurement,
+                   duplicate_of=a.get("duplicate_of"), cached_measurement=bool(a.get("cached_measurement")),
+                   pruned=a.get("pruned"), partial_kld_mean=a.get("partial_kld_mean"))
+
+
+# -- writing a live trial --------------------------------------------------------------------------
+def record_resolution(trial: _LiveTrial, result_key: str, predicted_bytes: int) -> None:
+    trial.set_user_attr("result_key", result_key)
+    trial.set_user_attr("predicted_bytes", predicted_bytes)
+
+
+def record_measurement(trial: _LiveTrial, recipe: Recipe, m: Measurement) -> None:
+    for k, v in TrialRecord(trial.number, recipe_yaml=recipe.to_yaml(), measurement=m,
+                            cached_measurement=m.cached).to_attrs().items():
+        trial.set_user_attr(k, v)
+
+
+def record_duplicate(trial: _LiveTrial, same: _Trial) -> None:
+    """The trial repeats ``same``'s measurement (the same resolved recipe)."""
+    for k in _MEASUREMENT_KEYS:
+        trial.set_user_attr(k, same.user_attrs[k])
+    trial.set_user_attr("duplicate_of", same.number)
+
+
+def record_pruned(trial: _LiveTrial, why: str, partial_kld_mean: float | None = None) -> None:
+    trial.set_user_attr("pruned", why)
+    if partial_kld_mean is not None:
+        trial.set_user_attr("partial_kld_mean", partial_kld_mean)
+
+
+def role_attrs(reference: str | None = None, surrogate_seed: str | None = None, **extra: Any) -> dict[str, Any]:
+    """``user_attrs`` of an enqueued trial: a reference recipe or a surrogate seed."""
+    return {**TrialRecord(-1, reference=reference, surrogate_seed=surrogate_seed).to_attrs(), **extra}
