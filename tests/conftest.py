@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from tiny_models import english_text, write_dense, write_moe, write_qwen35moe
+from tiny_studies import write_synthetic_study
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -33,6 +34,12 @@ def moe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def qwen35_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny qwen35moe hybrid model, BF16 (see ``tiny_models.write_qwen35moe``)."""
     return write_qwen35moe(tmp_path_factory.mktemp("tiny") / "qwen35moe-bf16.gguf")
+
+
+@pytest.fixture()
+def synthetic_study(tmp_path: Path, dense_model: Path) -> Path:
+    """A finished study on the dense model, written by hand (see ``tiny_studies.write_synthetic_study``)."""
+    return write_synthetic_study(tmp_path / "study", dense_model)
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +76,22 @@ def demo_original() -> Path:
     from recipe_search.demo import original_path
 
     return original_path()
+
+
+# -- markers ---------------------------------------------------------------------------------------
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of modules that load llama.cpp carry the `llama` marker (``pytestmark`` in each module);
+    every other test is `pure` and runs without libllama (``-m pure`` checks that, see below)."""
+    for item in items:
+        if item.get_closest_marker("llama") is None:
+            item.add_marker(pytest.mark.pure)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A `-m pure` run that loaded llama.cpp has a mis-marked test: fail it."""
+    import sys
+
+    if session.config.getoption("markexpr") == "pure" and "llama_cpp" in sys.modules:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nerror: a test marked pure loaded llama_cpp; mark its module with pytestmark = pytest.mark.llama",
+              file=sys.stderr)

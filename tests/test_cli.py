@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,8 @@ from recipe_search.resolve import resolve
 from recipe_search.size import predict_size
 from recipe_search.tensor_map import read_map, write_header_only
 
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
+
 QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
 
 #: what `recipe-search import` recovers from the Gemma 3 270M Q4_K_M file (the demo's original)

@@ -17,6 +17,8 @@ from recipe_search.errors import RecipeSearchError
 from recipe_search.imatrix import collect_imatrix
 from recipe_search.imatrix_file import Imatrix
 
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
+
 CTX = 64
 
 

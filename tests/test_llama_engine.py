@@ -11,6 +11,8 @@ from recipe_search import llama
 from recipe_search.errors import RecipeSearchError
 from recipe_search.text import TextSource
 
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
+
 CTX = 64
 # n_threads=1 throughout: on these tiny models two threads mostly wait on each other, badly so on a busy machine
 

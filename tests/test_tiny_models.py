@@ -11,6 +11,8 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from tiny_models import BOS_ID, EOS_ID, N_VOCAB, write_dense
 
+pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
+
 F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16
 MODELS = ("dense_model", "moe_model", "qwen35_model")
 LLAMA_FTYPE_MOSTLY_Q4_0 = 2
