@@ -67,6 +67,7 @@ def test_gguf_as_the_gguf_package_reads_it(tmp_path: Path) -> None:
     assert tensors[MOE + ".counts"].data.ravel().tolist() == [2, 0, 5]
 
 
+@pytest.mark.llama  # llama.cpp's own GGUF reader
 def test_gguf_as_llama_cpp_reads_it(tmp_path: Path) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
     lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))

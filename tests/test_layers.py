@@ -47,10 +47,7 @@ def test_library_modules_do_not_import_the_cli() -> None:
 
 
 def test_public_api_resolves_lazily() -> None:
-    import recipe_search
-
-    for name in recipe_search.__all__:
-        assert getattr(recipe_search, name) is not None
+    _loaded_after("import recipe_search\nfor name in recipe_search.__all__:\n    assert getattr(recipe_search, name)")
     assert not _loaded_after("import recipe_search; recipe_search.read_inventory; recipe_search.predict_size") \
         & {"llama_cpp", "optuna"}
 
