@@ -250,10 +250,10 @@ class Loaded:
 
 
 def load_source(path: str | Path) -> Loaded:
-    """A recipe YAML, or a quantized GGUF (its recipe imported)."""
+    """A recipe (YAML or any text dialect), or a quantized GGUF (its recipe imported)."""
+    from .dialects import load_any_recipe
     from .importer import recipe_from_inventory
     from .inventory import read_inventory
-    from .recipe import load_recipe
 
     path = Path(path)
     if path.suffix.lower() == ".gguf":
@@ -261,7 +261,7 @@ def load_source(path: str | Path) -> Loaded:
         if not any(is_quantized(t.ggml_type) for t in inv.tensors):
             raise RecipeSearchError("holds no quantized tensor; compare takes quantized GGUFs or recipes", path)
         return Loaded(path.stem, recipe_from_inventory(inv), inv, sum(p.stat().st_size for p in inv.paths))
-    return Loaded(path.stem, load_recipe(path))
+    return Loaded(path.stem, load_any_recipe(path))
 
 
 def compare(paths: Sequence[str | Path], model: Path | None = None,

@@ -136,7 +136,7 @@ def report(a: argparse.Namespace) -> int:
 def compare_args(p: argparse.ArgumentParser) -> None:
     from .scoring import _add_scoring_args
 
-    p.add_argument("recipes", nargs="+", metavar="RECIPE_OR_QUANT", help="recipe YAMLs or quantized GGUFs")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE_OR_QUANT", help="recipes (YAML or any dialect `import` reads) or quantized GGUFs")
     p.add_argument("--model", help="map every recipe onto this model's tensor table (GGUF, or `demo`)")
     p.add_argument("--score", action="store_true", help="with --model: quantize and measure each mapped recipe")
     p.add_argument("--imatrix", help="with --score: the imatrix to quantize with")

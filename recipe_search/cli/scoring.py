@@ -46,10 +46,10 @@ def score(a: argparse.Namespace) -> int:
     import time
 
     from ..demo import cache_dir
+    from ..dialects import load_any_recipe
     from ..inventory import read_inventory
     from ..kld import bootstrap_quantile_ci
     from ..quantize import quantize_model
-    from ..recipe import load_recipe
     from ..score import score_against_base_file, score_quant
     from ..worker import TRIAL_PREFIX, Worker, speed_of
 
@@ -71,7 +71,7 @@ def score(a: argparse.Namespace) -> int:
     if a.target.endswith(".gguf"):
         quant, temporary = Path(a.target), False
     else:
-        recipe = load_recipe(a.target)
+        recipe = load_any_recipe(a.target)
         quant = Path(a.keep) if a.keep else worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-score.gguf"
         temporary = not a.keep
         q = quantize_model(model, recipe, quant, imatrix=imatrix, threads=settings.threads,
