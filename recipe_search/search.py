@@ -34,7 +34,7 @@ from .recipe import Recipe, recipe_from_dict
 from .resolve import resolve
 from .score import ScoreSettings, StopScoring
 from .size import predict_size
-from .space import MAXIMISE, SearchSpace, StudyConfig, build_space, reference_recipes
+from .space import MAXIMISE, SearchSpace, StudyConfig, build_space, reference_recipes, seed_recipes
 from .surrogate import enqueue_seeds
 from .text import TextSource
 from .worker import Measurement, Worker, clean_workdir, encode_array
@@ -296,7 +296,7 @@ def searched_trials_done(study: optuna.Study) -> int:
 
 
 def enqueue_references(ctx: StudyContext) -> int:
-    """Enqueue the uniform recipes over the ladder (and surrogate seeds) once per study."""
+    """Enqueue the uniform recipes over the ladder, the config's seed recipes (and surrogate seeds) once per study."""
     if ctx.study.user_attrs.get("references_enqueued"):
         return 0
     n = 0
@@ -304,6 +304,9 @@ def enqueue_references(ctx: StudyContext) -> int:
         if choice is not None:
             ctx.study.enqueue_trial(choice, user_attrs={"reference": recipe.name}, skip_if_exists=True)
             n += 1
+    for recipe, choice in seed_recipes(ctx.config, ctx.space, ctx.worker.inventory):
+        ctx.study.enqueue_trial(choice, user_attrs={"seed": recipe.name}, skip_if_exists=True)
+        n += 1
     n += enqueue_seeds(ctx)
     ctx.study.set_user_attr("references_enqueued", True)
     return n

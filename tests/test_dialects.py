@@ -367,3 +367,33 @@ def test_compare_and_export_take_dialects(dense_model, tmp_path, capsys) -> None
     assert [c["label"] for c in cols] == ["a", "b"] and all(c["file_bytes"] for c in cols)
     assert main(["export", str(a), "--format", "tensor-type-file"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == r"blk\.0\.attn_q\.weight=q4_0"
+
+
+def test_study_seeds_are_carried_onto_the_space(qwen35_model, tmp_path) -> None:
+    import optuna
+
+    from recipe_search.search import StudyContext, enqueue_references
+    from recipe_search.space import StudyConfig, build_space, seed_recipes
+
+    seed = _write(tmp_path / "their.recipe", "## Quant mix recipe\n^blk\\.0\\.ffn_down_exps\\.weight$=q4_k\n"
+                                             "ffn_down_exps=q6_k\nffn_(up|gate)_exps=iq4_nl\nattn_qkv=q2_k\n")
+    config = StudyConfig(seeds=[str(seed)], references={"uniform": ["Q8_0"], "presets": []},
+                         space={"tensor_types": ["ffn_down_exps", "ffn_up_exps", "ffn_gate_exps", "attn_qkv"],
+                                "tied": [["ffn_up_exps", "ffn_gate_exps"]], "bands": {"ffn_down_exps": 3},
+                                "ladder": ["Q8_0", "Q6_K", "Q4_K", "IQ4_XS", "Q3_K"]})
+    inv = read_inventory(qwen35_model)
+    space = build_space(config, inv, has_imatrix=False)
+    [(recipe, choice)] = seed_recipes(config, space, inv)
+    ladder = {p.name: p.ladder for p in space.parameters}
+    picked = {name: ladder[name][i].name for name, i in choice.items()}
+    # blocks 0 / 1 / 2 are the three bands; off the ladder, IQ4_NL takes Q4_K (both 4.5 bpw), Q2_K takes Q3_K
+    assert picked == {"ffn_down_exps@0-0": "Q4_K", "ffn_down_exps@1-1": "Q6_K", "ffn_down_exps@2-2": "Q6_K",
+                      "ffn_up_exps+ffn_gate_exps": "Q4_K", "attn_qkv": "Q3_K"}
+    assert recipe.name == "seed-their"
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    ctx = StudyContext(study, config, space, type("W", (), {"inventory": inv, "imatrix": None})(), tmp_path)
+    assert enqueue_references(ctx) == 2
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs for t in waiting] == [{"reference": "uniform-Q8_0"}, {"seed": "seed-their"}]
+    assert waiting[1].system_attrs["fixed_params"] == choice
