@@ -203,6 +203,8 @@ def _from_args(args: list[str], n: int, source, need_rules: bool = True) -> Pars
                    "--per-layer-token-embedding-type"}
     start = next((k for k, a in enumerate(args) if re.search(r"quantize\b", Path(a).name)), None)
     i = 0 if start is None else start + 1
+    end = next((k for k in range(i, len(args)) if args[k] in _SHELL_OPERATORS), len(args))
+    args = args[:end]
     while i < len(args):
         a = args[i]
         if a in takes_value:
@@ -241,6 +243,9 @@ def _from_args(args: list[str], n: int, source, need_rules: bool = True) -> Pars
     if need_rules and not entries:
         raise _fail(source, n, "the command line has no --tensor-type or --custom-q rule")
     return p
+
+
+_SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "2>&1"}
 
 
 def _threads(arg: str) -> bool:
