@@ -247,7 +247,7 @@ token_embd=q8_0
 "
 custom=$(echo "$custom" | grep -v '^#' | sed -Ez 's:\\n+:,:g;s:,$::;s:^,::')
 llama-quantize --pure --custom-q "$custom" --imatrix imatrix.dat \\
-    in-BF16.gguf out-${1^^}.gguf ${1^^} $(nproc)
+    in-BF16.gguf out-${1^^}.gguf ${1^^} $(nproc) && chmod 444 out-*.gguf || echo "failed"
 """
 
 
