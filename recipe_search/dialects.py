@@ -131,8 +131,9 @@ def _heading(comments: Mapping[int, str], line: int) -> str | None:
 def parse_tensor_type_file(text: str, source) -> Parsed:
     body, comments = _comment_lines(text)
     entries = [_token_entry(tok, n, source, _heading(comments, n)) for n, s in body for tok in s.split()]
-    warnings = [f"line {n}: llama-quantize itself does not skip comments in a --tensor-type-file" for n in comments]
-    return Parsed(Dialect.TENSOR_TYPE_FILE, "llama.cpp", entries, comments, warnings=warnings[:1])
+    warnings = [f"line {min(comments)}: llama-quantize itself does not skip comments in a --tensor-type-file"
+                ] if comments else []
+    return Parsed(Dialect.TENSOR_TYPE_FILE, "llama.cpp", entries, comments, warnings=warnings)
 
 
 def parse_tool_suite(text: str, source) -> Parsed:
@@ -169,9 +170,9 @@ def _join_continuations(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def _split_custom_q(value: str, line: int, source, comment: str | None = None) -> list[Entry]:
-    items = [item.strip() for item in value.split(",")]
-    return [_token_entry(item, line, source, comment) for item in items if item]
+def _split_custom_q(value: str, line: int, source) -> list[Entry]:
+    """ik_llama.cpp splits the value at every comma (a regex quantifier like {1,2} cannot go in)."""
+    return [_token_entry(item.strip(), line, source) for item in value.split(",") if item.strip()]
 
 
 def parse_command(text: str, source) -> Parsed:
