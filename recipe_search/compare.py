@@ -249,7 +249,7 @@ class Loaded:
     file_bytes: int | None = None
 
 
-def load_source(path: str | Path) -> Loaded:
+def load_source(path: str | Path, recipe_options: dict | None = None) -> Loaded:
     """A recipe (YAML or any text dialect), or a quantized GGUF (its recipe imported)."""
     from .dialects import load_any_recipe
     from .importer import recipe_from_inventory
@@ -261,13 +261,15 @@ def load_source(path: str | Path) -> Loaded:
         if not any(is_quantized(t.ggml_type) for t in inv.tensors):
             raise RecipeSearchError("holds no quantized tensor; compare takes quantized GGUFs or recipes", path)
         return Loaded(path.stem, recipe_from_inventory(inv), inv, sum(p.stat().st_size for p in inv.paths))
-    return Loaded(path.stem, load_any_recipe(path))
+    return Loaded(path.stem, load_any_recipe(path, **(recipe_options or {})))
 
 
 def compare(paths: Sequence[str | Path], model: Path | None = None,
-            measure: Callable[[Recipe], dict[str, float | str]] | None = None) -> Comparison:
-    """The comparison of ``paths``; with ``model`` each is resolved there (and, with ``measure``, scored)."""
-    sources = [load_source(p) for p in paths]
+            measure: Callable[[Recipe], dict[str, float | str]] | None = None,
+            recipe_options: dict | None = None) -> Comparison:
+    """The comparison of ``paths``; with ``model`` each is resolved there (and, with ``measure``, scored).
+    ``recipe_options``: ``unmatched``/``substitutions`` for recipes in another tool's dialect."""
+    sources = [load_source(p, recipe_options) for p in paths]
     if len({s.label for s in sources}) < len(sources):
         sources = [Loaded(str(p), s.recipe, s.quant, s.file_bytes) for p, s in zip(paths, sources)]
     if model is None:

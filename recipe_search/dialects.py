@@ -561,6 +561,7 @@ def read_source(path: str | Path, fmt: Dialect | str | None = None, name: str | 
     return Imported(to_recipe(parsed, path, name, unmatched, subs), dialect, parsed.warnings)
 
 
-def load_any_recipe(path: str | Path) -> Recipe:
+def load_any_recipe(path: str | Path, unmatched: str | None = None,
+                    substitutions: Mapping[str, str] | None = None) -> Recipe:
     """The one loader the commands use: a recipe YAML, or a recipe in any dialect this module reads."""
-    return read_source(path).recipe
+    return read_source(path, unmatched=unmatched, substitutions=substitutions).recipe

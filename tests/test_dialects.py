@@ -397,3 +397,16 @@ def test_study_seeds_are_carried_onto_the_space(qwen35_model, tmp_path) -> None:
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs for t in waiting] == [{"reference": "uniform-Q8_0"}, {"seed": "seed-their"}]
     assert waiting[1].system_attrs["fixed_params"] == choice
+
+
+def test_commands_take_substitutions(dense_model, tmp_path, capsys) -> None:
+    ik = _write(tmp_path / "ik.recipe", "## Quant mix recipe\n^blk\\.0\\..*$=iq4_ks\n^blk\\.1\\..*$=q6_0\n")
+    assert main(["size", str(dense_model), str(ik)]) == 2
+    assert "ik.recipe: line 2: iq4_ks is an ik_llama.cpp-only type" in capsys.readouterr().err
+    args = ["--substitute", "iq4_ks=q4_0", "--substitute", "q6_0=q5_0", "--unmatched", "q8_0"]
+    assert main(["size", str(dense_model), str(ik), "--json", *args]) == 0
+    types = {t["name"]: t["ggml_type"] for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert types["blk.0.ffn_down.weight"] == "Q4_0" and types["blk.1.attn_q.weight"] == "Q5_0"
+    assert types["output.weight"] == "Q8_0"
+    assert main(["compare", str(ik), "--model", str(dense_model), "--json", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["columns"][0]["cells"]["ffn_down"]["text"] == "Q4_0×1 Q5_0×1"

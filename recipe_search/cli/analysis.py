@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _human_bytes, _print_json, _warn, command
+from . import _human_bytes, _print_json, _recipe_args, _warn, command
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -141,6 +141,7 @@ def compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score", action="store_true", help="with --model: quantize and measure each mapped recipe")
     p.add_argument("--imatrix", help="with --score: the imatrix to quantize with")
     _add_scoring_args(p)
+    _recipe_args(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -149,7 +150,7 @@ def compare(a: argparse.Namespace) -> int:
     from ..compare import SCORE_METRICS, format_table
     from ..compare import compare as run_compare
     from ..errors import RecipeSearchError
-    from . import _imatrix_input, _model
+    from . import _imatrix_input, _model, _recipe_options
 
     if a.score and not a.model:
         raise RecipeSearchError("--score needs --model (the model to quantize and measure on)")
@@ -168,7 +169,7 @@ def compare(a: argparse.Namespace) -> int:
             return {**{k: m.metrics[k] for k in SCORE_METRICS}, "n_tokens": m.metrics["n_tokens"],
                     "file_bytes": m.file_bytes}
 
-    result = run_compare(a.recipes, model, measure)
+    result = run_compare(a.recipes, model, measure, _recipe_options(a))
     if a.json:
         _print_json(result.to_dict())
     else:

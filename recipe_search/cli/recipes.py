@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _human_bytes, _imatrix_input, _model, _print_json, _warn, command
+from . import _human_bytes, _imatrix_input, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
 # -- demo-model ------------------------------------------------------------------------------------
@@ -62,17 +62,17 @@ def size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
     p.add_argument("--imatrix", help="imatrix file the quantization will use (adds its metadata keys)")
     p.add_argument("--json", action="store_true")
+    _recipe_args(p)
 
 
 @command("size", "predict the exact output size of a recipe without quantizing")
 def size(a: argparse.Namespace) -> int:
-    from ..dialects import load_any_recipe
     from ..inventory import read_inventory
     from ..resolve import lint, resolve
     from ..size import predict_size
 
     inv = read_inventory(_model(a.model))
-    recipe = load_any_recipe(a.recipe)
+    recipe = _load_recipe(a, a.recipe)
     _warn(lint(recipe, inv))
     resolution = resolve(recipe, inv)
     extra = _imatrix_input(a.imatrix).kv() if a.imatrix else None
@@ -100,15 +100,15 @@ def export_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
     p.add_argument("--format", choices=["tensor-type-file", "args", "custom-q"], default="tensor-type-file")
     p.add_argument("-o", "--output", help="write here instead of standard output")
+    _recipe_args(p)
 
 
 @command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
 def export_cmd(a: argparse.Namespace) -> int:
-    from ..dialects import load_any_recipe
     from ..export import export
     from ..recipe import atomic_write_text
 
-    text = export(load_any_recipe(a.recipe), a.format)
+    text = export(_load_recipe(a, a.recipe), a.format)
     if a.output:
         atomic_write_text(Path(a.output), text)
     else:
@@ -122,10 +122,7 @@ def import_cmd_args(p: argparse.ArgumentParser) -> None:
                         "--custom-q, GGUF-Tool-Suite .recipe, shell script); several files or a directory")
     p.add_argument("-o", "--output", help="recipe YAML to write (a directory for several sources; default: standard output)")
     p.add_argument("--format", choices=[d.value for d in _dialects()], help="force a dialect instead of detecting it")
-    p.add_argument("--substitute", action="append", metavar="SRC=TYPE",
-                   help="map an ik_llama.cpp-only type (or a script's $1) to a llama.cpp type; recorded in the recipe")
-    p.add_argument("--unmatched", help="type (or file type) for tensors no rule names, where the source states none "
-                                       "(default Q8_0)")
+    _recipe_args(p)
     p.add_argument("--model", help="report rules matching no tensor, shadowed rules and tensors no rule names there")
     p.add_argument("--name")
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -151,10 +148,11 @@ def _import_sources(args: list[str]) -> list[Path]:
 @command("import", "read recipes people publish (text dialects, or the recipe of a quantized GGUF) as recipe YAML")
 def import_cmd(a: argparse.Namespace) -> int:
     from ..coverage import coverage
-    from ..dialects import parse_substitutions, read_source
+    from ..dialects import read_source
     from ..errors import RecipeSearchError
     from ..importer import import_recipe
     from ..inventory import read_inventory
+    from . import _recipe_options
 
     sources = _import_sources(a.sources)
     if not sources:
@@ -164,13 +162,13 @@ def import_cmd(a: argparse.Namespace) -> int:
         raise RecipeSearchError("--name goes with a single source")
     if several and not a.output:
         raise RecipeSearchError("several sources need -o DIRECTORY")
-    subs = parse_substitutions(a.substitute)
+    options = _recipe_options(a)
     inv = read_inventory(_model(a.model)) if a.model else None
     for src in sources:
         if src.suffix.lower() == ".gguf":
             recipe, dialect = import_recipe(_model(str(src)), a.name), "gguf"
         else:
-            imported = read_source(src, a.format, a.name, a.unmatched, subs)
+            imported = read_source(src, a.format, a.name, **options)
             recipe, dialect = imported.recipe, imported.dialect.value
             _warn([f"{src}: {w}" for w in imported.warnings])
         if inv is not None:
@@ -192,17 +190,17 @@ def quantize_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix")
     p.add_argument("--allow-partial-imatrix", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    _recipe_args(p)
 
 
 @command("quantize", "apply a recipe with llama.cpp's quantizer and check every tensor's type")
 def quantize_cmd(a: argparse.Namespace) -> int:
-    from ..dialects import load_any_recipe
     from ..inventory import read_inventory
     from ..quantize import quantize_model
     from ..resolve import lint
 
     model = _model(a.model)
-    recipe = load_any_recipe(a.recipe)
+    recipe = _load_recipe(a, a.recipe)
     imatrix_path = a.imatrix or recipe.imatrix
     inv = read_inventory(model)
     _warn(lint(recipe, inv))

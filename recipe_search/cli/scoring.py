@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import RecipeSearchError
-from . import _human_bytes, _imatrix_input, _model, _print_json, _warn, command
+from . import _human_bytes, _imatrix_input, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
 # -- score -----------------------------------------------------------------------------------------
@@ -38,6 +38,7 @@ def score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="BASE.kld", help="score against a llama-perplexity --kl-divergence-base file "
                                                       "(its tokens; full 16-bit distributions) instead of the cache")
     p.add_argument("--json", action="store_true")
+    _recipe_args(p)
 
 
 @command("score", "KL divergence of a recipe or quant against the base model, as llama-perplexity computes it")
@@ -46,7 +47,6 @@ def score(a: argparse.Namespace) -> int:
     import time
 
     from ..demo import cache_dir
-    from ..dialects import load_any_recipe
     from ..inventory import read_inventory
     from ..kld import bootstrap_quantile_ci
     from ..quantize import quantize_model
@@ -71,7 +71,7 @@ def score(a: argparse.Namespace) -> int:
     if a.target.endswith(".gguf"):
         quant, temporary = Path(a.target), False
     else:
-        recipe = load_any_recipe(a.target)
+        recipe = _load_recipe(a, a.target)
         quant = Path(a.keep) if a.keep else worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-score.gguf"
         temporary = not a.keep
         q = quantize_model(model, recipe, quant, imatrix=imatrix, threads=settings.threads,
