@@ -410,3 +410,13 @@ def test_commands_take_substitutions(dense_model, tmp_path, capsys) -> None:
     assert types["output.weight"] == "Q8_0"
     assert main(["compare", str(ik), "--model", str(dense_model), "--json", *args]) == 0
     assert json.loads(capsys.readouterr().out)["columns"][0]["cells"]["ffn_down"]["text"] == "Q4_0×1 Q5_0×1"
+
+
+def test_quantize_takes_a_custom_q_command_line(dense_model, tmp_path, capsys) -> None:
+    path = _write(tmp_path / "ik.txt", CUSTOM_Q)
+    out = tmp_path / "q.gguf"
+    assert main(["quantize", str(dense_model), str(path), "-o", str(out)]) == 0
+    assert "every tensor has its recipe type" in capsys.readouterr().out
+    written = {t.name: T(t.tensor_type) for t in GGUFReader(out).tensors}
+    assert written == resolved(read_source(path).recipe, dense_model)
+    assert written["token_embd.weight"] == T.Q4_0 and written["blk.0.ffn_down.weight"] == T.Q5_0
