@@ -200,7 +200,7 @@ def _from_args(args: list[str], n: int, source, need_rules: bool = True) -> Pars
     takes_value = {"--imatrix", "--token-embedding-type", "--output-tensor-type", "--tensor-type", "--custom-q",
                    "--tensor-type-file", "--include-weights", "--exclude-weights", "--override-kv", "--prune-layers",
                    "--attn-q-type", "--attn-k-type", "--attn-v-type", "--attn-qkv-type", "--attn-output-type",
-                   "--ffn-gate-type", "--ffn-down-type", "--ffn-up-type", "--repack-pattern", "--hide-imatrix",
+                   "--ffn-gate-type", "--ffn-down-type", "--ffn-up-type", "--repack-pattern",
                    "--per-layer-token-embedding-type"}
     start = next((k for k, a in enumerate(args) if re.search(r"quantize\b", Path(a).name)), None)
     i = 0 if start is None else start + 1
@@ -231,6 +231,9 @@ def _from_args(args: list[str], n: int, source, need_rules: bool = True) -> Pars
             continue
         if a == "--pure":
             p.pure = True
+        elif a == "--leave-output-tensor":
+            p.warnings.append(f"line {n}: --leave-output-tensor (output.weight kept unquantized) is not carried over; "
+                              "give the recipe an output_tensor_type")
         elif not a.startswith("-"):
             positional.append(a)
         i += 1
@@ -362,6 +365,7 @@ def parse_shell(text: str, source, substituted: Mapping[str, str] | None = None)
                 options.append(args[k])
             k += 1
         cmd = _from_args(options, n, source, need_rules=False)
+        parsed.warnings += cmd.warnings
         parsed.file_type = _shell_value(cmd.file_type, substituted or {})
         parsed.pure, parsed.imatrix = cmd.pure, cmd.imatrix
         parsed.token_embedding_type, parsed.output_tensor_type = cmd.token_embedding_type, cmd.output_tensor_type

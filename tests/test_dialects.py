@@ -136,13 +136,18 @@ ARGS = """\
 def test_args(dense_model, tmp_path) -> None:
     path = _write(tmp_path / "quantize.sh.txt", ARGS)
     assert detect(ARGS) is Dialect.ARGS
-    recipe = read_source(path).recipe
+    imported = read_source(path)
+    recipe = imported.recipe
+    assert imported.warnings == []
     assert recipe.unmatched.file_type == "Q5_1" and recipe.pure and recipe.imatrix == "imatrix.dat"
     assert recipe.token_embedding_type == "Q8_0"  # mainline: --token-embedding-type wins over a pattern
     assert recipe.provenance["rule_lines"] == [1, 1, 1, 1]
     rules = [("token_embd", "q4_0"), ("ffn_down", "q5_0"), ("ffn_down", "q8_0"), (r"blk\.1\.attn_.*", "q4_0")]
     expected = tool_types(dense_model, rules, "q5_1", "llama.cpp", token_embd="q8_0")
     assert resolved(recipe, dense_model) == {name: t for name, (t, _) in expected.items()}
+    left = _write(tmp_path / "left.txt", ARGS.replace("--pure", "--pure --leave-output-tensor"))
+    [warning] = read_source(left).warnings
+    assert warning.startswith("line 1: --leave-output-tensor (output.weight kept unquantized) is not carried over")
 
 
 CUSTOM_Q = """\
