@@ -425,3 +425,18 @@ def test_quantize_takes_a_custom_q_command_line(dense_model, tmp_path, capsys) -
     written = {t.name: T(t.tensor_type) for t in GGUFReader(out).tensors}
     assert written == resolved(read_source(path).recipe, dense_model)
     assert written["token_embd.weight"] == T.Q4_0 and written["blk.0.ffn_down.weight"] == T.Q5_0
+
+
+def test_readme_compare_of_three_dialects(qwen_35b, capsys, monkeypatch) -> None:
+    root = Path(__file__).resolve().parents[1]
+    block = (root / "README.md").read_text().split("## Recipes people already have", 1)[1]
+    block = block.split("```\n$ cd experiments/dialects && recipe-search ", 1)[1].split("```", 1)[0]
+    command, *shown = block.splitlines()
+    args = command.split()
+    args[args.index("q35.gguf")] = str(qwen_35b)
+    monkeypatch.chdir(root / "experiments" / "dialects")
+    assert main(args) == 0
+    out = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    out[0] = out[0].replace(str(qwen_35b), "q35.gguf")
+    assert [line for line in shown if line != "..."] == [line for line in out if line in shown]
+    assert len(shown) > 20
