@@ -244,11 +244,11 @@ class Loaded:
     file_bytes: int | None = None
 
 
-def load_source(path: str | Path) -> Loaded:
-    """A recipe YAML, or a quantized GGUF (its recipe imported)."""
+def load_source(path: str | Path, recipe_options: dict | None = None) -> Loaded:
+    """A recipe (YAML or any text dialect), or a quantized GGUF (its recipe imported)."""
+    from .dialects import load_any_recipe
     from .importer import recipe_from_inventory
     from .inventory import read_inventory
-    from .recipe import load_recipe
 
     path = Path(path)
     if path.suffix.lower() == ".gguf":
@@ -256,15 +256,16 @@ def load_source(path: str | Path) -> Loaded:
         if not any(is_quantized(t.ggml_type) for t in inv.tensors):
             raise RecipeSearchError("holds no quantized tensor; compare takes quantized GGUFs or recipes", path)
         return Loaded(path.stem, recipe_from_inventory(inv), inv, sum(p.stat().st_size for p in inv.paths))
-    return Loaded(path.stem, load_recipe(path))
+    return Loaded(path.stem, load_any_recipe(path, **(recipe_options or {})))
 
 
 def compare(paths: Sequence[str | Path], model: Path | None = None,
             measure: Callable[[Recipe], dict[str, float | str]] | None = None,
-            mixture: MixtureOracle | None = None) -> Comparison:
+            mixture: MixtureOracle | None = None, recipe_options: dict | None = None) -> Comparison:
     """The comparison of ``paths``; with ``model`` each is resolved there (``mixture`` resolves recipes that
-    ask for llama.cpp's own mixture) and, with ``measure``, scored."""
-    sources = [load_source(p) for p in paths]
+    ask for llama.cpp's own mixture) and, with ``measure``, scored. ``recipe_options``:
+    ``unmatched``/``substitutions`` for recipes in another tool's dialect."""
+    sources = [load_source(p, recipe_options) for p in paths]
     if len({s.label for s in sources}) < len(sources):
         sources = [Loaded(str(p), s.recipe, s.quant, s.file_bytes) for p, s in zip(paths, sources)]
     if model is None:

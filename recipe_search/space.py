@@ -72,6 +72,7 @@ class StudyConfig(BaseModel):
     seed: int = 0
     prune: bool = True
     surrogate_seeds: int = 0  # recipes from the sensitivity surrogate enqueued at start
+    seeds: list[str] = Field(default_factory=list)  # recipe files (any dialect `import` reads) enqueued first
     sensitivity: str | None = None  # the sensitivity table directory the surrogate seeds come from
 
     @field_validator("objectives")
@@ -138,12 +139,14 @@ class SearchSpace:
     def nearest(self, wanted: dict[str, GGMLType], inv: Inventory) -> dict[str, int]:
         """Ladder indices for per-tensor-type wishes (e.g. a uniform type): llama.cpp's row-size fallback
         where the ladder has it, else the ladder type closest in bits per weight."""
-        out = {}
-        for p in self.parameters:
-            t = fallback(wanted[p.kinds[0]], inv.kinds[p.kinds[0]].row_lengths[0])
-            out[p.name] = p.ladder.index(t) if t in p.ladder else min(
-                range(len(p.ladder)), key=lambda i: abs(bits_per_weight(p.ladder[i]) - bits_per_weight(t)))
-        return out
+        return {p.name: self.nearest_index(p, fallback(wanted[p.kinds[0]], inv.kinds[p.kinds[0]].row_lengths[0]))
+                for p in self.parameters}
+
+    @staticmethod
+    def nearest_index(p: Parameter, t: GGMLType) -> int:
+        """``t``'s place on ``p``'s ladder, else the ladder type closest to it in bits per weight."""
+        return p.ladder.index(t) if t in p.ladder else min(
+            range(len(p.ladder)), key=lambda i: abs(bits_per_weight(p.ladder[i]) - bits_per_weight(t)))
 
 
 def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> SearchSpace:
@@ -187,6 +190,27 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
             params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
     fixed = {k: GGMLType[t] for k, t in sc.fixed.items()}
     return SearchSpace(tuple(params), fixed, GGMLType[sc.unmatched], removed)
+
+
+def seed_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int]]]:
+    """The study's seed recipes, each carried onto the space: per parameter, the type the seed gives most of
+    its tensors on this model, or the ladder type nearest to it in bits per weight."""
+    from collections import Counter
+
+    from .dialects import load_any_recipe
+    from .resolve import resolve
+
+    out = []
+    for path in config.seeds:
+        seed = load_any_recipe(path)
+        types = resolve(seed, inv).types()
+        choice = {}
+        for p in space.parameters:
+            names = [t.name for k in p.kinds for t in inv.kinds[k].tensors if p.blocks is None or t.block in p.blocks]
+            t = Counter(types[n] for n in names).most_common(1)[0][0]
+            choice[p.name] = space.nearest_index(p, t)
+        out.append((space.recipe(choice, f"seed-{seed.name}"), choice))
+    return out
 
 
 def reference_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int] | None]]:

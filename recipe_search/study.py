@@ -37,7 +37,7 @@ from .search import (
     study_summary,
     trial_values,
 )
-from .space import SearchSpace, StudyConfig, build_space, reference_recipes
+from .space import SearchSpace, StudyConfig, build_space, reference_recipes, seed_recipes
 from .surrogate import seed_allocations
 from .trial_record import TrialRecord, role_attrs
 from .worker import Worker, clean_workdir, tool_versions
@@ -139,7 +139,8 @@ class Study:
                            presets, time.perf_counter() - start)
 
     def enqueue_references(self) -> int:
-        """Enqueue the uniform recipes over the ladder and the surrogate seeds, once per study."""
+        """Enqueue the uniform recipes over the ladder, the config's seed recipes and the surrogate seeds,
+        once per study."""
         study = self.optuna_study
         if study.user_attrs.get("references_enqueued"):
             return 0
@@ -148,6 +149,9 @@ class Study:
             if choice is not None:
                 study.enqueue_trial(choice, user_attrs=role_attrs(reference=recipe.name), skip_if_exists=True)
                 n += 1
+        for recipe, choice in seed_recipes(self.config, self.space, self.worker.inventory):
+            study.enqueue_trial(choice, user_attrs=role_attrs(seed=recipe.name), skip_if_exists=True)
+            n += 1
         if self.config.surrogate_seeds:
             extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
             for a in seed_allocations(self.config, self.space, self.worker.inventory, extra_kv):

@@ -76,6 +76,7 @@ class TrialRecord:
     number: int
     values: list[float] | None = None
     reference: str | None = None  # a reference recipe's name (uniform-*, preset-*); None for a searched trial
+    seed: str | None = None  # the config's seed recipe this trial was enqueued from
     surrogate_seed: str | None = None  # the surrogate allocation this trial was enqueued from
     result_key: str | None = None  # identifies the resolved recipe and scoring setup (see Worker.result_key)
     predicted_bytes: int | None = None
@@ -123,7 +124,7 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """The ``user_attrs`` form (only the fields that are set)."""
         attrs: dict[str, Any] = {}
-        for key in ("reference", "surrogate_seed", "result_key", "predicted_bytes", "duplicate_of", "pruned",
+        for key in ("reference", "seed", "surrogate_seed", "result_key", "predicted_bytes", "duplicate_of", "pruned",
                     "partial_kld_mean"):
             if getattr(self, key) is not None:
                 attrs[key] = getattr(self, key)
@@ -147,7 +148,7 @@ class TrialRecord:
                 speed=dict(a.get("speed") or {}), cached=bool(a.get("cached_measurement")))
         values = getattr(trial, "values", None)
         return cls(number=trial.number, values=list(values) if values else None, reference=a.get("reference"),
-                   surrogate_seed=a.get("surrogate_seed"), result_key=a.get("result_key"),
+                   seed=a.get("seed"), surrogate_seed=a.get("surrogate_seed"), result_key=a.get("result_key"),
                    predicted_bytes=a.get("predicted_bytes"), recipe_yaml=a.get("recipe"), measurement=measurement,
                    duplicate_of=a.get("duplicate_of"), cached_measurement=bool(a.get("cached_measurement")),
                    pruned=a.get("pruned"), partial_kld_mean=a.get("partial_kld_mean"))
@@ -178,6 +179,7 @@ def record_pruned(trial: _LiveTrial, why: str, partial_kld_mean: float | None = 
         trial.set_user_attr("partial_kld_mean", partial_kld_mean)
 
 
-def role_attrs(reference: str | None = None, surrogate_seed: str | None = None, **extra: Any) -> dict[str, Any]:
-    """``user_attrs`` of an enqueued trial: a reference recipe or a surrogate seed."""
-    return {**TrialRecord(-1, reference=reference, surrogate_seed=surrogate_seed).to_attrs(), **extra}
+def role_attrs(reference: str | None = None, seed: str | None = None, surrogate_seed: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """``user_attrs`` of an enqueued trial: a reference recipe, a config seed or a surrogate seed."""
+    return {**TrialRecord(-1, reference=reference, seed=seed, surrogate_seed=surrogate_seed).to_attrs(), **extra}

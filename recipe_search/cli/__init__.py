@@ -55,6 +55,24 @@ def _dry_run(model: Path, recipe):
     from ..quantize import dry_run_types
 
     return dry_run_types(model, recipe)
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    """Options for reading a recipe written in another tool's dialect (see `import`)."""
+    p.add_argument("--substitute", action="append", metavar="SRC=TYPE",
+                   help="map an ik_llama.cpp-only type (or a script's $1) to a llama.cpp type")
+    p.add_argument("--unmatched", help="type (or file type) for tensors no rule names, where the recipe states none")
+
+
+def _recipe_options(a: argparse.Namespace) -> dict:
+    from ..dialects import parse_substitutions
+
+    return {"unmatched": a.unmatched, "substitutions": parse_substitutions(a.substitute)}
+
+
+def _load_recipe(a: argparse.Namespace, path: str):
+    """A recipe YAML or a recipe in any dialect `import` reads, with the command's --substitute/--unmatched."""
+    from ..dialects import load_any_recipe
+
+    return load_any_recipe(path, **_recipe_options(a))
 
 
 def _log(quiet: bool):

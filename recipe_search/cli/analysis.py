@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..size import human_bytes
-from . import _print_json, _warn, command
+from . import _print_json, _recipe_args, _warn, command
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -137,11 +137,13 @@ def report(a: argparse.Namespace) -> int:
 def compare_args(p: argparse.ArgumentParser) -> None:
     from .scoring import _add_scoring_args
 
-    p.add_argument("recipes", nargs="+", metavar="RECIPE_OR_QUANT", help="recipe YAMLs or quantized GGUFs")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE_OR_QUANT",
+                   help="recipes (YAML or any dialect `import` reads) or quantized GGUFs")
     p.add_argument("--model", help="map every recipe onto this model's tensor table (GGUF, or `demo`)")
     p.add_argument("--score", action="store_true", help="with --model: quantize and measure each mapped recipe")
     p.add_argument("--imatrix", help="with --score: the imatrix to quantize with")
     _add_scoring_args(p)
+    _recipe_args(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -150,7 +152,7 @@ def compare(a: argparse.Namespace) -> int:
     from ..compare import SCORE_METRICS, format_table
     from ..compare import compare as run_compare
     from ..errors import RecipeSearchError
-    from . import _dry_run, _imatrix_input, _model
+    from . import _dry_run, _imatrix_input, _model, _recipe_options
 
     if a.score and not a.model:
         raise RecipeSearchError("--score needs --model (the model to quantize and measure on)")
@@ -169,7 +171,7 @@ def compare(a: argparse.Namespace) -> int:
             return {**{k: m.metrics[k] for k in SCORE_METRICS}, "n_tokens": m.metrics["n_tokens"],
                     "file_bytes": m.file_bytes}
 
-    result = run_compare(a.recipes, model, measure, _dry_run)
+    result = run_compare(a.recipes, model, measure, _dry_run, _recipe_options(a))
     if a.json:
         _print_json(result.to_dict())
     else:

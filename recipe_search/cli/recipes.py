@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..size import human_bytes
-from . import _dry_run, _imatrix_input, _model, _print_json, _warn, command
+from . import _dry_run, _imatrix_input, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
 # -- demo-model ------------------------------------------------------------------------------------
@@ -64,17 +64,17 @@ def size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
     p.add_argument("--imatrix", help="imatrix file the quantization will use (adds its metadata keys)")
     p.add_argument("--json", action="store_true")
+    _recipe_args(p)
 
 
 @command("size", "predict the exact output size of a recipe without quantizing")
 def size(a: argparse.Namespace) -> int:
     from ..inventory import read_inventory
-    from ..recipe import load_recipe
     from ..resolve import lint, resolve
     from ..size import predict_size
 
     inv = read_inventory(_model(a.model))
-    recipe = load_recipe(a.recipe)
+    recipe = _load_recipe(a, a.recipe)
     _warn(lint(recipe, inv))
     resolution = resolve(recipe, inv, _dry_run)
     extra = _imatrix_input(a.imatrix).kv() if a.imatrix else None
@@ -102,14 +102,15 @@ def export_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
     p.add_argument("--format", choices=["tensor-type-file", "args", "custom-q"], default="tensor-type-file")
     p.add_argument("-o", "--output", help="write here instead of standard output")
+    _recipe_args(p)
 
 
 @command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
 def export_cmd(a: argparse.Namespace) -> int:
     from ..export import export
-    from ..recipe import atomic_write_text, load_recipe
+    from ..recipe import atomic_write_text
 
-    text = export(load_recipe(a.recipe), a.format)
+    text = export(_load_recipe(a, a.recipe), a.format)
     if a.output:
         atomic_write_text(Path(a.output), text)
     else:
@@ -118,22 +119,68 @@ def export_cmd(a: argparse.Namespace) -> int:
 
 
 def import_cmd_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("quant", help="an existing quantized GGUF")
-    p.add_argument("-o", "--output", help="recipe YAML to write (default: standard output)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a quantized GGUF, or a recipe in any dialect (tensor-type-file, llama-quantize command line, "
+                        "--custom-q, GGUF-Tool-Suite .recipe, shell script); several files or a directory")
+    p.add_argument("-o", "--output", help="recipe YAML to write (a directory for several sources; default: standard output)")
+    p.add_argument("--format", choices=[d.value for d in _dialects()], help="force a dialect instead of detecting it")
+    _recipe_args(p)
+    p.add_argument("--model", help="report rules matching no tensor, shadowed rules and tensors no rule names there")
     p.add_argument("--name")
-    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
 
 
-@command("import", "recover the recipe of an existing quantized GGUF")
+def _dialects():
+    from ..dialects import Dialect
+
+    return list(Dialect)
+
+
+def _import_sources(args: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        else:
+            out.append(path)
+    return out
+
+
+@command("import", "read recipes people publish (text dialects, or the recipe of a quantized GGUF) as recipe YAML")
 def import_cmd(a: argparse.Namespace) -> int:
+    from ..coverage import coverage
+    from ..dialects import read_source
+    from ..errors import RecipeSearchError
     from ..importer import import_recipe
+    from ..inventory import read_inventory
+    from . import _recipe_options
 
-    recipe = import_recipe(_model(a.quant), a.name)
-    if a.output:
-        recipe.save(a.output, overwrite=a.force)
-        print(f"wrote {a.output} ({len(recipe.rules)} rules)")
-    else:
-        sys.stdout.write(recipe.to_yaml())
+    sources = _import_sources(a.sources)
+    if not sources:
+        raise RecipeSearchError("no file to import", a.sources[0])
+    several = len(sources) > 1
+    if several and a.name:
+        raise RecipeSearchError("--name goes with a single source")
+    if several and not a.output:
+        raise RecipeSearchError("several sources need -o DIRECTORY")
+    options = _recipe_options(a)
+    inv = read_inventory(_model(a.model)) if a.model else None
+    for src in sources:
+        if src.suffix.lower() == ".gguf":
+            recipe, dialect = import_recipe(_model(str(src)), a.name), "gguf"
+        else:
+            imported = read_source(src, a.format, a.name, **options)
+            recipe, dialect = imported.recipe, imported.dialect.value
+            _warn([f"{src}: {w}" for w in imported.warnings])
+        if inv is not None:
+            _warn([f"{src}: {line}" for line in coverage(recipe, inv).lines()])
+        if a.output:
+            out = Path(a.output) / f"{src.stem}.yaml" if several or Path(a.output).is_dir() else Path(a.output)
+            recipe.save(out, overwrite=a.force)
+            print(f"wrote {out} ({dialect}, {len(recipe.rules)} rules)")
+        else:
+            sys.stdout.write(recipe.to_yaml())
     return 0
 
 
@@ -145,17 +192,17 @@ def quantize_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix")
     p.add_argument("--allow-partial-imatrix", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    _recipe_args(p)
 
 
 @command("quantize", "apply a recipe with llama.cpp's quantizer and check every tensor's type")
 def quantize_cmd(a: argparse.Namespace) -> int:
     from ..inventory import read_inventory
     from ..quantize import quantize_model
-    from ..recipe import load_recipe
     from ..resolve import lint
 
     model = _model(a.model)
-    recipe = load_recipe(a.recipe)
+    recipe = _load_recipe(a, a.recipe)
     imatrix_path = a.imatrix or recipe.imatrix
     inv = read_inventory(model)
     _warn(lint(recipe, inv))

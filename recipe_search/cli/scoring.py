@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..size import human_bytes
 from ..text import ScoreSettings, TextSource, overlapping
-from . import _imatrix_input, _model, _print_json, _warn, command
+from . import _imatrix_input, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
 # -- score -----------------------------------------------------------------------------------------
@@ -36,6 +36,7 @@ def score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="BASE.kld", help="score against a llama-perplexity --kl-divergence-base file "
                                                       "(its tokens; full 16-bit distributions) instead of the cache")
     p.add_argument("--json", action="store_true")
+    _recipe_args(p)
 
 
 @command("score", "KL divergence of a recipe or quant against the base model, as llama-perplexity computes it")
@@ -47,7 +48,6 @@ def score(a: argparse.Namespace) -> int:
     from ..kld import bootstrap_quantile_ci
     from ..locations import cache_dir
     from ..quantize import quantize_model
-    from ..recipe import load_recipe
     from ..score import score_against_base_file, score_quant
     from ..worker import TRIAL_PREFIX, Worker, speed_of
 
@@ -69,7 +69,7 @@ def score(a: argparse.Namespace) -> int:
     if a.target.endswith(".gguf"):
         quant, temporary = Path(a.target), False
     else:
-        recipe = load_recipe(a.target)
+        recipe = _load_recipe(a, a.target)
         quant = Path(a.keep) if a.keep else worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-score.gguf"
         temporary = not a.keep
         q = quantize_model(model, recipe, quant, imatrix=imatrix, threads=settings.threads,
