@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from recipe_search.ggml_types import GGMLType, bits_per_weight
+from recipe_search.ggml_types import bits_per_weight, parse_type
 
 WIDTHS = ("Q6_K", "Q4_K", "Q3_K", "Q2_K")
 
@@ -72,7 +72,7 @@ def main() -> int:
                 if t in types.get(kind, {}).get("mean", {}):
                     gains.setdefault(kind, {})[t] = 1 - v / types[kind]["mean"][t]
         result["imatrix_mean_gain"] = gains
-        cols = sorted({t for g in gains.values() for t in g}, key=lambda t: -bits_per_weight(GGMLType[t]))
+        cols = sorted({t for g in gains.values() for t in g}, key=lambda t: -bits_per_weight(parse_type(t)))
         print("\nimatrix: relative reduction of the cell's mean KLD (positive = the imatrix helps)")
         print(f"{'tensor type':<16}" + "".join(f"{t:>9}" for t in cols))
         for kind, g in gains.items():

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import RecipeSearchError
-from .ggml_types import GGMLType, bits_per_weight, is_quantized
+from .ggml_types import bits_per_weight, is_quantized, parse_type
 from .inventory import Inventory, _compact_ranges, read_inventory
 from .recipe import Recipe, Rule
 from .resolve import MixtureOracle, Resolution, Source, resolve
@@ -68,7 +68,7 @@ def unmatched_text(recipe: Recipe) -> str:
 def _unmatched_bpw(recipe: Recipe) -> float | None:
     return None if recipe.uses_mixture else bits_per_weight(recipe.file_type.default_type
                                                             if recipe.unmatched.type is None
-                                                            else GGMLType[recipe.unmatched.type])
+                                                            else parse_type(recipe.unmatched.type))
 
 
 def _type_counts(counter: Counter, counts: bool = False) -> str:
@@ -116,7 +116,7 @@ def recipe_column(label: str, recipe: Recipe, rows: Sequence[str]) -> Column:
 def _nominal_cell(recipe: Recipe, kind: str) -> Cell:
     override = {"token_embd": recipe.token_embedding_type, "output": recipe.output_tensor_type}.get(kind)
     if override:
-        return Cell(override, bits_per_weight(GGMLType[override]))
+        return Cell(override, bits_per_weight(parse_type(override)))
     parts: list[str] = []
     for rule in recipe.rules:
         if rule.tensors == kind and rule.blocks:

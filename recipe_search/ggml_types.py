@@ -122,7 +122,7 @@ _FTYPE_DEFAULT: dict[FileType, GGMLType] = {
 def parse_type(name: str) -> GGMLType:
     """A ggml type from its name, case-insensitive (``q4_k``, ``Q4_K``)."""
     try:
-        return GGMLType[name.strip().upper()]
+        return GGMLType.__members__[name.strip().upper()]
     except KeyError:
         known = ", ".join(t.name for t in QUANTIZABLE_TYPES)
         raise RecipeSearchError(f"unknown ggml type {name!r} (known: {known})") from None

@@ -12,6 +12,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import RecipeSearchError
 from .ggml_types import GGMLType, tensor_bytes
@@ -53,7 +54,7 @@ class GGUFHeader:
     alignment: int = DEFAULT_ALIGNMENT
     data_start: int = 0
 
-    def get(self, key: str, default: object = None) -> object:
+    def get(self, key: str, default: Any = None) -> Any:
         kv = self.kv.get(key)
         return default if kv is None else kv.value
 
@@ -70,7 +71,7 @@ class _Cursor:
         self.pos = end
         return out
 
-    def unpack(self, fmt: str) -> object:
+    def unpack(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
@@ -88,7 +89,7 @@ class _Cursor:
             raise RecipeSearchError("truncated GGUF header", self.path)
         self.pos = pos
 
-    def value(self, vtype: int, decode: bool = True) -> tuple[object, int | None]:
+    def value(self, vtype: int, decode: bool = True) -> tuple[Any, int | None]:
         if vtype in _SCALAR_FORMATS:
             return self.unpack(_SCALAR_FORMATS[vtype]), None
         if vtype == STRING:

@@ -106,9 +106,9 @@ class _Params:
         p.pure = recipe.pure
         p.dry_run = dry_run
         if recipe.token_embedding_type:
-            p.token_embedding_type = int(GGMLType[recipe.token_embedding_type])
+            p.token_embedding_type = int(parse_type(recipe.token_embedding_type))
         if recipe.output_tensor_type:
-            p.output_tensor_type = int(GGMLType[recipe.output_tensor_type])
+            p.output_tensor_type = int(parse_type(recipe.output_tensor_type))
         overrides = recipe.overrides()
         if overrides:
             arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()

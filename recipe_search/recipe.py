@@ -85,7 +85,7 @@ class Rule(BaseModel):
 
     @property
     def ggml_type(self) -> GGMLType:
-        return GGMLType[self.type]
+        return parse_type(self.type)
 
     @property
     def regex(self) -> str:
@@ -161,7 +161,7 @@ class Recipe(BaseModel):
         u = self.unmatched
         if u.file_type is not None:
             return parse_file_type(u.file_type)
-        t = GGMLType[u.type]
+        t = parse_type(u.type)
         return pure_file_type(t) if is_quantized(t) else FileType.MOSTLY_Q8_0
 
     @property
@@ -177,8 +177,8 @@ class Recipe(BaseModel):
         """The ordered (regex, type) list for ``tt_overrides``, the catch-all appended where one is needed."""
         out = [(r.regex, r.ggml_type) for r in self.rules]
         u = self.unmatched
-        if u.type is not None and not is_quantized(GGMLType[u.type]):
-            out.append((".", GGMLType[u.type]))
+        if u.type is not None and not is_quantized(parse_type(u.type)):
+            out.append((".", parse_type(u.type)))
         return out
 
     # -- YAML ---------------------------------------------------------------------------------------

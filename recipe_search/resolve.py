@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import RecipeSearchError
-from .ggml_types import GGMLType, fallback, is_quantized
+from .ggml_types import GGMLType, fallback, is_quantized, parse_type
 from .inventory import Inventory, Tensor
 from .recipe import Recipe
 
@@ -90,8 +90,8 @@ def resolve(recipe: Recipe, inv: Inventory, mixture: MixtureOracle | None = None
     rules = [(re.compile(rx), t) for rx, t in recipe.overrides()]
     n_named = len(recipe.rules)
     default = recipe.file_type.default_type
-    tok_type = GGMLType[recipe.token_embedding_type] if recipe.token_embedding_type else None
-    out_type = GGMLType[recipe.output_tensor_type] if recipe.output_tensor_type else None
+    tok_type = parse_type(recipe.token_embedding_type) if recipe.token_embedding_type else None
+    out_type = parse_type(recipe.output_tensor_type) if recipe.output_tensor_type else None
     resolved = []
     for t in inv.tensors:
         resolved.append(_resolve_one(t, rules, n_named, default, tok_type, out_type, oracle))

@@ -167,7 +167,7 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
         seen.update(kinds)
         ladder = []
         for name in sc.ladders.get(kind, sc.ladder):
-            t = GGMLType[name]
+            t = parse_type(name)
             fits = all(quantizable[k].admits(t) for k in kinds)
             if not fits:
                 rows = quantizable[kinds[0]].row_lengths
@@ -188,8 +188,8 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
                     params.append(Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)))
         else:
             params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
-    fixed = {k: GGMLType[t] for k, t in sc.fixed.items()}
-    return SearchSpace(tuple(params), fixed, GGMLType[sc.unmatched], removed)
+    fixed = {k: parse_type(t) for k, t in sc.fixed.items()}
+    return SearchSpace(tuple(params), fixed, parse_type(sc.unmatched), removed)
 
 
 def seed_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int]]]:

@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from .errors import RecipeSearchError
-from .ggml_types import GGMLType
+from .ggml_types import GGMLType, parse_type
 from .inventory import block_index
 
 #: one map line: ``<shard>:<sha256>:<name>:shape=(ne0, ne1, ...):dtype=<type>:elements=<n>:bytes=<n>[:...]``
@@ -37,7 +37,7 @@ def read_map(path: Path) -> list[MapRow]:
         m = _MAP_LINE.search(line)
         try:
             rows.append((m["name"], tuple(int(s) for s in m["shape"].split(",") if s.strip()),
-                         GGMLType[m["dtype"].upper()], int(m["bytes"])))
+                         parse_type(m["dtype"].upper()), int(m["bytes"])))
         except (TypeError, KeyError):
             raise RecipeSearchError(f"line {number}: not a tensor map line", path) from None
     if not rows:
