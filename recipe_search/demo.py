@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RecipeSearchError
+from .outputs import write_error
 
 DEMO_NAME = "gemma-3-270m-f16.gguf"
 DEMO_WORD = "demo"
@@ -59,6 +60,8 @@ def demo_model_path(directory: str | Path | None = None) -> Path:
         _dequantize_to_f16(src, tmp)
         digest = _sha256(tmp)
         os.replace(tmp, out)
+    except OSError as err:  # a full disk, an unwritable directory
+        raise write_error(err, out) from None
     finally:
         tmp.unlink(missing_ok=True)
     stamp.write_text(json.dumps({"source_sha256": pkg.EXPECTED_SHA256, "bytes": out.stat().st_size,
