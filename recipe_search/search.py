@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -26,6 +25,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from .abandon import AbandonGuard
 from .errors import RecipeSearchError
 from .kld import TokenStats, default_max_entries
 from .pareto import hypervolume_2d, non_dominated
@@ -35,6 +35,8 @@ from .resolve import resolve
 from .score import ScoreSettings, StopScoring
 from .size import predict_size
 from .space import MAXIMISE, SearchSpace, StudyConfig, build_space, reference_recipes
+from .storage_names import mask_credentials, mask_message
+from .study_checks import check_study_inputs
 from .surrogate import enqueue_seeds
 from .text import TextSource
 from .worker import Measurement, Worker, clean_workdir, encode_array
@@ -59,8 +61,8 @@ def storage_for(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as err:  # sqlalchemy/driver errors: report, don't trace
-        shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)  # never print a password
-        raise RecipeSearchError(f"cannot open study storage {shown}: {str(err).splitlines()[0]}") from None
+        raise RecipeSearchError(f"cannot open study storage {mask_credentials(url)}: "
+                                f"{mask_message(str(err).splitlines()[0], url)}") from None
 
 
 def directions(config: StudyConfig) -> list[str]:
@@ -104,17 +106,18 @@ def open_study(storage: RDBStorage, name: str, model: Path | None, config: Study
     if model is None:
         raise RecipeSearchError(f"no study {name!r} in this storage (start it with `recipe-search search MODEL`)")
     config = config or StudyConfig()
+    imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
+    settings = ScoreSettings(text=TextSource.parse(config.text), ctx=config.ctx, chunks=config.chunks,
+                             threads=config.threads)
+    worker = Worker(model, settings, cache_dir, directory / "work" / socket.gethostname(), imatrix=imatrix)
+    space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
+    check_study_inputs(config, worker, space)  # before the study exists: a bad config leaves nothing behind
     study = optuna.create_study(storage=storage, study_name=name, directions=directions(config),
                                 sampler=make_sampler(config, worker_seed), load_if_exists=True)
     if "config" not in study.user_attrs:
         study.set_user_attr("config", config.model_dump_json())
         study.set_user_attr("model", str(model.resolve()))
         study.set_user_attr("objectives", list(config.objectives))
-    imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
-    settings = ScoreSettings(text=TextSource.parse(config.text), ctx=config.ctx, chunks=config.chunks,
-                             threads=config.threads)
-    worker = Worker(model, settings, cache_dir, directory / "work" / socket.gethostname(), imatrix=imatrix)
-    space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
     return StudyContext(study, config, space, worker, directory)
 
 
@@ -416,10 +419,12 @@ def run(ctx: StudyContext, n_trials: int | None, timeout: float | None, quiet: b
             study.stop()
 
     progress = Progress(ctx, n_trials, timeout, quiet)
+    guard = AbandonGuard(ctx.study)  # a second Ctrl-C: no Optuna traceback, the trial queued again
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        ctx.study.optimize(Objective(ctx), n_trials=n_trials, timeout=timeout, callbacks=[progress, stop_if_asked],
-                           catch=(RecipeSearchError, OSError, MemoryError))
+        with guard:
+            ctx.study.optimize(guard.track(Objective(ctx)), n_trials=n_trials, timeout=timeout,
+                               callbacks=[progress, stop_if_asked], catch=(RecipeSearchError, OSError, MemoryError))
     finally:
         signal.signal(signal.SIGINT, previous)
         if not quiet and progress.tty:
