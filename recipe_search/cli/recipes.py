@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _human_bytes, _imatrix_input, _model, _print_json, _warn, command
+from .. import limits
+from . import _human_bytes, _imatrix_input, _int_in, _model, _print_json, _warn, command
 
 
 # -- demo-model ------------------------------------------------------------------------------------
@@ -17,8 +18,9 @@ def demo_model_args(p: argparse.ArgumentParser) -> None:
 @command("demo-model", "build (once) and print the path of the F16 Gemma 3 270M demo model")
 def demo_model(a: argparse.Namespace) -> int:
     from ..demo import demo_model_path
+    from ..outputs import check_output_dir
 
-    print(demo_model_path(a.dir))
+    print(demo_model_path(check_output_dir(a.dir) if a.dir else None))
     return 0
 
 
@@ -105,8 +107,11 @@ def export_cmd_args(p: argparse.ArgumentParser) -> None:
 @command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
 def export_cmd(a: argparse.Namespace) -> int:
     from ..export import export
+    from ..outputs import check_output_file
     from ..recipe import atomic_write_text, load_recipe
 
+    if a.output:
+        check_output_file(a.output)
     text = export(load_recipe(a.recipe), a.format)
     if a.output:
         atomic_write_text(Path(a.output), text)
@@ -125,7 +130,10 @@ def import_cmd_args(p: argparse.ArgumentParser) -> None:
 @command("import", "recover the recipe of an existing quantized GGUF")
 def import_cmd(a: argparse.Namespace) -> int:
     from ..importer import import_recipe
+    from ..outputs import check_output_file
 
+    if a.output:
+        check_output_file(a.output)
     recipe = import_recipe(_model(a.quant), a.name)
     if a.output:
         recipe.save(a.output, overwrite=a.force)
@@ -142,19 +150,23 @@ def quantize_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--imatrix")
     p.add_argument("--allow-partial-imatrix", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=_int_in(limits.THREADS), default=2)
 
 
 @command("quantize", "apply a recipe with llama.cpp's quantizer and check every tensor's type")
 def quantize_cmd(a: argparse.Namespace) -> int:
     from ..inventory import read_inventory
+    from ..outputs import check_output_file
     from ..quantize import quantize_model
     from ..recipe import load_recipe
     from ..resolve import lint
 
+    check_output_file(a.output)
     model = _model(a.model)
     recipe = load_recipe(a.recipe)
     imatrix_path = a.imatrix or recipe.imatrix
+    if not a.imatrix and recipe.imatrix and (Path(a.recipe).parent / recipe.imatrix).is_file():
+        imatrix_path = str(Path(a.recipe).parent / recipe.imatrix)  # a shared recipe names it beside itself
     inv = read_inventory(model)
     _warn(lint(recipe, inv))
     result = quantize_model(model, recipe, a.output, imatrix=_imatrix_input(imatrix_path) if imatrix_path else None,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import _human_bytes, _log, _model, _print_json, command
+from .. import limits
+from ..outputs import check_output_dir
+from ..storage_names import check_study_name
+from . import _human_bytes, _int_in, _log, _model, _print_json, command
 
 
 # -- search / worker -------------------------------------------------------------------------------
@@ -16,15 +19,15 @@ def search_args(p: argparse.ArgumentParser) -> None:
                                      "postgresql://... lets workers on other machines join)")
     p.add_argument("--study", help="study name (default: the model file's stem)")
     p.add_argument("--dir", help="study directory (default: studies/<study>)")
-    p.add_argument("--trials", type=int, help="trials to run in this call")
+    p.add_argument("--trials", type=_int_in(limits.TRIALS), help="trials to run in this call")
     p.add_argument("--timeout", help="stop starting trials after this long (90s, 15m, 8h)")
     p.add_argument("--text", help="scoring text, FILE or FILE[0:0.4] (default: the built-in text)")
-    p.add_argument("--ctx", type=int)
-    p.add_argument("--chunks", type=int)
+    p.add_argument("--ctx", type=_int_in(limits.CTX))
+    p.add_argument("--chunks", type=_int_in(limits.CHUNKS))
     p.add_argument("--imatrix")
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", choices=["tpe", "nsga2", "random"])
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_int_in(limits.THREADS))
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -41,9 +44,8 @@ def search(a: argparse.Namespace) -> int:
     overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads")
                  if getattr(a, k) is not None}
     config = config.model_copy(update=overrides)
-    name = a.study or model.stem
-    directory = Path(a.dir) if a.dir else Path("studies") / name
-    directory.mkdir(parents=True, exist_ok=True)
+    name = check_study_name(a.study or model.stem)
+    directory = check_output_dir(Path(a.dir) if a.dir else Path("studies") / name)
     storage = storage_for(a.storage or f"sqlite:///{(directory / 'study.db').resolve()}")
     cache = cache_dir(a.cache_dir)
     ctx = open_study(storage, name, model, config, directory, cache)
@@ -100,7 +102,7 @@ def worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", required=True, help="the study's Optuna storage URL")
     p.add_argument("--study", required=True)
     p.add_argument("--dir", help="work directory for temporary GGUFs (default: studies/<study>)")
-    p.add_argument("--trials", type=int)
+    p.add_argument("--trials", type=_int_in(limits.TRIALS))
     p.add_argument("--timeout")
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", action="store_true")
@@ -112,7 +114,7 @@ def worker(a: argparse.Namespace) -> int:
     from ..demo import cache_dir
     from ..search import check_disk, open_study, parse_duration, storage_for, worker_seed
 
-    directory = Path(a.dir) if a.dir else Path("studies") / a.study
+    directory = Path(a.dir) if a.dir else Path("studies") / check_study_name(a.study)
     cache = cache_dir(a.cache_dir)
     ctx = open_study(storage_for(a.storage), a.study, None, None, directory, cache, worker_seed())
     return _run_study(ctx, a, cache, parse_duration(a.timeout) if a.timeout else None, check_disk)
