@@ -25,6 +25,7 @@ from recipe_search.gguf_header import read_header
 from recipe_search.inventory import inventory_rows, read_inventory
 from recipe_search.space import StudyConfig, build_space, load_study_config
 from recipe_search.text import TextSource
+from test_pareto import synthetic_study  # noqa: F401 - a fixture
 
 F32, Q8_0 = 0, 8
 U32, STRING, ARRAY = 4, 8, 9
@@ -496,3 +497,20 @@ def test_second_ctrl_c_requeues_the_abandoned_trial(tmp_path, dense_model) -> No
             if t.user_attrs.get("reference") == in_flight.user_attrs["reference"]
             and t.state == optuna.trial.TrialState.COMPLETE]
     assert done, f"the abandoned reference {in_flight.user_attrs['reference']} was never measured"
+
+
+def test_pareto_recipes_carry_no_paths(synthetic_study, dense_model, tmp_path, capsys) -> None:
+    from recipe_search.inventory import model_fingerprint
+    from recipe_search.recipe import load_recipe
+
+    out = tmp_path / "picks"
+    assert main(["pareto", "--dir", str(synthetic_study), "--targets", "5.0bpw", "--out", str(out)]) == 0
+    capsys.readouterr()
+    (path,) = out.iterdir()
+    text = path.read_text()
+    assert "/tmp/" not in text and str(Path.home()) not in text, text
+    recipe = load_recipe(path)
+    assert recipe.model.file == dense_model.name and recipe.model.file_bytes == dense_model.stat().st_size
+    assert recipe.model.fingerprint == model_fingerprint(read_inventory(dense_model))
+    assert recipe.provenance["study"]["storage"] == "sqlite:///study.db"
+    assert recipe.provenance["scoring"]["model"] == dense_model.name
