@@ -296,7 +296,8 @@ def quantize_model(model: str | Path, recipe: Recipe, out: str | Path, *, imatri
         except RecipeSearchError as err:
             if "iostream" in str(err) or "write" in str(err).lower():  # llama.cpp's words for a failed write
                 _check_room(out, need - (partial.stat().st_size if partial.exists() else 0))
-                raise RecipeSearchError(f"cannot write the quantized file: {str(err).split(': ', 1)[-1]}", out) from None
+                why = str(err).split(": ", 1)[-1]
+                raise RecipeSearchError(f"cannot write the quantized file: {why}", out) from None
             raise
         written = read_inventory(partial)
         _verify(resolution, written, out)

@@ -117,7 +117,8 @@ def load_study(url: str, name: str | None) -> optuna.Study:
                                 f"{mask_message(str(err).splitlines()[0], url)}") from None
     if name is None:
         if len(names) != 1:
-            raise RecipeSearchError(f"{mask_credentials(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+            raise RecipeSearchError(f"{mask_credentials(url)} holds {len(names)} studies "
+                                    f"({', '.join(names) or 'none'}); "
                                     "name one with --study")
         name = names[0]
     if name not in names:

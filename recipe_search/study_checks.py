@@ -20,7 +20,8 @@ def check_study_inputs(config: StudyConfig, worker: Worker, space: SearchSpace) 
     inv = worker.inventory
     extra_kv = worker.imatrix.kv() if worker.imatrix else None
     def extreme(pick) -> SizePrediction:
-        choice = {p.name: pick(range(len(p.ladder)), key=lambda i: bits_per_weight(p.ladder[i])) for p in space.parameters}
+        choice = {p.name: pick(range(len(p.ladder)), key=lambda i: bits_per_weight(p.ladder[i]))
+                  for p in space.parameters}
         return predict_size(worker.resolve(space.recipe(choice)), inv, extra_kv)
 
     smallest, largest = extreme(min), extreme(max)

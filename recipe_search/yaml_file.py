@@ -47,7 +47,8 @@ def load_yaml(path: str | Path, what: str) -> object:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise RecipeSearchError(f"not a UTF-8 {what}: byte 0x{raw[err.start]:02X} at offset {err.start}", path) from None
+        raise RecipeSearchError(f"not a UTF-8 {what}: byte 0x{raw[err.start]:02X} at offset {err.start}",
+                                path) from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:

@@ -258,7 +258,8 @@ def test_config_errors_before_the_study(tmp_path, dense_model, config, words) ->
 
     garbage = tmp_path / "garbage.txt"
     garbage.write_bytes(b"text \xF7\xBF\xBF\xBF" * 100)
-    config = json.loads(json.dumps(config).replace("GARBAGE", str(garbage)).replace("missing", str(tmp_path / "missing"))
+    config = json.loads(json.dumps(config).replace("GARBAGE", str(garbage))
+                        .replace("missing", str(tmp_path / "missing"))
                         .replace("no-such-table", str(tmp_path / "no-such-table")))
     storage = storage_for(f"sqlite:///{tmp_path / 'study.db'}")
     with pytest.raises(RecipeSearchError, match=words):
@@ -436,9 +437,9 @@ def test_quantizing_child_dies_with_its_parent(tmp_path, dense_model) -> None:
     """A SIGKILLed worker's quantizing child must not run on: here the child blocks opening a FIFO for ever."""
     fifo = tmp_path / "blocks.gguf"
     os.mkfifo(fifo)
-    script = (f"from recipe_search.quantize import _run_isolated\nfrom recipe_search.recipe import uniform_recipe\n"
-              f"_run_isolated(__import__('pathlib').Path({str(fifo)!r}), __import__('pathlib').Path({str(tmp_path / 'o')!r}), "
-              f"uniform_recipe('Q8_0'), 1, None)\n")
+    script = ("from pathlib import Path\nfrom recipe_search.quantize import _run_isolated\n"
+              "from recipe_search.recipe import uniform_recipe\n"
+              f"_run_isolated(Path({str(fifo)!r}), Path({str(tmp_path / 'o')!r}), uniform_recipe('Q8_0'), 1, None)\n")
     parent = subprocess.Popen([sys.executable, "-c", script])
     children: list[int] = []
     deadline = time.time() + 60
