@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import RecipeSearchError
 from .locations import cache_dir
+from .outputs import write_error
 
 DEMO_NAME = "gemma-3-270m-f16.gguf"
 DEMO_WORD = "demo"
@@ -53,6 +54,8 @@ def demo_model_path(directory: str | Path | None = None) -> Path:
         _dequantize_to_f16(src, tmp)
         digest = _sha256(tmp)
         os.replace(tmp, out)
+    except OSError as err:  # a full disk, an unwritable directory
+        raise write_error(err, out) from None
     finally:
         tmp.unlink(missing_ok=True)
     stamp.write_text(json.dumps({"source_sha256": pkg.EXPECTED_SHA256, "bytes": out.stat().st_size,

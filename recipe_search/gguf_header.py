@@ -9,20 +9,22 @@ size predictor needs.
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import RecipeSearchError
-from .ggml_types import GGMLType, tensor_bytes
+from .ggml_types import GGMLType, block_size, tensor_bytes
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 
 # gguf value types
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-STRING, ARRAY = 8, 9
+STRING, ARRAY, UINT32 = 8, 9, 4
 #: arrays longer than this are not decoded (only counted); vocabularies are huge.
 _DECODE_ARRAY_MAX = 64
 
@@ -83,6 +85,8 @@ class _Cursor:
     def skip_strings(self, count: int) -> None:
         buf, pos = self.buf, self.pos
         for _ in range(count):
+            if pos + 8 > len(buf):
+                break
             (n,) = struct.unpack_from("<Q", buf, pos)
             pos += 8 + n
         if pos > len(buf):
@@ -97,14 +101,17 @@ class _Cursor:
         if vtype == ARRAY:
             etype = self.unpack("<I")
             count = self.unpack("<Q")
+            if etype not in _SCALAR_FORMATS and etype != STRING:  # llama.cpp reads no nested arrays either
+                raise RecipeSearchError(f"corrupt GGUF header (array of value type {etype})", self.path)
+            least = 8 if etype == STRING else struct.calcsize(_SCALAR_FORMATS[etype])
+            if count * least > len(self.buf) - self.pos:
+                raise RecipeSearchError("truncated GGUF header", self.path)
             if count <= _DECODE_ARRAY_MAX:
                 return [self.value(etype)[0] for _ in range(count)], count
             if etype == STRING:
                 self.skip_strings(count)
-            elif etype in _SCALAR_FORMATS:
-                self.take(struct.calcsize(_SCALAR_FORMATS[etype]) * count)
             else:
-                raise RecipeSearchError(f"unsupported GGUF array element type {etype}", self.path)
+                self.take(least * count)
             return None, count
         raise RecipeSearchError(f"corrupt GGUF header (value type {vtype})", self.path)
 
@@ -113,6 +120,8 @@ def read_header(path: str | Path, file_index: int = 0) -> GGUFHeader:
     """Parse one GGUF file's header and tensor table (memory-mapped; no tensor data is touched)."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, a device never end
+            raise RecipeSearchError("not a regular file", path)
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
             if size < 24:
@@ -143,27 +152,61 @@ def _parse(cur: _Cursor, path: Path, file_index: int, file_size: int) -> GGUFHea
         key = cur.string()
         vtype = cur.unpack("<I")
         value, alen = cur.value(vtype)
+        if key in kv:
+            raise RecipeSearchError(f"corrupt GGUF header (duplicate key {key!r})", path)
         kv[key] = KeyValue(key, vtype, value, cur.pos - start, alen)
-    alignment = int(kv["general.alignment"].value) if "general.alignment" in kv else DEFAULT_ALIGNMENT
-    infos = []
+    alignment = _alignment(kv, path)
+    infos, names, expected = [], set(), 0
     for _ in range(n_tensors):
         name = cur.string()
         n_dims = cur.unpack("<I")
-        if n_dims > 4:
+        if not 1 <= n_dims <= 4:
             raise RecipeSearchError(f"corrupt GGUF header (tensor {name} has {n_dims} dims)", path)
-        shape = struct.unpack(f"<{n_dims}Q", cur.take(8 * n_dims))
+        shape = tuple(int(s) for s in struct.unpack(f"<{n_dims}Q", cur.take(8 * n_dims)))
         raw_type = cur.unpack("<I")
         offset = cur.unpack("<Q")
         try:
             gtype = GGMLType(raw_type)
         except ValueError:
             raise RecipeSearchError(f"tensor {name} has unknown ggml type {raw_type}", path) from None
-        infos.append((name, tuple(int(s) for s in shape), gtype, offset))
+        _check_tensor(name, shape, gtype, path)
+        if name in names:
+            raise RecipeSearchError(f"corrupt GGUF header (duplicate tensor {name})", path)
+        if offset != expected:  # llama.cpp's gguf reader demands the packed, aligned layout
+            raise RecipeSearchError(f"corrupt GGUF header (tensor {name} at data offset {offset}, "
+                                    f"expected {expected})", path)
+        names.add(name)
+        expected += -(-tensor_bytes(gtype, shape) // alignment) * alignment
+        infos.append((name, shape, gtype, offset))
     data_start = -(-cur.pos // alignment) * alignment
     tensors = [RawTensor(n, s, t, data_start + off, file_index) for n, s, t, off in infos]
     header = GGUFHeader(path, version, kv, tensors, alignment, data_start)
     _check_extent(header, file_size)
     return header
+
+
+def _alignment(kv: dict[str, KeyValue], path: Path) -> int:
+    """``general.alignment``: a uint32 power of two, as llama.cpp's gguf reader demands."""
+    item = kv.get("general.alignment")
+    if item is None:
+        return DEFAULT_ALIGNMENT
+    value = item.value
+    if item.value_type != UINT32 or not isinstance(value, int) or value <= 0 or value & (value - 1):
+        raise RecipeSearchError(f"corrupt GGUF header (general.alignment {value!r} is not a power of 2)", path)
+    return value
+
+
+def _check_tensor(name: str, shape: tuple[int, ...], gtype: GGMLType, path: Path) -> None:
+    """Dimensions llama.cpp accepts (none empty, the element count below 2**63, whole blocks per row)."""
+    n = 1
+    for s in shape:
+        n *= s
+    if n == 0 or n >= 1 << 63:
+        raise RecipeSearchError(f"corrupt GGUF header (tensor {name} has shape {list(shape)})", path)
+    block = block_size(gtype)
+    if shape[0] % block:
+        raise RecipeSearchError(f"corrupt GGUF header (tensor {name}: row of {shape[0]} is not a multiple of "
+                                f"the {gtype.name} block size {block})", path)
 
 
 def _check_extent(header: GGUFHeader, file_size: int) -> None:

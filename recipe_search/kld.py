@@ -430,6 +430,9 @@ class SparseReference:
         if (got["indices"].size and (got["indices"].min() < 0 or got["indices"].max() >= n_vocab)) or \
                 (n and (got["top"].min() < 0 or got["top"].max() >= n_vocab)):
             raise RecipeSearchError(f"sparse reference token ids outside a vocabulary of {n_vocab}", source)
+        bad = [a for a in ("logprobs", "remainder", "dropped", "nll_base") if not np.isfinite(got[a]).all()]
+        if bad:
+            raise RecipeSearchError(f"sparse reference array {bad[0]} holds NaN or infinite values", source)
         return cls(n_vocab=n_vocab, **got)
 
 

@@ -11,7 +11,9 @@ import ctypes
 import multiprocessing
 import os
 import re
+import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -27,10 +29,13 @@ from .errors import RecipeSearchError
 from .ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, FileType, GGMLType, is_quantized, parse_type
 from .imatrix_file import ImatrixInput
 from .inventory import Inventory, read_inventory
+from .outputs import check_output_file, refuse_non_regular
 from .recipe import Recipe
 from .resolve import Resolution, resolve
+from .size import predict_size
 
 PARTIAL_SUFFIX = ".partial"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 @dataclass
 class QuantizeResult:
@@ -156,9 +161,20 @@ def _run(inp: Path, out: Path | None, params: _Params) -> str:
     return text
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``), so a SIGKILLed
+    worker leaves no orphan writing a file nobody waits for; exit now if the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _child(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None, stderr: str,
-           conn: Connection) -> None:
+           conn: Connection, parent: int) -> None:
     """Quantize in a child process: a GGML_ASSERT there aborts the child, not the study."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 2)  # ggml_abort writes its message to stderr
@@ -190,7 +206,7 @@ def _run_isolated(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: I
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="recipe-search-quantize-", suffix=".log") as log:
-        proc = ctx.Process(target=_child, args=(inp, out, recipe, threads, imatrix, log.name, send))
+        proc = ctx.Process(target=_child, args=(inp, out, recipe, threads, imatrix, log.name, send, os.getpid()))
         _start_ignoring_sigint(proc)
         send.close()
         try:
@@ -232,22 +248,39 @@ def quantize_model(model: str | Path, recipe: Recipe, out: str | Path, *, imatri
                    threads: int = 2, allow_partial_imatrix: bool = False,
                    inventory: Inventory | None = None) -> QuantizeResult:
     """Quantize ``model`` by ``recipe`` into ``out`` (atomically) and check every tensor's type."""
-    model, out = Path(model), Path(out)
+    model, out = Path(model), check_output_file(out)
     inv = inventory or read_inventory(model)
     resolution = resolve(recipe, inv, dry_run_types)
     warnings = check_imatrix(resolution, imatrix, allow_partial_imatrix)
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    need = predict_size(resolution, inv, imatrix.kv() if imatrix else None).file_bytes
+    _check_room(out, need)
     start = time.perf_counter()
     try:
-        _run_isolated(model, partial, recipe, threads, imatrix)
+        try:
+            _run_isolated(model, partial, recipe, threads, imatrix)
+        except RecipeSearchError as err:
+            if "iostream" in str(err) or "write" in str(err).lower():  # llama.cpp's words for a failed write
+                _check_room(out, need - (partial.stat().st_size if partial.exists() else 0))
+                why = str(err).split(": ", 1)[-1]
+                raise RecipeSearchError(f"cannot write the quantized file: {why}", out) from None
+            raise
         written = read_inventory(partial)
         _verify(resolution, written, out)
+        refuse_non_regular(out)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     return QuantizeResult(out, resolution, seconds, out.stat().st_size, warnings)
+
+
+def _check_room(out: Path, need: int) -> None:
+    """Refuse to start (or explain a failed write) when the output's file system has less than ``need`` bytes free."""
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise RecipeSearchError(f"no space left on device (ENOSPC): the quantized file needs {need:,} bytes, "
+                                f"{free:,} are free", out)
 
 
 def _verify(resolution: Resolution, written: Inventory, out: Path) -> None:

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import RecipeSearchError
 from .ggml_types import FileType, GGMLType, is_quantized, parse_file_type, parse_type, pure_file_type
+from .outputs import check_output_file, refuse_non_regular, write_error
+from .yaml_file import load_yaml
 
 SCHEMA_VERSION = 1
 
@@ -125,6 +127,9 @@ class ModelRef(BaseModel):
     tensor_count: int
     sha256: str | None = None
     name: str | None = None
+    file: str | None = None  # the model's file name (never a path: recipes are shared)
+    file_bytes: int | None = None
+    fingerprint: str | None = None  # inventory.model_fingerprint: sizes, header, sampled data
 
 
 class Recipe(BaseModel):
@@ -191,7 +196,7 @@ class Recipe(BaseModel):
 
     def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
         """Write atomically (temp file + rename); refuse to replace an existing file unless ``overwrite``."""
-        path = Path(path)
+        path = check_output_file(path)
         if path.exists() and not overwrite:
             raise RecipeSearchError("exists already (use --force to replace it)", path)
         atomic_write_text(path, self.to_yaml())
@@ -199,9 +204,15 @@ class Recipe(BaseModel):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+    Never renames over anything but a regular file (a device node or a FIFO stays as it is); a failed
+    write (a full disk) is one line naming the file."""
+    check_output_file(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_error(err, path) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -210,7 +221,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        refuse_non_regular(path)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -236,19 +251,7 @@ def recipe_from_dict(data: object, source: str | Path = "<recipe>") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise RecipeSearchError(f"cannot read recipe: {err.strerror}", path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise RecipeSearchError(f"YAML syntax error: {where}{problem}", path) from None
-    return recipe_from_dict(data, path)
+    return recipe_from_dict(load_yaml(path, "recipe"), path)
 
 
 def uniform_recipe(t: GGMLType | str, name: str | None = None) -> Recipe:

@@ -122,6 +122,10 @@ def _resolve_one(t: Tensor, rules, n_named: int, default: GGMLType, tok_type, ou
 def lint(recipe: Recipe, inv: Inventory) -> list[str]:
     """Warnings about rules that do nothing or do something other than they say, one line each."""
     warnings = []
+    made_for = recipe.model
+    if made_for is not None and made_for.architecture != inv.arch:
+        warnings.append(f"the recipe was made for a {made_for.architecture} model"
+                        f"{f' ({made_for.name})' if made_for.name else ''}; this model is {inv.arch}")
     compiled = [re.compile(r.regex) for r in recipe.rules]
     claimed: set[str] = set()
     for i, (rule, rx) in enumerate(zip(recipe.rules, compiled)):

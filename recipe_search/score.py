@@ -88,6 +88,7 @@ def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError) as err:
         raise RecipeSearchError(f"unreadable reference cache ({err})", path) from None
+    _check_meta(meta, path)
     if fingerprint is not None and meta.get("model_fingerprint") != fingerprint:
         raise RecipeSearchError(f"reference cache belongs to another model ({meta.get('model_name')})", path)
     n_tok, n_ent = int(meta["n_tokens"]), int(meta["n_entries"])
@@ -109,6 +110,22 @@ def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
     return Reference(path, meta, tokens, replace(checked, **entries()))
 
 
+#: the meta fields a reference is read by, and their types
+_META_FIELDS = {"n_tokens": int, "n_entries": int, "n_vocab": int, "n_chunks": int, "ctx": int, "first": int,
+                "model_fingerprint": str, "model_name": str, "vocab_fingerprint": str, "text": str,
+                "tensor_table": list}
+
+
+def _check_meta(meta: object, path: Path) -> None:
+    """A reference's meta.json must be an object with every field it is read by, of its type."""
+    if not isinstance(meta, dict):
+        raise RecipeSearchError("damaged reference cache (meta.json is not an object)", path)
+    for key, kind in _META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise RecipeSearchError(f"damaged reference cache (meta.json: bad or missing {key})", path)
+
+
 def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: Path,
                     fingerprint: str, text: bytes) -> Reference:
     """Evaluate the base model on the text's chunks and write the sparse reference atomically.
@@ -116,7 +133,7 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
     The meta records the seconds of each phase: load, tokenize, decode, sparsify, write.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", dir=out.parent))  # see stale.py
     try:
         clock = Stopwatch()
         with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq) as lm:
@@ -181,7 +198,10 @@ def get_reference(model: Path, settings: ScoreSettings, cache_dir: Path,
     text = settings.text.read()
     path = cache_dir / "references" / reference_key(fingerprint, text, settings)
     if (path / "meta.json").exists():
-        return load_reference(path, fingerprint), True
+        try:
+            return load_reference(path, fingerprint), True
+        except RecipeSearchError:
+            pass  # damaged (a disk error, a hand edit): computed again below, replacing it
     return build_reference(model, inv, settings, path, fingerprint, text), False
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import time
 import warnings
@@ -31,6 +30,7 @@ from .pareto import hypervolume_2d, non_dominated
 from .resolve import resolve
 from .size import predict_size
 from .space import StudyConfig
+from .storage_names import mask_credentials, mask_message
 from .trial_record import Measurement, TrialRecord, record_duplicate, record_measurement, record_pruned, record_resolution
 
 if TYPE_CHECKING:
@@ -59,8 +59,8 @@ def storage_for(url: str, heartbeat: int | None = None, grace: int | None = None
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as err:  # sqlalchemy/driver errors: report, don't trace
-        shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)  # never print a password
-        raise RecipeSearchError(f"cannot open study storage {shown}: {str(err).splitlines()[0]}") from None
+        raise RecipeSearchError(f"cannot open study storage {mask_credentials(url)}: "
+                                f"{mask_message(str(err).splitlines()[0], url)}") from None
 
 
 def directions(config: StudyConfig) -> list[str]:

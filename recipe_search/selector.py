@@ -22,7 +22,8 @@ from .pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
 from .recipe import ModelRef, Recipe
 from .search import measured_records
 from .space import StudyConfig
-from .text import TextSource
+from .storage_names import check_study_name, mask_credentials, mask_message, storage_label
+from .text import TextSource, text_sha256
 from .trial_record import TrialRecord
 
 #: quantiles whose bootstrap interval a written recipe records
@@ -84,7 +85,7 @@ def storage_url(storage: str | None, directory: str | Path | None, study: str | 
         return storage
     if directory is None and study is None:
         raise RecipeSearchError("say where the study is: --storage URL, --dir DIR or --study NAME")
-    db = Path(directory if directory is not None else Path("studies") / str(study)) / "study.db"
+    db = Path(directory if directory is not None else Path("studies") / check_study_name(str(study))) / "study.db"
     if not db.is_file():
         raise RecipeSearchError("no study database here", db)
     return f"sqlite:///{db.resolve()}"
@@ -100,26 +101,19 @@ def load_study(url: str, name: str | None) -> optuna.Study:
         storage = optuna.storages.RDBStorage(url)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except (SQLAlchemyError, ImportError, ValueError) as err:  # a bad URL, a missing driver, an unreachable server
-        raise RecipeSearchError(f"cannot open study storage {_safe_url(url)}: {str(err).splitlines()[0]}") from None
+        raise RecipeSearchError(f"cannot open study storage {mask_credentials(url)}: "
+                                f"{mask_message(str(err).splitlines()[0], url)}") from None
     if name is None:
         if len(names) != 1:
-            raise RecipeSearchError(f"{_safe_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+            raise RecipeSearchError(f"{mask_credentials(url)} holds {len(names)} studies "
+                                    f"({', '.join(names) or 'none'}); "
                                     "name one with --study")
         name = names[0]
     if name not in names:
-        raise RecipeSearchError(f"no study {name!r} in {_safe_url(url)} (it has: {', '.join(names) or 'none'})")
+        raise RecipeSearchError(f"no study {name!r} in {mask_credentials(url)} (it has: {', '.join(names) or 'none'})")
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _safe_url(url: str) -> str:
-    """The URL with any password hidden."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # not a URL sqlalchemy reads: keep the scheme only
-        return url.split("://")[0] + "://..."
 
 
 def select(study: optuna.Study, url: str, objective: str | None, targets: list[Target], n_boot: int = 1000,
@@ -147,7 +141,7 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
              for t in targets]
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
-    return Selection(study.study_name, _safe_url(url), Path(study.user_attrs["model"]), config, objectives,
+    return Selection(study.study_name, mask_credentials(url), Path(study.user_attrs["model"]), config, objectives,
                      objective, counts, candidates, frontier, picks, study_tools(study))
 
 
@@ -162,15 +156,27 @@ def study_tools(study: optuna.Study) -> dict[str, str]:
 
 
 def model_ref(model: Path) -> ModelRef | None:
-    """Architecture and tensor count of the study's model, None when its file is not here."""
-    from .inventory import read_inventory
+    """The study's model by architecture, tensor count, name, file name, size and fingerprint (no path);
+    None when its file is not here."""
+    from .inventory import model_fingerprint, read_inventory
 
     try:
         inv = read_inventory(model)
     except RecipeSearchError:
         return None
     name = inv.headers[0].get("general.name")
-    return ModelRef(architecture=inv.arch, tensor_count=len(inv.tensors), name=str(name) if name else None)
+    return ModelRef(architecture=inv.arch, tensor_count=len(inv.tensors), name=str(name) if name else None,
+                    file=model.name, file_bytes=sum(p.stat().st_size for p in inv.paths),
+                    fingerprint=model_fingerprint(inv))
+
+
+def text_ref(spec: str | None) -> dict[str, str]:
+    """The scoring text by name (and range) and, where the file is here, the SHA-256 of the scored bytes."""
+    source = TextSource.parse(spec)
+    try:
+        return {"text": source.label, "text_sha256": text_sha256(source.read())}
+    except RecipeSearchError:
+        return {"text": source.label}
 
 
 def recipe_file_name(sel: Selection, pick: Pick) -> str:
@@ -191,15 +197,16 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
     cfg = sel.config
     how = sel.status(point, trial="trial ") if point else "not on the frontier"
     provenance = {
-        "study": {"name": sel.study, "storage": sel.storage, "trial": c.number, "trial_name": c.name,
+        "study": {"name": sel.study, "storage": storage_label(sel.storage), "trial": c.number, "trial_name": c.name,
                   "objective": sel.objective, "target": pick.target.label,
                   "frontier": f"{how} (95% paired bootstrap of {sel.objective} against the next smaller frontier point)"},
-        "scoring": {"model": str(sel.model), "text": cfg.text or TextSource.parse(None).label, "ctx": cfg.ctx,
-                    "chunks": cfg.chunks, "imatrix": cfg.imatrix},
+        "scoring": {"model": sel.model.name, **text_ref(cfg.text), "ctx": cfg.ctx, "chunks": cfg.chunks,
+                    "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None},
         "tools": versions,
     }
     return c.recipe.model_copy(update={
-        "name": Path(recipe_file_name(sel, pick)).stem, "model": model, "imatrix": cfg.imatrix,
+        "name": Path(recipe_file_name(sel, pick)).stem, "model": model,
+        "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None,
         "metrics": metrics, "provenance": provenance})
 
 

@@ -11,27 +11,62 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import limits
 from .errors import RecipeSearchError
-from .ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
+from .ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_file_type, parse_type
 from .inventory import Inventory
 from .metrics import OBJECTIVES, SIZE_OBJECTIVES
 from .recipe import Recipe, Rule, Unmatched, preset_recipe
 from .text import ScoreSettings, TextSource
+from .yaml_file import load_yaml
 
 
 class SpaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tensor_types: list[str] | None = None  # None: every tensor type llama.cpp quantizes
-    ladder: list[str] = Field(default_factory=lambda: [t.name for t in DEFAULT_LADDER])
+    ladder: list[str] = Field(default_factory=lambda: [t.name for t in DEFAULT_LADDER], min_length=1)
     ladders: dict[str, list[str]] = Field(default_factory=dict)
     fixed: dict[str, str] = Field(default_factory=dict)
     tied: list[list[str]] = Field(default_factory=list)
     bands: dict[str, int] = Field(default_factory=dict)  # tensor type -> number of layer bands (2 or 3)
     unmatched: str = "Q8_0"
+
+    @field_validator("ladders")
+    @classmethod
+    def _not_empty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        empty = [k for k, ts in v.items() if not ts]
+        if empty:
+            raise ValueError(f"empty ladder for {', '.join(empty)}")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _band_counts(cls, v: dict[str, int]) -> dict[str, int]:
+        lo, hi = limits.BANDS
+        bad = [f"{k}: {n}" for k, n in v.items() if not lo <= n <= hi]
+        if bad:
+            raise ValueError(f"a tensor type is split into {lo}..{hi} bands, not {', '.join(bad)}")
+        return v
+
+    @model_validator(mode="after")
+    def _ties(self) -> SpaceConfig:
+        """A tied group is one parameter: its members share one ladder and appear in one group."""
+        seen: set[str] = set()
+        for group in self.tied:
+            again = [k for k in group if k in seen]
+            if again:
+                raise ValueError(f"tensor type {again[0]} is in more than one tied group (or twice in one)")
+            seen.update(group)
+            ladders = {tuple(self.ladders.get(k, self.ladder)) for k in group}
+            if len(ladders) > 1:
+                raise ValueError(f"tied tensor types {', '.join(group)} have different ladders; give them one")
+            banded = {self.bands.get(k, 1) for k in group}
+            if len(banded) > 1:
+                raise ValueError(f"tied tensor types {', '.join(group)} have different bands; give them one")
+        return self
 
     @field_validator("ladder", "unmatched", mode="before")
     @classmethod
@@ -51,6 +86,18 @@ class ReferenceConfig(BaseModel):
     uniform: list[str] | Literal["ladder"] = "ladder"
     presets: list[str] = Field(default_factory=lambda: ["Q4_K_M", "Q3_K_M"])
 
+    @field_validator("uniform")
+    @classmethod
+    def _uniform_types(cls, v):
+        return v if v == "ladder" else [parse_type(t).name for t in v]
+
+    @field_validator("presets")
+    @classmethod
+    def _preset_types(cls, v: list[str]) -> list[str]:
+        for preset in v:
+            parse_file_type(preset)
+        return v
+
 
 class StudyConfig(BaseModel):
     """Everything a study needs besides the model; stored in the study so workers can join it."""
@@ -58,20 +105,20 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = None  # FILE or FILE[a:b]; None = the built-in default text
-    ctx: int = ScoreSettings.ctx
-    chunks: int = ScoreSettings.chunks or 8
+    ctx: int = Field(ScoreSettings.ctx, ge=limits.CTX[0], le=limits.CTX[1])
+    chunks: int = Field(ScoreSettings.chunks or 8, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
     imatrix: str | None = None
-    threads: int = ScoreSettings.threads
+    threads: int = Field(ScoreSettings.threads, ge=limits.THREADS[0], le=limits.THREADS[1])
     objectives: list[str] = Field(default_factory=lambda: ["size", "kld_p999"])
-    max_bpw: float | None = None
-    min_bpw: float | None = None
-    max_bytes: int | None = None
+    max_bpw: float | None = Field(None, gt=0)
+    min_bpw: float | None = Field(None, ge=0)
+    max_bytes: int | None = Field(None, gt=0)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
     prune: bool = True
-    surrogate_seeds: int = 0  # recipes from the sensitivity surrogate enqueued at start
+    surrogate_seeds: int = Field(0, ge=0)  # recipes from the sensitivity surrogate enqueued at start
     seeds: list[str] = Field(default_factory=list)  # recipe files (any dialect `import` reads) enqueued first
     sensitivity: str | None = None  # the sensitivity table directory the surrogate seeds come from
 
@@ -81,9 +128,19 @@ class StudyConfig(BaseModel):
         unknown = [o for o in v if o not in OBJECTIVES]
         if unknown:
             raise ValueError(f"unknown objective {unknown[0]!r} (one of {', '.join(OBJECTIVES)})")
-        if len(v) < 2 or v[0] not in SIZE_OBJECTIVES:
+        if len(v) < 2 or v[0] not in SIZE_OBJECTIVES or any(o in SIZE_OBJECTIVES for o in v[1:]):
             raise ValueError("objectives start with `size` or `bpw` and name at least one quality measure")
+        if len(set(v)) < len(v):
+            raise ValueError(f"objectives name one twice: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if self.min_bpw is not None and self.max_bpw is not None and self.min_bpw >= self.max_bpw:
+            raise ValueError(f"min_bpw {self.min_bpw} is not below max_bpw {self.max_bpw}")
+        if self.surrogate_seeds and not self.sensitivity:
+            raise ValueError("surrogate_seeds needs `sensitivity`, the directory of a sensitivity table")
+        return self
 
 
     def score_settings(self) -> ScoreSettings:
@@ -95,16 +152,17 @@ def load_study_config(path: str | Path | None) -> StudyConfig:
     if path is None:
         return StudyConfig()
     path = Path(path)
+    data = load_yaml(path, "study config")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeSearchError("a study config is a YAML mapping", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         return StudyConfig.model_validate(data)
-    except OSError as err:
-        raise RecipeSearchError(f"cannot read study config: {err.strerror}", path) from None
-    except yaml.YAMLError as err:
-        raise RecipeSearchError(f"YAML syntax error: {getattr(err, 'problem', err)}", path) from None
     except ValidationError as err:
         first = err.errors()[0]
-        raise RecipeSearchError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", path) from None
+        where = ".".join(map(str, first["loc"])) or "config"
+        raise RecipeSearchError(f"{where}: {first['msg'].removeprefix('Value error, ')}", path) from None
     except RecipeSearchError as err:
         raise RecipeSearchError(str(err), path) from None
 
@@ -154,7 +212,8 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
     sc = config.space
     quantizable = {k.name: k for k in inv.kinds.values() if k.quantizable}
     wanted = list(quantizable) if sc.tensor_types is None else sc.tensor_types
-    unknown = [k for k in [*wanted, *sc.fixed, *(k for g in sc.tied for k in g), *sc.bands] if k not in quantizable]
+    unknown = [k for k in [*wanted, *sc.fixed, *(k for g in sc.tied for k in g), *sc.bands, *sc.ladders]
+               if k not in quantizable]
     if unknown:
         raise RecipeSearchError(f"tensor type(s) not quantized in this model: {', '.join(sorted(set(unknown)))}")
     searched = [k for k in wanted if k not in sc.fixed]
@@ -180,6 +239,8 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
             raise RecipeSearchError(f"no ladder type fits tensor type {kind}")
         n_bands = sc.bands.get(kind, 1)
         blocks = quantizable[kinds[0]].blocks
+        if n_bands > max(len(blocks), 1):
+            raise RecipeSearchError(f"bands: {kind} has {len(blocks)} block(s), too few for {n_bands} bands")
         if n_bands > 1 and len(blocks) >= n_bands:
             size = -(-len(blocks) // n_bands)
             for i in range(n_bands):

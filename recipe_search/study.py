@@ -24,9 +24,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
+from .abandon import AbandonGuard
 from .errors import RecipeSearchError
 from .imatrix_file import ImatrixInput
 from .locations import cache_dir as default_cache_dir
+from .outputs import check_output_dir
 from .search import (
     Objective,
     check_disk,
@@ -38,9 +40,12 @@ from .search import (
     trial_values,
 )
 from .space import SearchSpace, StudyConfig, build_space, reference_recipes, seed_recipes
+from .stale import clean_workdir
+from .storage_names import check_study_name
+from .study_checks import check_study_inputs
 from .surrogate import seed_allocations
 from .trial_record import TrialRecord, role_attrs
-from .worker import Worker, clean_workdir, tool_versions
+from .worker import Worker, tool_versions
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -84,8 +89,8 @@ class Study:
             if model is None:
                 raise RecipeSearchError("name the study to join")
             name = Path(model).stem
-        where = Path(directory) if directory is not None else Path("studies") / name
-        where.mkdir(parents=True, exist_ok=True)
+        name = check_study_name(name)
+        where = check_output_dir(Path(directory) if directory is not None else Path("studies") / name)
         rdb = storage_for(storage or f"sqlite:///{(where / 'study.db').resolve()}")
         summaries = {s.study_name: s for s in optuna.get_all_study_summaries(rdb)}
         model_path = Path(model) if model is not None else None
@@ -102,6 +107,11 @@ class Study:
         if model_path is None:
             raise RecipeSearchError(f"no study {name!r} in this storage (start it with `recipe-search search MODEL`)")
         config = config or StudyConfig()
+        imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
+        worker = Worker(model_path, config.score_settings(), default_cache_dir(cache),
+                        where / "work" / socket.gethostname(), imatrix=imatrix)
+        space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
+        check_study_inputs(config, worker, space)  # before the study exists: a bad config leaves nothing behind
         study = optuna.create_study(storage=rdb, study_name=name, directions=directions(config),
                                     sampler=make_sampler(config, worker_seed), load_if_exists=True)
         if "config" not in study.user_attrs:
@@ -109,10 +119,6 @@ class Study:
             study.set_user_attr("model", str(model_path.resolve()))
             study.set_user_attr("objectives", list(config.objectives))
             study.set_user_attr("tools", tool_versions())
-        imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
-        cache_root = default_cache_dir(cache)
-        worker = Worker(model_path, config.score_settings(), cache_root, where / "work" / socket.gethostname(), imatrix=imatrix)
-        space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
         return cls(study, config, space, worker, where)
 
     @property
@@ -189,8 +195,11 @@ class Study:
             if self._stop_requested:
                 study.stop()
 
-        self.optuna_study.optimize(Objective(self, on_trial_start), n_trials=n_trials, timeout=timeout,
-                                   callbacks=[*callbacks, count_and_stop], catch=(RecipeSearchError, OSError, MemoryError))
+        guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no Optuna traceback, the trial queued again
+        with guard:
+            self.optuna_study.optimize(guard.track(Objective(self, on_trial_start)), n_trials=n_trials,
+                                       timeout=timeout, callbacks=[*callbacks, count_and_stop],
+                                       catch=(RecipeSearchError, OSError, MemoryError))
         return RunOutcome(counted[0], self._stop_requested)
 
     def run_to(self, total_trials: int) -> RunOutcome:

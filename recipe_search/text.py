@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,10 @@ DEFAULT_MODULES = (
     "zipfile",
 )
 _RANGE = re.compile(r"^(?P<path>.+?)(?:\[(?P<a>[0-9.]*):(?P<b>[0-9.]*)\])?$")
+# Byte sequences llama.cpp's tokenizer aborts the process on (unicode.cpp): a well-formed 4-byte shape whose
+# code point lies above U+10FFFF, F4 90.. or an F5..F7 lead, passes its decoder and then throws "invalid
+# codepoint". F5..FF never occur in UTF-8, so any of them is refused too. Other invalid bytes become U+FFFD there.
+_ABORTS_TOKENIZER = re.compile(rb"\xF4[\x90-\xBF]|[\xF5-\xFF]")
 
 
 def default_text() -> bytes:
@@ -80,10 +86,17 @@ class TextSource:
             data = default_text()
         else:
             try:
+                if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO would block for ever
+                    raise RecipeSearchError("cannot read text: not a regular file", self.path)
                 data = self.path.read_bytes()
             except OSError as err:
                 raise RecipeSearchError(f"cannot read text: {err.strerror}", self.path) from None
-        data = _cut(data, self.start, self.end)
+        begin, data = _cut(data, self.start, self.end)
+        bad = _ABORTS_TOKENIZER.search(data)
+        if bad:
+            raise RecipeSearchError(f"not UTF-8 text at byte offset {begin + bad.start()} (bytes "
+                                    f"{bad.group().hex(' ').upper()}, which llama.cpp's tokenizer aborts on)",
+                                    self.path or self.label)
         # llama-perplexity's -f drops one trailing newline of the file
         return data[:-1] if self.end >= 1.0 and data.endswith(b"\n") else data
 
@@ -108,7 +121,8 @@ def overlapping(text: TextSource, specs: Iterable[str]) -> list[str]:
     return out
 
 
-def _cut(data: bytes, start: float, end: float) -> bytes:
+def _cut(data: bytes, start: float, end: float) -> tuple[int, bytes]:
+    """The byte offset where the cut begins, and the cut."""
     def at_line(frac: float) -> int:
         if frac <= 0:
             return 0
@@ -118,7 +132,8 @@ def _cut(data: bytes, start: float, end: float) -> bytes:
         nl = data.find(b"\n", pos)
         return len(data) if nl < 0 else nl + 1
 
-    return data[at_line(start):at_line(end)]
+    begin = at_line(start)
+    return begin, data[begin:at_line(end)]
 
 
 def text_sha256(data: bytes) -> str:

@@ -179,6 +179,17 @@ def record_pruned(trial: _LiveTrial, why: str, partial_kld_mean: float | None = 
         trial.set_user_attr("partial_kld_mean", partial_kld_mean)
 
 
+#: what a trial is enqueued with besides its role (Study.enqueue_references)
+_ENQUEUE_EXTRAS = ("surrogate_prediction",)
+
+
+def enqueued_attrs(trial: _Trial, **extra: Any) -> dict[str, Any]:
+    """The ``user_attrs`` ``trial`` was enqueued with (its role and their extras), to enqueue it again."""
+    r = TrialRecord.from_trial(trial)
+    kept = {k: trial.user_attrs[k] for k in _ENQUEUE_EXTRAS if k in trial.user_attrs}
+    return role_attrs(reference=r.reference, seed=r.seed, surrogate_seed=r.surrogate_seed, **kept, **extra)
+
+
 def role_attrs(reference: str | None = None, seed: str | None = None, surrogate_seed: str | None = None,
                **extra: Any) -> dict[str, Any]:
     """``user_attrs`` of an enqueued trial: a reference recipe, a config seed or a surrogate seed."""

@@ -34,9 +34,9 @@ from .recipe import Recipe, atomic_write_text
 from .resolve import Resolution, resolve
 from .score import Reference, ScoreSettings, get_reference, score_quant
 from .size import predict_size
+from .stale import TRIAL_PREFIX
 from .trial_record import Measurement
 
-TRIAL_PREFIX = "trial-"
 #: the llama.cpp build: a measurement made with another one is not reused
 LLAMA_BUILD = f"llama-cpp-python {llama_cpp.__version__}, libllama {llama_cpp.llama_version().decode()}"
 
@@ -49,29 +49,6 @@ def tool_versions() -> dict[str, str]:
     return {"recipe_search": __version__, "llama_cpp_python": version("llama-cpp-python"),
             "libllama": llama_cpp.llama_version().decode(), "ggml": ggml.ggml_version().decode(),
             "ggml_commit": ggml.ggml_commit().decode()}
-
-
-def clean_workdir(workdir: Path) -> list[Path]:
-    """Remove temporary GGUFs a killed worker left behind (a trial file whose process is gone)."""
-    removed = []
-    if not workdir.exists():
-        return removed
-    for path in workdir.glob(f"{TRIAL_PREFIX}*.gguf*"):
-        pid = path.name.removeprefix(TRIAL_PREFIX).split("-")[0]
-        if not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def speed_of(quant: Path, threads: int) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,23 @@ def command(name: str, help: str) -> Callable:
     return wrap
 
 
+def _int_in(bounds: tuple[int, int]) -> Callable[[str], int]:
+    """An argparse type: an integer within ``bounds`` (inclusive), else a usage error naming the range."""
+    lo, hi = bounds
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def _model(arg: str) -> Path:
     from ..demo import resolve_model_arg
 
@@ -39,9 +57,15 @@ def _print_json(data: object) -> None:
     sys.stdout.write("\n")
 
 
+#: warnings printed in full; the rest are counted (a recipe of 300k rules gave 300k lines)
+MAX_WARNINGS = 10
+
+
 def _warn(lines: Sequence[str]) -> None:
-    for line in lines:
+    for line in lines[:MAX_WARNINGS]:
         print(f"warning: {line}", file=sys.stderr)
+    if len(lines) > MAX_WARNINGS:
+        print(f"warning: ... and {len(lines) - MAX_WARNINGS} more warning(s) like these", file=sys.stderr)
 
 
 def _imatrix_input(path: str):
@@ -95,12 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        _remove_stale(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except RecipeSearchError as err:
         print(f"recipe-search: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("recipe-search: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `recipe-search inspect MODEL | head`: the reader left, which is no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 0
+
+
+def _remove_stale(args: argparse.Namespace) -> None:
+    """Remove what killed runs left in the cache (temporary GGUFs, half-built references)."""
+    from ..demo import cache_dir
+    from ..stale import remove_stale
+
+    remove_stale(cache_dir(getattr(args, "cache_dir", None)))
 
 

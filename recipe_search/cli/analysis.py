@@ -76,19 +76,25 @@ def _print_frontier(sel) -> None:
 # -- pareto ----------------------------------------------------------------------------------------
 def pareto_args(p: argparse.ArgumentParser) -> None:
     _study_args(p)
-    p.add_argument("--out", default="recipes", help="directory for the picked recipes (default: recipes/)")
+    p.add_argument("--out", help="directory for the recipes picked at --targets (default: recipes/)")
     p.add_argument("--force", action="store_true", help="replace existing recipe files")
     p.add_argument("--json", action="store_true")
 
 
 @command("pareto", "the study's Pareto frontier with statistical ties, and the best recipe at each size target")
 def pareto(a: argparse.Namespace) -> int:
+    from ..errors import RecipeSearchError
+    from ..outputs import check_output_dir
     from ..selector import write_picks
 
+    if a.out and not a.targets:
+        raise RecipeSearchError("--out writes the recipes picked at --targets; give the targets too "
+                                "(e.g. --targets 3.0bpw,4.5bpw)")
     sel = _selection(a)
     if sel.picks and not sel.model.exists():
         _warn([f"the study's model {sel.model} is not here: the recipes get no `model` block"])
-    written = write_picks(sel, Path(a.out), a.force)
+    out = Path(a.out or "recipes")
+    written = write_picks(sel, check_output_dir(out) if sel.picks else out, a.force)
     if a.json:
         _print_json(_selection_json(sel, written))
         return 0
@@ -123,10 +129,11 @@ def report_args(p: argparse.ArgumentParser) -> None:
 
 @command("report", "plots (frontier, sensitivity) and a Markdown page with the frontier table and picks")
 def report(a: argparse.Namespace) -> int:
+    from ..outputs import check_output_dir
     from ..report import write_report
 
+    out = check_output_dir(Path(a.output) if a.output else (Path(a.dir) / "report" if a.dir else Path("report")))
     sel = _selection(a)
-    out = Path(a.output) if a.output else (Path(a.dir) / "report" if a.dir else Path("report"))
     page = write_report(sel, out, [Path(d) for d in a.sensitivity])
     print(f"wrote {page} and its plots ({len(sel.frontier)} frontier recipes, "
           f"{sum(p.candidate is not None for p in sel.picks)} picks)")

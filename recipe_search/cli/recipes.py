@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import limits
 from ..size import human_bytes
-from . import _dry_run, _imatrix_input, _load_recipe, _model, _print_json, _recipe_args, _warn, command
+from . import _dry_run, _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
 # -- demo-model ------------------------------------------------------------------------------------
@@ -18,8 +19,9 @@ def demo_model_args(p: argparse.ArgumentParser) -> None:
 @command("demo-model", "build (once) and print the path of the F16 Gemma 3 270M demo model")
 def demo_model(a: argparse.Namespace) -> int:
     from ..demo import demo_model_path
+    from ..outputs import check_output_dir
 
-    print(demo_model_path(a.dir))
+    print(demo_model_path(check_output_dir(a.dir) if a.dir else None))
     return 0
 
 
@@ -108,8 +110,11 @@ def export_cmd_args(p: argparse.ArgumentParser) -> None:
 @command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
 def export_cmd(a: argparse.Namespace) -> int:
     from ..export import export
+    from ..outputs import check_output_file
     from ..recipe import atomic_write_text
 
+    if a.output:
+        check_output_file(a.output)
     text = export(_load_recipe(a, a.recipe), a.format)
     if a.output:
         atomic_write_text(Path(a.output), text)
@@ -191,19 +196,23 @@ def quantize_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--imatrix")
     p.add_argument("--allow-partial-imatrix", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=_int_in(limits.THREADS), default=2)
     _recipe_args(p)
 
 
 @command("quantize", "apply a recipe with llama.cpp's quantizer and check every tensor's type")
 def quantize_cmd(a: argparse.Namespace) -> int:
     from ..inventory import read_inventory
+    from ..outputs import check_output_file
     from ..quantize import quantize_model
     from ..resolve import lint
 
+    check_output_file(a.output)
     model = _model(a.model)
     recipe = _load_recipe(a, a.recipe)
     imatrix_path = a.imatrix or recipe.imatrix
+    if not a.imatrix and recipe.imatrix and (Path(a.recipe).parent / recipe.imatrix).is_file():
+        imatrix_path = str(Path(a.recipe).parent / recipe.imatrix)  # a shared recipe names it beside itself
     inv = read_inventory(model)
     _warn(lint(recipe, inv))
     result = quantize_model(model, recipe, a.output, imatrix=_imatrix_input(imatrix_path) if imatrix_path else None,

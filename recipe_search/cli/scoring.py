@@ -6,18 +6,19 @@ import argparse
 import os
 from pathlib import Path
 
+from .. import limits
 from ..size import human_bytes
 from ..text import ScoreSettings, TextSource, overlapping
-from . import _imatrix_input, _load_recipe, _model, _print_json, _recipe_args, _warn, command
+from . import _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
 # -- score -----------------------------------------------------------------------------------------
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="text file to score on, optionally a fraction: FILE[0:0.4] "
                                   "(default: the built-in Python docstring text)")
-    p.add_argument("--ctx", type=int, default=ScoreSettings.ctx)
-    p.add_argument("--chunks", type=int, default=ScoreSettings.chunks)
-    p.add_argument("--threads", type=int, default=ScoreSettings.threads)
+    p.add_argument("--ctx", type=_int_in(limits.CTX), default=ScoreSettings.ctx)
+    p.add_argument("--chunks", type=_int_in(limits.CHUNKS), default=ScoreSettings.chunks)
+    p.add_argument("--threads", type=_int_in(limits.THREADS), default=ScoreSettings.threads)
     p.add_argument("--cache-dir", help="reference-logits cache (default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search)")
 
 
@@ -47,12 +48,15 @@ def score(a: argparse.Namespace) -> int:
     from ..inventory import read_inventory
     from ..kld import bootstrap_quantile_ci
     from ..locations import cache_dir
+    from ..outputs import check_output_file
     from ..quantize import quantize_model
     from ..score import score_against_base_file, score_quant
     from ..worker import TRIAL_PREFIX, Worker, speed_of
 
     model = _model(a.model)
     settings = _settings(a)
+    if a.keep:
+        check_output_file(a.keep)
     cache = cache_dir(a.cache_dir)
     imatrix = _imatrix_input(a.imatrix) if a.imatrix else None
     worker = Worker(model, settings, cache, cache / "work", imatrix=imatrix)
@@ -143,8 +147,10 @@ def base_logits_args(p: argparse.ArgumentParser) -> None:
 
 @command("base-logits", "write the base model's logits in llama-perplexity's --kl-divergence-base format")
 def base_logits(a: argparse.Namespace) -> int:
+    from ..outputs import check_output_file
     from ..score import write_base_file
 
+    check_output_file(a.output)
     n = write_base_file(_model(a.model), _settings(a), Path(a.output))
     print(f"wrote {a.output}: {n} chunks of {a.ctx} tokens ({human_bytes(Path(a.output).stat().st_size)})")
     return 0
@@ -155,9 +161,9 @@ def imatrix_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", required=True, help="calibration text, FILE or FILE[0.4:1]; keep it apart from "
                                                  "the scoring text")
     p.add_argument("-o", "--output", required=True, help="imatrix file to write (llama.cpp's GGUF format)")
-    p.add_argument("--ctx", type=int, default=512)
-    p.add_argument("--chunks", type=int, help="chunks to evaluate (default: all the text holds)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ctx", type=_int_in(limits.CTX), default=512)
+    p.add_argument("--chunks", type=_int_in(limits.CHUNKS), help="chunks to evaluate (default: all the text holds)")
+    p.add_argument("--threads", type=_int_in(limits.THREADS), default=2)
     p.add_argument("--process-output", action="store_true", help="also collect output.weight, as llama-imatrix "
                                                                  "--process-output does")
 
@@ -168,7 +174,9 @@ def imatrix_cmd(a: argparse.Namespace) -> int:
 
     from ..imatrix import collect_imatrix
     from ..imatrix_file import save_imatrix_gguf
+    from ..outputs import check_output_file
 
+    check_output_file(a.output)
     source = TextSource.parse(a.text)
     start = time.perf_counter()
     im = collect_imatrix(_model(a.model), source.read(), ctx=a.ctx, n_chunks=a.chunks, n_threads=a.threads,

@@ -28,11 +28,12 @@ def sensitivity_args(p: argparse.ArgumentParser) -> None:
 def sensitivity(a: argparse.Namespace) -> int:
     from ..errors import RecipeSearchError
     from ..locations import cache_dir
+    from ..outputs import check_output_dir
     from ..sensitivity import default_out, run_sweep
     from ..worker import Worker
 
     model = _model(a.model)
-    out = Path(a.out) if a.out else default_out(model)
+    out = check_output_dir(Path(a.out) if a.out else default_out(model))
     cache = cache_dir(a.cache_dir)
     worker = Worker(model, _settings(a), cache, cache / "work", imatrix=_imatrix_input(a.imatrix) if a.imatrix else None)
     table = run_sweep(worker, out, a.tensor_types, a.types, log=_log(a.quiet))

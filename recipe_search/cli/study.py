@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from .. import limits
 from ..errors import RecipeSearchError
 from ..size import human_bytes
-from . import _log, _model, _print_json, command
+from . import _int_in, _log, _model, _print_json, command
 
 if TYPE_CHECKING:
     import optuna
@@ -30,15 +31,15 @@ def search_args(p: argparse.ArgumentParser) -> None:
                                      "postgresql://... lets workers on other machines join)")
     p.add_argument("--study", help="study name (default: the model file's stem)")
     p.add_argument("--dir", help="study directory (default: studies/<study>)")
-    p.add_argument("--trials", type=int, help="trials to run in this call")
+    p.add_argument("--trials", type=_int_in(limits.TRIALS), help="trials to run in this call")
     p.add_argument("--timeout", help="stop starting trials after this long (90s, 15m, 8h)")
     p.add_argument("--text", help="scoring text, FILE or FILE[0:0.4] (default: the built-in text)")
-    p.add_argument("--ctx", type=int)
-    p.add_argument("--chunks", type=int)
+    p.add_argument("--ctx", type=_int_in(limits.CTX))
+    p.add_argument("--chunks", type=_int_in(limits.CHUNKS))
     p.add_argument("--imatrix")
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", choices=["tpe", "nsga2", "random"])
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_int_in(limits.THREADS))
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -187,7 +188,7 @@ def worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", required=True, help="the study's Optuna storage URL")
     p.add_argument("--study", required=True)
     p.add_argument("--dir", help="work directory for temporary GGUFs (default: studies/<study>)")
-    p.add_argument("--trials", type=int)
+    p.add_argument("--trials", type=_int_in(limits.TRIALS))
     p.add_argument("--timeout")
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", action="store_true")

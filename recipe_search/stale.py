@@ -1,0 +1,61 @@
+"""Leftovers of killed runs: temporary GGUFs and half-built references whose process is gone.
+
+Every command removes them from the cache when it starts; a study's worker also cleans its own work
+directory. A leftover names its process (``trial-PID-...``, ``references/.KEY.PID.xxxx``), so files of
+a run that is still going are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+TRIAL_PREFIX = "trial-"
+
+
+def clean_workdir(workdir: Path) -> list[Path]:
+    """Remove temporary GGUFs a killed worker left behind (a trial file whose process is gone)."""
+    removed = []
+    if not workdir.is_dir():
+        return removed
+    for path in workdir.glob(f"{TRIAL_PREFIX}*.gguf*"):
+        pid = path.name.removeprefix(TRIAL_PREFIX).split("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def clean_references(references: Path) -> list[Path]:
+    """Remove temporary reference directories (``.KEY.PID.xxxx``) of dead processes, and empty ones without a pid."""
+    removed = []
+    if not references.is_dir():
+        return removed
+    for path in references.glob(".*"):
+        if not path.is_dir():
+            continue
+        parts = path.name.split(".")  # "", KEY, PID, random
+        pid = parts[2] if len(parts) > 3 and parts[2].isdigit() else None
+        dead = (not _alive(int(pid)) or int(pid) == os.getpid()) if pid else not any(path.iterdir())
+        if dead:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def remove_stale(cache: Path) -> list[Path]:
+    """What killed runs left in the cache directory: trial GGUFs in work/, temporary references."""
+    return clean_workdir(cache / "work") + clean_references(cache / "references")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True

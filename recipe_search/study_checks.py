@@ -1,0 +1,41 @@
+"""Everything a study's config can get wrong, checked before the study is created.
+
+A config error found after `optuna.create_study` left a study that refused the corrected config
+("exists with another config"); these checks run first, against the model's inventory.
+"""
+
+from __future__ import annotations
+
+from .errors import RecipeSearchError
+from .ggml_types import bits_per_weight
+from .size import SizePrediction, predict_size
+from .space import SearchSpace, StudyConfig, reference_recipes
+from .worker import Worker
+
+
+def check_study_inputs(config: StudyConfig, worker: Worker, space: SearchSpace) -> None:
+    """Raise RecipeSearchError for a text that cannot be scored, an impossible size band, bad references
+    or surrogate seeds that cannot be made."""
+    worker.settings.text.read()
+    inv = worker.inventory
+    extra_kv = worker.imatrix.kv() if worker.imatrix else None
+    def extreme(pick) -> SizePrediction:
+        choice = {p.name: pick(range(len(p.ladder)), key=lambda i: bits_per_weight(p.ladder[i]))
+                  for p in space.parameters}
+        return predict_size(worker.resolve(space.recipe(choice)), inv, extra_kv)
+
+    smallest, largest = extreme(min), extreme(max)
+    if config.max_bytes is not None and smallest.file_bytes > config.max_bytes:
+        raise RecipeSearchError(f"max_bytes {config.max_bytes} is below the smallest recipe of the space "
+                                f"({smallest.file_bytes} bytes): every trial would be pruned")
+    if config.max_bpw is not None and smallest.bits_per_weight > config.max_bpw:
+        raise RecipeSearchError(f"max_bpw {config.max_bpw} is below the smallest recipe of the space "
+                                f"({smallest.bits_per_weight:.3f} bpw): every trial would be pruned")
+    if config.min_bpw is not None and largest.bits_per_weight < config.min_bpw:
+        raise RecipeSearchError(f"min_bpw {config.min_bpw} is above the largest recipe of the space "
+                                f"({largest.bits_per_weight:.3f} bpw): every trial would be pruned")
+    reference_recipes(config, space, inv)
+    if config.surrogate_seeds:
+        from .surrogate import seed_allocations
+
+        seed_allocations(config, space, inv, extra_kv)
