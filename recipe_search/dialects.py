@@ -29,6 +29,7 @@ import yaml
 from .errors import RecipeSearchError
 from .ggml_types import FileType, parse_file_type, parse_type
 from .recipe import Recipe, Rule, Unmatched, check_pattern, load_recipe, recipe_from_dict
+from .yaml_file import read_text_file
 
 
 class Dialect(str, Enum):
@@ -548,12 +549,7 @@ def read_source(path: str | Path, fmt: Dialect | str | None = None, name: str | 
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml") and fmt in (None, Dialect.YAML, "yaml"):
         return Imported(load_recipe(path), Dialect.YAML, [])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise RecipeSearchError(f"cannot read recipe: {err.strerror}", path) from None
-    except UnicodeDecodeError:
-        raise RecipeSearchError("not a text file", path) from None
+    text = read_text_file(path, "recipe")
     dialect = Dialect(fmt) if fmt else detect(text, path)
     if dialect is Dialect.YAML:
         return Imported(load_recipe(path), dialect, [])

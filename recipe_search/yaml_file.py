@@ -33,8 +33,9 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def load_yaml(path: str | Path, what: str) -> object:
-    """The parsed YAML in ``path`` (a ``what``: recipe, study config); any problem is one line naming the file."""
+def read_text_file(path: str | Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (a ``what``: recipe, study config); a device, a GGUF model or bytes that are not
+    UTF-8 are one line naming the file (and the offset of the first bad byte)."""
     path = Path(path)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -43,12 +44,17 @@ def load_yaml(path: str | Path, what: str) -> object:
     except OSError as err:
         raise RecipeSearchError(f"cannot read {what}: {err.strerror}", path) from None
     if raw.startswith(b"GGUF"):
-        raise RecipeSearchError(f"a GGUF model, not a {what} (YAML)", path)
+        raise RecipeSearchError(f"a GGUF model, not a {what}", path)
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise RecipeSearchError(f"not a UTF-8 {what}: byte 0x{raw[err.start]:02X} at offset {err.start}",
                                 path) from None
+
+
+def load_yaml(path: str | Path, what: str) -> object:
+    """The parsed YAML in ``path`` (a ``what``: recipe, study config); any problem is one line naming the file."""
+    text = read_text_file(path, what)
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:

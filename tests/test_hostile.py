@@ -286,9 +286,12 @@ def test_device_outputs_are_refused(capsys, dense_model, recipe_file) -> None:
 
 
 def test_directory_outputs(tmp_path, capsys, dense_model, recipe_file) -> None:
-    for argv in (["quantize", dense_model, recipe_file, "-o", tmp_path], ["export", recipe_file, "-o", tmp_path],
-                 ["import", dense_model, "-o", tmp_path, "--force"]):
+    for argv in (["quantize", dense_model, recipe_file, "-o", tmp_path], ["export", recipe_file, "-o", tmp_path]):
         assert "is a directory" in one_line_error(capsys, *argv)
+    # import writes into a directory it is given (one recipe per source), so its -o may be one; under a file it may not
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / f"{dense_model.stem}.yaml").mkdir()
+    assert "is a directory" in one_line_error(capsys, "import", dense_model, "-o", tmp_path / "out", "--force")
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert "not a directory" in one_line_error(capsys, "export", recipe_file, "-o", a_file / "out.txt")

@@ -159,6 +159,7 @@ def import_cmd(a: argparse.Namespace) -> int:
     from ..errors import RecipeSearchError
     from ..importer import import_recipe
     from ..inventory import read_inventory
+    from ..outputs import check_output_dir, check_output_file
     from . import _recipe_options
 
     sources = _import_sources(a.sources)
@@ -181,7 +182,8 @@ def import_cmd(a: argparse.Namespace) -> int:
         if inv is not None:
             _warn([f"{src}: {line}" for line in coverage(recipe, inv).lines()])
         if a.output:
-            out = Path(a.output) / f"{src.stem}.yaml" if several or Path(a.output).is_dir() else Path(a.output)
+            into_dir = several or Path(a.output).is_dir()
+            out = check_output_file(check_output_dir(a.output) / f"{src.stem}.yaml" if into_dir else a.output)
             recipe.save(out, overwrite=a.force)
             print(f"wrote {out} ({dialect}, {len(recipe.rules)} rules)")
         else:
