@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--out", default="experiments/results/omp_wait_policy.json")
     a = p.parse_args()
     model = resolve_model_arg(a.model)
-    result = {"model": str(model), "ctx": a.ctx, "chunks": a.chunks, "threads": a.threads, "rounds": a.rounds}
+    result = {"model": model.name, "ctx": a.ctx, "chunks": a.chunks, "threads": a.threads, "rounds": a.rounds}
     for condition in ("idle", "busy"):
         spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(os.cpu_count() or 1)] \
             if condition == "busy" else []

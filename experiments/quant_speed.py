@@ -41,7 +41,7 @@ def measure(model: Path, rounds: int, threads: int) -> dict:
     med = {t: {k: statistics.median(run[k] for run in runs[t]) for k in ("pp_tokens_per_s", "tg_tokens_per_s")}
            for t in types}
     ratios = {f"{i}/{k}": {m: med[i][m] / med[k][m] for m in ("pp_tokens_per_s", "tg_tokens_per_s")} for i, k in PAIRS}
-    return {"model": str(model), "rounds": rounds, "threads": threads, "file_bytes": sizes, "fallbacks": fallbacks,
+    return {"model": model.name, "rounds": rounds, "threads": threads, "file_bytes": sizes, "fallbacks": fallbacks,
             "median": med,
             "ratios": ratios, "runs": runs}
 

@@ -23,11 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from recipe_search.demo import resolve_model_arg
-from recipe_search.locations import cache_dir
+from recipe_search.locations import cache_dir, shareable
 from recipe_search.pareto import hypervolume_2d
 from recipe_search.search import measured_records
 from recipe_search.space import StudyConfig, load_study_config
 from recipe_search.study import Study
+
+#: arguments that are paths: committed results keep them relative or by name
+SHARED_PATHS = ("model", "config", "text", "keep_dir", "out")
 
 
 def run_one(model: Path, config: StudyConfig, trials: int, cache: Path, keep: Path | None) -> list[tuple[float, float]]:
@@ -77,7 +80,8 @@ def main() -> None:
               + f"{row['mean']:>14.5g}{row['stdev']:>12.3g}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(a), "reference_point": ref.tolist(), "samplers": table}, indent=2))
+    args = {k: shareable(v) if k in SHARED_PATHS and v else v for k, v in vars(a).items()}
+    out.write_text(json.dumps({"args": args, "reference_point": ref.tolist(), "samplers": table}, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from recipe_search.demo import resolve_model_arg
+from recipe_search.locations import shareable
 from recipe_search.pareto import hypervolume_2d, non_dominated
 from recipe_search.search import measured_records
 from recipe_search.space import StudyConfig, load_study_config
@@ -104,7 +105,7 @@ def main() -> int:
         r.update(frontier_stats(r["points"], ref, checkpoints, sizes))
     final = f"hv@{a.trials}"
     table = {arm: [r[final] for r in runs if r["arm"] == arm] for arm in ARMS}
-    result = {"model": str(model), "table": a.table, "text": a.text, "ctx": a.ctx, "chunks": a.chunks,
+    result = {"model": model.name, "table": shareable(a.table), "text": shareable(a.text), "ctx": a.ctx, "chunks": a.chunks,
               "objective": a.objective, "trials": a.trials, "surrogate_seeds": a.surrogate_seeds,
               "hv_reference_point": ref.tolist(), "checkpoints": checkpoints, "best_mean_sizes": sizes,
               "mean": {arm: float(np.mean(v)) for arm, v in table.items()},

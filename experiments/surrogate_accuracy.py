@@ -25,6 +25,7 @@ from scipy.stats import spearmanr
 
 from recipe_search.demo import resolve_model_arg
 from recipe_search.imatrix_file import ImatrixInput
+from recipe_search.locations import shareable
 from recipe_search.metrics import SURROGATE_METRICS
 from recipe_search.score import ScoreSettings
 from recipe_search.sensitivity import SensitivityTable
@@ -152,7 +153,7 @@ def main() -> int:
 def _save(out: Path, a: argparse.Namespace, meta: dict, rows: list[dict], picks: list[dict],
           summary: dict | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = {"model": meta["model"], "table": str(a.table), "text": meta["text"], "ctx": meta["ctx"],
+    data = {"model": meta["model"], "table": shareable(a.table), "text": meta["text"], "ctx": meta["ctx"],
             "chunks": meta["chunks"], "imatrix": meta.get("imatrix_file"), "seed": a.seed, "jitter": a.jitter,
             "summary": summary, "recipes": rows, "picks": picks}
     out.write_text(json.dumps(data, indent=1))

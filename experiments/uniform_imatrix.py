@@ -19,6 +19,7 @@ from recipe_search.demo import resolve_model_arg
 from recipe_search.errors import RecipeSearchError
 from recipe_search.ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED
 from recipe_search.imatrix_file import ImatrixInput
+from recipe_search.locations import shareable
 from recipe_search.recipe import uniform_recipe
 from recipe_search.score import ScoreSettings
 from recipe_search.text import TextSource
@@ -61,8 +62,8 @@ def main() -> int:
             print(f"{t.name} imatrix={with_imatrix}: {m.bpw:.2f} bpw, mean KLD {m.metrics['kld_mean']:.4f}",
                   file=sys.stderr, flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"model": str(model), "imatrix": a.imatrix, "text": a.text, "ctx": a.ctx,
-                                       "chunks": a.chunks, "rows": rows}, indent=1))
+            out.write_text(json.dumps({"model": model.name, "imatrix": shareable(a.imatrix), "text": shareable(a.text),
+                                       "ctx": a.ctx, "chunks": a.chunks, "rows": rows}, indent=1))
     by = {(r["type"], r["imatrix"]): r for r in rows}
     print(f"{'type':<9}{'bpw':>6}{'mean KLD':>11}{'+imatrix':>11}{'99.9% KLD':>11}{'+imatrix':>11}{'mean gain':>11}")
     for t in DEFAULT_LADDER:

@@ -22,6 +22,7 @@ import numpy as np
 from .errors import RecipeSearchError
 from .ggml_types import GGMLType, bits_per_weight
 from .inventory import Inventory, model_fingerprint
+from .locations import shareable
 from .recipe import Recipe, Rule, Unmatched, atomic_write_bytes, atomic_write_text
 from .resolve import Resolution
 from .space import SpaceConfig, StudyConfig, build_space
@@ -165,10 +166,10 @@ def _typed(row: dict[str, str]) -> dict:
 def sweep_meta(worker: Worker) -> dict:
     """What a table's cells depend on: the model, the scoring reference (text, ctx, chunks) and the imatrix."""
     s = worker.settings
-    return {"format": TABLE_FORMAT, "model": str(worker.model.resolve()),
+    return {"format": TABLE_FORMAT, "model": worker.model.name,
             "model_fingerprint": model_fingerprint(worker.inventory), "reference": worker.reference.path.name,
             "text": s.text.label, "ctx": s.ctx, "chunks": s.chunks,
-            "text_spec": None if s.text.path is None else f"{s.text.path.resolve()}[{s.text.start:g}:{s.text.end:g}]",
+            "text_spec": None if s.text.path is None else shareable(f"{s.text.path}[{s.text.start:g}:{s.text.end:g}]"),
             "imatrix": worker.imatrix.digest if worker.imatrix else None,
             "imatrix_file": worker.imatrix.file if worker.imatrix else None}
 

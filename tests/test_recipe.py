@@ -90,3 +90,15 @@ def test_exports() -> None:
     assert args.startswith("llama-quantize --pure --token-embedding-type q8_0 --tensor-type")
     assert args.endswith("in.gguf out.gguf Q8_0")
     assert custom_q(r).count(",") == len(r.overrides()) - 1
+
+
+def test_shareable_paths_carry_no_machine_layout(tmp_path, monkeypatch) -> None:
+    """What committed results record of a path: relative inside or beside the working directory, else its name."""
+    from recipe_search.locations import shareable
+
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert shareable(tmp_path / "repo" / "experiments" / "x.json") == "experiments/x.json"
+    assert shareable(f"{tmp_path}/shared/wiki.test.raw[0:0.4]") == "../shared/wiki.test.raw[0:0.4]"
+    assert shareable("/root/.cache/recipe-search/model.gguf") == "model.gguf"
+    assert shareable("relative/text.raw") == "relative/text.raw"
