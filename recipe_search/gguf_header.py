@@ -31,7 +31,7 @@ _DECODE_ARRAY_MAX = 64
 class KeyValue:
     key: str
     value_type: int
-    value: object  # decoded scalar/string/short list, or None for a long array
+    value: Any  # decoded scalar/string/short list, or None for a long array
     encoded_size: int  # bytes this pair takes in the file, key included
     array_len: int | None = None
 
@@ -144,7 +144,9 @@ def _parse(cur: _Cursor, path: Path, file_index: int, file_size: int) -> GGUFHea
         vtype = cur.unpack("<I")
         value, alen = cur.value(vtype)
         kv[key] = KeyValue(key, vtype, value, cur.pos - start, alen)
-    alignment = int(kv["general.alignment"].value) if "general.alignment" in kv else DEFAULT_ALIGNMENT
+    alignment = kv["general.alignment"].value if "general.alignment" in kv else DEFAULT_ALIGNMENT
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise RecipeSearchError(f"corrupt GGUF header (alignment {alignment!r} is not a power of 2)", path)
     infos = []
     for _ in range(n_tensors):
         name = cur.string()
