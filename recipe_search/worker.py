@@ -53,7 +53,7 @@ def tool_versions() -> dict[str, str]:
 
 def clean_workdir(workdir: Path) -> list[Path]:
     """Remove temporary GGUFs a killed worker left behind (a trial file whose process is gone)."""
-    removed = []
+    removed: list[Path] = []
     if not workdir.exists():
         return removed
     for path in workdir.glob(f"{TRIAL_PREFIX}*.gguf*"):
