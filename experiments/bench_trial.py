@@ -79,6 +79,7 @@ def run_measured(cmd: list[str], log: Path | None = None, env: dict | None = Non
     with open(log or os.devnull, "w") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        assert proc.stdout is not None  # stdout=PIPE
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -135,6 +136,14 @@ def _stamp_of(stamps: list[tuple[float, str]], text: str) -> float:
     return next(t for t, line in stamps if text in line)
 
 
+def _logged(pattern: str, log: str) -> float:
+    """The number that the first match of ``pattern`` captures in a tool's log."""
+    m = re.search(pattern, log)
+    if m is None:
+        raise RuntimeError(f"no match for {pattern!r} in the tool's log")
+    return float(m.group(1))
+
+
 # llama-perplexity's own decode timer (`--perf`, "prompt eval time") misses most of a multi-ubatch decode,
 # so the time inside its llama_process calls is taken by interposing the function (LD_PRELOAD).
 DECODE_TIMER = r"""
@@ -169,7 +178,7 @@ def build_decode_timer(work: Path) -> Path:
 
 
 def _decode_s(log: str) -> float:
-    return float(re.search(r"decode-timer: \d+ llama_process calls, ([\d.]+) s", log).group(1))
+    return _logged(r"decode-timer: \d+ llama_process calls, ([\d.]+) s", log)
 
 
 def run_timed_tool(cmd: list[str], log: Path, timer: Path) -> tuple[dict, str]:
@@ -187,7 +196,7 @@ def theirs_reference(bin_dir: Path, a: argparse.Namespace, base_file: Path, log:
                                                  "--kl-divergence-base", str(base_file)]
     r, text = run_timed_tool(cmd, log, timer)
     load = _stamp_of(_stamps(text), "tokenizing the input")
-    tokenize = float(re.search(r"tokenization took ([\d.]+) ms", text).group(1)) / 1000
+    tokenize = _logged(r"tokenization took ([\d.]+) ms", text) / 1000
     decode = _decode_s(text)
     return {"cmd": cmd, "wall": r["wall"], "rss_mb": r["rss_mb"], "load1": r["load1"],
             "bytes": base_file.stat().st_size,
@@ -212,7 +221,7 @@ def theirs_trial(bin_dir: Path, a: argparse.Namespace, recipe, base_file: Path, 
     quant.unlink()
     load = _stamp_of(_stamps(text), "kl_divergence: computing over")
     decode = _decode_s(text)
-    kld = float(re.search(r"Mean\s+KLD:\s+([-\d.]+)", p["stdout"] + text).group(1))
+    kld = _logged(r"Mean\s+KLD:\s+([-\d.]+)", p["stdout"] + text)
     return {"cmd": [qcmd, pcmd], "wall": q["wall"] + p["wall"], "rss_mb": max(q["rss_mb"], p["rss_mb"]),
             "rss_mb_quantize": q["rss_mb"], "rss_mb_perplexity": p["rss_mb"], "load1": p["load1"],
             "file_bytes": size, "kld_mean": kld,
@@ -297,11 +306,12 @@ def child_naive_reference(spec: dict) -> dict:
     import numpy as np
 
     from recipe_search.kld import log_softmax
-    from recipe_search.llama import chunk_tokens, read_text, scored_range
+    from recipe_search.llama import chunk_tokens, scored_range
+    from recipe_search.text import TextSource
 
     start = time.perf_counter()
     llm = _naive_llama(spec["model"], spec)
-    tokens = np.array(llm.tokenize(read_text(spec["text"]), add_bos=True, special=False), dtype=np.int32)
+    tokens = np.array(llm.tokenize(TextSource.parse(spec["text"]).read(), add_bos=True, special=False), dtype=np.int32)
     chunks = chunk_tokens(tokens, spec["ctx"], spec["chunks"], llm._model.add_bos_token(), llm.token_bos())
     first, last = scored_range(spec["ctx"])
     out = np.lib.format.open_memmap(spec["base"], "w+", np.float16, (len(chunks), last + 1 - first, llm.n_vocab()))
@@ -445,6 +455,7 @@ def main() -> None:
                 refs_theirs.append({**r, "bytes": target.with_suffix(".npy").stat().st_size,
                                     "phases": {"all": r["wall"]}})
             else:
+                assert bin_dir is not None and timer is not None  # both set unless naive_why
                 refs_theirs.append(theirs_reference(bin_dir, a, target, work / f"ref-{i}-theirs.log", timer))
             if i:
                 for f in work.glob(f"base-{i}.*"):
@@ -460,6 +471,7 @@ def main() -> None:
                 spec_n = {**spec_i, "base": str(base_file.with_suffix(".npy")), "work": str(work)}
                 trials_theirs.append(in_child("naive-trial", spec_n, work / f"trial-{i}-naive.log"))
             else:
+                assert bin_dir is not None and timer is not None  # both set unless naive_why
                 trials_theirs.append(theirs_trial(bin_dir, a, recipe, base_file, work, i, timer))
             trials_ours[-1]["recipe"] = trials_theirs[-1]["recipe"] = {r.tensors: r.type for r in recipe.rules}
             print(f"trial {i}: ours {trials_ours[-1]['wall']:.1f} s, theirs {trials_theirs[-1]['wall']:.1f} s "

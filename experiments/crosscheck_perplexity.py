@@ -56,8 +56,8 @@ def main() -> None:
     a = p.parse_args()
     model = resolve_model_arg(a.model)
     bin_dir = a.tools or build_tools(cache_dir() / "llama.cpp-tools", "0.3.36")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         recipe, quant, base = tmp / "q40.yaml", tmp / "q40.gguf", tmp / "base.kld"
         recipe.write_text("name: uniform-Q4_0\nunmatched: {type: Q4_0}\n")
         subprocess.run([sys.executable, "-m", "recipe_search.cli", "quantize", str(model), str(recipe), "-o", str(quant)],

@@ -12,8 +12,10 @@ of them is on the study's final frontier (which would mean the rule loses good r
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -33,11 +35,11 @@ def replay(study: optuna.Study) -> dict:
     config = StudyConfig.model_validate_json(study.user_attrs["config"])
     per_chunk = config.ctx - 1 - config.ctx // 2
     in_completion_order = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                                 key=lambda t: t.datetime_complete)
+                                 key=lambda t: t.datetime_complete or datetime.datetime.min)  # set on every complete trial
     trials = [r for r in map(TrialRecord.from_trial, in_completion_order) if r.measured]
     front = {r.number for r in frontier_records(trials, study.directions)}
     done: list[FinishedPoint] = []
-    stopped = []
+    stopped: list[dict[str, Any]] = []
     for t in trials:
         if t.reference is None and t.kld_tokens is not None:  # references are never pruned
             for chunks in range(MIN_CHUNKS_BEFORE_PRUNING, config.chunks):

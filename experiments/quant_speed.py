@@ -60,7 +60,7 @@ def main() -> None:
         print(f"\n{Path(r['model']).name} ({a.rounds} rounds, {a.threads} threads; medians)")
         print(f"{'type':<8}{'MiB':>8}{'pp tok/s':>11}{'tg tok/s':>11}  fallbacks")
         for t, m in r["median"].items():
-            counts = Counter()
+            counts: Counter[str] = Counter()
             for per_type in r["fallbacks"][t].values():
                 counts.update(per_type)
             fb = ", ".join(f"{k} on {n} tensors" for k, n in counts.items()) or "-"

@@ -19,6 +19,7 @@ import math
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def run_one(model: Path, config: StudyConfig, trials: int, cache: Path, keep: Pa
         study = Study.open(model, config, name="s", directory=where, cache=cache)
         study.prepare()
         study.run_to(trials)  # a kept study resumes
-        return [(t.values[0], t.values[1]) for t in measured_records(study.optuna_study)]
+        return [(t.measured_values[0], t.measured_values[1]) for t in measured_records(study.optuna_study)]
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
             print(f"{sampler} seed {seed}: {len(points[sampler][seed])} measured recipes", flush=True)
     every = np.array([[s, math.log10(max(q, 1e-12))] for runs in points.values() for pts in runs.values() for s, q in pts])
     ref = every.max(axis=0) + np.abs(every.max(axis=0)) * 0.01 + 1e-9
-    table = {}
+    table: dict[str, dict[str, Any]] = {}
     for sampler, runs in points.items():
         hv = {seed: hypervolume_2d(np.array([[s, math.log10(max(q, 1e-12))] for s, q in pts]), ref)
               for seed, pts in runs.items()}

@@ -23,6 +23,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from recipe_search.demo import resolve_model_arg
 from recipe_search.locations import shareable
 from recipe_search.pareto import hypervolume_2d, non_dominated
 from recipe_search.search import measured_records
-from recipe_search.space import StudyConfig, load_study_config
+from recipe_search.space import ReferenceConfig, StudyConfig, load_study_config
 from recipe_search.study import Study
 
 ARMS = ("plain", "seeded")
@@ -39,7 +40,7 @@ ARMS = ("plain", "seeded")
 def run_arm(a: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
     """Run (or resume) one study; return its measured points in trial order and its own summary."""
     base = (load_study_config(a.config) if a.config
-            else StudyConfig(objectives=["size", a.objective], references={"uniform": "ladder", "presets": []}))
+            else StudyConfig(objectives=["size", a.objective], references=ReferenceConfig(uniform="ladder", presets=[])))
     config = base.model_copy(update={
         "text": a.text, "ctx": a.ctx, "chunks": a.chunks, "seed": seed, "threads": a.threads, "prune": not a.no_prune,
         "surrogate_seeds": a.surrogate_seeds if arm == "seeded" else 0,
@@ -52,8 +53,8 @@ def run_arm(a: argparse.Namespace, model: Path, arm: str, seed: int) -> dict:
     seconds = time.perf_counter() - start
     trials = sorted(measured_records(study.optuna_study), key=lambda t: t.number)
     return {"arm": arm, "seed": seed, "seconds_this_call": seconds,
-            "points": [[t.number, t.values[0], math.log10(max(t.values[1], 1e-12)), t.surrogate_seed is not None,
-                        t.metrics["kld_mean"]] for t in trials],
+            "points": [[t.number, t.measured_values[0], math.log10(max(t.measured_values[1], 1e-12)),
+                        t.surrogate_seed is not None, t.metrics["kld_mean"]] for t in trials],
             "summary": study.summary()}
 
 
@@ -62,7 +63,7 @@ def frontier_stats(points: list[list], ref: np.ndarray, checkpoints: list[int], 
     under each of ``sizes`` (the mean is the steadier statistic on a few thousand tokens)."""
     pts = np.array([[p[1], p[2]] for p in points])
     numbers = np.array([p[0] for p in points])
-    out = {f"hv@{k}": hypervolume_2d(pts[numbers < k], ref) for k in checkpoints}
+    out: dict[str, Any] = {f"hv@{k}": hypervolume_2d(pts[numbers < k], ref) for k in checkpoints}
     out["best_mean_at"] = [min((p[4] for p in points if p[1] <= size), default=None) for size in sizes]
     front = non_dominated(pts)
     out["frontier"] = len(front)

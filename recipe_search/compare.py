@@ -129,7 +129,7 @@ def _nominal_cell(recipe: Recipe, kind: str) -> Cell:
     return Cell(" ".join(parts), _unmatched_bpw(recipe) if len(parts) == 1 else None)
 
 
-def quant_column(label: str, recipe: Recipe, quant: Inventory, file_bytes: int) -> Column:
+def quant_column(label: str, recipe: Recipe, quant: Inventory, file_bytes: int | None) -> Column:
     """A quantized GGUF: the types it holds per tensor type (``recipe``: its imported recipe)."""
     cells = {k.name: Cell(_type_counts(Counter(t.ggml_type.name for t in k.tensors)), k.bits_per_weight)
              for k in quant.kinds.values() if k.quantizable}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from enum import Enum
+from typing import Any
 
 from .errors import RecipeSearchError
 from .ggml_types import GGMLType
@@ -66,7 +67,7 @@ def custom_q(recipe: Recipe) -> str:
     return ",".join(toks)
 
 
-def export(recipe: Recipe, fmt: ExportFormat | str, **kwargs: str) -> str:
+def export(recipe: Recipe, fmt: ExportFormat | str, **kwargs: Any) -> str:
     fmt = ExportFormat(fmt)
     if fmt is ExportFormat.TENSOR_TYPE_FILE:
         return tensor_type_file(recipe)

@@ -9,6 +9,7 @@ import ctypes
 import functools
 import os
 import pathlib
+from typing import Any
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def tensor_to_numpy(t: GgmlTensor) -> np.ndarray:
     lib = ggml_base()
     nbytes = lib.ggml_nbytes(ctypes.byref(t))
     if t.buffer and lib.ggml_backend_buffer_is_host(t.buffer):
-        raw: object = (ctypes.c_char * nbytes).from_address(t.data)
+        raw: Any = (ctypes.c_char * nbytes).from_address(t.data)  # a buffer numpy's stubs do not list
     else:
         fetched = np.empty(nbytes, dtype=np.uint8)
         lib.ggml_backend_tensor_get(ctypes.byref(t), fetched.ctypes.data, 0, nbytes)

@@ -33,7 +33,7 @@ _DECODE_ARRAY_MAX = 64
 class KeyValue:
     key: str
     value_type: int
-    value: object  # decoded scalar/string/short list, or None for a long array
+    value: Any  # decoded scalar/string/short list, or None for a long array
     encoded_size: int  # bytes this pair takes in the file, key included
     array_len: int | None = None
 

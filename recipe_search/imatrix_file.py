@@ -215,7 +215,7 @@ def check_against(imatrix: Imatrix, shapes: Mapping[str, tuple[int, int]], sourc
         raise RecipeSearchError(f"imatrix entries of the wrong size: {shown}", source)
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -315,7 +315,8 @@ class ImatrixInput:
     def from_file(cls, path: str | Path) -> ImatrixInput:
         """Load an imatrix file (GGUF or legacy .dat) into what the quantizer receives."""
         im = load_imatrix(path)
-        return cls(quantizer_arrays(im), file=str(path), dataset=(im.datasets or [None])[0], chunk_count=im.chunk_count)
+        return cls(quantizer_arrays(im), file=str(path), dataset=im.datasets[0] if im.datasets else None,
+                   chunk_count=im.chunk_count)
 
     @cached_property
     def digest(self) -> str:

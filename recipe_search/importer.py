@@ -22,9 +22,9 @@ def recipe_from_inventory(inv: Inventory, name: str | None = None) -> Recipe:
     The type most tensor types share becomes the catch-all, so it needs no rules of its own.
     """
     per_kind: dict[str, dict[int | None, GGMLType]] = {}
-    for kind in inv.kinds.values():
-        if kind.quantizable:
-            per_kind[kind.name] = {t.block: t.ggml_type for t in kind.tensors if t.quantizable}
+    for info in inv.kinds.values():
+        if info.quantizable:
+            per_kind[info.name] = {t.block: t.ggml_type for t in info.tensors if t.quantizable}
     if not per_kind:
         raise RecipeSearchError("no tensor llama.cpp would quantize", inv.path)
     kind_main = {k: _majority(Counter(t.name for t in blocks.values())) for k, blocks in per_kind.items()}
@@ -35,7 +35,8 @@ def recipe_from_inventory(inv: Inventory, name: str | None = None) -> Recipe:
         minority: dict[str, list[int]] = defaultdict(list)
         for block, t in blocks.items():
             if t.name != main:
-                minority[t.name].append(block)  # a kind with differing types always has block numbers
+                assert block is not None  # a kind with differing types always has block numbers
+                minority[t.name].append(block)
         for t_name in sorted(minority, key=lambda n: (min(minority[n]), n)):
             rules.append(Rule(tensors=kind, blocks=sorted(minority[t_name]), type=t_name))
         if main != catch_all:

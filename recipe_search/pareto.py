@@ -31,7 +31,7 @@ def non_dominated(points: np.ndarray) -> np.ndarray:
     return np.array(keep, dtype=int)
 
 
-def hypervolume_2d(points: np.ndarray, reference: Sequence[float]) -> float:
+def hypervolume_2d(points: np.ndarray, reference: Sequence[float] | np.ndarray) -> float:
     """Area dominated by ``points`` (both objectives minimised) and bounded by ``reference``."""
     pts = np.asarray(points, dtype=float)
     pts = pts[np.all(pts < np.asarray(reference, dtype=float), axis=1)]

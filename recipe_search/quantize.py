@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -138,12 +139,13 @@ class _Params:
             kvo = (llama_cpp.llama_model_kv_override * (len(kv) + 1))()
             for i, (key, val) in enumerate(kv.items()):
                 kvo[i].key = key.encode()
+                value: Any = kvo[i].value  # the union inside kvo[i]; llama_cpp types it as int | float | bool | bytes
                 if isinstance(val, int):
                     kvo[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
-                    kvo[i].value.val_i64 = val
+                    value.val_i64 = val
                 else:
                     kvo[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-                    kvo[i].value.val_str = val.encode()
+                    value.val_str = val.encode()
             kvo[len(kv)].key = b""
             self.kv = kvo
             p.kv_overrides = ctypes.cast(kvo, ctypes.POINTER(llama_cpp.llama_model_kv_override))

@@ -97,6 +97,7 @@ class Rule(BaseModel):
     def label(self) -> str:
         if self.pattern is not None:
             return self.pattern
+        assert self.tensors is not None  # the validator requires `tensors` or `pattern`
         return self.tensors + (f"[blocks {','.join(map(str, self.blocks))}]" if self.blocks else "")
 
 
@@ -166,6 +167,7 @@ class Recipe(BaseModel):
         u = self.unmatched
         if u.file_type is not None:
             return parse_file_type(u.file_type)
+        assert u.type is not None  # Unmatched's validator requires `type` or `file_type`
         t = parse_type(u.type)
         return pure_file_type(t) if is_quantized(t) else FileType.MOSTLY_Q8_0
 

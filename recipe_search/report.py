@@ -122,7 +122,7 @@ def plot_frontier(sel: Selection, path: Path | None = None) -> Figure:
             continue
         ax.scatter([c.bpw for c in group], [sel.quality(c) for c in group], marker=marker, s=24, color=color,
                    zorder=4, label=label)
-        labels += [(c.bpw, sel.quality(c), c.reference.removeprefix("uniform-").removeprefix("preset-"), color)
+        labels += [(c.bpw, sel.quality(c), (c.reference or "").removeprefix("uniform-").removeprefix("preset-"), color)
                    for c in group]
 
     fit = _bytes_per_bpw(sel)
@@ -145,7 +145,8 @@ def plot_frontier(sel: Selection, path: Path | None = None) -> Figure:
     if fit is not None:
         unit, scale = _size_unit(max(c.file_bytes for c in cands))
         a, b = fit
-        top = ax.secondary_xaxis("top", functions=(lambda x: (a * x + b) / scale, lambda s: (s * scale - b) / a))
+        top = ax.secondary_xaxis("top", functions=(lambda x: (a * np.asarray(x) + b) / scale,
+                                                   lambda s: (np.asarray(s) * scale - b) / a))
         top.set_xlabel(f"file size ({unit})")
     ax.grid(True, which="both", color="0.92", lw=0.6)
     ax.set_title(f"{sel.study}: {sel.objective} against size — {len(sel.frontier)} of {len(cands)} measured "

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
         raise RecipeSearchError(f"reference cache belongs to another model ({meta.get('model_name')})", path)
     n_tok, n_ent = int(meta["n_tokens"]), int(meta["n_entries"])
 
-    def entries() -> dict[str, np.ndarray]:
+    def entries() -> dict[str, Any]:  # arrays, passed by name to SparseReference
         return {name: np.memmap(path / f"{name}.bin", dt, "r", shape=(n_ent,)) if n_ent else np.zeros(0, dt)
                 for name, dt in _PER_ENTRY.items()}
 
@@ -122,7 +123,7 @@ def _check_meta(meta: object, path: Path) -> None:
         raise RecipeSearchError("damaged reference cache (meta.json is not an object)", path)
     for key, kind in _META_FIELDS.items():
         value = meta.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             raise RecipeSearchError(f"damaged reference cache (meta.json: bad or missing {key})", path)
 
 

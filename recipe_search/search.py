@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import optuna
@@ -63,7 +63,7 @@ def storage_for(url: str, heartbeat: int | None = None, grace: int | None = None
                                 f"{mask_message(str(err).splitlines()[0], url)}") from None
 
 
-def directions(config: StudyConfig) -> list[str]:
+def directions(config: StudyConfig) -> list[Literal["minimize", "maximize"]]:
     return ["maximize" if o in MAXIMISE else "minimize" for o in config.objectives]
 
 
@@ -283,11 +283,11 @@ def study_summary(study: optuna.Study) -> dict:
     """Frontier, counts and hypervolumes of a study (JSON-able)."""
     complete = measured_records(study)
     states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
-    front = sorted(frontier_records(complete, study.directions), key=lambda r: r.values[0])
+    front = sorted(frontier_records(complete, study.directions), key=lambda r: r.measured_values[0])
     hv_all, hv_ref = hypervolumes(complete) if complete else (0.0, 0.0)
     objectives = study.user_attrs.get("objectives", ["size", "kld_p999"])
     rows = [{"trial": r.number, "name": r.name, "reference": r.reference is not None, "file_bytes": r.file_bytes,
-             "bpw": r.bpw, "values": dict(zip(objectives, r.values)), "kld_mean": r.metrics.get("kld_mean")}
+             "bpw": r.bpw, "values": dict(zip(objectives, r.measured_values)), "kld_mean": r.metrics.get("kld_mean")}
             for r in front]
     return {"trials": states, "measured": len(complete), "frontier": rows,
             "frontier_non_reference": sum(not r["reference"] for r in rows),

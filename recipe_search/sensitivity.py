@@ -139,7 +139,7 @@ class SensitivityTable:
         """Write the token vectors, then the CSV, then the meta, each atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **self.tokens)
+        np.savez_compressed(buf, **self.tokens)  # type: ignore[arg-type]  # numpy stub: a ** key could hit allow_pickle
         atomic_write_bytes(self.directory / TOKENS_FILE, buf.getvalue())
         columns = list(CELL_COLUMNS) + [k for k in self.rows[0] if k not in CELL_COLUMNS] if self.rows else []
         text = io.StringIO()

@@ -218,7 +218,9 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
         raise RecipeSearchError(f"tensor type(s) not quantized in this model: {', '.join(sorted(set(unknown)))}")
     searched = [k for k in wanted if k not in sc.fixed]
     group_of = {k: tuple(g) for g in sc.tied for k in g}
-    params, removed, seen = [], {}, set()
+    params = []
+    removed: dict[str, list[str]] = {}
+    seen: set[str] = set()
     for kind in searched:
         if kind in seen:
             continue

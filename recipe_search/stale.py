@@ -16,7 +16,7 @@ TRIAL_PREFIX = "trial-"
 
 def clean_workdir(workdir: Path) -> list[Path]:
     """Remove temporary GGUFs a killed worker left behind (a trial file whose process is gone)."""
-    removed = []
+    removed: list[Path] = []
     if not workdir.is_dir():
         return removed
     for path in workdir.glob(f"{TRIAL_PREFIX}*.gguf*"):
@@ -29,7 +29,7 @@ def clean_workdir(workdir: Path) -> list[Path]:
 
 def clean_references(references: Path) -> list[Path]:
     """Remove temporary reference directories (``.KEY.PID.xxxx``) of dead processes, and empty ones without a pid."""
-    removed = []
+    removed: list[Path] = []
     if not references.is_dir():
         return removed
     for path in references.glob(".*"):

@@ -46,7 +46,10 @@ def tail_metric(tokens: np.ndarray, metric: str) -> float:
     """99%, 99.9% (llama-perplexity's percentile) or max of per-token KLD values."""
     s = np.sort(tokens.astype(np.float32))
     stat = BY_NAME[metric].statistic
-    return float(s[-1]) if stat == "max" else percentile(s, float(stat))
+    if stat == "max":
+        return float(s[-1])
+    assert isinstance(stat, float), f"{metric} is not a tail statistic"  # callers pass surrogate tail metrics
+    return percentile(s, stat)
 
 
 class Surrogate:
@@ -157,7 +160,7 @@ class Allocator:
         hi = sum(max(self._cost(o, unit) for o in opts) for opts in self.options)
         if unit == "bytes":
             return self.base_bytes + lo, self.base_bytes + hi
-        return tuple((self.base_tensor_bytes + x) * 8 / self.n_elements for x in (lo, hi))
+        return (self.base_tensor_bytes + lo) * 8 / self.n_elements, (self.base_tensor_bytes + hi) * 8 / self.n_elements
 
     def allocate(self, target: float, unit: Literal["bytes", "bpw"] = "bytes",
                  metric: str = "kld_p999") -> Allocation:
@@ -186,7 +189,7 @@ class Allocator:
         mean = sum(opts[i][k].mean for i, k in enumerate(picks))
         tokens = self.fixed_tokens + sum(opts[i][k].tokens for i, k in enumerate(picks))
         used = sum(costs[i][k] for i, k in enumerate(picks))
-        by_cost = [sorted(range(len(c)), key=lambda k, c=c: c[k]) for c in costs]
+        by_cost = [sorted(range(len(c)), key=c.__getitem__) for c in costs]
 
         def value(m: float, t: np.ndarray) -> float:
             return m if metric == "kld_mean" else tail_metric(t, metric)

@@ -35,10 +35,12 @@ def read_map(path: Path) -> list[MapRow]:
         if not line.strip():
             continue
         m = _MAP_LINE.search(line)
+        if m is None:
+            raise RecipeSearchError(f"line {number}: not a tensor map line", path)
         try:
             rows.append((m["name"], tuple(int(s) for s in m["shape"].split(",") if s.strip()),
                          parse_type(m["dtype"].upper()), int(m["bytes"])))
-        except (TypeError, KeyError):
+        except ValueError:  # a shape entry that is not an integer
             raise RecipeSearchError(f"line {number}: not a tensor map line", path) from None
     if not rows:
         raise RecipeSearchError("tensor map lists no tensor", path)

@@ -66,6 +66,8 @@ class TextSource:
         if spec is None:
             return cls()
         m = _RANGE.match(spec)
+        if m is None:
+            raise RecipeSearchError(f"bad text spec {spec!r} (use FILE or FILE[0.4:1])")
         a, b = m["a"], m["b"]
         try:
             start = float(a) if a else 0.0

@@ -55,7 +55,8 @@ class Measurement:
 
 
 class _Trial(Protocol):
-    number: int
+    @property
+    def number(self) -> int: ...
 
     @property
     def user_attrs(self) -> dict[str, Any]: ...
@@ -101,6 +102,12 @@ class TrialRecord:
         if self.recipe_yaml is None:
             raise ValueError(f"trial {self.number} has no recipe")
         return recipe_from_dict(yaml.safe_load(self.recipe_yaml), f"trial {self.number}")
+
+    @property
+    def measured_values(self) -> list[float]:
+        """The objective values of a complete trial."""
+        assert self.values is not None
+        return self.values
 
     @property
     def file_bytes(self) -> int:

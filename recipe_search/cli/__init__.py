@@ -104,8 +104,8 @@ def _log(quiet: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    for sub in _SUBMODULES:
-        importlib.import_module(f"{__name__}.{sub}")
+    for module in _SUBMODULES:
+        importlib.import_module(f"{__name__}.{module}")
     parser = argparse.ArgumentParser(prog="recipe-search", description="Find per-tensor mixed-precision GGUF "
                                                                        "quantization recipes for llama.cpp.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

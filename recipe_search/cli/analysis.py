@@ -171,6 +171,7 @@ def compare(a: argparse.Namespace) -> int:
         from .scoring import _settings
 
         cache = cache_dir(a.cache_dir)
+        assert model is not None  # --score needs --model, checked above
         worker = Worker(model, _settings(a), cache, cache / "work", imatrix=_imatrix_input(a.imatrix) if a.imatrix else None)
 
         def measure(recipe):

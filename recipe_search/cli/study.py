@@ -163,7 +163,7 @@ class Progress:
 def _best_at_sizes(front: list[TrialRecord]) -> str:
     if not front:
         return "no frontier yet"
-    pts = sorted((r.bpw, r.values[1]) for r in front)
+    pts = sorted((r.bpw, r.measured_values[1]) for r in front)
     marks = [pts[0], pts[len(pts) // 2], pts[-1]]
     return "best " + ", ".join(f"{v:.3g}@{b:.2f}bpw" for b, v in dict(marks).items())
 
