@@ -33,6 +33,7 @@ class KeyValue:
     value: object  # decoded scalar/string/short list, or None for a long array
     encoded_size: int  # bytes this pair takes in the file, key included
     array_len: int | None = None
+    offset: int = 0  # where the pair starts in the file
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _parse(cur: _Cursor, path: Path, file_index: int, file_size: int) -> GGUFHea
         key = cur.string()
         vtype = cur.unpack("<I")
         value, alen = cur.value(vtype)
-        kv[key] = KeyValue(key, vtype, value, cur.pos - start, alen)
+        kv[key] = KeyValue(key, vtype, value, cur.pos - start, alen, start)
     alignment = int(kv["general.alignment"].value) if "general.alignment" in kv else DEFAULT_ALIGNMENT
     infos = []
     for _ in range(n_tensors):

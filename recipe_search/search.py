@@ -112,7 +112,7 @@ def open_study(storage: RDBStorage, name: str, model: Path | None, config: Study
         study.set_user_attr("objectives", list(config.objectives))
     imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
     settings = ScoreSettings(text=TextSource.parse(config.text), ctx=config.ctx, chunks=config.chunks,
-                             threads=config.threads)
+                             threads=config.threads, gpu_layers=config.gpu_layers)
     worker = Worker(model, settings, cache_dir, directory / "work" / socket.gethostname(), imatrix=imatrix)
     space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
     return StudyContext(study, config, space, worker, directory)

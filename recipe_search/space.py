@@ -64,6 +64,7 @@ class StudyConfig(BaseModel):
     chunks: int = 8
     imatrix: str | None = None
     threads: int = 2
+    gpu_layers: int = 0  # layers offloaded to a GPU (-1: all); needs a GPU build of llama-cpp-python
     objectives: list[Objective] = Field(default_factory=lambda: ["size", "kld_p999"])
     max_bpw: float | None = None
     min_bpw: float | None = None

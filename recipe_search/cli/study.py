@@ -25,9 +25,18 @@ def search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", choices=["tpe", "nsga2", "random"])
     p.add_argument("--threads", type=int)
+    p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all; default 0; needs a GPU build "
+                                                  "of llama-cpp-python)")
     p.add_argument("--cache-dir")
+    _add_tensor_cache_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+
+
+def _add_tensor_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-tensor-cache", action="store_true",
+                   help="quantize each trial's whole model with llama_model_quantize instead of assembling it "
+                        "from cached tensors")
 
 
 @command("search", "run (or resume) a search study: Optuna proposes, the worker measures")
@@ -38,7 +47,8 @@ def search(a: argparse.Namespace) -> int:
 
     model = _model(a.model)
     config = load_study_config(a.config)
-    overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads")
+    overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads",
+                                          "gpu_layers")
                  if getattr(a, k) is not None}
     config = config.model_copy(update=overrides)
     name = a.study or model.stem
@@ -56,6 +66,7 @@ def _run_study(ctx, a: argparse.Namespace, cache: Path, timeout: float | None, c
     from ..search import add_presets, enqueue_references, run, study_summary
 
     log = _log(a.quiet)
+    ctx.worker.tensor_cache = not a.no_tensor_cache
     need = check_disk(ctx, cache)
     log(f"study {ctx.study.study_name}: {len(ctx.study.trials)} trials so far, {len(ctx.space.parameters)} searched "
         f"parameters, objectives {', '.join(ctx.config.objectives)}")
@@ -103,6 +114,7 @@ def worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int)
     p.add_argument("--timeout")
     p.add_argument("--cache-dir")
+    _add_tensor_cache_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
 

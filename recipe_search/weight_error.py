@@ -1,0 +1,62 @@
+"""The weight-error proxy: a sensitivity table that costs no model evaluation.
+
+For every cell of the sweep (one tensor type at one ggml type, row-size fallbacks resolved per tensor as
+llama.cpp would), the tensor cache quantizes the tensors (or finds them already quantized) and has
+recorded their imatrix-weighted squared error, sum over columns j of imatrix[j] * sum over rows of
+(dequantized - source)^2, each expert weighted by its own imatrix slice (unweighted without an imatrix).
+With an imatrix this is the expected squared error of the tensor's outputs over the calibration text.
+
+The table has the sweep's directory format (`sensitivity.csv`, `meta.json`, `kld_tokens.npz`), with
+`meta.json` saying `"proxy": "weight-error"`: column `kld_mean` holds the summed weighted error of the
+cell's tensors (what the additive surrogate and seeding rank by; its scale is not a KLD), `weight_error`
+the same value and `weight_error_rel` the error over the weighted sum of squares of the source. No
+per-token vectors: `kld_tokens.npz` holds none, and tail predictions are unavailable from such a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .ggml_types import bits_per_weight
+from .inventory import model_fingerprint
+from .resolve import resolve
+from .sensitivity import TABLE_FORMAT, SensitivityTable, planned_cells, sweep_ladders
+from .size import predict_size
+from .worker import Worker
+
+PROXY = "weight-error"
+
+
+def proxy_meta(worker: Worker) -> dict:
+    """What a proxy table depends on: the model and the imatrix (no text, no reference)."""
+    return {"format": TABLE_FORMAT, "proxy": PROXY, "model": str(worker.model.resolve()),
+            "model_fingerprint": model_fingerprint(worker.inventory), "reference": None,
+            "imatrix": worker._imatrix_digest or None,
+            "imatrix_file": worker.imatrix.file if worker.imatrix else None}
+
+
+def run_weight_error(worker: Worker, out: Path, tensor_types: list[str] | None = None,
+                     types: list[str] | None = None,
+                     log: Callable[[str], None] = lambda msg: None) -> SensitivityTable:
+    """Fill the tensor cache for every cell and write the weight-error table at ``out``."""
+    inv = worker.inventory
+    cells = planned_cells(inv, sweep_ladders(inv, worker.imatrix is not None, tensor_types, types))
+    extra_kv = worker.imatrix.kv() if worker.imatrix else None
+    table = SensitivityTable(out, proxy_meta(worker))
+    log(f"{len(cells)} cells, weight error only (no model evaluation)")
+    for i, (kind, t, recipe) in enumerate(cells, 1):
+        resolution = resolve(recipe, inv)
+        err = ref = 0.0
+        for r in resolution.tensors:
+            if r.tensor.kind == kind and r.ggml_type != r.tensor.ggml_type:
+                e = worker.tensors.weight_error(r.tensor, r.ggml_type)
+                err, ref = err + e.sq_error, ref + e.sq_source
+        row = {"tensor_type": kind, "ggml_type": t.name, "bpw": bits_per_weight(t),
+               "n_elements": inv.kinds[kind].n_elements,
+               "file_bytes": predict_size(resolution, inv, extra_kv).file_bytes,
+               "kld_mean": err, "weight_error": err, "weight_error_rel": err / ref if ref > 0 else 0.0}
+        table.rows.append(row)
+        log(f"[{i}/{len(cells)}] {kind} {t.name}: weight error {err:.4g} (relative {row['weight_error_rel']:.3g})")
+    table.save()
+    return table
