@@ -246,18 +246,39 @@ def child_reference(spec: dict) -> dict:
 
 
 def child_trial(spec: dict) -> dict:
-    """One Worker.measure, the worker set up first (imports, base inventory, cached reference)."""
+    """One Worker.measure, the worker set up first (imports, base inventory, cached reference).
+
+    ``mode``: cold (the tensor cache emptied first), warm (every tensor of the recipe cached by its cold run),
+    plain (no tensor cache: llama_model_quantize writes the whole model)."""
     from recipe_search.recipe import recipe_from_dict
+    from recipe_search.tensor_cache import TensorCache
     from recipe_search.worker import Worker
 
-    worker = Worker(Path(spec["model"]), _settings(spec), Path(spec["cache"]), Path(spec["work"]))
+    mode = spec.get("mode", "cold")
+    worker = Worker(Path(spec["model"]), _settings(spec), Path(spec["cache"]), Path(spec["work"]),
+                    tensor_cache=mode != "plain")
     assert worker.reference is not None and worker.reference_was_cached
+    if mode == "cold":
+        TensorCache.under(Path(spec["cache"])).clear()
     recipe = recipe_from_dict(spec["recipe"])
     start = time.perf_counter()
     m = worker.measure(recipe, use_cache=False)  # a trial's cost, not a cache read
     wall = time.perf_counter() - start
     return {"wall": wall, "file_bytes": m.file_bytes, "kld_mean": m.metrics["kld_mean"],
             "phases": {**m.seconds, "other": wall - sum(m.seconds.values())}}
+
+
+def score_process(a: argparse.Namespace, spec: dict, recipe, work: Path, i: int) -> dict:
+    """A whole `recipe-search score MODEL RECIPE` process (this checkout's code), timed from outside."""
+    path = work / f"trial-{i}.yaml"
+    recipe.save(path)
+    cmd = [sys.executable, "-m", "recipe_search.cli", "score", spec["model"], str(path), "--text", spec["text"],
+           "--ctx", str(spec["ctx"]), "--chunks", str(spec["chunks"]), "--threads", str(spec["threads"]),
+           "--cache-dir", spec["cache"], "--json"]
+    r = run_measured(cmd, work / f"trial-{i}-score.log",
+                     env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return {"cmd": cmd, "wall": r["wall"], "rss_mb": r["rss_mb"], "load1": r["load1"],
+            "kld_mean": json.loads(r["stdout"])["metrics"]["kld_mean"]}
 
 
 def in_child(kind: str, spec: dict, log: Path) -> dict:
@@ -297,11 +318,13 @@ def child_naive_reference(spec: dict) -> dict:
     import numpy as np
 
     from recipe_search.kld import log_softmax
-    from recipe_search.llama import chunk_tokens, read_text, scored_range
+    from recipe_search.llama import chunk_tokens, scored_range
+    from recipe_search.text import TextSource
 
     start = time.perf_counter()
     llm = _naive_llama(spec["model"], spec)
-    tokens = np.array(llm.tokenize(read_text(spec["text"]), add_bos=True, special=False), dtype=np.int32)
+    text = TextSource(Path(spec["text"])).read()
+    tokens = np.array(llm.tokenize(text, add_bos=True, special=False), dtype=np.int32)
     chunks = chunk_tokens(tokens, spec["ctx"], spec["chunks"], llm._model.add_bos_token(), llm.token_bos())
     first, last = scored_range(spec["ctx"])
     out = np.lib.format.open_memmap(spec["base"], "w+", np.float16, (len(chunks), last + 1 - first, llm.n_vocab()))
@@ -391,6 +414,7 @@ def main() -> None:
     p.add_argument("--max-wait", type=float, default=1200, help="seconds to wait for it at most")
     p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_trial.json")
+    p.add_argument("--no-plain", action="store_true", help="skip the trials without the tensor cache")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -451,40 +475,60 @@ def main() -> None:
                     f.unlink()
             print(f"reference {i}: ours {refs_ours[-1]['wall']:.1f} s, theirs {refs_theirs[-1]['wall']:.1f} s",
                   flush=True)
-        trials_ours, trials_theirs = [], []
+        trials_ours, trials_theirs, trials_warm, trials_plain, scores_warm = [], [], [], [], []
         for i in range(a.runs):
             recipe = random_mix(inventory, rng, f"bench-{seed}-{i}")
             spec_i = {**spec, "cache": str(work / "cache-0"), "recipe": recipe.model_dump(by_alias=True, mode="json")}
-            trials_ours.append(in_child("trial", spec_i, work / f"trial-{i}-ours.log"))
+            trials_ours.append(in_child("trial", {**spec_i, "mode": "cold"}, work / f"trial-{i}-ours.log"))
             if naive_why:
                 spec_n = {**spec_i, "base": str(base_file.with_suffix(".npy")), "work": str(work)}
                 trials_theirs.append(in_child("naive-trial", spec_n, work / f"trial-{i}-naive.log"))
             else:
                 trials_theirs.append(theirs_trial(bin_dir, a, recipe, base_file, work, i, timer))
-            trials_ours[-1]["recipe"] = trials_theirs[-1]["recipe"] = {r.tensors: r.type for r in recipe.rules}
-            print(f"trial {i}: ours {trials_ours[-1]['wall']:.1f} s, theirs {trials_theirs[-1]['wall']:.1f} s "
-                  f"(KLD {trials_ours[-1]['kld_mean']:.5f} / {trials_theirs[-1]['kld_mean']:.5f})", flush=True)
+            trials_warm.append(in_child("trial", {**spec_i, "mode": "warm"}, work / f"trial-{i}-warm.log"))
+            scores_warm.append(score_process(a, spec_i, recipe, work, i))
+            if not a.no_plain:
+                trials_plain.append(in_child("trial", {**spec_i, "mode": "plain"}, work / f"trial-{i}-plain.log"))
+            for r in (trials_ours[-1], trials_theirs[-1], trials_warm[-1]):
+                r["recipe"] = {rule.tensors: rule.type for rule in recipe.rules}
+            print(f"trial {i}: ours cold {trials_ours[-1]['wall']:.1f} s, warm {trials_warm[-1]['wall']:.1f} s, "
+                  f"score process (warm) {scores_warm[-1]['wall']:.1f} s"
+                  + (f", no tensor cache {trials_plain[-1]['wall']:.1f} s" if trials_plain else "")
+                  + f"; theirs {trials_theirs[-1]['wall']:.1f} s "
+                  f"(KLD {trials_ours[-1]['kld_mean']:.5f} / {trials_warm[-1]['kld_mean']:.5f} / "
+                  f"{trials_theirs[-1]['kld_mean']:.5f})", flush=True)
         info["load_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(info, refs_ours, refs_theirs, trials_ours, trials_theirs, a.out)
+    report(info, refs_ours, refs_theirs, trials_ours, trials_theirs, a.out,
+           {"warm": trials_warm, "score_warm": scores_warm, "plain": trials_plain})
 
 
 def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, trials_theirs: list,
-           out: Path) -> None:
+           out: Path, cached: dict[str, list]) -> None:
     med = statistics.median
     t_ours, t_theirs = med(r["wall"] for r in trials_ours), med(r["wall"] for r in trials_theirs)
+    t_warm, t_score = med(r["wall"] for r in cached["warm"]), med(r["wall"] for r in cached["score_warm"])
+    assembly_share = med(r["phases"]["assemble"] / r["wall"] for r in cached["warm"])
     rss_ours = med(r["rss_mb"] for r in trials_ours)
     rss_theirs = med(r.get("rss_mb_perplexity", r["rss_mb"]) for r in trials_theirs)
     r_ours, r_theirs = med(r["wall"] for r in refs_ours), med(r["wall"] for r in refs_theirs)
     cache, base = med(r["bytes"] for r in refs_ours), med(r["bytes"] for r in refs_theirs)
     targets = {
         "trial_time": {"ours_s": t_ours, "theirs_s": t_theirs, "ratio": t_ours / t_theirs, "target": 1.0},
+        "warm_trial_time": {"ours_s": t_warm, "theirs_s": t_theirs, "ratio": t_warm / t_theirs, "target": 0.72},
+        "warm_score_process": {"ours_s": t_score, "theirs_s": t_theirs, "ratio": t_score / t_theirs, "target": 0.80},
+        "warm_assembly_share": {"ours_s": med(r["phases"]["assemble"] for r in cached["warm"]), "theirs_s": t_warm,
+                                "ratio": assembly_share, "target": 0.01},
         "trial_peak_rss": {"ours_mb": rss_ours, "theirs_mb": rss_theirs, "ratio": rss_ours / rss_theirs,
                            "target": 1.0, "micro_batch": info["micro_batch"], "batch": info["batch"]},
         "reference_time": {"ours_s": r_ours, "theirs_s": r_theirs, "ratio": r_ours / r_theirs, "target": 1.0},
         "reference_size": {"ours_bytes": cache, "theirs_bytes": base, "ratio": cache / base, "target": 0.05},
     }
+    if cached["plain"]:
+        t_plain = med(r["wall"] for r in cached["plain"])
+        targets["cold_vs_no_tensor_cache"] = {"ours_s": t_ours, "theirs_s": t_plain, "ratio": t_ours / t_plain,
+                                              "target": 1.0}
     for t in targets.values():
         t["met"] = t["ratio"] <= t["target"]
     m = info["machine"]
@@ -497,7 +541,9 @@ def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, tr
         vals = [v for k, v in t.items() if k.startswith(("ours", "theirs"))]
         print(f"{name:16s} ours {vals[0]:>14,.2f}  theirs {vals[1]:>14,.2f}  ratio {t['ratio']:.3f} "
               f"(target <= {t['target']}) {'met' if t['met'] else 'NOT met'}")
-    for title, o, th in (("trial", trials_ours, trials_theirs), ("reference", refs_ours, refs_theirs)):
+    for title, o, th in (("cold trial", trials_ours, trials_theirs), ("warm trial", cached["warm"], trials_theirs),
+                         *((("trial without the tensor cache", cached["plain"], trials_theirs),) if cached["plain"]
+                           else ()), ("reference", refs_ours, refs_theirs)):
         po, pt = median_phases(o), median_phases(th)
         print(f"\n{title} phases (median seconds)\n{'ours':>34s} {'':8s}{'theirs':>28s}")
         for k in range(max(len(po), len(pt))):
@@ -510,7 +556,8 @@ def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, tr
         print(f"{'peak RSS MB':>26s} {med(r['rss_mb'] for r in o):7.0f}   {'peak RSS MB':>26s} "
               f"{med(r['rss_mb'] for r in th):7.0f}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**info, "targets": targets, "trials": {"ours": trials_ours, "theirs": trials_theirs},
+    out.write_text(json.dumps({**info, "targets": targets, "trials": {"ours": trials_ours, "theirs": trials_theirs,
+                                                                      **cached},
                                "references": {"ours": refs_ours, "theirs": refs_theirs}}, indent=1) + "\n")
     print(f"\nwrote {out}")
 

@@ -129,8 +129,8 @@ def _slab_error(x: np.ndarray, q: np.ndarray, new_type: GGMLType, w: np.ndarray 
         d = np.zeros_like(x)
     else:
         d = ggml_ctypes.to_float(int(new_type), q, x.size).reshape(x.shape) - x
-    col_err = np.einsum("ij,ij->j", d, d, dtype=np.float64)
-    col_ref = np.einsum("ij,ij->j", x, x, dtype=np.float64)
+    col_err = np.einsum("ij,ij->j", d, d).astype(np.float64)  # per column over the slab's rows, in float32
+    col_ref = np.einsum("ij,ij->j", x, x).astype(np.float64)
     if w is None:
         return float(col_err.sum()), float(col_ref.sum())
     w64 = w.astype(np.float64)

@@ -31,6 +31,9 @@ def search_args(p: argparse.ArgumentParser) -> None:
     _add_tensor_cache_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--estimate", action="store_true",
+                   help="run no study: measure this machine's rates on a small slice and print the cost of a "
+                        "trial on MODEL (a header-only GGUF will do) and the trials in 8 hours")
 
 
 def _add_tensor_cache_arg(p: argparse.ArgumentParser) -> None:
@@ -51,6 +54,8 @@ def search(a: argparse.Namespace) -> int:
                                           "gpu_layers")
                  if getattr(a, k) is not None}
     config = config.model_copy(update=overrides)
+    if a.estimate:
+        return _estimate(model, config, cache_dir(a.cache_dir), a.json)
     name = a.study or model.stem
     directory = Path(a.dir) if a.dir else Path("studies") / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -104,6 +109,45 @@ def _run_study(ctx, a: argparse.Namespace, cache: Path, timeout: float | None, c
           f"reference recipes alone")
     if outcome.stopped_by_user:
         print("stopped by Ctrl-C; run the same command again to resume")
+    return 0
+
+
+def _estimate(model: Path, config, cache: Path, as_json: bool) -> int:
+    from dataclasses import asdict
+
+    from ..estimate import estimate, ladder_of, measure_rates
+    from ..inventory import read_inventory
+
+    inv = read_inventory(model)
+    ladder = ladder_of(config.space.ladder)
+    rates = measure_rates(inv, cache, config.threads, ladder)
+    arch = inv.headers[0].get("general.architecture")
+    used = inv.headers[0].get(f"{arch}.expert_used_count")
+    est = estimate(inv, rates, config.chunks * config.ctx, ladder, None if used is None else int(used))
+    if as_json:
+        _print_json({"rates": asdict(rates), "estimate": asdict(est)})
+        return 0
+    print(f"{model.name}: {len(inv.tensors)} tensors, {inv.n_elements / 1e9:.2f}B parameters, "
+          f"{est.active_params / 1e9:.2f}B active per token; trial recipe {est.recipe} "
+          f"({_human_bytes(est.file_bytes)}); {config.chunks} x {config.ctx} tokens per trial, {config.threads} threads")
+    print("measured here: quantize rate per type (Melements/s): " + ", ".join(
+        f"{k} {v / 1e6:.0f}" for k, v in rates.quantize_elements_per_s.items()))
+    print(f"measured here: write {rates.write_bytes_per_s / 1e6:.0f} MB/s, page-cache read "
+          f"{rates.read_bytes_per_s / 1e6:.0f} MB/s, {1e6 * rates.link_s:.0f} us per linked tensor; CPU evaluation: "
+          + (f"{rates.cpu_tokens_per_s_per_active_param / 1e9:.2f}e9 tokens/s x active parameters ({rates.measured_on}), "
+             "scaled by active parameters" if rates.cpu_tokens_per_s_per_active_param else rates.measured_on))
+    for note in est.notes:
+        print(note)
+    print(f"\n{'phase (s)':<16}{'CPU':>12}{'GPU offload':>14}")
+    for phase in est.phases["cpu"]:
+        print(f"{phase:<16}{est.phases['cpu'][phase]:>12.1f}{est.phases['gpu'][phase]:>14.1f}")
+    print(f"\n{'in 8 hours':<34}{'CPU':>10}{'GPU offload':>14}")
+    n = est.trials_per_night
+    for key, label in (("without_cache", "trials without the cache"),
+                       ("with_cache_all_filled", "with it, every ladder type filled"),
+                       ("with_cache_warm", "with it, all warm")):
+        print(f"{label:<34}{n['cpu'][key]:>10.0f}{n['gpu'][key]:>14.0f}")
+    print(f"filling the cache with every ladder type of every tensor: {est.cache_fill_s / 60:.0f} min (at most)")
     return 0
 
 
