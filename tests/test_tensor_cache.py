@@ -214,7 +214,8 @@ def test_weight_error_table_feeds_the_surrogate(dense_model, tmp_path, capsys) -
     inv = worker.inventory
     expected = sum(worker.tensors.weight_error(t, GGMLType.Q4_0).sq_error for t in inv.kinds["attn_v"].tensors)
     assert table.cell("attn_v", "Q4_0")["weight_error"] == pytest.approx(expected)
-    config = StudyConfig(space={"tensor_types": ["ffn_up", "attn_v"], "ladder": ["Q8_0", "Q4_0", "Q2_K"]},
+    config = StudyConfig(space={"tensor_types": ["ffn_up", "attn_v"], "ladder": ["Q8_0", "Q4_0", "Q2_K"],
+                                "unmatched": "F16"},
                          surrogate_seeds=2, sensitivity=str(out))
     space = build_space(config, inv, has_imatrix=False)
     allocator = Allocator(Surrogate(table, inv), space)
