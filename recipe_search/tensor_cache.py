@@ -71,6 +71,7 @@ class WeightError:
     sq_error: float  # sum over elements of w_col * (dequantized - source)^2
     sq_source: float  # sum over elements of w_col * source^2
     weighted: bool
+    per_expert: tuple[float, ...] = ()  # sq_error of each expert of a 3-D tensor (one value for a 2-D one)
 
     @property
     def relative(self) -> float:
@@ -100,9 +101,11 @@ def quantize_tensor(raw: np.ndarray, tensor: Tensor, new_type: GGMLType, imatrix
         raise RecipeSearchError(f"ggml cannot quantize {tensor.name} to {new_type.name} without imatrix data")
     slab_rows = max(1, min(rows_per_expert, _SLAB_ELEMENTS // n_per_row))
     out: list[np.ndarray] = []
-    err = ref = 0.0
+    errors = np.zeros(max(1, n_rows // rows_per_expert))
+    ref = 0.0
+    first = 0
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for first in range(0, n_rows, slab_rows):
+        while first < n_rows:
             expert = first // rows_per_expert
             n = min(slab_rows, n_rows - first, rows_per_expert - first % rows_per_expert)
             src = raw[first * src_row:(first + n) * src_row]
@@ -119,9 +122,10 @@ def quantize_tensor(raw: np.ndarray, tensor: Tensor, new_type: GGMLType, imatrix
                 raise RecipeSearchError(f"quantized data validation failed for {tensor.name} ({new_type.name})")
             out.append(q.reshape(-1))
             e, r = _slab_error(x, q, new_type, w)
-            err += e
+            errors[expert] += e
             ref += r
-    return out, WeightError(err, ref, imatrix is not None)
+            first += n
+    return out, WeightError(float(errors.sum()), ref, imatrix is not None, tuple(float(e) for e in errors))
 
 
 def _slab_error(x: np.ndarray, q: np.ndarray, new_type: GGMLType, w: np.ndarray | None) -> tuple[float, float]:
@@ -299,7 +303,8 @@ class ModelTensors:
         for _ in range(2):
             try:
                 d = json.loads(meta.read_text())
-                return WeightError(float(d["sq_error"]), float(d["sq_source"]), bool(d["weighted"]))
+                return WeightError(float(d["sq_error"]), float(d["sq_source"]), bool(d["weighted"]),
+                                   tuple(d["per_expert"]))
             except (OSError, ValueError, KeyError, TypeError):
                 self.shard(tensor, ggml_type)
         raise RecipeSearchError(f"no weight error recorded for {tensor.name} at {ggml_type.name}", meta)
@@ -327,7 +332,8 @@ class ModelTensors:
         tail = bytes(pad(n_bytes, SHARD_ALIGNMENT) - n_bytes)
         atomic_write_text(path.with_suffix(".json"), json.dumps(
             {"tensor": tensor.name, "type": ggml_type.name, "bytes": n_bytes, "sq_error": err.sq_error,
-             "sq_source": err.sq_source, "weighted": err.weighted, "created": time.time()}))
+             "sq_source": err.sq_source, "weighted": err.weighted, "per_expert": err.per_expert,
+             "created": time.time()}))
         write_atomically(path, [head, *[memoryview(d) for d in data], tail])
 
 
