@@ -10,7 +10,7 @@ it relative to the tensor's weighted energy. The imatrix of the imatrix sweep is
 sweep's findings describe (`wiki.test.raw[0.2:0.4]`, 64 chunks of 256, --process-output) and its digest
 checked against the table's.
 
-    python experiments/weight_error_correlation.py [--out experiments/results/weight-error-correlation.json]
+    python experiments/weight_error_correlation.py [--cases demo ...] [--out experiments/results/weight-error-correlation.json]
 """
 
 from __future__ import annotations
@@ -94,12 +94,13 @@ def main() -> None:
     p.add_argument("--cache-dir", type=Path, help="recipe-search cache (default: a temporary one, so every "
                                                   "tensor is quantized here and the time is the proxy's full cost)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "weight-error-correlation.json")
+    p.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES], default=[c[0] for c in CASES])
     a = p.parse_args()
-    results = {}
+    results = json.loads(a.out.read_text()) if a.out.exists() else {}  # cases not run now are kept
     with tempfile.TemporaryDirectory(prefix="weight-error-") as tmp:
         work = Path(tmp)
         cache = a.cache_dir or work / "cache"
-        for name, model_arg, table_dir, with_imatrix in CASES:
+        for name, model_arg, table_dir, with_imatrix in (c for c in CASES if c[0] in a.cases):
             r = results[name] = run_case(name, model_arg, table_dir, with_imatrix, cache, work)
             for measure in ("weighted_squared_error", "relative_error"):
                 c = r[measure]

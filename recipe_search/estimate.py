@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .ggml_types import DEFAULT_LADDER, GGMLType, fallback, is_quantized
+from .ggml_types import GGMLType, fallback, is_quantized, tensor_bytes
 from .inventory import Inventory, Tensor
 from .recipe import uniform_recipe
 from .resolve import resolve
 from .size import predict_size
+from .space import SearchSpace
 from .tensor_cache import quantize_tensor
 
 NIGHT_S = 8 * 3600
@@ -120,7 +121,7 @@ def _measure_eval(threads: int) -> tuple[float, str] | None:
 
     with LlamaModel(model, n_threads=threads, n_ctx=512) as lm:
         tokens = np.arange(512, dtype=np.int32) % 1000 + 10
-        batch = Batch(np.arange(512), np.zeros(512), np.zeros(512))
+        batch = Batch(np.arange(512), np.zeros(512), np.arange(512) >= 256)  # a trial's outputs: the second half
         batch.token[:] = tokens
         lm.clear()
         start = time.process_time()
@@ -146,53 +147,70 @@ class Estimate:
     recipe: str
     file_bytes: int
     active_params: float
-    cache_fill_s: float
     notes: list[str]
 
 
-def estimate(inv: Inventory, rates: Rates, tokens: int, ladder: list[GGMLType], experts_used: int | None,
+def _night_with_cache(space: SearchSpace, cost: dict[tuple[str, str], float], warm_s: float,
+                      seed: int = 0) -> tuple[int, float]:
+    """(trials in 8 hours, seconds spent quantizing) when every trial draws each parameter's ladder index
+    uniformly at random and pays the quantization of each (parameter, type) it meets for the first time."""
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[str, str]] = set()
+    spent = filling = 0.0
+    n = 0
+    while True:
+        picks = {(p.name, p.ladder[int(rng.integers(len(p.ladder)))].name) for p in space.parameters}
+        fill = sum(cost[k] for k in picks - seen)
+        if spent + warm_s + fill > NIGHT_S:
+            return n, filling
+        spent += warm_s + fill
+        filling += fill
+        seen |= picks
+        n += 1
+
+
+def estimate(inv: Inventory, rates: Rates, tokens: int, space: SearchSpace, experts_used: int | None,
              recipe_type: GGMLType = GGMLType.Q4_K) -> Estimate:
+    """Per-trial phases for a uniform ``recipe_type`` recipe, and trials per night with and without the cache."""
     notes = []
     if experts_used is None:
         experts_used = DEFAULT_EXPERTS_USED
         notes.append(f"assumed: {experts_used} experts used per token (the header does not say)")
     resolution = resolve(uniform_recipe(recipe_type.name), inv)
     size = predict_size(resolution, inv)
+    slowest = min(rates.quantize_elements_per_s.values())
 
-    def quantize_s(resolved: list[tuple[Tensor, GGMLType]]) -> float:
-        s = 0.0
-        for t, q in resolved:
-            if q != t.ggml_type and is_quantized(q):
-                s += t.n_elements / rates.quantize_elements_per_s.get(q.name, min(rates.quantize_elements_per_s.values()))
-        return s
+    def quantize_s(tensors: list[tuple[Tensor, GGMLType]]) -> float:
+        """Quantizing and writing these tensors at these types."""
+        return sum(t.n_elements / rates.quantize_elements_per_s.get(q.name, slowest)
+                   + tensor_bytes(q, t.shape) / rates.write_bytes_per_s
+                   for t, q in tensors if q != t.ggml_type and is_quantized(q))
 
-    cold = quantize_s([(r.tensor, r.ggml_type) for r in resolution.tensors]) + size.file_bytes / rates.write_bytes_per_s
-    fill = sum(quantize_s([(t, fallback(q, t.row_length)) for t in inv.tensors if t.quantizable]) for q in ladder)
-    fill += sum(predict_size(resolve(uniform_recipe(q.name), inv), inv).tensor_bytes for q in ladder) / \
-        rates.write_bytes_per_s
+    cold = quantize_s([(r.tensor, r.ggml_type) for r in resolution.tensors])
+    cost = {}
+    for p in space.parameters:
+        members = [t for t in inv.tensors if t.quantizable and t.kind in p.kinds
+                   and (p.blocks is None or t.block in p.blocks)]
+        for q in p.ladder:
+            cost[(p.name, q.name)] = quantize_s([(t, fallback(q, t.row_length)) for t in members])
     assembly = len(inv.tensors) * rates.link_s + 1e-3
     load_cpu = size.file_bytes / rates.read_bytes_per_s
     active = active_parameters(inv, experts_used)
-    eval_cpu = tokens * active / rates.cpu_tokens_per_s_per_active_param if rates.cpu_tokens_per_s_per_active_param \
-        else float("nan")
+    rate = rates.cpu_tokens_per_s_per_active_param
+    eval_cpu = tokens * active / rate if rate else float("nan")
     load_gpu = load_cpu + size.file_bytes / GPU_UPLOAD_BYTES_PER_S
     eval_gpu = tokens / GPU_TOKENS_PER_S
-    phases = {}
+    phases, nights = {}, {}
     for name, load, ev in (("cpu", load_cpu, eval_cpu), ("gpu", load_gpu, eval_gpu)):
         phases[name] = {"quantize_cold": cold, "quantize_warm": 0.0, "assembly": assembly, "load": load,
                         "evaluation": ev}
-    nights = {}
-    for name, p in phases.items():
-        without = p["quantize_cold"] + p["load"] + p["evaluation"]
-        warm = p["assembly"] + p["load"] + p["evaluation"]
-        nights[name] = {"without_cache": NIGHT_S / without, "with_cache_all_filled": max(0.0, NIGHT_S - fill) / warm,
-                        "with_cache_warm": NIGHT_S / warm, "trial_s_without_cache": without,
-                        "trial_s_warm": warm}
+        without = cold + load + ev
+        warm = assembly + load + ev
+        with_cache, filling = _night_with_cache(space, cost, warm)
+        nights[name] = {"trial_s_without_cache": without, "trial_s_warm": warm, "without_cache": NIGHT_S / without,
+                        "with_cache": with_cache, "with_cache_quantize_s": filling, "all_warm": NIGHT_S / warm}
     notes.append(f"assumed: GPU evaluation {GPU_TOKENS_PER_S:.0f} tokens/s, host-to-GPU copy "
                  f"{GPU_UPLOAD_BYTES_PER_S / 1e9:.0f} GB/s")
-    return Estimate(phases, nights, f"uniform {recipe_type.name}", size.file_bytes, active, fill, notes)
-
-
-def ladder_of(names: list[str] | None) -> list[GGMLType]:
-    """The study's ladder (the default one when the config names none)."""
-    return [GGMLType[n] for n in names] if names else list(DEFAULT_LADDER)
+    notes.append("with the cache: each trial draws every searched parameter's type uniformly at random and "
+                 "quantizes the (parameter, type) pairs it meets first; the rest is linked")
+    return Estimate(phases, nights, f"uniform {recipe_type.name}", size.file_bytes, active, notes)

@@ -115,15 +115,17 @@ def _run_study(ctx, a: argparse.Namespace, cache: Path, timeout: float | None, c
 def _estimate(model: Path, config, cache: Path, as_json: bool) -> int:
     from dataclasses import asdict
 
-    from ..estimate import estimate, ladder_of, measure_rates
+    from ..estimate import estimate, measure_rates
     from ..inventory import read_inventory
+    from ..space import build_space
 
     inv = read_inventory(model)
-    ladder = ladder_of(config.space.ladder)
+    space = build_space(config, inv, has_imatrix=config.imatrix is not None)
+    ladder = list(dict.fromkeys(t for p in space.parameters for t in p.ladder))
     rates = measure_rates(inv, cache, config.threads, ladder)
     arch = inv.headers[0].get("general.architecture")
     used = inv.headers[0].get(f"{arch}.expert_used_count")
-    est = estimate(inv, rates, config.chunks * config.ctx, ladder, None if used is None else int(used))
+    est = estimate(inv, rates, config.chunks * config.ctx, space, None if used is None else int(used))
     if as_json:
         _print_json({"rates": asdict(rates), "estimate": asdict(est)})
         return 0
@@ -143,11 +145,11 @@ def _estimate(model: Path, config, cache: Path, as_json: bool) -> int:
         print(f"{phase:<16}{est.phases['cpu'][phase]:>12.1f}{est.phases['gpu'][phase]:>14.1f}")
     print(f"\n{'in 8 hours':<34}{'CPU':>10}{'GPU offload':>14}")
     n = est.trials_per_night
-    for key, label in (("without_cache", "trials without the cache"),
-                       ("with_cache_all_filled", "with it, every ladder type filled"),
-                       ("with_cache_warm", "with it, all warm")):
+    for key, label in (("without_cache", "trials without the cache"), ("with_cache", "trials with the cache"),
+                       ("all_warm", "trials, every tensor cached")):
         print(f"{label:<34}{n['cpu'][key]:>10.0f}{n['gpu'][key]:>14.0f}")
-    print(f"filling the cache with every ladder type of every tensor: {est.cache_fill_s / 60:.0f} min (at most)")
+    print(f"{'of which quantizing (min)':<34}{n['cpu']['with_cache_quantize_s'] / 60:>10.0f}"
+          f"{n['gpu']['with_cache_quantize_s'] / 60:>14.0f}")
     return 0
 
 
