@@ -245,3 +245,23 @@ def test_slabs_stop_at_expert_boundaries(monkeypatch) -> None:
         whole.append(q.ravel())
     assert np.array_equal(np.concatenate(data), np.concatenate(whole))
     assert len(err.per_expert) == experts and sum(err.per_expert) == pytest.approx(err.sq_error)
+
+
+def test_estimate_from_rates(qwen35_model) -> None:
+    """The cost model: phases from rates, and the cache's nights between no cache and every tensor cached."""
+    from recipe_search.estimate import NIGHT_S, Rates, estimate
+    from recipe_search.space import StudyConfig, build_space
+
+    inv = read_inventory(qwen35_model)
+    space = build_space(StudyConfig(), inv, has_imatrix=False)
+    rates = Rates({t.name: 1e3 for p in space.parameters for t in p.ladder}, 1e6, 1e7, 1e-4, 1e9, "test")
+    est = estimate(inv, rates, 4096, space, experts_used=2)
+    cpu = est.phases["cpu"]
+    quantized = sum(t.n_elements for t in inv.tensors if t.quantizable)
+    assert cpu["quantize_cold"] > quantized / 1e3 and cpu["quantize_warm"] == 0
+    assert cpu["assembly"] == pytest.approx(len(inv.tensors) * 1e-4 + 1e-3)
+    assert cpu["evaluation"] == pytest.approx(4096 * est.active_params / 1e9)
+    n = est.trials_per_night["cpu"]
+    assert n["without_cache"] == pytest.approx(NIGHT_S / (cpu["quantize_cold"] + cpu["load"] + cpu["evaluation"]))
+    assert n["without_cache"] <= n["with_cache"] <= n["all_warm"]
+    assert est.active_params == pytest.approx(inv.n_elements)  # the test model has 2 experts, both used
