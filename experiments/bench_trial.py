@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # benchmark this checkout's recipe_search, whatever is installed
 DEFAULT_TEXT = Path("/work/shared/data/wikitext-2-raw/wiki.test.raw")
 TOOLS_CACHE = Path.home() / ".cache" / "recipe-search" / "llama.cpp-tools"
 TARGETS = ("llama-quantize", "llama-perplexity")
@@ -255,12 +257,20 @@ def child_reference(spec: dict) -> dict:
 
 
 def child_trial(spec: dict) -> dict:
-    """One Worker.measure, the worker set up first (imports, base inventory, cached reference)."""
+    """One Worker.measure, the worker set up first (imports, base inventory, cached reference).
+
+    ``mode``: cold (the tensor cache emptied first), warm (every tensor of the recipe cached by its cold run),
+    plain (no tensor cache: llama_model_quantize writes the whole model)."""
     from recipe_search.recipe import recipe_from_dict
+    from recipe_search.tensor_cache import TensorCache
     from recipe_search.worker import Worker
 
-    worker = Worker(Path(spec["model"]), _settings(spec), Path(spec["cache"]), Path(spec["work"]))
+    mode = spec.get("mode", "cold")
+    worker = Worker(Path(spec["model"]), _settings(spec), Path(spec["cache"]), Path(spec["work"]),
+                    tensor_cache=mode != "plain")
     assert worker.reference is not None and worker.reference_was_cached
+    if mode == "cold":
+        TensorCache.under(Path(spec["cache"])).clear()
     recipe = recipe_from_dict(spec["recipe"])
     start = time.perf_counter()
     m = worker.measure(recipe, use_cache=False)  # a trial's cost, not a cache read
@@ -269,9 +279,22 @@ def child_trial(spec: dict) -> dict:
             "phases": {**m.seconds, "other": wall - sum(m.seconds.values())}}
 
 
+def score_process(a: argparse.Namespace, spec: dict, recipe, work: Path, i: int) -> dict:
+    """A whole `recipe-search score MODEL RECIPE` process (this checkout's code), timed from outside."""
+    path = work / f"trial-{i}.yaml"
+    recipe.save(path)
+    cmd = [sys.executable, "-m", "recipe_search.cli", "score", spec["model"], str(path), "--text", spec["text"],
+           "--ctx", str(spec["ctx"]), "--chunks", str(spec["chunks"]), "--threads", str(spec["threads"]),
+           "--cache-dir", spec["cache"], "--json"]
+    r = run_measured(cmd, work / f"trial-{i}-score.log", env={**os.environ, "PYTHONPATH": str(REPO)})
+    return {"cmd": cmd, "wall": r["wall"], "rss_mb": r["rss_mb"], "load1": r["load1"],
+            "kld_mean": json.loads(r["stdout"])["metrics"]["kld_mean"]}
+
+
 def in_child(kind: str, spec: dict, log: Path) -> dict:
     """Run a `--child` function in a fresh interpreter; `startup` is the process's wall time outside it."""
-    r = run_measured([sys.executable, __file__, "--child", kind, json.dumps(spec)], log)
+    r = run_measured([sys.executable, __file__, "--child", kind, json.dumps(spec)], log,
+                     env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's recipe_search
     result = json.loads(r["stdout"].strip().splitlines()[-1])
     return {**result, "startup": r["wall"] - result["wall"], "rss_mb": r["rss_mb"], "load1": r["load1"]}
 
@@ -401,6 +424,9 @@ def main() -> None:
     p.add_argument("--max-wait", type=float, default=1200, help="seconds to wait for it at most")
     p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_trial.json")
+    p.add_argument("--no-plain", action="store_true", help="skip the trials without the tensor cache")
+    p.add_argument("--ours-only", action="store_true",
+                   help="no llama.cpp tools: the baseline is recipe-search without the tensor cache (one reference)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -421,13 +447,16 @@ def main() -> None:
             "micro_batch": N_UBATCH, "scored_tokens": a.chunks * (a.ctx - 1 - a.ctx // 2)}
     naive_why = "asked for (--naive)" if a.naive else None
     bin_dir = None
-    if not a.naive:
+    if a.ours_only:
+        a.reference_runs, a.no_plain = 1, False
+    elif not a.naive:
         try:
             bin_dir = a.tools or build_tools(a.tools_cache, version)
         except (subprocess.CalledProcessError, OSError, StopIteration) as err:
             naive_why = f"building llama.cpp's tools failed: {err}"
             print(naive_why, file=sys.stderr)
-    info["theirs"] = ("naive in-process loop: llama_cpp.Llama(logits_all=True) " + f"({naive_why})" if naive_why
+    info["theirs"] = ("none (--ours-only): ratios against recipe-search without the tensor cache" if a.ours_only
+                      else "naive in-process loop: llama_cpp.Llama(logits_all=True) " + f"({naive_why})" if naive_why
                       else f"llama-quantize + llama-perplexity from {bin_dir}")
     seed = a.seed if a.seed is not None else int(time.time())
     info["seed"] = seed
@@ -440,7 +469,7 @@ def main() -> None:
     info["machine"]["date"] = machine()["date"]  # when the measurements start
     print(f"load {info['load_before'][-1]:.2f}; work in {work}", flush=True)
     try:
-        timer = None if naive_why else build_decode_timer(work)
+        timer = None if naive_why or a.ours_only else build_decode_timer(work)
         refs_ours, refs_theirs = [], []
         base_file = work / "base.kld"
         for i in range(a.reference_runs):
@@ -449,6 +478,9 @@ def main() -> None:
             if i:
                 shutil.rmtree(work / f"cache-{i}")
             target = base_file if i == 0 else work / f"base-{i}.kld"
+            if a.ours_only:
+                print(f"reference {i}: ours {refs_ours[-1]['wall']:.1f} s", flush=True)
+                continue
             if naive_why:
                 spec_n = {**spec, "base": str(target.with_suffix(".npy"))}
                 r = in_child("naive-reference", spec_n, work / f"ref-{i}-naive.log")
@@ -462,24 +494,36 @@ def main() -> None:
                     f.unlink()
             print(f"reference {i}: ours {refs_ours[-1]['wall']:.1f} s, theirs {refs_theirs[-1]['wall']:.1f} s",
                   flush=True)
-        trials_ours, trials_theirs = [], []
+        trials_ours, trials_theirs, trials_warm, trials_plain, scores_warm = [], [], [], [], []
         for i in range(a.runs):
             recipe = random_mix(inventory, rng, f"bench-{seed}-{i}")
             spec_i = {**spec, "cache": str(work / "cache-0"), "recipe": recipe.model_dump(by_alias=True, mode="json")}
-            trials_ours.append(in_child("trial", spec_i, work / f"trial-{i}-ours.log"))
-            if naive_why:
+            trials_ours.append(in_child("trial", {**spec_i, "mode": "cold"}, work / f"trial-{i}-ours.log"))
+            if a.ours_only:
+                trials_theirs.append(in_child("trial", {**spec_i, "mode": "plain"}, work / f"trial-{i}-plain.log"))
+            elif naive_why:
                 spec_n = {**spec_i, "base": str(base_file.with_suffix(".npy")), "work": str(work)}
                 trials_theirs.append(in_child("naive-trial", spec_n, work / f"trial-{i}-naive.log"))
             else:
                 assert bin_dir is not None and timer is not None  # both set unless naive_why
                 trials_theirs.append(theirs_trial(bin_dir, a, recipe, base_file, work, i, timer))
-            trials_ours[-1]["recipe"] = trials_theirs[-1]["recipe"] = {r.tensors: r.type for r in recipe.rules}
-            print(f"trial {i}: ours {trials_ours[-1]['wall']:.1f} s, theirs {trials_theirs[-1]['wall']:.1f} s "
-                  f"(KLD {trials_ours[-1]['kld_mean']:.5f} / {trials_theirs[-1]['kld_mean']:.5f})", flush=True)
+            trials_warm.append(in_child("trial", {**spec_i, "mode": "warm"}, work / f"trial-{i}-warm.log"))
+            scores_warm.append(score_process(a, spec_i, recipe, work, i))
+            if not a.no_plain and not a.ours_only:
+                trials_plain.append(in_child("trial", {**spec_i, "mode": "plain"}, work / f"trial-{i}-plain.log"))
+            for r in (trials_ours[-1], trials_theirs[-1], trials_warm[-1]):
+                r["recipe"] = {rule.tensors: rule.type for rule in recipe.rules}
+            print(f"trial {i}: ours cold {trials_ours[-1]['wall']:.1f} s, warm {trials_warm[-1]['wall']:.1f} s, "
+                  f"score process (warm) {scores_warm[-1]['wall']:.1f} s"
+                  + (f", no tensor cache {trials_plain[-1]['wall']:.1f} s" if trials_plain else "")
+                  + f"; theirs {trials_theirs[-1]['wall']:.1f} s "
+                  f"(KLD {trials_ours[-1]['kld_mean']:.5f} / {trials_warm[-1]['kld_mean']:.5f} / "
+                  f"{trials_theirs[-1]['kld_mean']:.5f})", flush=True)
         info["load_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(info, refs_ours, refs_theirs, trials_ours, trials_theirs, a.out)
+    report(info, refs_ours, refs_theirs, trials_ours, trials_theirs, a.out,
+           {"warm": trials_warm, "score_warm": scores_warm, "plain": trials_plain})
 
 
 def _phase_cell(kv: tuple[str, float | None]) -> str:
@@ -487,20 +531,31 @@ def _phase_cell(kv: tuple[str, float | None]) -> str:
 
 
 def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, trials_theirs: list,
-           out: Path) -> None:
+           out: Path, cached: dict[str, list]) -> None:
     med = statistics.median
     t_ours, t_theirs = med(r["wall"] for r in trials_ours), med(r["wall"] for r in trials_theirs)
+    t_warm, t_score = med(r["wall"] for r in cached["warm"]), med(r["wall"] for r in cached["score_warm"])
+    assembly_share = med(r["phases"]["assemble"] / r["wall"] for r in cached["warm"])
     rss_ours = med(r["rss_mb"] for r in trials_ours)
     rss_theirs = med(r.get("rss_mb_perplexity", r["rss_mb"]) for r in trials_theirs)
-    r_ours, r_theirs = med(r["wall"] for r in refs_ours), med(r["wall"] for r in refs_theirs)
-    cache, base = med(r["bytes"] for r in refs_ours), med(r["bytes"] for r in refs_theirs)
     targets = {
         "trial_time": {"ours_s": t_ours, "theirs_s": t_theirs, "ratio": t_ours / t_theirs, "target": 1.0},
+        "warm_trial_time": {"ours_s": t_warm, "theirs_s": t_theirs, "ratio": t_warm / t_theirs, "target": 0.72},
+        "warm_score_process": {"ours_s": t_score, "theirs_s": t_theirs, "ratio": t_score / t_theirs, "target": 0.80},
+        "warm_assembly_share": {"ours_s": med(r["phases"]["assemble"] for r in cached["warm"]), "theirs_s": t_warm,
+                                "ratio": assembly_share, "target": 0.01},
         "trial_peak_rss": {"ours_mb": rss_ours, "theirs_mb": rss_theirs, "ratio": rss_ours / rss_theirs,
                            "target": 1.0, "micro_batch": info["micro_batch"], "batch": info["batch"]},
-        "reference_time": {"ours_s": r_ours, "theirs_s": r_theirs, "ratio": r_ours / r_theirs, "target": 1.0},
-        "reference_size": {"ours_bytes": cache, "theirs_bytes": base, "ratio": cache / base, "target": 0.05},
     }
+    if refs_theirs:
+        r_ours, r_theirs = med(r["wall"] for r in refs_ours), med(r["wall"] for r in refs_theirs)
+        cache, base = med(r["bytes"] for r in refs_ours), med(r["bytes"] for r in refs_theirs)
+        targets["reference_time"] = {"ours_s": r_ours, "theirs_s": r_theirs, "ratio": r_ours / r_theirs, "target": 1.0}
+        targets["reference_size"] = {"ours_bytes": cache, "theirs_bytes": base, "ratio": cache / base, "target": 0.05}
+    if cached["plain"]:
+        t_plain = med(r["wall"] for r in cached["plain"])
+        targets["cold_vs_no_tensor_cache"] = {"ours_s": t_ours, "theirs_s": t_plain, "ratio": t_ours / t_plain,
+                                              "target": 1.0}
     for t in targets.values():
         t["met"] = t["ratio"] <= t["target"]
     m = info["machine"]
@@ -513,7 +568,9 @@ def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, tr
         vals = [v for k, v in t.items() if k.startswith(("ours", "theirs"))]
         print(f"{name:16s} ours {vals[0]:>14,.2f}  theirs {vals[1]:>14,.2f}  ratio {t['ratio']:.3f} "
               f"(target <= {t['target']}) {'met' if t['met'] else 'NOT met'}")
-    for title, o, th in (("trial", trials_ours, trials_theirs), ("reference", refs_ours, refs_theirs)):
+    for title, o, th in (("cold trial", trials_ours, trials_theirs), ("warm trial", cached["warm"], trials_theirs),
+                         *((("trial without the tensor cache", cached["plain"], trials_theirs),) if cached["plain"]
+                           else ()), *((("reference", refs_ours, refs_theirs),) if refs_theirs else ())):
         po, pt = median_phases(o), median_phases(th)
         print(f"\n{title} phases (median seconds)\n{'ours':>34s} {'':8s}{'theirs':>28s}")
         for k in range(max(len(po), len(pt))):
@@ -525,7 +582,8 @@ def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, tr
         print(f"{'peak RSS MB':>26s} {med(r['rss_mb'] for r in o):7.0f}   {'peak RSS MB':>26s} "
               f"{med(r['rss_mb'] for r in th):7.0f}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**info, "targets": targets, "trials": {"ours": trials_ours, "theirs": trials_theirs},
+    out.write_text(json.dumps({**info, "targets": targets, "trials": {"ours": trials_ours, "theirs": trials_theirs,
+                                                                      **cached},
                                "references": {"ours": refs_ours, "theirs": refs_theirs}}, indent=1) + "\n")
     print(f"\nwrote {out}")
 

@@ -1,6 +1,7 @@
-"""ctypes view of ggml's tensor struct and the few ggml-base functions needed to read graph tensors.
+"""ctypes for libggml-base: the tensor struct (to read graph tensors) and the row quantizers.
 
-Layout and enum values follow ggml/include/ggml.h of the llama.cpp vendored by llama-cpp-python 0.3.36.
+Layout, enum values and signatures follow ggml/include/ggml.h of the llama.cpp vendored by
+llama-cpp-python 0.3.36. This is the one module that knows libggml's ctypes details.
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ GgmlTensor._fields_ = [
 
 _TensorP = ctypes.POINTER(GgmlTensor)
 
+_ToFloat = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+
+
+class GgmlTypeTraits(ctypes.Structure):
+    """struct ggml_type_traits."""
+
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
 
 def lib_dir() -> pathlib.Path:
     """The folder llama-cpp-python loads its shared libraries from (LLAMA_CPP_LIB_PATH overrides, as there)."""
@@ -81,7 +98,61 @@ def ggml_base() -> ctypes.CDLL:
     lib.ggml_backend_buffer_is_host.restype = ctypes.c_bool
     lib.ggml_backend_tensor_get.argtypes = [_TensorP, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     lib.ggml_backend_tensor_get.restype = None
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(GgmlTypeTraits)
+    lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.ggml_row_size.restype = ctypes.c_size_t
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_init.restype = None
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    lib.ggml_validate_row_data.restype = ctypes.c_bool
     return lib
+
+
+def ggml_base_path() -> pathlib.Path:
+    """The libggml-base file whose quantizers produce the bytes (part of a cached tensor's identity)."""
+    return lib_dir() / "libggml-base.so"
+
+
+def row_size(ggml_type: int, n_per_row: int) -> int:
+    """ggml_row_size: bytes of one row of ``n_per_row`` elements."""
+    return ggml_base().ggml_row_size(ggml_type, n_per_row)
+
+
+def to_float(ggml_type: int, data: np.ndarray, n_elements: int) -> np.ndarray:
+    """The type's ``to_float`` (type traits) over ``n_elements``: F16/BF16 conversion or dequantization."""
+    fn = ggml_base().ggml_get_type_traits(ggml_type).contents.to_float
+    if not fn:
+        raise ValueError(f"ggml has no to_float for {ggml_base().ggml_type_name(ggml_type).decode()}")
+    data = np.ascontiguousarray(data)
+    out = np.empty(n_elements, dtype=np.float32)
+    _ToFloat(fn)(data.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n_elements)
+    return out
+
+
+def requires_imatrix(ggml_type: int) -> bool:
+    """ggml_quantize_requires_imatrix: ggml aborts without imatrix data for this type."""
+    return bool(ggml_base().ggml_quantize_requires_imatrix(ggml_type))
+
+
+def quantize_rows(ggml_type: int, rows: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None) -> bool:
+    """ggml_quantize_chunk of float32 ``rows`` (nrows x n_per_row) into ``out`` (nrows x row bytes),
+    then ggml_validate_row_data on the result; returns whether the data validated.
+
+    ctypes releases the GIL during the call, so threads quantize disjoint row ranges in parallel.
+    """
+    lib = ggml_base()
+    nrows, n_per_row = rows.shape
+    size = lib.ggml_quantize_chunk(ggml_type, rows.ctypes.data, out.ctypes.data, 0, nrows, n_per_row,
+                                   None if imatrix is None else imatrix.ctypes.data)
+    if size != out.nbytes:
+        raise ValueError(f"ggml_quantize_chunk wrote {size} bytes, expected {out.nbytes}")
+    return bool(lib.ggml_validate_row_data(ggml_type, out.ctypes.data, size))
 
 
 def tensor_at(address: int) -> GgmlTensor:

@@ -36,6 +36,7 @@ class KeyValue:
     value: Any  # decoded scalar/string/short list, or None for a long array
     encoded_size: int  # bytes this pair takes in the file, key included
     array_len: int | None = None
+    offset: int = 0  # where the pair starts in the file
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _parse(cur: _Cursor, path: Path, file_index: int, file_size: int) -> GGUFHea
         value, alen = cur.value(vtype)
         if key in kv:
             raise RecipeSearchError(f"corrupt GGUF header (duplicate key {key!r})", path)
-        kv[key] = KeyValue(key, vtype, value, cur.pos - start, alen)
+        kv[key] = KeyValue(key, vtype, value, cur.pos - start, alen, start)
     alignment = _alignment(kv, path)
     infos, names, expected = [], set(), 0
     for _ in range(n_tensors):

@@ -161,6 +161,7 @@ def collect_imatrix(
     n_batch: int = 2048,
     process_output: bool = False,
     dataset: str | None = None,
+    n_gpu_layers: int = 0,
 ) -> Imatrix:
     """Evaluate `n_chunks` chunks of `ctx` tokens (all whole chunks when None) and return the imatrix.
 
@@ -174,7 +175,7 @@ def collect_imatrix(
     n_seq = max(1, n_batch // ctx)
     collector = _Collector(process_output)
     with LlamaModel(path, n_threads=n_threads, n_ctx=ctx, n_seq=n_seq, n_ubatch=_N_UBATCH,
-                    cb_eval=collector.callback) as lm:
+                    cb_eval=collector.callback, n_gpu_layers=n_gpu_layers) as lm:
         tokens = lm.tokenize(tokens_or_text) if isinstance(tokens_or_text, (str, bytes)) else \
             np.asarray(tokens_or_text, dtype=np.int32)
         available = len(tokens) // ctx

@@ -113,7 +113,7 @@ class LlamaModel:
 
     def __init__(
         self, path: str | Path, n_threads: int = 2, n_ctx: int = 512, n_seq: int = 1, n_ubatch: int = 512,
-        cb_eval: object | None = None,
+        cb_eval: object | None = None, n_gpu_layers: int = 0,
     ) -> None:
         self.path = Path(path)
         self.n_ctx = n_ctx
@@ -125,7 +125,7 @@ class LlamaModel:
             raise RecipeSearchError("no such file", self.path)
         _init_backend()
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        mparams.n_gpu_layers = n_gpu_layers  # 0: CPU only; needs a GPU build of llama-cpp-python
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
         # No extra buffer types: this build's AMX kernels die with SIGILL on Q4_K (tile config bug, see
         # llama.cpp PR 26954), and weight repacking would copy the weights out of the mmap at every load.

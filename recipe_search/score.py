@@ -65,8 +65,11 @@ class Reference:
 def reference_key(fingerprint: str, text: bytes, settings: ScoreSettings) -> str:
     import hashlib
 
-    blob = json.dumps({"model": fingerprint, "text": text_sha256(text), "ctx": settings.ctx,
-                       "chunks": settings.chunks, "format": REFERENCE_FORMAT, "tool": __version__}, sort_keys=True)
+    fields = {"model": fingerprint, "text": text_sha256(text), "ctx": settings.ctx,
+              "chunks": settings.chunks, "format": REFERENCE_FORMAT, "tool": __version__}
+    if settings.gpu_layers:  # GPU kernels give other logits; CPU references keep their keys
+        fields["gpu_layers"] = settings.gpu_layers
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -137,7 +140,8 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", dir=out.parent))  # see stale.py
     try:
         clock = Stopwatch()
-        with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq) as lm:
+        with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq,
+                        n_gpu_layers=settings.gpu_layers) as lm:
             vocab_fingerprint = lm.vocab_fingerprint
             clock.lap("load")
             tokens = lm.tokenize(text)
@@ -234,7 +238,8 @@ def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
     clock = Stopwatch()
     if check:
         check_same_model(reference, read_inventory(quant))
-    with LlamaModel(quant, n_threads=settings.threads, n_ctx=reference.tokens.shape[1], n_seq=settings.n_seq) as lm:
+    with LlamaModel(quant, n_threads=settings.threads, n_ctx=reference.tokens.shape[1], n_seq=settings.n_seq,
+                    n_gpu_layers=settings.gpu_layers) as lm:
         if check and lm.vocab_fingerprint != reference.meta["vocab_fingerprint"]:
             raise RecipeSearchError("tokenizer differs from the reference model's", quant)
         clock.lap("load")
@@ -257,7 +262,8 @@ def write_base_file(model: Path, settings: ScoreSettings, out: Path) -> int:
     from .kld_base_file import KLDBaseFileWriter
 
     text = settings.text.read()
-    with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq) as lm:
+    with LlamaModel(model, n_threads=settings.threads, n_ctx=settings.ctx, n_seq=settings.n_seq,
+                    n_gpu_layers=settings.gpu_layers) as lm:
         tokens = lm.tokenize(text)
         if len(tokens) < 2 * settings.ctx:
             raise RecipeSearchError(f"the text has {len(tokens)} tokens; at least 2 x ctx = {2 * settings.ctx} "
@@ -277,7 +283,8 @@ def score_against_base_file(quant: Path, base_file: Path, settings: ScoreSetting
 
     base = KLDBaseFile(base_file)
     clock = Stopwatch()
-    with LlamaModel(quant, n_threads=settings.threads, n_ctx=base.n_ctx, n_seq=settings.n_seq) as lm:
+    with LlamaModel(quant, n_threads=settings.threads, n_ctx=base.n_ctx, n_seq=settings.n_seq,
+                    n_gpu_layers=settings.gpu_layers) as lm:
         if lm.n_vocab != base.n_vocab:
             raise RecipeSearchError(f"vocabulary of {base.n_vocab} entries, but {quant.name} has {lm.n_vocab}",
                                     base_file)

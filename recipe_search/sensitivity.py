@@ -101,7 +101,8 @@ class SensitivityTable:
 
     @classmethod
     def load(cls, directory: str | Path) -> SensitivityTable:
-        """Read a table; a row whose token vector is missing (a sweep killed between the files) is dropped."""
+        """Read a table; a row whose token vector is missing (a sweep killed between the files) is dropped,
+        except in a proxy table (``meta["proxy"]``), which has no per-token vectors."""
         directory = Path(directory)
         try:
             meta = json.loads((directory / META_FILE).read_text())
@@ -111,7 +112,8 @@ class SensitivityTable:
                 tokens = {k: npz[k].astype(np.float32) for k in npz.files}
         except (OSError, ValueError, KeyError) as err:
             raise RecipeSearchError(f"not a readable sensitivity table ({err})", directory) from None
-        rows = [r for r in rows if cell_key(r["tensor_type"], r["ggml_type"]) in tokens]
+        if not meta.get("proxy"):
+            rows = [r for r in rows if cell_key(r["tensor_type"], r["ggml_type"]) in tokens]
         return cls(directory, meta, rows, tokens)
 
     @classmethod

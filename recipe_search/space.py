@@ -109,6 +109,7 @@ class StudyConfig(BaseModel):
     chunks: int = Field(ScoreSettings.chunks or 8, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
     imatrix: str | None = None
     threads: int = Field(ScoreSettings.threads, ge=limits.THREADS[0], le=limits.THREADS[1])
+    gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=-1)  # layers offloaded to a GPU (-1: all); a GPU build
     objectives: list[str] = Field(default_factory=lambda: ["size", "kld_p999"])
     max_bpw: float | None = Field(None, gt=0)
     min_bpw: float | None = Field(None, ge=0)
@@ -145,7 +146,8 @@ class StudyConfig(BaseModel):
 
     def score_settings(self) -> ScoreSettings:
         """The scoring setup of every trial."""
-        return ScoreSettings(text=TextSource.parse(self.text), ctx=self.ctx, chunks=self.chunks, threads=self.threads)
+        return ScoreSettings(text=TextSource.parse(self.text), ctx=self.ctx, chunks=self.chunks, threads=self.threads,
+                             gpu_layers=self.gpu_layers)
 
 
 def load_study_config(path: str | Path | None) -> StudyConfig:

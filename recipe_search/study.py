@@ -80,11 +80,12 @@ class Study:
     @classmethod
     def open(cls, model: str | Path | None, config: StudyConfig | None = None, *, name: str | None = None,
              storage: str | None = None, directory: str | Path | None = None, cache: str | Path | None = None,
-             worker_seed: int = 0) -> Study:
+             worker_seed: int = 0, tensor_cache: bool = True) -> Study:
         """Create the study (storing its config and model) or resume it with its stored config.
 
         ``model`` None joins an existing study (a worker on another machine); ``name`` defaults to the
-        model file's stem, ``directory`` to ``studies/<name>``, ``storage`` to SQLite in the directory."""
+        model file's stem, ``directory`` to ``studies/<name>``, ``storage`` to SQLite in the directory;
+        ``tensor_cache`` False quantizes every trial's whole model with llama_model_quantize."""
         if name is None:
             if model is None:
                 raise RecipeSearchError("name the study to join")
@@ -109,7 +110,7 @@ class Study:
         config = config or StudyConfig()
         imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
         worker = Worker(model_path, config.score_settings(), default_cache_dir(cache),
-                        where / "work" / socket.gethostname(), imatrix=imatrix)
+                        where / "work" / socket.gethostname(), imatrix=imatrix, tensor_cache=tensor_cache)
         space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
         check_study_inputs(config, worker, space)  # before the study exists: a bad config leaves nothing behind
         study = optuna.create_study(storage=rdb, study_name=name, directions=directions(config),

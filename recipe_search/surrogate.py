@@ -43,7 +43,10 @@ class Prediction:
 
 
 def tail_metric(tokens: np.ndarray, metric: str) -> float:
-    """99%, 99.9% (llama-perplexity's percentile) or max of per-token KLD values."""
+    """99%, 99.9% (llama-perplexity's percentile) or max of per-token KLD values (NaN without any: a proxy
+    table has no per-token vectors)."""
+    if tokens.size == 0:
+        return float("nan")
     s = np.sort(tokens.astype(np.float32))
     stat = BY_NAME[metric].statistic
     if stat == "max":
@@ -63,7 +66,7 @@ class Surrogate:
             raise RecipeSearchError("the sensitivity table has no cells", table.directory)
         self.table, self.inv = table, inv
         self.means = {cell_key(r["tensor_type"], r["ggml_type"]): float(r["kld_mean"]) for r in table.rows}
-        self.n_tokens = len(next(iter(table.tokens.values())))
+        self.n_tokens = len(next(iter(table.tokens.values()), ()))  # 0 for a proxy table
 
     def missing(self, tensors: Iterable[ResolvedTensor]) -> list[str]:
         """Cells the prediction for ``tensors`` would need and the table lacks."""
@@ -82,7 +85,8 @@ class Surrogate:
                 raise RecipeSearchError(f"no cell {key.replace('|', ' ')} in the sensitivity table", self.table.directory)
             share = n / self.inv.kinds[key.split("|")[0]].n_elements
             mean += share * self.means[key]
-            tokens += share * self.table.tokens[key]
+            if self.n_tokens:
+                tokens += share * self.table.tokens[key]
         return mean, tokens
 
     def predict(self, resolution: Resolution) -> Prediction:
@@ -167,6 +171,9 @@ class Allocator:
         """The surrogate's best recipe at or under ``target`` file bytes (or bits per weight)."""
         if metric not in SURROGATE_METRICS:
             raise RecipeSearchError(f"the surrogate predicts {', '.join(SURROGATE_METRICS)}, not {metric}")
+        if metric != "kld_mean" and not self.surrogate.n_tokens:
+            raise RecipeSearchError(f"the table has no per-token KLD (a proxy table), so no {metric}; "
+                                    "allocate by kld_mean", self.surrogate.table.directory)
         cap = int(target) - self.base_bytes if unit == "bytes" else \
             int(target * self.n_elements / 8) - self.base_tensor_bytes
         costs = [[self._cost(o, unit) for o in opts] for opts in self.options]

@@ -153,6 +153,7 @@ class ScoreSettings:
     chunks: int | None = 8
     threads: int = 2
     n_seq: int = 4  # chunks per llama_decode, as llama-perplexity's -b 2048 at ctx 512
+    gpu_layers: int = 0  # layers offloaded to a GPU (llama.cpp's n_gpu_layers; -1 all)
 
     def key_fields(self) -> dict:
         return {"text": self.text.label, "ctx": self.ctx, "chunks": self.chunks}

@@ -9,6 +9,7 @@ to the same file is measured once across studies.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,18 +25,20 @@ import llama_cpp
 import numpy as np
 
 from . import __version__
+from .assemble import assemble, can_split, write_single_file
 from .errors import RecipeSearchError
 from .ggml_ctypes import lib_dir
 from .imatrix_file import ImatrixInput
-from .inventory import Inventory, read_inventory
+from .inventory import Inventory, model_fingerprint, read_inventory
 from .kld import TokenStats
 from .llama import LlamaModel
-from .quantize import PARTIAL_SUFFIX, dry_run_types, quantize_model
+from .quantize import PARTIAL_SUFFIX, check_imatrix, dry_run_types, quantize_model
 from .recipe import Recipe, atomic_write_text
 from .resolve import Resolution, resolve
 from .score import Reference, ScoreSettings, get_reference, score_quant
 from .size import predict_size
 from .stale import TRIAL_PREFIX
+from .tensor_cache import ModelTensors, TensorCache
 from .trial_record import Measurement
 
 #: the llama.cpp build: a measurement made with another one is not reused
@@ -51,9 +55,21 @@ def tool_versions() -> dict[str, str]:
             "ggml_commit": ggml.ggml_commit().decode()}
 
 
-def speed_of(quant: Path, threads: int) -> dict[str, float]:
+@dataclass
+class Built:
+    """A trial's model on disk: the file llama.cpp loads, every file to remove, how long each phase took and
+    the size of the single file llama_model_quantize writes for it."""
+
+    path: Path
+    files: list[Path]
+    seconds: dict[str, float]
+    file_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def speed_of(quant: Path, threads: int, gpu_layers: int = 0) -> dict[str, float]:
     """Prompt-processing and generation tokens per second of a GGUF on this machine."""
-    with LlamaModel(quant, n_threads=threads, n_ctx=512) as lm:
+    with LlamaModel(quant, n_threads=threads, n_ctx=512, n_gpu_layers=gpu_layers) as lm:
         pp, tg = lm.generate_speed()
     return {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
 
@@ -62,11 +78,12 @@ class Worker:
     """Measures recipes for one base model, text and scoring setup."""
 
     def __init__(self, model: Path, settings: ScoreSettings, cache_dir: Path, workdir: Path,
-                 imatrix: ImatrixInput | None = None, keep: bool = False) -> None:
+                 imatrix: ImatrixInput | None = None, keep: bool = False, tensor_cache: bool = True) -> None:
         self.model, self.settings, self.cache_dir, self.workdir = Path(model), settings, cache_dir, Path(workdir)
         self.inventory: Inventory = read_inventory(self.model)
         self.imatrix = imatrix
         self.keep = keep
+        self.tensor_cache = tensor_cache
         self._reference: Reference | None = None
         self.reference_was_cached: bool | None = None
         self.reference_seconds = 0.0
@@ -89,6 +106,29 @@ class Worker:
         blob = json.dumps({"types": resolution.key(), "imatrix": self.imatrix.digest if self.imatrix else "",
                            "reference": self.reference.path.name, "llama": LLAMA_BUILD})
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    @functools.cached_property
+    def tensors(self) -> ModelTensors:
+        """This model's view of the quantized-tensor cache."""
+        return ModelTensors(TensorCache.under(self.cache_dir), self.inventory, model_fingerprint(self.inventory),
+                            None if self.imatrix is None else self.imatrix.arrays, self.imatrix.digest if self.imatrix else "",
+                            self.settings.threads)
+
+    def build(self, recipe: Recipe, resolution: Resolution, path: Path, single_file: bool = False,
+              allow_partial_imatrix: bool = False) -> Built:
+        """Make the recipe's model at ``path``: from the tensor cache (linked shards named after ``path``,
+        or the one file ``path`` when ``single_file``) or, with the cache off, by llama_model_quantize."""
+        if not self.tensor_cache:
+            q = quantize_model(self.model, recipe, path, imatrix=self.imatrix, threads=self.settings.threads,
+                               inventory=self.inventory, allow_partial_imatrix=allow_partial_imatrix)
+            return Built(q.path, [q.path], {"quantize": q.seconds}, q.file_bytes, q.warnings)
+        warnings = check_imatrix(resolution, self.imatrix, allow_partial_imatrix)
+        extra_kv = self.imatrix.kv() if self.imatrix else None
+        if single_file or not can_split(len(self.inventory.tensors)):
+            a = write_single_file(self.tensors, resolution, path, extra_kv)
+            return Built(a.path, a.files, a.seconds, a.path.stat().st_size, warnings)
+        a = assemble(self.tensors, resolution, path.with_suffix(""), extra_kv)
+        return Built(a.path, a.files, a.seconds, predict_size(resolution, self.inventory, extra_kv).file_bytes, warnings)
 
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / "measurements" / f"{key}.json"
@@ -116,24 +156,25 @@ class Worker:
         predicted = predict_size(resolution, self.inventory, extra_kv)
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = out or self.workdir / f"{TRIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}.gguf"
+        built: Built | None = None
         try:
-            q = quantize_model(self.model, recipe, path, imatrix=self.imatrix, threads=self.settings.threads,
-                               inventory=self.inventory)
-            if q.file_bytes != predicted.file_bytes:
-                raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {q.file_bytes}", path)
-            scored = score_quant(path, reference, self.settings, on_chunk, check=False)
-            speed_numbers = speed_of(path, self.settings.threads) if speed else {}
+            built = self.build(recipe, resolution, path, single_file=self.keep or out is not None)
+            if built.file_bytes != predicted.file_bytes:
+                raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {built.file_bytes}", path)
+            scored = score_quant(built.path, reference, self.settings, on_chunk, check=False)
+            speed_numbers = speed_of(built.path, self.settings.threads, self.settings.gpu_layers) if speed else {}
         finally:
             if not self.keep and out is None:
-                path.unlink(missing_ok=True)
+                for f in built.files if built else [path]:
+                    f.unlink(missing_ok=True)
                 path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
         metrics = scored.summary.to_dict()
         metrics["ppl_ratio"] = float(np.exp(metrics["ln_ppl_ratio"]))
         m = Measurement(
-            file_bytes=q.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
+            file_bytes=built.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
             kld_tokens=scored.stats.kld.astype(np.float32),
             fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
-            seconds={"quantize": q.seconds, **scored.seconds},
+            seconds={**built.seconds, **scored.seconds},
             speed=speed_numbers)
         self._store(resolution, m)
         return m

@@ -14,9 +14,11 @@ PURE_CORE = ("recipe_search", "recipe_search.errors", "recipe_search.ggml_types"
              "recipe_search.kld", "recipe_search.metrics", "recipe_search.pareto", "recipe_search.compare",
              "recipe_search.imatrix_file", "recipe_search.kld_base_file", "recipe_search.export",
              "recipe_search.importer", "recipe_search.tensor_map", "recipe_search.text", "recipe_search.locations",
-             "recipe_search.trial_record", "recipe_search.dialects", "recipe_search.coverage")
+             "recipe_search.trial_record", "recipe_search.dialects", "recipe_search.coverage",
+             "recipe_search.gguf_write")
 ENGINE = ("recipe_search.llama", "recipe_search.quantize", "recipe_search.imatrix", "recipe_search.score",
-          "recipe_search.worker", "recipe_search.sensitivity")
+          "recipe_search.worker", "recipe_search.sensitivity", "recipe_search.tensor_cache", "recipe_search.assemble",
+          "recipe_search.weight_error", "recipe_search.estimate")
 STUDY = ("recipe_search.space", "recipe_search.surrogate", "recipe_search.search", "recipe_search.study",
          "recipe_search.selector")
 

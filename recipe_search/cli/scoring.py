@@ -19,11 +19,14 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=_int_in(limits.CTX), default=ScoreSettings.ctx)
     p.add_argument("--chunks", type=_int_in(limits.CHUNKS), default=ScoreSettings.chunks)
     p.add_argument("--threads", type=_int_in(limits.THREADS), default=ScoreSettings.threads)
+    p.add_argument("--gpu-layers", type=int, default=0,
+                   help="layers to offload to a GPU (-1: all; needs a GPU build of llama-cpp-python)")
     p.add_argument("--cache-dir", help="reference-logits cache (default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search)")
 
 
 def _settings(a: argparse.Namespace) -> ScoreSettings:
-    return ScoreSettings(text=TextSource.parse(a.text), ctx=a.ctx, chunks=a.chunks, threads=a.threads)
+    return ScoreSettings(text=TextSource.parse(a.text), ctx=a.ctx, chunks=a.chunks, threads=a.threads,
+                         gpu_layers=a.gpu_layers)
 
 
 def score_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +37,8 @@ def score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-partial-imatrix", action="store_true")
     p.add_argument("--speed", action="store_true", help="also measure prompt and generation tokens/s")
     p.add_argument("--keep", metavar="OUT.gguf", help="keep the quantized file here")
+    p.add_argument("--no-tensor-cache", action="store_true",
+                   help="quantize the whole model with llama_model_quantize instead of assembling it from cached tensors")
     p.add_argument("--base", metavar="BASE.kld", help="score against a llama-perplexity --kl-divergence-base file "
                                                       "(its tokens; full 16-bit distributions) instead of the cache")
     p.add_argument("--json", action="store_true")
@@ -49,7 +54,6 @@ def score(a: argparse.Namespace) -> int:
     from ..kld import bootstrap_quantile_ci
     from ..locations import cache_dir
     from ..outputs import check_output_file
-    from ..quantize import quantize_model
     from ..score import score_against_base_file, score_quant
     from ..worker import TRIAL_PREFIX, Worker, speed_of
 
@@ -59,7 +63,7 @@ def score(a: argparse.Namespace) -> int:
         check_output_file(a.keep)
     cache = cache_dir(a.cache_dir)
     imatrix = _imatrix_input(a.imatrix) if a.imatrix else None
-    worker = Worker(model, settings, cache, cache / "work", imatrix=imatrix)
+    worker = Worker(model, settings, cache, cache / "work", imatrix=imatrix, tensor_cache=not a.no_tensor_cache)
     _check_text_overlap(settings, a.imatrix)
     start = time.perf_counter()
     if a.base:
@@ -70,25 +74,30 @@ def score(a: argparse.Namespace) -> int:
                f"computed in {worker.reference_seconds:.1f} s, {ref.path}")
         how += f" (text {settings.text.label}, ctx {settings.ctx}, {ref.meta['n_chunks']} chunks)"
     fallbacks: dict = {}
+    temporary: list[Path] = []
     if a.target.endswith(".gguf"):
-        quant, temporary = Path(a.target), False
+        quant = Path(a.target)
+        file_bytes = quant.stat().st_size
     else:
         recipe = _load_recipe(a, a.target)
-        quant = Path(a.keep) if a.keep else worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-score.gguf"
-        temporary = not a.keep
-        q = quantize_model(model, recipe, quant, imatrix=imatrix, threads=settings.threads,
-                           allow_partial_imatrix=a.allow_partial_imatrix, inventory=worker.inventory)
-        _warn(q.warnings)
-        fallbacks = {k: dict(v) for k, v in q.resolution.fallbacks().items()}
+        resolution = worker.resolve(recipe)
+        path = Path(a.keep) if a.keep else worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-score.gguf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        built = worker.build(recipe, resolution, path, single_file=bool(a.keep),
+                             allow_partial_imatrix=a.allow_partial_imatrix)
+        quant, file_bytes = built.path, built.file_bytes
+        temporary = [] if a.keep else built.files
+        _warn(built.warnings)
+        fallbacks = {k: dict(v) for k, v in resolution.fallbacks().items()}
     try:
         scored = (score_against_base_file(quant, Path(a.base), settings) if a.base
                   else score_quant(quant, worker.reference, settings))
-        speed = speed_of(quant, settings.threads) if a.speed else {}
+        speed = speed_of(quant, settings.threads, settings.gpu_layers) if a.speed else {}
         quant_inv = read_inventory(quant)
-        file_bytes, bpw = quant.stat().st_size, quant_inv.n_bytes * 8 / quant_inv.n_elements
+        bpw = quant_inv.n_bytes * 8 / quant_inv.n_elements
     finally:
-        if temporary:
-            quant.unlink(missing_ok=True)
+        for f in temporary:
+            f.unlink(missing_ok=True)
     metrics = scored.summary.to_dict()
     metrics["ppl_ratio"] = math.exp(metrics["ln_ppl_ratio"])
     lo, hi = bootstrap_quantile_ci(scored.stats.kld, 0.999)
@@ -164,6 +173,8 @@ def imatrix_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=_int_in(limits.CTX), default=512)
     p.add_argument("--chunks", type=_int_in(limits.CHUNKS), help="chunks to evaluate (default: all the text holds)")
     p.add_argument("--threads", type=_int_in(limits.THREADS), default=2)
+    p.add_argument("--gpu-layers", type=int, default=0,
+                   help="layers to offload to a GPU (-1: all; needs a GPU build of llama-cpp-python)")
     p.add_argument("--process-output", action="store_true", help="also collect output.weight, as llama-imatrix "
                                                                  "--process-output does")
 
@@ -180,7 +191,7 @@ def imatrix_cmd(a: argparse.Namespace) -> int:
     source = TextSource.parse(a.text)
     start = time.perf_counter()
     im = collect_imatrix(_model(a.model), source.read(), ctx=a.ctx, n_chunks=a.chunks, n_threads=a.threads,
-                         process_output=a.process_output, dataset=source.label)
+                         process_output=a.process_output, dataset=source.label, n_gpu_layers=a.gpu_layers)
     save_imatrix_gguf(im, a.output)
     print(f"wrote {a.output}: {len(im.entries)} entries from {im.chunk_count} chunks of {im.chunk_size} tokens "
           f"of {source.label} in {time.perf_counter() - start:.1f} s")

@@ -21,6 +21,9 @@ def sensitivity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="table directory (default: studies/<model stem>-sensitivity); "
                                  "cells already there are not measured again")
     p.add_argument("--metric", default="kld_p999", help="metric of the printed table and the chart")
+    p.add_argument("--proxy", choices=["kld", "weight-error"], default="kld",
+                   help="kld: measure every cell (the default); weight-error: the imatrix-weighted squared "
+                        "quantization error of each cell's tensors, from the tensor cache, with no model evaluation")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -36,7 +39,13 @@ def sensitivity(a: argparse.Namespace) -> int:
     out = check_output_dir(Path(a.out) if a.out else default_out(model))
     cache = cache_dir(a.cache_dir)
     worker = Worker(model, _settings(a), cache, cache / "work", imatrix=_imatrix_input(a.imatrix) if a.imatrix else None)
-    table = run_sweep(worker, out, a.tensor_types, a.types, log=_log(a.quiet))
+    if a.proxy == "weight-error":
+        from ..weight_error import run_weight_error
+
+        table = run_weight_error(worker, out, a.tensor_types, a.types, log=_log(a.quiet))
+        a.metric = "weight_error"
+    else:
+        table = run_sweep(worker, out, a.tensor_types, a.types, log=_log(a.quiet))
     if a.metric not in table.rows[0]:
         raise RecipeSearchError(f"no metric {a.metric!r} in the table (try kld_p999, kld_p99, kld_mean, ppl_ratio)")
     _print_matrix(table.rows, a.metric)

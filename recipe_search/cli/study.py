@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import limits
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from ..space import StudyConfig
     from ..study import Study
     from ..trial_record import TrialRecord
 
@@ -40,9 +42,21 @@ def search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", choices=["tpe", "nsga2", "random"])
     p.add_argument("--threads", type=_int_in(limits.THREADS))
+    p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all; default 0; needs a GPU build "
+                                                  "of llama-cpp-python)")
     p.add_argument("--cache-dir")
+    _add_tensor_cache_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--estimate", action="store_true",
+                   help="run no study: measure this machine's rates on a small slice and print the cost of a "
+                        "trial on MODEL (a header-only GGUF will do) and the trials in 8 hours")
+
+
+def _add_tensor_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-tensor-cache", action="store_true",
+                   help="quantize each trial's whole model with llama_model_quantize instead of assembling it "
+                        "from cached tensors")
 
 
 @command("search", "run (or resume) a search study: Optuna proposes, the worker measures")
@@ -52,10 +66,16 @@ def search(a: argparse.Namespace) -> int:
 
     model = _model(a.model)
     config = load_study_config(a.config)
-    overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads")
+    overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads",
+                                          "gpu_layers")
                  if getattr(a, k) is not None}
-    study = Study.open(model, config.model_copy(update=overrides), name=a.study, storage=a.storage, directory=a.dir,
-                       cache=a.cache_dir)
+    config = config.model_copy(update=overrides)
+    if a.estimate:
+        from ..locations import cache_dir
+
+        return _estimate(model, config, cache_dir(a.cache_dir), a.json)
+    study = Study.open(model, config, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
+                       tensor_cache=not a.no_tensor_cache)
     return _run_study(study, a)
 
 
@@ -184,6 +204,47 @@ def parse_duration(text: str) -> float:
         raise RecipeSearchError(f"bad duration {text!r} (use e.g. 90s, 15m, 8h)") from None
 
 
+def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> int:
+    from dataclasses import asdict
+
+    from ..estimate import estimate, measure_rates
+    from ..inventory import read_inventory
+    from ..space import build_space
+
+    inv = read_inventory(model)
+    space = build_space(config, inv, has_imatrix=config.imatrix is not None)
+    ladder = list(dict.fromkeys(t for p in space.parameters for t in p.ladder))
+    rates = measure_rates(inv, cache, config.threads, ladder)
+    arch = inv.headers[0].get("general.architecture")
+    used = inv.headers[0].get(f"{arch}.expert_used_count")
+    est = estimate(inv, rates, config.chunks * config.ctx, space, None if used is None else int(used))
+    if as_json:
+        _print_json({"rates": asdict(rates), "estimate": asdict(est)})
+        return 0
+    print(f"{model.name}: {len(inv.tensors)} tensors, {inv.n_elements / 1e9:.2f}B parameters, "
+          f"{est.active_params / 1e9:.2f}B active per token; trial recipe {est.recipe} "
+          f"({human_bytes(est.file_bytes)}); {config.chunks} x {config.ctx} tokens per trial, {config.threads} threads")
+    print("measured here: quantize rate per type (Melements/s): " + ", ".join(
+        f"{k} {v / 1e6:.0f}" for k, v in rates.quantize_elements_per_s.items()))
+    print(f"measured here: write {rates.write_bytes_per_s / 1e6:.0f} MB/s, page-cache read "
+          f"{rates.read_bytes_per_s / 1e6:.0f} MB/s, {1e6 * rates.link_s:.0f} us per linked tensor; CPU evaluation: "
+          + (f"{rates.cpu_tokens_per_s_per_active_param / 1e9:.2f}e9 tokens/s x active parameters ({rates.measured_on}), "
+             "scaled by active parameters" if rates.cpu_tokens_per_s_per_active_param else rates.measured_on))
+    for note in est.notes:
+        print(note)
+    print(f"\n{'phase (s)':<16}{'CPU':>12}{'GPU offload':>14}")
+    for phase in est.phases["cpu"]:
+        print(f"{phase:<16}{est.phases['cpu'][phase]:>12.1f}{est.phases['gpu'][phase]:>14.1f}")
+    print(f"\n{'in 8 hours':<34}{'CPU':>10}{'GPU offload':>14}")
+    n = est.trials_per_night
+    for key, label in (("without_cache", "trials without the cache"), ("with_cache", "trials with the cache"),
+                       ("all_warm", "trials, every tensor cached")):
+        print(f"{label:<34}{n['cpu'][key]:>10.0f}{n['gpu'][key]:>14.0f}")
+    print(f"{'of which quantizing (min)':<34}{n['cpu']['with_cache_quantize_s'] / 60:>10.0f}"
+          f"{n['gpu']['with_cache_quantize_s'] / 60:>14.0f}")
+    return 0
+
+
 def worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", required=True, help="the study's Optuna storage URL")
     p.add_argument("--study", required=True)
@@ -191,6 +252,7 @@ def worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=_int_in(limits.TRIALS))
     p.add_argument("--timeout")
     p.add_argument("--cache-dir")
+    _add_tensor_cache_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
 
@@ -201,5 +263,5 @@ def worker(a: argparse.Namespace) -> int:
     from ..study import Study
 
     study = Study.open(None, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
-                       worker_seed=worker_seed())
+                       worker_seed=worker_seed(), tensor_cache=not a.no_tensor_cache)
     return _run_study(study, a)

@@ -1,0 +1,36 @@
+"""Commands on the quantized-tensor cache: cache info, cache clear."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..size import human_bytes
+from . import _print_json, command
+
+
+def cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["info", "clear"], help="info: entries, bytes, hit rate; clear: remove them all")
+    p.add_argument("--cache-dir", help="default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search")
+    p.add_argument("--json", action="store_true")
+
+
+@command("cache", "the quantized-tensor cache: what it holds (info) or empty it (clear)")
+def cache(a: argparse.Namespace) -> int:
+    from ..demo import cache_dir
+    from ..tensor_cache import TensorCache
+
+    tc = TensorCache.under(cache_dir(a.cache_dir))
+    if a.action == "clear":
+        n = tc.clear()
+        print(f"removed {n} cached tensors from {tc.root}")
+        return 0
+    info = tc.info()
+    if a.json:
+        _print_json({"path": str(tc.root), "entries": info.entries, "bytes": info.bytes, "max_bytes": info.max_bytes,
+                     "hits": info.hits, "misses": info.misses, "hit_rate": info.hit_rate})
+        return 0
+    print(f"tensor cache: {tc.root}")
+    print(f"entries: {info.entries}, {human_bytes(info.bytes)} of at most {human_bytes(info.max_bytes)} "
+          "($RECIPE_SEARCH_TENSOR_CACHE_GB)")
+    print(f"hits: {info.hits}, misses: {info.misses}, hit rate {100 * info.hit_rate:.1f}%")
+    return 0
