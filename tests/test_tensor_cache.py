@@ -14,13 +14,15 @@ from recipe_search.assemble import assemble, write_single_file
 from recipe_search.errors import RecipeSearchError
 from recipe_search.ggml_types import GGMLType
 from recipe_search.imatrix import collect_imatrix
-from recipe_search.imatrix_file import save_imatrix_gguf
+from recipe_search.imatrix_file import ImatrixInput, save_imatrix_gguf
 from recipe_search.inventory import read_inventory
-from recipe_search.quantize import ImatrixInput, quantize_model
+from recipe_search.quantize import quantize_model
 from recipe_search.recipe import Recipe, recipe_from_dict
 from recipe_search.score import ScoreSettings, score_quant
 from recipe_search.text import TextSource
 from recipe_search.worker import Worker
+
+pytestmark = pytest.mark.llama  # quantizes and evaluates with llama.cpp
 
 SETTINGS = ScoreSettings(ctx=128, chunks=2)
 
