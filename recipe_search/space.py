@@ -7,6 +7,7 @@ best to smallest, with the types that the tensor's row size or a missing imatrix
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,9 @@ class SpaceConfig(BaseModel):
     ladders: dict[str, list[str]] = Field(default_factory=dict)
     fixed: dict[str, str] = Field(default_factory=dict)
     tied: list[list[str]] = Field(default_factory=list)
-    bands: dict[str, int] = Field(default_factory=dict)  # tensor type -> number of layer bands (2 or 3)
+    # tensor type -> its blocks searched apart: a number of equal bands, or the first block of each band
+    # (``[0, 1, 5]`` on 6 blocks: block 0, blocks 1-4, block 5), so first and last blocks can be parameters of their own
+    bands: dict[str, int | list[int]] = Field(default_factory=dict)
     unmatched: str = "Q8_0"
 
     @field_validator("ladder", "unmatched", mode="before")
@@ -60,6 +63,7 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = None  # FILE or FILE[a:b]; None = the built-in default text
+    holdout_text: str | None = None  # a second text the study never sees: `validate` and `pareto` re-score on it
     ctx: int = 512
     chunks: int = 8
     imatrix: str | None = None
@@ -68,6 +72,7 @@ class StudyConfig(BaseModel):
     max_bpw: float | None = None
     min_bpw: float | None = None
     max_bytes: int | None = None
+    band: Literal["steer", "prune"] = "steer"  # a proposal outside the size band is moved into it, or pruned
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
@@ -169,18 +174,31 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
                 ladder.append(t)
         if not ladder:
             raise RecipeSearchError(f"no ladder type fits tensor type {kind}")
-        n_bands = sc.bands.get(kind, 1)
-        blocks = quantizable[kinds[0]].blocks
-        if n_bands > 1 and len(blocks) >= n_bands:
-            size = -(-len(blocks) // n_bands)
-            for i in range(n_bands):
-                part = tuple(blocks[i * size:(i + 1) * size])
-                if part:
-                    params.append(Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)))
+        parts = block_bands(kind, sc.bands.get(kind, 1), quantizable[kinds[0]].blocks)
+        if len(parts) > 1:
+            params += [Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)) for part in parts]
         else:
             params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
     fixed = {k: GGMLType[t] for k, t in sc.fixed.items()}
     return SearchSpace(tuple(params), fixed, GGMLType[sc.unmatched], removed)
+
+
+def block_bands(kind: str, bands: int | list[int], blocks: Sequence[int]) -> list[tuple[int, ...]]:
+    """A tensor type's blocks split into bands: ``n`` equal ones (one band when there are fewer blocks than ``n``),
+    or bands starting at the given blocks (the first must be the type's first block)."""
+    blocks = tuple(blocks)
+    if isinstance(bands, int) or not blocks:
+        bands = bands if isinstance(bands, int) else 1
+        if bands < 2 or len(blocks) < bands:
+            return [blocks]
+        size = -(-len(blocks) // bands)
+        return [part for i in range(bands) if (part := tuple(blocks[i * size:(i + 1) * size]))]
+    starts = sorted(set(bands))
+    if not starts or starts[0] != blocks[0] or any(b not in blocks for b in starts):
+        raise RecipeSearchError(f"bands of {kind} must start at its first block {blocks[0]} and name its blocks "
+                                f"({blocks[0]}..{blocks[-1]}), not {bands}")
+    cuts = [blocks.index(b) for b in starts] + [len(blocks)]
+    return [tuple(blocks[a:z]) for a, z in zip(cuts, cuts[1:])]
 
 
 def reference_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int] | None]]:

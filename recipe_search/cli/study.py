@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import _human_bytes, _log, _model, _print_json, command
+from . import _human_bytes, _log, _model, _print_json, _warn, command
 
 
 # -- search / worker -------------------------------------------------------------------------------
@@ -19,6 +19,7 @@ def search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, help="trials to run in this call")
     p.add_argument("--timeout", help="stop starting trials after this long (90s, 15m, 8h)")
     p.add_argument("--text", help="scoring text, FILE or FILE[0:0.4] (default: the built-in text)")
+    p.add_argument("--holdout-text", help="a second text the study never sees, for `validate` and `pareto`")
     p.add_argument("--ctx", type=int)
     p.add_argument("--chunks", type=int)
     p.add_argument("--imatrix")
@@ -38,9 +39,10 @@ def search(a: argparse.Namespace) -> int:
 
     model = _model(a.model)
     config = load_study_config(a.config)
-    overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads")
-                 if getattr(a, k) is not None}
+    overrides = {k: getattr(a, k) for k in ("text", "holdout_text", "ctx", "chunks", "imatrix", "seed", "sampler",
+                                            "threads") if getattr(a, k) is not None}
     config = config.model_copy(update=overrides)
+    _warn_text_overlap(config)
     name = a.study or model.stem
     directory = Path(a.dir) if a.dir else Path("studies") / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -48,6 +50,18 @@ def search(a: argparse.Namespace) -> int:
     cache = cache_dir(a.cache_dir)
     ctx = open_study(storage, name, model, config, directory, cache)
     return _run_study(ctx, a, cache, parse_duration(a.timeout) if a.timeout else None, check_disk)
+
+
+def _warn_text_overlap(config) -> None:
+    """Warn when the held-out text overlaps the search text, or either overlaps the imatrix's calibration text."""
+    from ..imatrix_file import load_imatrix
+    from ..text import TextSource
+    from ..validate import text_overlap_warnings
+
+    texts = {"search": TextSource.parse(config.text)}
+    if config.holdout_text:
+        texts["held-out"] = TextSource.parse(config.holdout_text)
+    _warn(text_overlap_warnings(texts, load_imatrix(config.imatrix).datasets if config.imatrix else ()))
 
 
 def _run_study(ctx, a: argparse.Namespace, cache: Path, timeout: float | None, check_disk) -> int:
