@@ -165,10 +165,25 @@ class Objective:
     def __init__(self, ctx: StudyContext, on_trial_start: Callable[[int], None] | None = None) -> None:
         self.ctx = ctx
         self.on_trial_start = on_trial_start
+        self._steer = None
+
+    def _steered(self, trial: optuna.Trial, choice: dict[str, int]) -> dict[str, int]:
+        """The proposal moved into the size band (see `band`); a moved one records where it went."""
+        from .band import BandSteer
+
+        if self._steer is None:
+            w = self.ctx.worker
+            self._steer = BandSteer(self.ctx.space, w.inventory, self.ctx.config, w.imatrix.kv() if w.imatrix else None)
+        moved = self._steer.steer(choice) if self._steer.active else choice
+        if moved != choice:
+            trial.set_user_attr("steered_to", moved)
+        return moved
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         ctx, config = self.ctx, self.ctx.config
         choice = {p.name: trial.suggest_int(p.name, 0, len(p.ladder) - 1) for p in ctx.space.parameters}
+        if config.band == "steer" and "reference" not in trial.user_attrs:
+            choice = self._steered(trial, choice)
         recipe = ctx.space.recipe(choice, name=trial.user_attrs.get("reference") or f"trial-{trial.number}")
         resolution = ctx.worker.resolve(recipe)
         key = ctx.worker.result_key(resolution)
