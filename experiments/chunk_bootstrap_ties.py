@@ -13,6 +13,7 @@ ways.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def sweep_ties(directory: Path, n_boot: int) -> dict:
             token = bootstrap_quantile_ci(v, 0.999, 1, n_boot=n_boot)
             chunk = bootstrap_quantile_ci(v, 0.999, per_chunk, n_boot=n_boot)
             widths.append((chunk[1] - chunk[0]) / max(token[1] - token[0], 1e-12))
-        for a, b in zip(vectors, vectors[1:]):
+        for a, b in itertools.pairwise(vectors):
             tests += 1
             for m in METRICS:
                 for how, n in (("token", 1), ("chunk", per_chunk)):

@@ -2,28 +2,40 @@
 
 On one model, scoring text, context, chunk count, imatrix and objectives (size, 99.9% KLD; 99% KLD beside):
 
-- (a) `presets`: llama.cpp's presets Q2_K..Q8_0 and I-quant presets, with the imatrix;
-- (b) `hand`: a hand sweep as uploaders build one: uniform types, one tensor type moved a ladder step up or
-  down from a uniform base, random fill to --hand recipes, each measured in full;
-- (c) `kld-greedy`: the one-type-at-a-time KLD sweep, then the knapsack allocator at each size target, unverified;
+The searched space (SPACE): the big tensor types (token_embd, output, routed experts; block 0 of the experts
+apart) over LADDER, every other tensor at Q8_0.
+
+- (a) `presets`: llama.cpp's presets (PRESETS), with the imatrix;
+- (b) `hand`: a hand sweep as uploaders build one: uniform types, one parameter moved a ladder step up or down
+  from uniform Q4_K (then Q3_K), random fill to --hand recipes, each measured in full;
+- (c) `kld-greedy`: the one-type-at-a-time KLD sweep (SWEEP_TYPES, on SWEEP_CHUNKS chunks), then the knapsack
+  allocator at each size target, unverified;
 - (d) `weight-error`: the same allocator on a zero-evaluation table of imatrix-weighted quantization error
   (a table directory in the sweep's format from --weight-error-table, else built here: the model quantized
   uniformly once per ladder type, each tensor dequantized and compared with the source);
-- (e) `study`: the default study (uniform references, surrogate seeds from (c)'s sweep, TPE, early stopping,
-  caches) to the largest of --trials, one study per seed; its state after each smaller count is read off it;
+- (e) `study`: the default study (uniform references, the Q4_K_M preset, TPE, early stopping, caches) to the
+  largest of --trials, one study per seed; its state after each smaller count is read off it. `study-seeded`:
+  the same plus surrogate seeds from (c)'s sweep and a size band up to the largest target that steers proposals;
 - (f) `templates`: role-based "dynamic" recipes (routed experts low, the rest high, the first block's experts
   protected), the largest few that fit each size target.
 
 Every measurement goes through the tool's Worker, so a rerun reads it from the measurement cache and costs
 nothing; a method is charged the measuring time each of its measurements took when first made (quantize,
 load, decode, KLD), so shared measurements are charged to every method that needs them. The sweep's time is
-charged to (c) and (e); the weight-error table's to (d). Hypervolume: 2-D, file bytes x log10(99.9% KLD),
-against a reference point fixed before the run (REFERENCE_POINT below). Each method's best recipe at each size
-target (by the search text) and each method's final frontier are then re-scored on the held-out text, with
+charged to (c) and the seeded study; the weight-error table's to (d). Hypervolume: 2-D, file bytes x
+log10(99.9% KLD), against a reference point fixed before the run (the uniform Q8_0 recipe's size, REFERENCE_KLD).
+Each method's best recipe at each size target (by the search text) and the chosen final frontiers
+(--holdout-frontiers) are then re-scored on the held-out text, with
 95% chunk-bootstrap intervals, and every method's pick is tested against the study's (paired chunk bootstrap
 over the same held-out chunks).
 
-    python experiments/head_to_head.py [--work DIR] [--seeds 0 1 2] [--trials 20 40 80] [--hand 121]
+    PYTHONPATH=. python experiments/head_to_head.py [--work DIR] [--seeds 0 1 2] [--trials 20 40 80] [--hand 121]
+        [--methods ... study-seeded] [--seeded-trials N] [--holdout-frontiers METHOD...]
+    python experiments/head_to_head.py --markdown RESULTS.json      # the README's tables
+
+(PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) The README's run used
+``--work /tmp/h2h --seeds 0 1 2 --trials 4 6 10 14 --seeded-trials 14 --hand 14 --holdout-frontiers study
+--methods presets templates kld-greedy weight-error study study-seeded hand`` (the machine allowed ~100 measurements).
 
 Results: experiments/results/head-to-head-tiny-qwen35moe.json; figures: experiments/figures/head-to-head-*.png.
 """
@@ -326,17 +338,20 @@ def weight_error_table(s: Setup) -> tuple[Path, float]:
 # -- (e) the study ----------------------------------------------------------------------------------
 def study(s: Setup, seed: int, trials: int, table_dir: Path | None, sweep_seconds: float) -> Method:
     """The default study (uniform references, the Q4_K_M preset, TPE, early stopping, caches); with a sweep
-    table, also SURROGATE_SEEDS recipes its surrogate rates best, the sweep's time charged."""
+    table, also SURROGATE_SEEDS recipes its surrogate rates best and a steering size band up to the largest
+    target, the sweep's time charged."""
     from optuna.trial import TrialState
 
     from recipe_search.search import add_presets, enqueue_references, open_study, run, searched_trials_done, storage_for
 
     seeded = table_dir is not None
+    # the change tried after the plain study lost: seeds from (c)'s sweep, and a size band up to the largest target
+    # that steers proposals into it (the surrogate seeds spread over the band)
     config = s.config.model_copy(update={"seed": seed, "surrogate_seeds": SURROGATE_SEEDS if seeded else 0,
-                                         "sensitivity": str(table_dir.resolve()) if seeded else None})
+                                         "sensitivity": str(table_dir.resolve()) if seeded else None,
+                                         "max_bpw": max(TARGETS_BPW) if seeded else None, "band": "steer"})
     key = "study-seeded" if seeded else "study"
     directory = s.work / f"{key}-{seed}"
-    directory = s.work / f"study-{seed}"
     directory.mkdir(parents=True, exist_ok=True)
     storage = storage_for(f"sqlite:///{(directory / 'study.db').resolve()}")
     ctx = open_study(storage, f"{key}-{seed}", MODEL, config, directory, s.work / "cache")
@@ -397,7 +412,7 @@ def templates(s: Setup) -> Method:
                 for protect in ("Q6_K", "Q4_K", None):
                     for down_step in (True, False):
                         r = template(s, experts, rest, protect, down_step)
-                        nbytes, bpw = s.size(r)
+                        bpw = s.size(r)[1]
                         if bpw <= target and (best is None or bpw > best[0]):
                             best = (bpw, r)
             if best:
@@ -449,6 +464,11 @@ def time_to(curve: list[tuple[float, float]], level: float) -> float | None:
     return next((t for t, hv in curve if hv >= level * (1 - 1e-12)), None)
 
 
+def count_to(curve: list[tuple[float, float]], level: float) -> int | None:
+    """Measurements until the hypervolume reaches ``level`` (a steadier axis than time on a loaded machine)."""
+    return next((i for i, (_, hv) in enumerate(curve, 1) if hv >= level * (1 - 1e-12)), None)
+
+
 def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[str, list], out_dir: Path,
          ref: tuple[float, float]) -> list[str]:
     import matplotlib
@@ -457,7 +477,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     import matplotlib.pyplot as plt
 
     colours = {"presets": "tab:gray", "hand": "tab:brown", "kld-greedy": "tab:green", "weight-error": "tab:olive",
-               "study": "tab:blue", "study-seeded": "tab:cyan", "templates": "tab:purple"}
+               "study": "tab:blue", "study-seeded": "tab:red", "templates": "tab:purple"}
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 5))
     for m in methods:
@@ -465,8 +485,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
         if c:
             t, hv = zip(*c)
             ax.step(np.array(t) / 60, hv, where="post", color=colours[m.key], alpha=0.9 if not m.key.startswith("study") else 0.7,
-                    label=m.label if m.run in ("", "0") else None)
-    ax.set_xscale("symlog", linthresh=1)
+                    label=m.key if not m.run else f"{m.key} (one line per seed)" if m.run == "0" else None)
     ax.set_xlabel("charged wall time (min; measuring, plus the sweep / table for (c), (d), (e))")
     ax.set_ylabel("hypervolume, file bytes x log10 99.9% KLD (search text)")
     ax.set_title(f"tiny-qwen35moe: hypervolume against time (reference {ref[0]:.4g} B, KLD {10 ** ref[1]:g})")
@@ -481,14 +500,15 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     for label, rows in holdout_fronts.items():
         if not rows:
             continue
-        key = label.split(" seed ")[0]
+        key = label.split(" seed ")[0].removesuffix(" (picks)")
         rows = sorted(rows, key=lambda r: r["bpw"])
         ax.plot([r["bpw"] for r in rows], [r["holdout"]["kld_p999"] for r in rows], marker=markers[key],
                 color=colours[key], label=label, alpha=0.85)
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight")
     ax.set_ylabel("99.9% KLD on the held-out text")
-    ax.set_title("final frontiers (chosen on the search text) re-scored on held-out text")
+    ax.set_title("chosen on the search text, re-scored on the held-out text\n(the study's final frontier; "
+                 "the others' picks at the size targets)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     front_png = out_dir / "head-to-head-holdout-frontiers.png"
@@ -503,6 +523,7 @@ def main() -> int:
                     help="caches, imatrix, sweep, studies (kept between runs: a rerun measures nothing twice)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trials", type=int, nargs="+", default=[20, 40, 80])
+    ap.add_argument("--seeded-trials", type=int, help="trials of the seeded study (default: the largest of --trials)")
     ap.add_argument("--hand", type=int, default=121)
     ap.add_argument("--weight-error-table", type=Path, help="a weight-error table (sweep format) to use for (d)")
     ap.add_argument("--methods", nargs="+", default=["presets", "templates", "kld-greedy", "weight-error", "study",
@@ -547,8 +568,9 @@ def main() -> int:
         if key in a.methods:
             for seed in a.seeds:
                 log(f"(e) {key} seed {seed}")
-                methods.append(study(s, seed, max(a.trials), table_dir if key == "study-seeded" else None,
-                                     sweep_seconds))
+                seeded = key == "study-seeded"
+                methods.append(study(s, seed, a.seeded_trials or max(a.trials) if seeded else max(a.trials),
+                                     table_dir if seeded else None, sweep_seconds))
     if "hand" in a.methods:
         log(f"(b) hand sweep of {a.hand}")
         methods.append(hand(s, a.hand))
@@ -577,7 +599,8 @@ def main() -> int:
             t_goal = time_to(curves[m.label], goal)
             result["time_to_hypervolume"][m.label] = {
                 "t_to_hand_final_s": t_goal, "fraction_of_hand_time": None if t_goal is None else t_goal / hand_m.clock,
-                "t_to_90pct_hand_final_s": time_to(curves[m.label], 0.9 * goal)}
+                "t_to_90pct_hand_final_s": time_to(curves[m.label], 0.9 * goal),
+                "measurements_to_hand_final": count_to(curves[m.label], goal)}
     # held-out: each method's pick per target, tested against the study's (seed 0, its largest trial count)
     held: dict[tuple[str, str], dict] = {}
 
@@ -609,6 +632,12 @@ def main() -> int:
                 rows[m.label].setdefault("vs", {})[other.label] = {
                     "diff_other_minus_study_ci95": [lo, hi],
                     "call": "study better" if lo > 0 else "other better" if hi < 0 else "tie"}
+        baselines = [rows[m.label]["holdout"]["kld_p999"] for m in methods
+                     if m.key in ("presets", "kld-greedy", "weight-error", "templates") and m.label in rows]
+        for m in methods:
+            if m.key.startswith("study") and m.label in rows and baselines:
+                rows[m.label]["at_least_as_good_as_best_of_a_c_d_f"] = \
+                    rows[m.label]["holdout"]["kld_p999"] <= min(baselines)
         result["targets"][f"{target:.2f}bpw"] = rows
     front_methods = set(a.holdout_frontiers) if a.holdout_frontiers is not None else {m.key for m in methods}
     holdout_fronts: dict[str, list] = {}
@@ -626,6 +655,10 @@ def main() -> int:
                 "points": rows}
         else:
             result["holdout_frontiers"][m.label] = {"spearman_kld_p999": None, "points": rows}
+    for m in methods:  # the others: their picks at the targets, measured on the held-out text above
+        if m.label not in holdout_fronts:
+            picked = [result["targets"][f"{t:.2f}bpw"].get(m.label) for t in TARGETS_BPW]
+            holdout_fronts[m.label + " (picks)"] = [r for r in picked if r]
     result["figures"] = plot(methods, curves, holdout_fronts, ROOT / "experiments" / "figures", ref)
     result["wall_s_this_run"] = round(time.perf_counter() - started, 1)
     atomic_write_text(a.json, json.dumps(result, indent=1, default=float) + "\n")
@@ -651,5 +684,41 @@ def print_tables(r: dict) -> None:
                   f"{row['holdout']['kld_p999']:.4f} [{lo:.4f}, {hi:.4f}]  {vs}")
 
 
+def markdown(r: dict) -> str:
+    """The README's tables from a results file: time to hypervolume, and the picks at each size target."""
+    lines = [("| method | measured | charged time | final HV (search text) | time to (b)'s final HV | fraction of (b)'s "
+              "time | measurements to (b)'s final HV |"), "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, e in r["methods"].items():
+        t = r["time_to_hypervolume"].get(label, {})
+        tt, fr, n = t.get("t_to_hand_final_s"), t.get("fraction_of_hand_time"), t.get("measurements_to_hand_final")
+        lines.append(f"| {label} | {e['measured']} | {e['charged_s'] / 60:.1f} min | {e['final_hv']:.4g} | "
+                     f"{'not reached' if tt is None else f'{tt / 60:.1f} min'} | {'-' if fr is None else f'{fr:.2f}'} | "
+                     f"{'-' if n is None else n} |")
+    for target, rows in r["targets"].items():
+        lines += ["", (f"**{target}** (the best recipe at or under it by the search text; held-out 99.9% and 99% KLD "
+                       "with 95% chunk-bootstrap intervals; the study's picks tested against each other method's, "
+                       "paired chunk bootstrap of the held-out 99.9% KLD):"), "",
+                  "| method | recipe | bpw | search 99.9% | held-out 99.9% [95%] | held-out 99% [95%] | vs the study |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        calls: dict[str, list[str]] = {}
+        for label, row in rows.items():
+            for other, v in row.get("vs", {}).items():
+                kind, seed = label.split(" seed ")
+                calls.setdefault(other, []).append(f"{kind} {seed}: {v['call'].replace('study ', '')}")
+        for label, row in rows.items():
+            h, ci = row["holdout"], row["holdout_ci95"]
+            mark = ""
+            if "at_least_as_good_as_best_of_a_c_d_f" in row:
+                mark = "at least as good as the best of (a),(c),(d),(f)" if row["at_least_as_good_as_best_of_a_c_d_f"] \
+                    else "worse than the best of (a),(c),(d),(f)"
+            lines.append(f"| {label} | {row['name']} | {row['bpw']:.3f} | {row['kld_p999']:.3f} | {h['kld_p999']:.3f} "
+                         f"[{ci['kld_p999'][0]:.3f}, {ci['kld_p999'][1]:.3f}] | {h['kld_p99']:.3f} "
+                         f"[{ci['kld_p99'][0]:.3f}, {ci['kld_p99'][1]:.3f}] | {mark or '; '.join(calls.get(label, []))} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        sys.exit(0)
     sys.exit(main())

@@ -7,6 +7,7 @@ best to smallest, with the types that the tensor's row size or a missing imatrix
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,7 @@ def block_bands(kind: str, bands: int | list[int], blocks: Sequence[int]) -> lis
         raise RecipeSearchError(f"bands of {kind} must start at its first block {blocks[0]} and name its blocks "
                                 f"({blocks[0]}..{blocks[-1]}), not {bands}")
     cuts = [blocks.index(b) for b in starts] + [len(blocks)]
-    return [tuple(blocks[a:z]) for a, z in zip(cuts, cuts[1:])]
+    return [tuple(blocks[a:z]) for a, z in itertools.pairwise(cuts)]
 
 
 def reference_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int] | None]]:

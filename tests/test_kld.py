@@ -197,6 +197,10 @@ def test_bootstrap_median_interval_has_the_asymptotic_width() -> None:
     assert hi - lo == pytest.approx(expected_width, rel=0.25)
 
 
+def _mean(v: np.ndarray) -> np.ndarray:
+    return np.mean(v, axis=-1)
+
+
 def test_chunk_bootstrap_is_as_wide_as_the_chunk_effect_where_token_bootstrap_is_not() -> None:
     # 40 chunks of 250 tokens: value = chunk effect (sd 1) + token noise (sd 0.1). The mean's standard error is
     # sqrt(1/40 + 0.01/10000) ≈ 0.158 (chunk effects dominate); a token bootstrap sees sd ≈ 1 over 10,000
@@ -204,12 +208,11 @@ def test_chunk_bootstrap_is_as_wide_as_the_chunk_effect_where_token_bootstrap_is
     n_chunks, per_chunk = 40, 250
     rng = np.random.default_rng(4)
     x = np.repeat(rng.standard_normal(n_chunks), per_chunk) + 0.1 * rng.standard_normal(n_chunks * per_chunk)
-    mean = lambda v: np.mean(v, axis=-1)  # noqa: E731
     sample_sd = float(np.std(x.reshape(n_chunks, per_chunk).mean(axis=1), ddof=1))
     expected = 2 * 1.959964 * sample_sd / math.sqrt(n_chunks)
-    lo, hi = bootstrap_ci(x, mean, per_chunk, n_boot=1000, seed=5)
+    lo, hi = bootstrap_ci(x, _mean, per_chunk, n_boot=1000, seed=5)
     assert hi - lo == pytest.approx(expected, rel=0.2)
-    tlo, thi = bootstrap_ci(x, mean, 1, n_boot=200, seed=5)
+    tlo, thi = bootstrap_ci(x, _mean, 1, n_boot=200, seed=5)
     assert (thi - tlo) < (hi - lo) / 5
 
 
@@ -221,11 +224,10 @@ def test_paired_chunk_bootstrap_resamples_the_same_chunks_for_both() -> None:
     a = np.repeat(rng.standard_normal(n_chunks), per_chunk) + rng.standard_normal(n_chunks * per_chunk)
     z = rng.standard_normal(n_chunks)
     shift = np.repeat(0.05 + 0.2 * (z - z.mean()) / z.std(ddof=1), per_chunk)  # exactly mean 0.05, sd 0.2
-    mean = lambda v: np.mean(v, axis=-1)  # noqa: E731
-    lo, hi = paired_bootstrap(a, a + shift, mean, per_chunk, n_boot=1000, seed=7)
+    lo, hi = paired_bootstrap(a, a + shift, _mean, per_chunk, n_boot=1000, seed=7)
     assert (hi - lo) / 2 == pytest.approx(1.959964 * 0.2 / math.sqrt(n_chunks), rel=0.25)
     assert lo < 0 < hi  # a tie, chunk by chunk
-    tlo, thi = paired_bootstrap(a, a + shift, mean, 1, n_boot=400, seed=7)
+    _, thi = paired_bootstrap(a, a + shift, _mean, 1, n_boot=400, seed=7)
     assert thi < 0  # token resampling: "distinct"
 
 

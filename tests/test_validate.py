@@ -35,8 +35,8 @@ def test_overlap_warnings_name_each_overlapping_pair(tmp_path) -> None:
     assert text_overlap_warnings(texts, ["/elsewhere/wiki.test.raw[0.24:0.4]", "not a file[x:y]"]) == []
     lines = text_overlap_warnings({**texts, "held-out": TextSource(wiki, 0.1, 0.2)}, ["other/wiki.test.raw[0.15:0.3]"])
     assert lines == ["the search text wiki.test.raw[0:0.12] overlaps the held-out text wiki.test.raw[0.1:0.2]",
-                     "the imatrix was computed on other/wiki.test.raw[0.15:0.3], which overlaps the held-out text "
-                     "wiki.test.raw[0.1:0.2]"]
+                     ("the imatrix was computed on other/wiki.test.raw[0.15:0.3], which overlaps the held-out text "
+                      "wiki.test.raw[0.1:0.2]")]
     # the built-in text against itself overlaps; a file never overlaps the built-in text
     assert len(text_overlap_warnings({"search": TextSource(), "held-out": TextSource()})) == 1
     assert text_overlap_warnings({"search": TextSource(), "held-out": TextSource(wiki)}) == []
