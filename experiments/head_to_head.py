@@ -34,7 +34,7 @@ over the same held-out chunks).
     python experiments/head_to_head.py --markdown RESULTS.json      # the README's tables
 
 (PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) The README's run used
-``--work /tmp/h2h --seeds 0 1 2 --trials 4 6 10 14 --seeded-trials 14 --hand 14 --holdout-frontiers study
+``--work /tmp/h2h --seeds 0 1 2 --trials 4 6 10 14 20 --seeded-trials 14 --hand 14 --holdout-frontiers study
 --methods presets templates kld-greedy weight-error study study-seeded hand`` (the machine allowed ~100 measurements).
 
 Results: experiments/results/head-to-head-tiny-qwen35moe.json; figures: experiments/figures/head-to-head-*.png.
