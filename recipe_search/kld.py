@@ -270,41 +270,63 @@ def summarize(stats: TokenStats) -> KLDSummary:
 # bootstrap
 
 
-def _bootstrap(arrays: Sequence[np.ndarray], statistic: Callable[..., np.ndarray], n_boot: int, level: float,
-               seed: int) -> tuple[float, float]:
-    """Percentile CI of statistic(*resampled arrays), the token indices resampled jointly.
+def scored_per_chunk(ctx: int) -> int:
+    """Scored tokens per chunk of ``ctx`` tokens: positions ctx//2 .. ctx-2 each predict the next token."""
+    return ctx - 1 - ctx // 2
 
-    `statistic` maps arrays [batch, n] to [batch]; resamples are drawn in batches of bounded size.
+
+def _bootstrap(arrays: Sequence[np.ndarray], statistic: Callable[..., np.ndarray], chunk_tokens: int, n_boot: int,
+               level: float, seed: int) -> tuple[float, float]:
+    """Percentile CI of statistic(*resampled arrays), whole chunks resampled jointly.
+
+    The arrays hold per-token values in chunk order, ``chunk_tokens`` consecutive tokens per chunk; a
+    resample draws chunks with replacement and keeps each drawn chunk's tokens together, the same chunks
+    for every array (paired). Tokens of one chunk share their context, so they are correlated and a
+    token-level resample understates the spread. `statistic` maps arrays [batch, n] to [batch].
     """
     n = len(arrays[0])
     if n == 0 or any(len(a) != n for a in arrays):
         raise RecipeSearchError("bootstrap needs non-empty arrays of equal length")
     if not 0 < level < 1:
         raise ValueError(f"confidence level {level} not in (0, 1)")
+    if chunk_tokens < 1 or n % chunk_tokens:
+        raise RecipeSearchError(f"{n} per-token values are not whole chunks of {chunk_tokens} tokens")
+    n_chunks = n // chunk_tokens
+    if n_chunks < 2:
+        raise RecipeSearchError("a chunk bootstrap needs at least 2 chunks")
     rng = np.random.default_rng(seed)
     batch = max(1, (1 << 22) // n)
+    within = np.arange(chunk_tokens)
     out = []
     for s in range(0, n_boot, batch):
-        idx = rng.integers(0, n, size=(min(batch, n_boot - s), n))
+        chunks = rng.integers(0, n_chunks, size=(min(batch, n_boot - s), n_chunks))
+        idx = (chunks[:, :, None] * chunk_tokens + within).reshape(len(chunks), n)
         out.append(np.asarray(statistic(*(np.asarray(a)[idx] for a in arrays)), dtype=np.float64))
     lo, hi = np.quantile(np.concatenate(out), [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 
-def bootstrap_quantile_ci(values: np.ndarray, q: float, n_boot: int = 1000, level: float = 0.95,
+def bootstrap_quantile_ci(values: np.ndarray, q: float, chunk_tokens: int, n_boot: int = 1000, level: float = 0.95,
                           seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the q-quantile (interpolated at q·(N−1)) of values."""
-    return _bootstrap([values], lambda x: np.quantile(x, q, axis=-1), n_boot, level, seed)
+    """Chunk-bootstrap confidence interval of the q-quantile (interpolated at q·(N−1)) of per-token values
+    stored in chunk order, ``chunk_tokens`` per chunk (`scored_per_chunk`)."""
+    return _bootstrap([values], lambda x: np.quantile(x, q, axis=-1), chunk_tokens, n_boot, level, seed)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray],
+def bootstrap_ci(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], chunk_tokens: int,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Chunk-bootstrap confidence interval of statistic(values); `statistic` reduces the last axis."""
+    return _bootstrap([values], statistic, chunk_tokens, n_boot, level, seed)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], chunk_tokens: int,
                      n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """CI of statistic(a) − statistic(b) over token indices resampled jointly (a[i], b[i]: the same token).
+    """CI of statistic(a) − statistic(b), the same chunks resampled for both (a[i], b[i]: the same token).
 
     `statistic` reduces the last axis, e.g. ``lambda x: np.quantile(x, 0.999, axis=-1)``; a CI
     containing 0 calls the two a tie.
     """
-    return _bootstrap([a, b], lambda x, y: statistic(x) - statistic(y), n_boot, level, seed)
+    return _bootstrap([a, b], lambda x, y: statistic(x) - statistic(y), chunk_tokens, n_boot, level, seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ tie tests, the surrogate) is derived from `METRICS`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,3 +80,10 @@ def token_statistic(name: str, kld: np.ndarray) -> np.ndarray:
     if stat is None:
         raise ValueError(f"{name} is not a statistic of per-token KLD")
     return np.quantile(kld, stat, axis=-1)
+
+
+def statistic_of(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """`token_statistic` for one metric, as the bootstrap functions take it."""
+    if BY_NAME[name].statistic is None:
+        raise ValueError(f"{name} is not a statistic of per-token KLD")
+    return functools.partial(token_statistic, name)

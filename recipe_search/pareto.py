@@ -1,8 +1,7 @@
-"""The Pareto frontier and its hypervolume; ties by paired bootstrap; picks at size targets. No I/O."""
+"""The Pareto frontier and its hypervolume; ties by paired chunk bootstrap; picks at size targets. No I/O."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ import numpy as np
 
 from .errors import RecipeSearchError
 from .kld import paired_bootstrap
-from .metrics import TOKEN_STATISTICS, token_statistic
+from .metrics import TOKEN_STATISTICS, statistic_of
 
 _BYTE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -64,6 +63,27 @@ def pick_at_target(sizes: Sequence[float], quality: Sequence[float], target: flo
     return best
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, tied values sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):
+        same = values == v
+        ranks[same] = ranks[same].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of paired values (ties get mean ranks); NaN when either side is constant."""
+    x, y = _ranks(np.asarray(a, dtype=float)), _ranks(np.asarray(b, dtype=float))
+    if len(x) != len(y) or len(x) < 2:
+        raise RecipeSearchError("a rank correlation needs two or more pairs")
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 # -- targets ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
@@ -109,7 +129,7 @@ def parse_targets(text: str) -> list[Target]:
 # -- ties ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NeighbourTest:
-    """Paired bootstrap of a frontier point against the next smaller one on the same tokens:
+    """Paired chunk bootstrap of a frontier point against the next smaller one on the same tokens:
     the interval of statistic(smaller) − statistic(larger); positive means the larger point is better."""
 
     smaller: int  # candidate index
@@ -123,20 +143,22 @@ class NeighbourTest:
         return self.low <= 0.0 <= self.high
 
 
-def neighbour_tests(order: Sequence[int], tokens: Sequence[np.ndarray | None], metric: str, n_boot: int = 1000,
-                    level: float = 0.95, seed: int = 0) -> list[NeighbourTest | None]:
+def neighbour_tests(order: Sequence[int], tokens: Sequence[np.ndarray | None], metric: str, chunk_tokens: int,
+                    n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> list[NeighbourTest | None]:
     """For each frontier point after the first (``order``: candidate indices by increasing size), the test
-    against its smaller neighbour; None where the metric has no per-token statistic or the two points'
-    per-token values are missing or not of the same tokens."""
-    statistic = functools.partial(token_statistic, metric) if metric in TOKEN_STATISTICS else None
+    against its smaller neighbour, resampling whole chunks of ``chunk_tokens`` tokens; None where the metric
+    has no per-token statistic or the two points' per-token values are missing, not of the same tokens, or
+    fewer than two whole chunks."""
+    statistic = statistic_of(metric) if metric in TOKEN_STATISTICS else None
     out: list[NeighbourTest | None] = []
     for a, b in itertools.pairwise(order):
         ta, tb = tokens[a], tokens[b]
-        if statistic is None or ta is None or tb is None or len(ta) != len(tb) or len(ta) == 0:
+        if (statistic is None or ta is None or tb is None or len(ta) != len(tb)
+                or len(ta) % chunk_tokens or len(ta) < 2 * chunk_tokens):
             out.append(None)
             continue
         lo, hi = paired_bootstrap(np.asarray(ta, dtype=np.float64), np.asarray(tb, dtype=np.float64), statistic,
-                                  n_boot=n_boot, level=level, seed=seed)
+                                  chunk_tokens, n_boot=n_boot, level=level, seed=seed)
         out.append(NeighbourTest(int(a), int(b), lo, hi, level))
     return out
 

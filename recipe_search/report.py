@@ -110,7 +110,7 @@ def plot_frontier(sel: Selection, path: Path | None = None) -> Figure:
                label="frontier point: the smallest, or distinct from the next smaller" if tested else "frontier point")
     if tied.any():
         ax.scatter(fx[tied], fy[tied], s=70, facecolors="none", edgecolors="tab:blue", linewidths=1.5, zorder=3,
-                   label="frontier point, tie with the next smaller (95% paired bootstrap)")
+                   label="frontier point, tie with the next smaller (95% paired chunk bootstrap)")
     labels = [(cands[p.candidate].bpw, sel.quality(cands[p.candidate]), f"#{cands[p.candidate].number}", "tab:blue")
               for p in sel.frontier if cands[p.candidate].reference is None]
 

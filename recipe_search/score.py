@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .errors import RecipeSearchError
 from .inventory import Inventory, ggml_n_dims, model_fingerprint, read_inventory
-from .kld import KLDSummary, SparseReference, TokenStats, summarize, token_stats_sparse
+from .kld import KLDSummary, SparseReference, TokenStats, scored_per_chunk, summarize, token_stats_sparse
 from .llama import LlamaModel, chunk_tokens, evaluate, scored_range
 from .text import ScoreSettings, text_sha256
 
@@ -225,6 +225,7 @@ class ScoreResult:
     summary: KLDSummary
     stats: TokenStats
     seconds: dict[str, float]  # load, decode, kld
+    chunk_tokens: int  # scored tokens per chunk: `stats` holds whole chunks of them, in order
 
 
 def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
@@ -254,7 +255,7 @@ def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
     stats = TokenStats.concat(parts)
     summary = summarize(stats)
     clock.lap("kld")
-    return ScoreResult(summary, stats, clock.seconds)
+    return ScoreResult(summary, stats, clock.seconds, reference.n_scored_per_chunk)
 
 
 def write_base_file(model: Path, settings: ScoreSettings, out: Path) -> int:
@@ -300,4 +301,4 @@ def score_against_base_file(quant: Path, base_file: Path, settings: ScoreSetting
     stats = TokenStats.concat(parts)
     summary = summarize(stats)
     clock.lap("kld")
-    return ScoreResult(summary, stats, clock.seconds)
+    return ScoreResult(summary, stats, clock.seconds, scored_per_chunk(base.n_ctx))

@@ -23,6 +23,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from .band import BandSteer
 from .errors import RecipeSearchError, StopScoring
 from .kld import TokenStats, default_max_entries
 from .metrics import BY_NAME, FORECAST, MAXIMISE
@@ -31,7 +32,15 @@ from .resolve import resolve
 from .size import predict_size
 from .space import StudyConfig
 from .storage_names import mask_credentials, mask_message
-from .trial_record import Measurement, TrialRecord, record_duplicate, record_measurement, record_pruned, record_resolution
+from .trial_record import (
+    Measurement,
+    TrialRecord,
+    record_duplicate,
+    record_measurement,
+    record_pruned,
+    record_resolution,
+    record_steered,
+)
 
 if TYPE_CHECKING:
     from .study import Study
@@ -115,11 +124,25 @@ class Objective:
     def __init__(self, study: Study, on_trial_start: Callable[[int], None] | None = None) -> None:
         self.study = study
         self.on_trial_start = on_trial_start
+        self._steer: BandSteer | None = None
+
+    def _steered(self, trial: optuna.Trial, choice: dict[str, int]) -> dict[str, int]:
+        """The proposal moved into the size band (see `band`); a moved one records where it went."""
+        if self._steer is None:
+            w = self.study.worker
+            self._steer = BandSteer(self.study.space, w.inventory, self.study.config,
+                                    w.imatrix.kv() if w.imatrix else None)
+        moved = self._steer.steer(choice) if self._steer.active else choice
+        if moved != choice:
+            record_steered(trial, moved)
+        return moved
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         study, config, worker = self.study, self.study.config, self.study.worker
         choice = {p.name: trial.suggest_int(p.name, 0, len(p.ladder) - 1) for p in study.space.parameters}
         role = TrialRecord.from_trial(trial)
+        if config.band == "steer" and role.reference is None:
+            choice = self._steered(trial, choice)
         recipe = study.space.recipe(choice, name=role.name)
         resolution = worker.resolve(recipe)
         key = worker.result_key(resolution)

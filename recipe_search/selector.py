@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from . import __version__
 from .errors import RecipeSearchError
-from .kld import bootstrap_quantile_ci
+from .kld import bootstrap_quantile_ci, scored_per_chunk
 from .metrics import MAXIMISE
 from .pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
 from .recipe import ModelRef, Recipe
@@ -135,7 +135,8 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     sign = -1.0 if objective in MAXIMISE else 1.0
     quality = [sign * float(c.metrics[objective]) for c in candidates]
     order = [int(i) for i in frontier_2d([c.file_bytes for c in candidates], quality)]
-    tests = neighbour_tests(order, [c.kld_tokens for c in candidates], objective, n_boot=n_boot, seed=seed)
+    tests = neighbour_tests(order, [c.kld_tokens for c in candidates], objective, scored_per_chunk(config.ctx),
+                            n_boot=n_boot, seed=seed)
     frontier = [FrontierPoint(i, test) for i, test in zip(order, [None, *tests])]
     picks = [Pick(t, t.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality))
              for t in targets]
@@ -190,16 +191,18 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
         raise RecipeSearchError(f"nothing measured fits {pick.target.label}")
     c = sel.candidates[pick.candidate]
     metrics: dict = {"file_bytes": c.file_bytes, "bpw": c.bpw, **c.metrics}
-    if c.kld_tokens is not None:
+    per_chunk = scored_per_chunk(sel.config.ctx)
+    if c.kld_tokens is not None and len(c.kld_tokens) >= 2 * per_chunk:
         for name, q in _CI_QUANTILES.items():
-            metrics[f"{name}_ci95"] = list(bootstrap_quantile_ci(c.kld_tokens.astype(np.float64), q))
+            metrics[f"{name}_ci95"] = list(bootstrap_quantile_ci(c.kld_tokens.astype(np.float64), q, per_chunk))
     point = sel.point_of(pick.candidate)
     cfg = sel.config
     how = sel.status(point, trial="trial ") if point else "not on the frontier"
     provenance = {
         "study": {"name": sel.study, "storage": storage_label(sel.storage), "trial": c.number, "trial_name": c.name,
                   "objective": sel.objective, "target": pick.target.label,
-                  "frontier": f"{how} (95% paired bootstrap of {sel.objective} against the next smaller frontier point)"},
+                  "frontier": f"{how} (95% paired chunk bootstrap of {sel.objective} against the next smaller "
+                              "frontier point)"},
         "scoring": {"model": sel.model.name, **text_ref(cfg.text), "ctx": cfg.ctx, "chunks": cfg.chunks,
                     "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None},
         "tools": versions,
@@ -210,9 +213,10 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
         "metrics": metrics, "provenance": provenance})
 
 
-def write_picks(sel: Selection, out_dir: Path, force: bool) -> dict[int, Path]:
+def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, dict] | None = None) -> dict[int, Path]:
     """Write every pick's recipe under ``out_dir`` (pick index -> file); checks every name first, so nothing
-    is written when one exists (without ``force``). Targets nothing fits are skipped."""
+    is written when one exists (without ``force``). Targets nothing fits are skipped. ``holdout`` (pick index ->
+    its held-out validation) goes into the recipe's metrics beside the search-text figures."""
     todo = {i: out_dir / recipe_file_name(sel, p) for i, p in enumerate(sel.picks) if p.candidate is not None}
     if not force:
         for path in todo.values():
@@ -221,5 +225,8 @@ def write_picks(sel: Selection, out_dir: Path, force: bool) -> dict[int, Path]:
     if todo:
         model, versions = model_ref(sel.model), sel.tools
         for i, path in todo.items():
-            picked_recipe(sel, sel.picks[i], model, versions).save(path, overwrite=force)
+            recipe = picked_recipe(sel, sel.picks[i], model, versions)
+            if holdout and i in holdout:
+                recipe = recipe.model_copy(update={"metrics": {**(recipe.metrics or {}), "holdout": holdout[i]}})
+            recipe.save(path, overwrite=force)
     return todo

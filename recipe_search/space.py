@@ -7,6 +7,8 @@ best to smallest, with the types that the tensor's row size or a missing imatrix
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +33,9 @@ class SpaceConfig(BaseModel):
     ladders: dict[str, list[str]] = Field(default_factory=dict)
     fixed: dict[str, str] = Field(default_factory=dict)
     tied: list[list[str]] = Field(default_factory=list)
-    bands: dict[str, int] = Field(default_factory=dict)  # tensor type -> number of layer bands (2 or 3)
+    # tensor type -> its blocks searched apart: a number of equal bands, or the first block of each band
+    # (``[0, 1, 5]`` on 6 blocks: block 0, blocks 1-4, block 5), so first and last blocks can be parameters of their own
+    bands: dict[str, int | list[int]] = Field(default_factory=dict)
     unmatched: str = "Q8_0"
 
     @field_validator("ladders")
@@ -44,11 +48,14 @@ class SpaceConfig(BaseModel):
 
     @field_validator("bands")
     @classmethod
-    def _band_counts(cls, v: dict[str, int]) -> dict[str, int]:
+    def _band_counts(cls, v: dict[str, int | list[int]]) -> dict[str, int | list[int]]:
         lo, hi = limits.BANDS
-        bad = [f"{k}: {n}" for k, n in v.items() if not lo <= n <= hi]
+        bad = [f"{k}: {n}" for k, n in v.items() if isinstance(n, int) and not lo <= n <= hi]
         if bad:
             raise ValueError(f"a tensor type is split into {lo}..{hi} bands, not {', '.join(bad)}")
+        starts = [f"{k}: {n}" for k, n in v.items() if isinstance(n, list) and (not n or min(n) < 0)]
+        if starts:
+            raise ValueError(f"bands given as first blocks need block numbers (0 or more), not {', '.join(starts)}")
         return v
 
     @model_validator(mode="after")
@@ -63,7 +70,7 @@ class SpaceConfig(BaseModel):
             ladders = {tuple(self.ladders.get(k, self.ladder)) for k in group}
             if len(ladders) > 1:
                 raise ValueError(f"tied tensor types {', '.join(group)} have different ladders; give them one")
-            banded = {self.bands.get(k, 1) for k in group}
+            banded = {str(self.bands.get(k, 1)) for k in group}
             if len(banded) > 1:
                 raise ValueError(f"tied tensor types {', '.join(group)} have different bands; give them one")
         return self
@@ -105,6 +112,7 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = None  # FILE or FILE[a:b]; None = the built-in default text
+    holdout_text: str | None = None  # a second text the study never sees: `validate` and `pareto` re-score on it
     ctx: int = Field(ScoreSettings.ctx, ge=limits.CTX[0], le=limits.CTX[1])
     chunks: int = Field(ScoreSettings.chunks or 8, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
     imatrix: str | None = None
@@ -114,6 +122,7 @@ class StudyConfig(BaseModel):
     max_bpw: float | None = Field(None, gt=0)
     min_bpw: float | None = Field(None, ge=0)
     max_bytes: int | None = Field(None, gt=0)
+    band: Literal["steer", "prune"] = "steer"  # a proposal outside the size band is moved into it, or pruned
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
@@ -241,16 +250,9 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
                 ladder.append(t)
         if not ladder:
             raise RecipeSearchError(f"no ladder type fits tensor type {kind}")
-        n_bands = sc.bands.get(kind, 1)
-        blocks = quantizable[kinds[0]].blocks
-        if n_bands > max(len(blocks), 1):
-            raise RecipeSearchError(f"bands: {kind} has {len(blocks)} block(s), too few for {n_bands} bands")
-        if n_bands > 1 and len(blocks) >= n_bands:
-            size = -(-len(blocks) // n_bands)
-            for i in range(n_bands):
-                part = tuple(blocks[i * size:(i + 1) * size])
-                if part:
-                    params.append(Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)))
+        parts = block_bands(kind, sc.bands.get(kind, 1), quantizable[kinds[0]].blocks)
+        if len(parts) > 1:
+            params += [Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)) for part in parts]
         else:
             params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
     fixed = {k: parse_type(t) for k, t in sc.fixed.items()}
@@ -276,6 +278,26 @@ def seed_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> lis
             choice[p.name] = space.nearest_index(p, t)
         out.append((space.recipe(choice, f"seed-{seed.name}"), choice))
     return out
+
+
+def block_bands(kind: str, bands: int | list[int], blocks: Sequence[int]) -> list[tuple[int, ...]]:
+    """A tensor type's blocks split into bands: ``n`` equal ones (no more than it has blocks), or bands starting
+    at the given blocks (the first must be the type's first block)."""
+    blocks = tuple(blocks)
+    if isinstance(bands, int) or not blocks:
+        bands = bands if isinstance(bands, int) else 1
+        if bands > max(len(blocks), 1):
+            raise RecipeSearchError(f"bands: {kind} has {len(blocks)} block(s), too few for {bands} bands")
+        if bands < 2:
+            return [blocks]
+        size = -(-len(blocks) // bands)
+        return [part for i in range(bands) if (part := tuple(blocks[i * size:(i + 1) * size]))]
+    starts = sorted(set(bands))
+    if not starts or starts[0] != blocks[0] or any(b not in blocks for b in starts):
+        raise RecipeSearchError(f"bands of {kind} must start at its first block {blocks[0]} and name its blocks "
+                                f"({blocks[0]}..{blocks[-1]}), not {bands}")
+    cuts = [blocks.index(b) for b in starts] + [len(blocks)]
+    return [tuple(blocks[a:z]) for a, z in itertools.pairwise(cuts)]
 
 
 def reference_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int] | None]]:

@@ -180,6 +180,11 @@ def record_duplicate(trial: _LiveTrial, same: _Trial) -> None:
     trial.set_user_attr("duplicate_of", same.number)
 
 
+def record_steered(trial: _LiveTrial, choice: dict[str, int]) -> None:
+    """The proposal was moved into the size band: the ladder indices it was measured at."""
+    trial.set_user_attr("steered_to", choice)
+
+
 def record_pruned(trial: _LiveTrial, why: str, partial_kld_mean: float | None = None) -> None:
     trial.set_user_attr("pruned", why)
     if partial_kld_mean is not None:

@@ -13,9 +13,11 @@ from recipe_search.kld import (
     KLDSummary,
     SparseReference,
     TokenStats,
+    bootstrap_ci,
     bootstrap_quantile_ci,
     paired_bootstrap,
     percentile,
+    scored_per_chunk,
     summarize,
     token_stats,
     token_stats_from_logprobs,
@@ -178,26 +180,68 @@ def test_percentile_interpolates_at_fraction_times_n_minus_1() -> None:
 
 
 def test_bootstrap_degenerate_cases() -> None:
-    assert bootstrap_quantile_ci(np.full(500, 0.25), 0.999, n_boot=50) == (0.25, 0.25)
+    assert bootstrap_quantile_ci(np.full(500, 0.25), 0.999, 50, n_boot=50) == (0.25, 0.25)
     a = np.random.default_rng(1).exponential(size=300)
-    lo, hi = paired_bootstrap(a, a + 0.5, lambda x: np.mean(x, axis=-1), n_boot=100)
+    lo, hi = paired_bootstrap(a, a + 0.5, lambda x: np.mean(x, axis=-1), 30, n_boot=100)
     assert lo == pytest.approx(-0.5) and hi == pytest.approx(-0.5)
-    assert paired_bootstrap(a, a.copy(), lambda x: np.quantile(x, 0.99, axis=-1), n_boot=100) == (0.0, 0.0)
+    assert paired_bootstrap(a, a.copy(), lambda x: np.quantile(x, 0.99, axis=-1), 30, n_boot=100) == (0.0, 0.0)
 
 
 def test_bootstrap_median_interval_has_the_asymptotic_width() -> None:
     n = 4000
     x = np.random.default_rng(2).standard_normal(n)
-    lo, hi = bootstrap_quantile_ci(x, 0.5, n_boot=400, seed=3)
-    # the sample median of N(0,1) has standard error sqrt(π/2)/sqrt(n)
+    lo, hi = bootstrap_quantile_ci(x, 0.5, 1, n_boot=400, seed=3)
+    # independent tokens (chunks of one token): the sample median of N(0,1) has standard error sqrt(π/2)/sqrt(n)
     expected_width = 2 * 1.959964 * math.sqrt(math.pi / 2) / math.sqrt(n)
     assert lo < 0 < hi
     assert hi - lo == pytest.approx(expected_width, rel=0.25)
 
 
-def test_bootstrap_rejects_unequal_lengths() -> None:
+def _mean(v: np.ndarray) -> np.ndarray:
+    return np.mean(v, axis=-1)
+
+
+def test_chunk_bootstrap_is_as_wide_as_the_chunk_effect_where_token_bootstrap_is_not() -> None:
+    # 40 chunks of 250 tokens: value = chunk effect (sd 1) + token noise (sd 0.1). The mean's standard error is
+    # sqrt(1/40 + 0.01/10000) ≈ 0.158 (chunk effects dominate); a token bootstrap sees sd ≈ 1 over 10,000
+    # "independent" tokens, ≈ 0.01, sixteen times too narrow.
+    n_chunks, per_chunk = 40, 250
+    rng = np.random.default_rng(4)
+    x = np.repeat(rng.standard_normal(n_chunks), per_chunk) + 0.1 * rng.standard_normal(n_chunks * per_chunk)
+    sample_sd = float(np.std(x.reshape(n_chunks, per_chunk).mean(axis=1), ddof=1))
+    expected = 2 * 1.959964 * sample_sd / math.sqrt(n_chunks)
+    lo, hi = bootstrap_ci(x, _mean, per_chunk, n_boot=1000, seed=5)
+    assert hi - lo == pytest.approx(expected, rel=0.2)
+    tlo, thi = bootstrap_ci(x, _mean, 1, n_boot=200, seed=5)
+    assert (thi - tlo) < (hi - lo) / 5
+
+
+def test_paired_chunk_bootstrap_resamples_the_same_chunks_for_both() -> None:
+    # b = a + a per-chunk shift with mean 0.05 (sd 0.2): the chunk effect of a cancels in the difference, the
+    # shift's spread over chunks does not; pairing by token but resampling tokens would call it distinct.
+    n_chunks, per_chunk = 30, 100
+    rng = np.random.default_rng(6)
+    a = np.repeat(rng.standard_normal(n_chunks), per_chunk) + rng.standard_normal(n_chunks * per_chunk)
+    z = rng.standard_normal(n_chunks)
+    shift = np.repeat(0.05 + 0.2 * (z - z.mean()) / z.std(ddof=1), per_chunk)  # exactly mean 0.05, sd 0.2
+    lo, hi = paired_bootstrap(a, a + shift, _mean, per_chunk, n_boot=1000, seed=7)
+    assert (hi - lo) / 2 == pytest.approx(1.959964 * 0.2 / math.sqrt(n_chunks), rel=0.25)
+    assert lo < 0 < hi  # a tie, chunk by chunk
+    _, thi = paired_bootstrap(a, a + shift, _mean, 1, n_boot=400, seed=7)
+    assert thi < 0  # token resampling: "distinct"
+
+
+def test_bootstrap_rejects_unequal_lengths_and_partial_chunks() -> None:
     with pytest.raises(RecipeSearchError):
-        paired_bootstrap(np.ones(3), np.ones(4), lambda x: x.mean(axis=-1))
+        paired_bootstrap(np.ones(3), np.ones(4), lambda x: x.mean(axis=-1), 1)
+    with pytest.raises(RecipeSearchError, match="whole chunks"):
+        bootstrap_quantile_ci(np.ones(250), 0.5, 100)
+    with pytest.raises(RecipeSearchError, match="2 chunks"):
+        bootstrap_quantile_ci(np.ones(100), 0.5, 100)
+
+
+def test_scored_per_chunk_matches_the_scored_range() -> None:
+    assert scored_per_chunk(512) == 255 and scored_per_chunk(128) == 63 and scored_per_chunk(5) == 2
 
 
 # ---------------------------------------------------------------------------------------------

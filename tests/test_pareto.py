@@ -83,16 +83,19 @@ def test_ties_by_paired_bootstrap() -> None:
     better = base * 0.5
     tokens = [base, twin, better, base[:100]]
     # frontier by size: base (smallest), twin, better
-    tests = neighbour_tests([0, 1, 2], tokens, "kld_p999", n_boot=400)
+    tests = neighbour_tests([0, 1, 2], tokens, "kld_p999", 250, n_boot=400)
     assert tests[0].tie and tests[0].low <= 0 <= tests[0].high
     assert not tests[1].tie and tests[1].low > 0  # the larger point is better beyond the interval
     assert (tests[1].smaller, tests[1].larger) == (1, 2)
-    mean_tests = neighbour_tests([0, 2], tokens, "kld_mean", n_boot=400)
+    mean_tests = neighbour_tests([0, 2], tokens, "kld_mean", 250, n_boot=400)
     assert not mean_tests[0].tie
-    # different tokens, or a metric without a per-token statistic: no test
-    assert neighbour_tests([3, 0], tokens, "kld_p999") == [None]
-    assert neighbour_tests([0, 2], tokens, "ppl_ratio") == [None]
-    assert neighbour_tests([0, 1], [base, None], "kld_p999") == [None]
+    # different tokens, a metric without a per-token statistic, or not two whole chunks: no test
+    assert neighbour_tests([3, 0], tokens, "kld_p999", 250) == [None]
+    assert neighbour_tests([0, 2], tokens, "ppl_ratio", 250) == [None]
+    assert neighbour_tests([0, 1], [base, None], "kld_p999", 250) == [None]
+    assert neighbour_tests([0, 1], tokens, "kld_p999", 2500) != [None]  # two chunks: testable
+    assert neighbour_tests([0, 1], tokens, "kld_p999", 5000) == [None]  # one chunk: not
+    assert neighbour_tests([0, 1], tokens, "kld_p999", 2000) == [None]  # 5000 tokens are not whole chunks of 2000
 
 
 # -- a synthetic study on the dense model (tests/tiny_studies.py, the `synthetic_study` fixture) --------
@@ -131,7 +134,7 @@ def test_pareto_writes_usable_recipes_and_respects_force(synthetic_study, dense_
     prov = recipe.provenance
     assert prov["study"]["trial"] == 1 and prov["study"]["target"] == "5.00bpw"
     assert prov["study"]["frontier"].startswith("tie with trial 0")
-    assert (prov["scoring"]["ctx"], prov["scoring"]["chunks"], prov["scoring"]["imatrix"]) == (128, 4, None)
+    assert (prov["scoring"]["ctx"], prov["scoring"]["chunks"], prov["scoring"]["imatrix"]) == (128, 48, None)
     assert prov["tools"] == STUDY_TOOLS  # the versions that measured the study, not the ones reading it
     assert [r.model_dump() for r in recipe.rules] == [r.model_dump() for r in ffn_attn_recipe("x", "Q4_0", "Q5_0").rules]
 

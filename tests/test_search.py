@@ -225,6 +225,9 @@ def test_readme_study_config_is_valid(qwen35_model) -> None:
     config = StudyConfig.model_validate(yaml.safe_load(block))
     space = build_space(config, read_inventory(qwen35_model), has_imatrix=True)
     names = {p.name for p in space.parameters}
-    assert "ffn_up_exps+ffn_gate_exps" in names and "token_embd" not in names and "token_embd" in space.fixed
+    assert "token_embd" not in names and "token_embd" in space.fixed
+    tied = sorted(n for n in names if n.startswith("ffn_up_exps+ffn_gate_exps@"))
+    assert len(tied) == 2 and tied[0] == "ffn_up_exps+ffn_gate_exps@0-0", names  # block 0, then the rest
+    assert config.holdout_text and config.band == "steer"
     assert len([n for n in names if n.startswith("ffn_down_exps")]) == 3, names
     assert [t.name for t in next(p for p in space.parameters if p.name == "ssm_out").ladder] == ["Q8_0", "Q6_K", "Q5_K"]

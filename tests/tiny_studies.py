@@ -36,11 +36,11 @@ def ffn_attn_recipe(name: str, ffn: str, attn: str) -> Recipe:
 def write_synthetic_study(directory: Path, model: Path) -> Path:
     """Four measured trials (one a near twin of its smaller neighbour), a duplicate and a pruned trial."""
     rng = np.random.default_rng(1)
-    base = rng.exponential(0.1, 3000).astype(np.float32)
+    base = rng.exponential(0.1, 48 * 63).astype(np.float32)  # 48 chunks of ctx 128 (63 scored tokens each)
     directory.mkdir()
     study = optuna.create_study(storage=f"sqlite:///{directory / 'study.db'}", study_name="dense",
                                 directions=["minimize", "minimize"])
-    config = StudyConfig(ctx=128, chunks=4)
+    config = StudyConfig(ctx=128, chunks=48)
     study.set_user_attr("config", config.model_dump_json())
     study.set_user_attr("model", str(model.resolve()))
     study.set_user_attr("objectives", ["size", "kld_p999"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import RecipeSearchError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
-_SUBMODULES = ("recipes", "scoring", "study", "sensitivity", "analysis", "cache")
+_SUBMODULES = ("recipes", "scoring", "study", "sensitivity", "analysis", "cache", "validation")
 
 
 def command(name: str, help: str) -> Callable:

@@ -60,7 +60,7 @@ def _print_frontier(sel) -> None:
     print(f"study {sel.study}: {len(sel.candidates)} measured trials ({pruned} pruned, {dups} duplicate(s) left out); "
           f"frontier on file size x {sel.objective}: {len(sel.frontier)} recipes")
     print(f"{'trial':>6}  {'name':<18}{'size':>12}{'bpw':>7}" + "".join(f"{o:>11}" for o in cols)
-          + f"{'mean KLD':>11}  vs next smaller ({sel.objective}, 95% paired bootstrap)")
+          + f"{'mean KLD':>11}  vs next smaller ({sel.objective}, 95% paired chunk bootstrap)")
     for p in sel.frontier:
         c = sel.candidates[p.candidate]
         ci = "" if p.test is None else f"  (diff {p.test.low:+.3g} .. {p.test.high:+.3g})"
@@ -78,6 +78,8 @@ def pareto_args(p: argparse.ArgumentParser) -> None:
     _study_args(p)
     p.add_argument("--out", help="directory for the recipes picked at --targets (default: recipes/)")
     p.add_argument("--force", action="store_true", help="replace existing recipe files")
+    p.add_argument("--holdout-text", help="also measure each pick on this held-out text, FILE or FILE[a:b], and record "
+                                          "it in the recipe (default: the study config's holdout_text)")
     p.add_argument("--json", action="store_true")
 
 
@@ -93,10 +95,12 @@ def pareto(a: argparse.Namespace) -> int:
     sel = _selection(a)
     if sel.picks and not sel.model.exists():
         _warn([f"the study's model {sel.model} is not here: the recipes get no `model` block"])
+    holdout = _holdout_of_picks(sel, a.holdout_text or sel.config.holdout_text)
     out = Path(a.out or "recipes")
-    written = write_picks(sel, check_output_dir(out) if sel.picks else out, a.force)
+    written = write_picks(sel, check_output_dir(out) if sel.picks else out, a.force, holdout)
     if a.json:
-        _print_json(_selection_json(sel, written))
+        _print_json({**_selection_json(sel, written), "holdout": {sel.picks[i].target.label: h
+                                                                  for i, h in holdout.items()}})
         return 0
     _print_frontier(sel)
     if sel.picks:
@@ -112,11 +116,41 @@ def pareto(a: argparse.Namespace) -> int:
         print(f"  {pick.target.label:>10}  trial {c.number} ({c.name}): {c.bpw:.3f} bpw, {human_bytes(c.file_bytes)}, "
               f"{sel.objective} {c.metrics[sel.objective]:.4g}, {sel.status(point) if point else 'off the frontier'}"
               f" -> {written[i]}")
+        if i in holdout:
+            h = holdout[i]
+            print(f"  {'':>10}  held-out {h['text']}: {sel.objective} " + (
+                f"{h[sel.objective]:.4g} [95% {h[sel.objective + '_ci95'][0]:.4g}, {h[sel.objective + '_ci95'][1]:.4g}]"
+                if sel.objective in h else f"kld_p999 {h['kld_p999']:.4g}"))
     n_tokens = int(sel.candidates[0].metrics.get("n_tokens", 0))
     if sel.objective == "kld_p999" and n_tokens < 10_000:
         print(f"note: {n_tokens} scored tokens per trial: the 99.9th percentile rests on the top "
               f"{max(1, round(n_tokens / 1000))} or so tokens, hence the ties", file=sys.stderr)
     return 0
+
+
+def _holdout_of_picks(sel, text: str | None) -> dict[int, dict]:
+    """Each pick measured on the held-out text (pick index -> what its recipe records); none without a text."""
+    if not text or not any(p.candidate is not None for p in sel.picks):
+        return {}
+    from ..demo import cache_dir
+    from ..imatrix_file import load_imatrix
+    from ..score import ScoreSettings
+    from ..text import TextSource
+    from ..validate import Chosen, holdout_record, text_overlap_warnings, validate
+    from ..worker import Worker
+    from . import _imatrix_input, _log
+
+    cfg = sel.config
+    settings = ScoreSettings(text=TextSource.parse(text), ctx=cfg.ctx, chunks=cfg.chunks, threads=cfg.threads)
+    _warn(text_overlap_warnings({"held-out": settings.text, "search": TextSource.parse(cfg.text)},
+                                load_imatrix(cfg.imatrix).datasets if cfg.imatrix else ()))
+    cache = cache_dir(None)
+    worker = Worker(sel.model, settings, cache, cache / "work",
+                    imatrix=_imatrix_input(cfg.imatrix) if cfg.imatrix else None)
+    todo = {i: p.candidate for i, p in enumerate(sel.picks) if p.candidate is not None}
+    chosen = [Chosen(sel.candidates[c].name, sel.candidates[c].recipe, sel.candidates[c].metrics) for c in todo.values()]
+    results = validate(worker, chosen, log=_log(False))
+    return {i: holdout_record(r, settings.text) for i, r in zip(todo, results)}
 
 
 # -- report ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .. import limits
 from ..errors import RecipeSearchError
 from ..size import human_bytes
-from . import _int_in, _log, _model, _print_json, command
+from . import _int_in, _log, _model, _print_json, _warn, command
 
 if TYPE_CHECKING:
     import optuna
@@ -36,6 +36,7 @@ def search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=_int_in(limits.TRIALS), help="trials to run in this call")
     p.add_argument("--timeout", help="stop starting trials after this long (90s, 15m, 8h)")
     p.add_argument("--text", help="scoring text, FILE or FILE[0:0.4] (default: the built-in text)")
+    p.add_argument("--holdout-text", help="a second text the study never sees, for `validate` and `pareto`")
     p.add_argument("--ctx", type=_int_in(limits.CTX))
     p.add_argument("--chunks", type=_int_in(limits.CHUNKS))
     p.add_argument("--imatrix")
@@ -66,17 +67,29 @@ def search(a: argparse.Namespace) -> int:
 
     model = _model(a.model)
     config = load_study_config(a.config)
-    overrides = {k: getattr(a, k) for k in ("text", "ctx", "chunks", "imatrix", "seed", "sampler", "threads",
-                                          "gpu_layers")
-                 if getattr(a, k) is not None}
+    overrides = {k: getattr(a, k) for k in ("text", "holdout_text", "ctx", "chunks", "imatrix", "seed", "sampler",
+                                            "threads", "gpu_layers") if getattr(a, k) is not None}
     config = config.model_copy(update=overrides)
     if a.estimate:
         from ..locations import cache_dir
 
         return _estimate(model, config, cache_dir(a.cache_dir), a.json)
+    _warn_text_overlap(config)
     study = Study.open(model, config, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
                        tensor_cache=not a.no_tensor_cache)
     return _run_study(study, a)
+
+
+def _warn_text_overlap(config: StudyConfig) -> None:
+    """Warn when the held-out text overlaps the search text, or either overlaps the imatrix's calibration text."""
+    from ..imatrix_file import load_imatrix
+    from ..text import TextSource
+    from ..validate import text_overlap_warnings
+
+    texts = {"search": TextSource.parse(config.text)}
+    if config.holdout_text:
+        texts["held-out"] = TextSource.parse(config.holdout_text)
+    _warn(text_overlap_warnings(texts, load_imatrix(config.imatrix).datasets if config.imatrix else ()))
 
 
 def _run_study(study: Study, a: argparse.Namespace) -> int:

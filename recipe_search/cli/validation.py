@@ -1,0 +1,106 @@
+"""Commands that check choices on text the search never saw: validate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import RecipeSearchError
+from ..size import human_bytes
+from . import _imatrix_input, _log, _model, _print_json, _warn, command
+
+
+def validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe YAMLs to validate (or a study: --dir/--storage)")
+    p.add_argument("--model", help="the unquantized model (or `demo`); default: the study's")
+    p.add_argument("--holdout-text", help="the held-out text, FILE or FILE[a:b] (default: the study's holdout_text)")
+    p.add_argument("--storage", help="validate this study's whole frontier (Optuna storage URL)")
+    p.add_argument("--study", help="study name (default: the only study in the storage)")
+    p.add_argument("--dir", help="study directory holding study.db")
+    p.add_argument("--objective", help="the frontier's quality metric (default: the study's first quality objective)")
+    p.add_argument("--ctx", type=int, help="default: the study's, else 512")
+    p.add_argument("--chunks", type=int, help="default: the study's, else 8")
+    p.add_argument("--imatrix", help="default: the study's")
+    p.add_argument("--search-text", help="the text the recipes were chosen on, only to warn of overlap "
+                                         "(default: the study's)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-dir")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+def _chosen(a: argparse.Namespace):
+    """(recipes to validate, the study's config or None, the model path or None)."""
+    from ..recipe import load_recipe
+    from ..validate import Chosen
+
+    chosen = [Chosen(Path(r).stem, rec, {k: v for k, v in (rec.metrics or {}).items() if isinstance(v, (int, float))}
+                     or None) for r in a.recipes for rec in [load_recipe(r)]]
+    if not (a.storage or a.dir or a.study):
+        if not chosen:
+            raise RecipeSearchError("nothing to validate: give recipe files or a study (--dir, --storage)")
+        return chosen, None, None
+    from ..selector import load_study, select, storage_url
+
+    url = storage_url(a.storage, a.dir, a.study)
+    sel = select(load_study(url, a.study), url, a.objective, [], n_boot=100)
+    for p in sel.frontier:
+        c = sel.candidates[p.candidate]
+        chosen.append(Chosen(c.name, c.recipe, c.metrics))
+    return chosen, sel.config, sel.model
+
+
+@command("validate", "re-score chosen recipes (or a study's frontier) on a held-out text, with chunk-bootstrap "
+                     "intervals and the rank agreement with the search text")
+def validate(a: argparse.Namespace) -> int:
+    from ..demo import cache_dir
+    from ..imatrix_file import load_imatrix
+    from ..score import ScoreSettings
+    from ..text import TextSource
+    from ..validate import rank_agreement, text_overlap_warnings
+    from ..validate import validate as run_validate
+    from ..worker import Worker
+
+    chosen, config, study_model = _chosen(a)
+    holdout = a.holdout_text or (config.holdout_text if config else None)
+    if not holdout:
+        raise RecipeSearchError("no held-out text: pass --holdout-text (or set holdout_text in the study config)")
+    model = _model(a.model) if a.model else study_model
+    if model is None:
+        raise RecipeSearchError("which model? pass --model (a study names its own)")
+    ctx = a.ctx or (config.ctx if config else 512)
+    chunks = a.chunks or (config.chunks if config else 8)
+    imatrix = a.imatrix or (config.imatrix if config else None)
+    settings = ScoreSettings(text=TextSource.parse(holdout), ctx=ctx, chunks=chunks, threads=a.threads)
+    texts = {"held-out": settings.text}
+    search_text = a.search_text or (config.text if config else None)
+    if search_text or config is not None:
+        texts["search"] = TextSource.parse(search_text)
+    _warn(text_overlap_warnings(texts, load_imatrix(imatrix).datasets if imatrix else ()))
+    cache = cache_dir(a.cache_dir)
+    worker = Worker(model, settings, cache, cache / "work", imatrix=_imatrix_input(imatrix) if imatrix else None)
+    results = run_validate(worker, chosen, n_boot=a.n_boot, log=_log(a.quiet))
+    agreement = rank_agreement(results)
+    if a.json:
+        _print_json({"holdout_text": settings.text.label, "ctx": ctx, "chunks": chunks,
+                     "n_tokens": int(results[0].holdout_metrics["n_tokens"]) if results else 0,
+                     "recipes": [r.to_dict() for r in results], "spearman": agreement})
+        return 0
+    n = int(results[0].holdout_metrics["n_tokens"]) if results else 0
+    print(f"held-out text {settings.text.label}: ctx {ctx} x {chunks} chunks, {n} scored tokens; "
+          "intervals: 95% bootstrap over chunks")
+    print(f"{'recipe':<28}{'size':>11}{'bpw':>7}" + "".join(f"{'search ' + m:>16}{'held-out ' + m + ' [95%]':>34}"
+                                                         for m in ("kld_p99", "kld_p999")))
+    for r in results:
+        cells = ""
+        for m in ("kld_p99", "kld_p999"):
+            s = r.search_metrics.get(m) if r.search_metrics else None
+            lo, hi = r.intervals[m]
+            cells += f"{'-' if s is None else f'{s:.4g}':>16}{r.holdout_metrics[m]:>14.4g} [{lo:.4g}, {hi:.4g}]".ljust(50)
+        print(f"{r.name[:27]:<28}{human_bytes(r.file_bytes):>11}{r.bpw:>7.3f}{cells}")
+    shown = ", ".join(f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in agreement.items())
+    print(f"Spearman rank correlation, search text vs held-out ({sum(bool(r.search_metrics) for r in results)} "
+          f"recipes with search figures): {shown}", file=sys.stdout)
+    return 0
