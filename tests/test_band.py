@@ -20,7 +20,8 @@ def test_block_bands_by_count_or_by_first_blocks() -> None:
     blocks = (0, 1, 2, 3, 4, 5)
     assert block_bands("k", 1, blocks) == [blocks]
     assert block_bands("k", 3, blocks) == [(0, 1), (2, 3), (4, 5)]
-    assert block_bands("k", 7, blocks) == [blocks]  # more bands than blocks: one band
+    with pytest.raises(RecipeSearchError, match="too few for 7 bands"):  # more bands than blocks: refused
+        block_bands("k", 7, blocks)
     assert block_bands("k", [0, 1, 5], blocks) == [(0,), (1, 2, 3, 4), (5,)]
     assert block_bands("k", [5, 0], blocks) == [(0, 1, 2, 3, 4), (5,)]
     assert block_bands("k", [0], ()) == [()]  # a tensor outside the blocks has one band
