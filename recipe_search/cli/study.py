@@ -152,7 +152,9 @@ def _stop_on_sigint(study: Study, log) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # after a first Ctrl-C the run has ended with its trials recorded: a second one, arriving while the
+        # summary prints or the interpreter exits (which resets Python's handlers), has nothing left to abandon
+        signal.signal(signal.SIGINT, signal.SIG_IGN if study.stop_requested else previous)
 
 
 class Progress:
