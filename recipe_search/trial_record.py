@@ -54,6 +54,27 @@ class Measurement:
                    seconds=dict(d["seconds"]), speed=dict(d.get("speed") or {}), cached=cached)
 
 
+class _StoredMeasurement(Measurement):
+    """A measurement read back from storage. Its per-token KLD is decoded on first use: a study's records
+    are read after every trial (progress, duplicates, early stopping), and most readers want the numbers."""
+
+    _tokens: np.ndarray | None
+
+    def __init__(self, encoded: str | None, **fields: Any) -> None:
+        self._encoded = encoded
+        super().__init__(kld_tokens=None, **fields)  # type: ignore[arg-type]  # set through the property below
+
+    @property  # type: ignore[override]
+    def kld_tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = decode_array(self._encoded) if self._encoded else np.zeros(0, np.float32)
+        return self._tokens
+
+    @kld_tokens.setter
+    def kld_tokens(self, value: np.ndarray | None) -> None:
+        self._tokens = value
+
+
 class _Trial(Protocol):
     @property
     def number(self) -> int: ...
@@ -148,9 +169,8 @@ class TrialRecord:
         a = trial.user_attrs
         measurement = None
         if "metrics" in a and "file_bytes" in a:
-            measurement = Measurement(
-                file_bytes=int(a["file_bytes"]), bpw=float(a["bpw"]), metrics=dict(a["metrics"]),
-                kld_tokens=decode_array(a["kld_tokens"]) if a.get("kld_tokens") else np.zeros(0, np.float32),
+            measurement = _StoredMeasurement(
+                a.get("kld_tokens"), file_bytes=int(a["file_bytes"]), bpw=float(a["bpw"]), metrics=dict(a["metrics"]),
                 fallbacks=dict(a.get("fallbacks") or {}), seconds=dict(a.get("seconds") or {}),
                 speed=dict(a.get("speed") or {}), cached=bool(a.get("cached_measurement")))
         values = getattr(trial, "values", None)
