@@ -25,7 +25,7 @@ from .inventory import Inventory, model_fingerprint
 from .locations import shareable
 from .recipe import Recipe, Rule, Unmatched, atomic_write_bytes, atomic_write_text
 from .resolve import Resolution
-from .space import SpaceConfig, StudyConfig, build_space
+from .space import SearchSpace, SpaceConfig, StudyConfig, build_space
 from .worker import Worker
 
 TABLE_FILE = "sensitivity.csv"
@@ -193,18 +193,33 @@ def planned_cells(inv: Inventory, ladders: dict[str, tuple[GGMLType, ...]]) -> l
     return cells
 
 
+def space_ladders(space: SearchSpace) -> dict[str, tuple[GGMLType, ...]]:
+    """Per tensor type of a search space's parameters, the ggml types its ladder offers (the cells a
+    surrogate needs to allocate over that space)."""
+    out: dict[str, tuple[GGMLType, ...]] = {}
+    for p in space.parameters:
+        for kind in p.kinds:
+            out[kind] = tuple(dict.fromkeys([*out.get(kind, ()), *p.ladder]))
+    return out
+
+
 def run_sweep(worker: Worker, out: Path, tensor_types: list[str] | None = None, types: list[str] | None = None,
-              log: Callable[[str], None] = lambda msg: None) -> SensitivityTable:
-    """Measure every cell not yet in the table at ``out``, saving after each; returns the table."""
+              log: Callable[[str], None] = lambda msg: None,
+              ladders: dict[str, tuple[GGMLType, ...]] | None = None) -> SensitivityTable:
+    """Measure every cell not yet in the table at ``out`` (the cells of ``ladders``, or of the tensor types
+    and types given), saving after each; returns the table. Each row records its measuring seconds."""
     inv = worker.inventory
-    cells = planned_cells(inv, sweep_ladders(inv, worker.imatrix is not None, tensor_types, types))
+    if ladders is None:
+        ladders = sweep_ladders(inv, worker.imatrix is not None, tensor_types, types)
+    cells = planned_cells(inv, ladders)
     table = SensitivityTable.open(out, sweep_meta(worker))
     todo = [c for c in cells if table.cell(c[0], c[1].name) is None]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} in the table already, {len(todo)} to measure")
     for i, (kind, t, recipe) in enumerate(todo, 1):
         m = worker.measure(recipe)
         row = {"tensor_type": kind, "ggml_type": t.name, "bpw": bits_per_weight(t),
-               "n_elements": inv.kinds[kind].n_elements, "file_bytes": m.file_bytes, **m.metrics}
+               "n_elements": inv.kinds[kind].n_elements, "file_bytes": m.file_bytes, **m.metrics,
+               "seconds": round(sum(m.seconds.values()), 3)}
         table.add(row, m.kld_tokens)
         table.save()
         log(f"[{i}/{len(todo)}] {kind} {t.name}: mean KLD {m.metrics['kld_mean']:.5f}, "

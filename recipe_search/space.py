@@ -128,9 +128,17 @@ class StudyConfig(BaseModel):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
     prune: bool = True
-    surrogate_seeds: int = Field(0, ge=0)  # recipes from the sensitivity surrogate enqueued at start
+    # recipes from the sensitivity surrogate enqueued at start, spread over the size range
+    surrogate_seeds: int = Field(0, ge=0, le=1000)
+    # sizes (bits per weight) the surrogate's allocation is enqueued at, and that refitted proposals revisit
+    target_bpw: list[float] = Field(default_factory=list)
+    # after the enqueued trials, every `refit_every`-th trial is the allocation of the surrogate refitted to the
+    # measured trials (at a target, or where the frontier has its widest gap); 0: TPE proposes every trial
+    refit_every: int = Field(0, ge=0, le=1000)
     seeds: list[str] = Field(default_factory=list)  # recipe files (any dialect `import` reads) enqueued first
-    sensitivity: str | None = None  # the sensitivity table directory the surrogate seeds come from
+    # the sensitivity table the surrogate comes from; None: the study sweeps its own space on `sweep_chunks` chunks
+    sensitivity: str | None = None
+    sweep_chunks: int = Field(2, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
 
     @field_validator("objectives")
     @classmethod
@@ -148,9 +156,15 @@ class StudyConfig(BaseModel):
     def _consistent(self) -> StudyConfig:
         if self.min_bpw is not None and self.max_bpw is not None and self.min_bpw >= self.max_bpw:
             raise ValueError(f"min_bpw {self.min_bpw} is not below max_bpw {self.max_bpw}")
-        if self.surrogate_seeds and not self.sensitivity:
-            raise ValueError("surrogate_seeds needs `sensitivity`, the directory of a sensitivity table")
+        bad = [t for t in self.target_bpw if not 0 < t < 64]
+        if bad:
+            raise ValueError(f"target_bpw holds bits per weight between 0 and 64, not {bad[0]}")
         return self
+
+    @property
+    def uses_surrogate(self) -> bool:
+        """Whether the study needs a sensitivity table (its own sweep when `sensitivity` is not given)."""
+        return bool(self.surrogate_seeds or self.target_bpw or self.refit_every)
 
 
     def score_settings(self) -> ScoreSettings:

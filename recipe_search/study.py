@@ -14,6 +14,7 @@ ends the run after the trial in flight (a signal handler can call it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from .abandon import AbandonGuard
 from .errors import RecipeSearchError
@@ -39,12 +40,13 @@ from .search import (
     study_summary,
     trial_values,
 )
+from .sensitivity import run_sweep, space_ladders
 from .space import SearchSpace, StudyConfig, build_space, reference_recipes, seed_recipes
 from .stale import clean_workdir
 from .storage_names import check_study_name
 from .study_checks import check_study_inputs
-from .surrogate import seed_allocations
-from .trial_record import TrialRecord, role_attrs
+from .surrogate import refit_allocation, seed_allocations
+from .trial_record import TrialRecord, measured_choice, role_attrs
 from .worker import Worker, tool_versions
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -139,15 +141,37 @@ class Study:
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by a killed worker")
         _ = self.worker.reference
-        enqueued = self.enqueue_references()
+        table = self.sensitivity_table(log)
+        enqueued = self.enqueue_references(table)
         start = time.perf_counter()
         presets = self.add_presets(log)
         return Preparation(disk, self.worker.reference_seconds, bool(self.worker.reference_was_cached), enqueued,
                            presets, time.perf_counter() - start)
 
-    def enqueue_references(self) -> int:
-        """Enqueue the uniform recipes over the ladder, the config's seed recipes and the surrogate seeds,
-        once per study."""
+    def sensitivity_table(self, log: Callable[[str], None] = lambda msg: None) -> Path | None:
+        """The sensitivity table the surrogate reads: the config's `sensitivity`, else the study's own sweep of
+        its space (every parameter's tensor types over its ladder, each alone, on `sweep_chunks` chunks),
+        measured once into the study directory with its measuring time stored as `sweep_seconds`; None when
+        the config uses no surrogate."""
+        config = self.config
+        if not config.uses_surrogate:
+            return None
+        if config.sensitivity:
+            return Path(config.sensitivity)
+        out = self.directory / "sweep"
+        w = self.worker
+        sweeper = Worker(w.model, dataclasses.replace(w.settings, chunks=config.sweep_chunks), w.cache_dir, w.workdir,
+                         imatrix=w.imatrix, tensor_cache=w.tensor_cache)
+        table = run_sweep(sweeper, out, ladders=space_ladders(self.space), log=log)
+        seconds = sweeper.reference_seconds * (not sweeper.reference_was_cached)
+        if "sweep_seconds" not in self.optuna_study.user_attrs:
+            seconds += sum(float(r.get("seconds") or 0.0) for r in table.rows)
+            self.optuna_study.set_user_attr("sweep_seconds", round(seconds, 3))
+        return out
+
+    def enqueue_references(self, table: Path | None = None) -> int:
+        """Enqueue the uniform recipes over the ladder, the config's seed recipes and the surrogate's
+        allocations (``table``: its sensitivity table), once per study."""
         study = self.optuna_study
         if study.user_attrs.get("references_enqueued"):
             return 0
@@ -159,9 +183,9 @@ class Study:
         for recipe, choice in seed_recipes(self.config, self.space, self.worker.inventory):
             study.enqueue_trial(choice, user_attrs=role_attrs(seed=recipe.name), skip_if_exists=True)
             n += 1
-        if self.config.surrogate_seeds:
+        if self.config.surrogate_seeds or self.config.target_bpw:
             extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
-            for a in seed_allocations(self.config, self.space, self.worker.inventory, extra_kv):
+            for a in seed_allocations(self.config, self.space, self.worker.inventory, extra_kv, table):
                 study.enqueue_trial(a.choice, user_attrs=role_attrs(surrogate_seed=a.recipe.name,
                                                                     surrogate_prediction=a.prediction.to_dict()),
                                     skip_if_exists=True)
@@ -185,6 +209,31 @@ class Study:
             n += 1
         return n
 
+    def propose_refit(self) -> str | None:
+        """Enqueue the refitted surrogate's next proposal when it is its turn: every `refit_every`-th trial after
+        the enqueued ones, with none waiting (see `surrogate.refit_allocation`). Its name, or None."""
+        config, study = self.config, self.optuna_study
+        trials = study.get_trials(deepcopy=False)
+        if not config.refit_every or any(t.state == TrialState.WAITING for t in trials):
+            return None
+        records = [(t, TrialRecord.from_trial(t)) for t in trials]
+        free = [r for t, r in records if t.params and r.reference is None and r.seed is None and r.surrogate_seed is None]
+        if (len(free) + 1) % config.refit_every:
+            return None
+        measured = [(t, r) for t, r in records if r.measured]
+        observed = [(measured_choice(t), r.metrics["kld_mean"]) for t, r in measured if t.params]
+        sizes = [(r.bpw, r.measured_values[1]) for _, r in measured]
+        tried = {tuple(sorted(measured_choice(t).items())) for t in trials if t.params}
+        extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
+        a = refit_allocation(config, self.space, self.worker.inventory, observed, sizes, tried,
+                             sum(r.refit is not None for r in free), extra_kv,
+                             Path(config.sensitivity) if config.sensitivity else self.directory / "sweep")
+        if a is None:
+            return None
+        name = f"refit-{a.bpw:.3f}bpw"
+        study.enqueue_trial(a.choice, user_attrs=role_attrs(refit=name), skip_if_exists=True)
+        return name
+
     def run(self, n_trials: int | None = None, timeout: float | None = None,
             callbacks: Sequence[Callback] = (), on_trial_start: Callable[[int], None] | None = None) -> RunOutcome:
         """Run trials until the budget (trials or seconds) is spent or `request_stop` is called."""
@@ -195,6 +244,8 @@ class Study:
             counted[0] += 1
             if self._stop_requested:
                 study.stop()
+            else:
+                self.propose_refit()
 
         guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no Optuna traceback, the trial queued again
         with guard:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .errors import RecipeSearchError
 from .ggml_types import bits_per_weight
+from .kld import MIN_TOKENS, scored_per_chunk
 from .size import SizePrediction, predict_size
 from .space import SearchSpace, StudyConfig, reference_recipes
 from .worker import Worker
@@ -34,8 +35,16 @@ def check_study_inputs(config: StudyConfig, worker: Worker, space: SearchSpace) 
     if config.min_bpw is not None and largest.bits_per_weight < config.min_bpw:
         raise RecipeSearchError(f"min_bpw {config.min_bpw} is above the largest recipe of the space "
                                 f"({largest.bits_per_weight:.3f} bpw): every trial would be pruned")
+    below = [t for t in config.target_bpw if t < smallest.bits_per_weight]
+    if below:
+        raise RecipeSearchError(f"target_bpw {below[0]} is below the smallest recipe of the space "
+                                f"({smallest.bits_per_weight:.3f} bpw)")
+    sweep_tokens = config.sweep_chunks * scored_per_chunk(config.ctx)
+    if config.uses_surrogate and not config.sensitivity and sweep_tokens < MIN_TOKENS:
+        raise RecipeSearchError(f"sweep_chunks {config.sweep_chunks} at ctx {config.ctx} scores {sweep_tokens} tokens "
+                                f"per sweep cell, fewer than the {MIN_TOKENS} KLD statistics need")
     reference_recipes(config, space, inv)
-    if config.surrogate_seeds:
+    if config.uses_surrogate and config.sensitivity:
         from .surrogate import seed_allocations
 
         seed_allocations(config, space, inv, extra_kv)

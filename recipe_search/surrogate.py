@@ -8,9 +8,12 @@ type set in only some of its blocks (a band, a llama.cpp mixture) counts with th
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
+import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -166,6 +169,15 @@ class Allocator:
             return self.base_bytes + lo, self.base_bytes + hi
         return (self.base_tensor_bytes + lo) * 8 / self.n_elements, (self.base_tensor_bytes + hi) * 8 / self.n_elements
 
+    def scaled(self, factors: Sequence[float]) -> Allocator:
+        """This allocator with the fixed tensors' and each parameter's predicted KLD multiplied by a factor
+        (``factors[0]`` the fixed tensors', then one per parameter, as `fit_scales` gives them)."""
+        out = copy.copy(self)
+        out.fixed_mean, out.fixed_tokens = self.fixed_mean * factors[0], self.fixed_tokens * factors[0]
+        out.options = [[dataclasses.replace(o, mean=o.mean * f, tokens=o.tokens * f) for o in opts]
+                       for opts, f in zip(self.options, factors[1:])]
+        return out
+
     def allocate(self, target: float, unit: Literal["bytes", "bpw"] = "bytes",
                  metric: str = "kld_p999") -> Allocation:
         """The surrogate's best recipe at or under ``target`` file bytes (or bits per weight)."""
@@ -260,17 +272,16 @@ def _knapsack(costs: list[list[int]], values: list[list[float]], cap: int) -> li
     return picks[::-1]
 
 
-def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
-                     extra_kv: dict[str, str | int] | None = None) -> list[Allocation]:
-    """The surrogate-optimal recipes at ``config.surrogate_seeds`` size targets spread evenly over the
-    ladders' size range (inside the study's size band).
+def _allocator(config: StudyConfig, space: SearchSpace, inv: Inventory, table_dir: Path | None,
+               extra_kv: dict[str, str | int] | None) -> Allocator:
+    directory = table_dir if table_dir is not None else Path(config.sensitivity) if config.sensitivity else None
+    if directory is None:
+        raise RecipeSearchError("the surrogate needs a sensitivity table (`sensitivity`, or the study's own sweep)")
+    return Allocator(Surrogate(SensitivityTable.load(directory), inv), space, extra_kv)
 
-    They minimise the predicted mean KLD whatever the study's objective: the summed mean ranks measured
-    recipes' tails better than the summed per-token tails do (see experiments/FINDINGS-sensitivity.md).
-    """
-    if not config.sensitivity:
-        raise RecipeSearchError("surrogate_seeds needs `sensitivity`, the directory of a sensitivity table")
-    allocator = Allocator(Surrogate(SensitivityTable.load(Path(config.sensitivity)), inv), space, extra_kv)
+
+def _band(config: StudyConfig, allocator: Allocator) -> tuple[Literal["bytes", "bpw"], float, float]:
+    """The unit and range the seeds spread over: the ladders' size range inside the study's size band."""
     unit: Literal["bytes", "bpw"] = "bpw" if config.max_bpw is not None or config.min_bpw is not None else "bytes"
     lo, hi = allocator.size_range(unit)
     if unit == "bytes":
@@ -278,12 +289,87 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
     else:
         lo = max(lo, config.min_bpw) if config.min_bpw is not None else lo
         hi = min(hi, config.max_bpw) if config.max_bpw is not None else hi
+    return unit, lo, hi
+
+
+def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
+                     extra_kv: dict[str, str | int] | None = None, table_dir: Path | None = None) -> list[Allocation]:
+    """The surrogate-optimal recipes at each of ``config.target_bpw``, then at ``config.surrogate_seeds`` size
+    targets spread evenly over the ladders' size range (inside the study's size band); the table is
+    ``table_dir`` or the config's ``sensitivity``.
+
+    They minimise the predicted mean KLD whatever the study's objective: the summed mean ranks measured
+    recipes' tails better than the summed per-token tails do (see experiments/FINDINGS-sensitivity.md).
+    """
+    allocator = _allocator(config, space, inv, table_dir, extra_kv)
+    unit, lo, hi = _band(config, allocator)
     n = config.surrogate_seeds
+    sizes: list[tuple[float, Literal["bytes", "bpw"]]] = [(t, "bpw") for t in config.target_bpw]
+    sizes += [(lo + (hi - lo) * (i + 1) / (n + 1), unit) for i in range(n)]
     out, seen = [], set()
-    for i in range(n):
-        a = allocator.allocate(lo + (hi - lo) * (i + 1) / (n + 1), unit, "kld_mean")
+    for target, target_unit in sizes:
+        a = allocator.allocate(target, target_unit, "kld_mean")
         key = tuple(sorted(a.choice.items()))
         if key not in seen:
             seen.add(key)
             out.append(a)
     return out
+
+
+def fit_scales(allocator: Allocator, observed: Sequence[tuple[dict[str, int], float]], prior: float = 1.0) -> list[float]:
+    """One non-negative factor per parameter (and one for the fixed tensors) that makes the additive mean-KLD
+    prediction fit the measured mean KLD of ``observed`` (ladder choice, measured mean KLD) in relative error,
+    each factor pulled towards 1 with weight ``prior``: the table was measured once, on a few chunks, one type at
+    a time; measured recipes show how far each parameter's cells are off in combination."""
+    from scipy.optimize import lsq_linear
+
+    n = len(allocator.options)
+    rows, target = [], []
+    for choice, measured in observed:
+        found = [next((o.mean for o in opts if o.index == choice.get(p.name)), None)
+                 for p, opts in zip(allocator.space.parameters, allocator.options)]
+        means = [m for m in found if m is not None]
+        if measured <= 0 or len(means) < n:
+            continue  # a ladder type without a cell, or nothing measured to scale
+        rows.append([allocator.fixed_mean / measured, *(m / measured for m in means)])
+        target.append(1.0)
+    a = np.vstack([np.array(rows).reshape(-1, n + 1), math.sqrt(prior) * np.eye(n + 1)])
+    b = np.concatenate([np.array(target), math.sqrt(prior) * np.ones(n + 1)])
+    return [float(x) for x in lsq_linear(a, b, bounds=(0.0, np.inf)).x]
+
+
+def refit_allocation(config: StudyConfig, space: SearchSpace, inv: Inventory,
+                     observed: Sequence[tuple[dict[str, int], float]], measured_sizes: Sequence[tuple[float, float]],
+                     tried: set[tuple], turn: int, extra_kv: dict[str, str | int] | None = None,
+                     table_dir: Path | None = None) -> Allocation | None:
+    """The next proposal of the surrogate refitted to the measured trials: its allocation at the ``turn``-th
+    size in the cycle (each of ``config.target_bpw``, then the middle of the widest gap between neighbours on
+    the measured frontier, given as (bpw, objective) pairs), the first of them not in ``tried``; None when every
+    size gives a recipe already tried."""
+    base = _allocator(config, space, inv, table_dir, extra_kv)
+    allocator = base.scaled(fit_scales(base, observed))
+    lo_bpw, hi_bpw = allocator.size_range("bpw")
+    if config.max_bpw is not None:
+        hi_bpw = min(hi_bpw, config.max_bpw)
+    if config.min_bpw is not None:
+        lo_bpw = max(lo_bpw, config.min_bpw)
+    sizes = [t for t in config.target_bpw if lo_bpw <= t <= hi_bpw]
+    sizes += frontier_gaps(measured_sizes, lo_bpw, hi_bpw)
+    if not sizes:
+        return None
+    for k in range(len(sizes)):
+        a = allocator.allocate(sizes[(turn + k) % len(sizes)], "bpw", "kld_mean")
+        if tuple(sorted(a.choice.items())) not in tried:
+            return a
+    return None
+
+
+def frontier_gaps(points: Sequence[tuple[float, float]], lo: float, hi: float) -> list[float]:
+    """Middles of the gaps between neighbouring non-dominated (bpw, objective) points inside [lo, hi], widest
+    first."""
+    front: list[tuple[float, float]] = []
+    for bpw, value in sorted(points):
+        if lo <= bpw <= hi and (not front or value < front[-1][1]):
+            front.append((bpw, value))
+    gaps = sorted(((b[0] - a[0], (a[0] + b[0]) / 2) for a, b in zip(front, front[1:])), reverse=True)
+    return [middle for _, middle in gaps]

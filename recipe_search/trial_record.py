@@ -100,6 +100,7 @@ class TrialRecord:
     reference: str | None = None  # a reference recipe's name (uniform-*, preset-*); None for a searched trial
     seed: str | None = None  # the config's seed recipe this trial was enqueued from
     surrogate_seed: str | None = None  # the surrogate allocation this trial was enqueued from
+    refit: str | None = None  # the allocation of the surrogate refitted to measured trials it was enqueued from
     result_key: str | None = None  # identifies the resolved recipe and scoring setup (see Worker.result_key)
     predicted_bytes: int | None = None
     recipe_yaml: str | None = None
@@ -152,7 +153,7 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """The ``user_attrs`` form (only the fields that are set)."""
         attrs: dict[str, Any] = {}
-        for key in ("reference", "seed", "surrogate_seed", "result_key", "predicted_bytes", "duplicate_of", "pruned",
+        for key in ("reference", "seed", "surrogate_seed", "refit", "result_key", "predicted_bytes", "duplicate_of", "pruned",
                     "partial_kld_mean"):
             if getattr(self, key) is not None:
                 attrs[key] = getattr(self, key)
@@ -175,7 +176,8 @@ class TrialRecord:
                 speed=dict(a.get("speed") or {}), cached=bool(a.get("cached_measurement")))
         values = getattr(trial, "values", None)
         return cls(number=trial.number, values=list(values) if values else None, reference=a.get("reference"),
-                   seed=a.get("seed"), surrogate_seed=a.get("surrogate_seed"), result_key=a.get("result_key"),
+                   seed=a.get("seed"), surrogate_seed=a.get("surrogate_seed"), refit=a.get("refit"),
+                   result_key=a.get("result_key"),
                    predicted_bytes=a.get("predicted_bytes"), recipe_yaml=a.get("recipe"), measurement=measurement,
                    duplicate_of=a.get("duplicate_of"), cached_measurement=bool(a.get("cached_measurement")),
                    pruned=a.get("pruned"), partial_kld_mean=a.get("partial_kld_mean"))
@@ -205,6 +207,16 @@ def record_steered(trial: _LiveTrial, choice: dict[str, int]) -> None:
     trial.set_user_attr("steered_to", choice)
 
 
+class _SearchedTrial(_Trial, Protocol):
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+
+def measured_choice(trial: _SearchedTrial) -> dict[str, int]:
+    """The ladder indices a searched trial was measured at: its parameters, or where the band moved them."""
+    return dict(trial.user_attrs.get("steered_to") or trial.params)
+
+
 def record_pruned(trial: _LiveTrial, why: str, partial_kld_mean: float | None = None) -> None:
     trial.set_user_attr("pruned", why)
     if partial_kld_mean is not None:
@@ -219,10 +231,13 @@ def enqueued_attrs(trial: _Trial, **extra: Any) -> dict[str, Any]:
     """The ``user_attrs`` ``trial`` was enqueued with (its role and their extras), to enqueue it again."""
     r = TrialRecord.from_trial(trial)
     kept = {k: trial.user_attrs[k] for k in _ENQUEUE_EXTRAS if k in trial.user_attrs}
-    return role_attrs(reference=r.reference, seed=r.seed, surrogate_seed=r.surrogate_seed, **kept, **extra)
+    return role_attrs(reference=r.reference, seed=r.seed, surrogate_seed=r.surrogate_seed, refit=r.refit, **kept,
+                      **extra)
 
 
 def role_attrs(reference: str | None = None, seed: str | None = None, surrogate_seed: str | None = None,
-               **extra: Any) -> dict[str, Any]:
-    """``user_attrs`` of an enqueued trial: a reference recipe, a config seed or a surrogate seed."""
-    return {**TrialRecord(-1, reference=reference, seed=seed, surrogate_seed=surrogate_seed).to_attrs(), **extra}
+               refit: str | None = None, **extra: Any) -> dict[str, Any]:
+    """``user_attrs`` of an enqueued trial: a reference recipe, a config seed, a surrogate seed or a refitted
+    surrogate's proposal."""
+    return {**TrialRecord(-1, reference=reference, seed=seed, surrogate_seed=surrogate_seed, refit=refit).to_attrs(),
+            **extra}

@@ -224,7 +224,8 @@ def test_negative_trials(capsys, tmp_path, dense_model) -> None:
      "different ladders"),
     ({"space": {"ladders": {"ffn_up": []}}}, "empty ladder"),
     ({"references": {"presets": ["Q9_X"]}}, "Q9_X"), ({"references": {"uniform": ["Q7"]}}, "Q7"),
-    ({"surrogate_seeds": 3}, "sensitivity"),
+    ({"target_bpw": [0]}, "target_bpw"), ({"target_bpw": [4.0, 99]}, "target_bpw"), ({"sweep_chunks": 0}, "sweep_chunks"),
+    ({"refit_every": -1}, "refit_every"),
 ])
 def test_bad_study_config(tmp_path, config, words) -> None:
     path = tmp_path / "c.yaml"
@@ -247,6 +248,8 @@ def test_space_errors_against_the_model(dense_model) -> None:
     ({"max_bpw": 0.5}, "max_bpw"),
     ({"imatrix": "missing.imatrix"}, "missing.imatrix"),
     ({"surrogate_seeds": 2, "sensitivity": "no-such-table"}, "no-such-table"),
+    ({"target_bpw": [1.0]}, "target_bpw 1.0 is below the smallest recipe"),
+    ({"refit_every": 2, "ctx": 16, "chunks": 20}, "sweep_chunks 2 at ctx 16 scores 14 tokens"),
     ({"space": {"tied": [["ffn_up", "no_such_type"]]}}, "no_such_type"),
     ({"text": "GARBAGE"}, "byte offset"),
     ({"text": "missing.txt"}, "missing.txt"),

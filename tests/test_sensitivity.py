@@ -30,7 +30,7 @@ from recipe_search.sensitivity import (
 from recipe_search.size import predict_size
 from recipe_search.space import StudyConfig, build_space
 from recipe_search.study import Study
-from recipe_search.surrogate import Allocator, Surrogate, seed_allocations
+from recipe_search.surrogate import Allocator, Surrogate, fit_scales, frontier_gaps, seed_allocations
 from recipe_search.trial_record import TrialRecord
 from recipe_search.worker import Worker
 
@@ -180,8 +180,67 @@ def test_seeding_enqueues_surrogate_recipes(sweep, tmp_path) -> None:
               if TrialRecord.from_trial(t).surrogate_seed is not None]
     assert seeded and set(seeded) <= {json.dumps(s.choice, sort_keys=True) for s in seeds}
     assert study.enqueue_references() == 0
-    with pytest.raises(RecipeSearchError, match="needs `sensitivity`"):
+    with pytest.raises(RecipeSearchError, match="needs a sensitivity table"):
         seed_allocations(config.model_copy(update={"sensitivity": None}), study.space, worker.inventory)
+
+
+def test_fit_scales_recovers_each_parameters_factor(sweep) -> None:
+    worker, out, _ = sweep
+    inv = worker.inventory
+    space = build_space(StudyConfig(space=SPACE), inv, has_imatrix=False)
+    allocator = Allocator(Surrogate(SensitivityTable.load(out), inv), space)
+    factors = [1.0, 2.5, 0.4][: len(allocator.options) + 1]
+    observed = []
+    for picks in itertools.product(*allocator.options):
+        choice = {p.name: o.index for p, o in zip(space.parameters, picks)}
+        observed.append((choice, factors[0] * allocator.fixed_mean + sum(f * o.mean for f, o in zip(factors[1:], picks))))
+    fitted = fit_scales(allocator, observed, prior=1e-9)
+    assert fitted[1:] == pytest.approx(factors[1:], rel=1e-3)
+    assert fit_scales(allocator, []) == pytest.approx([1.0] * len(factors))  # nothing measured: the table as it is
+    scaled = allocator.scaled(fitted)
+    assert [o.mean for o in scaled.options[0]] == pytest.approx([o.mean * fitted[1] for o in allocator.options[0]])
+
+
+def test_frontier_gaps_widest_first() -> None:
+    points = [(3.0, 5.0), (4.0, 2.0), (4.5, 3.0), (7.0, 1.0), (9.5, 0.5)]  # (4.5, 3.0) is dominated
+    assert frontier_gaps(points, 0.0, 10.0) == [5.5, 8.25, 3.5]
+    assert frontier_gaps(points, 3.5, 8.0) == [5.5]
+
+
+def test_a_study_sweeps_its_own_space_seeds_its_targets_and_refits(dense_model, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    wide = {**SPACE, "ladder": ["Q8_0", "Q6_K", "Q5_0", "Q4_0", "Q3_K", "Q2_K"]}
+    base = StudyConfig(ctx=128, chunks=2, space=wide, references={"uniform": ["Q8_0", "Q2_K"], "presets": []})
+    probe = Study.open(dense_model, base, name="probe", directory=tmp_path / "probe", cache=cache)
+    assert probe.sensitivity_table() is None  # no surrogate option: no sweep
+    inv = probe.worker.inventory
+    lo, hi = (predict_size(resolve(probe.space.recipe({p.name: (len(p.ladder) - 1) * smallest
+                                                       for p in probe.space.parameters}), inv), inv).bits_per_weight
+              for smallest in (True, False))
+    target = round((lo + hi) / 2, 3)
+    config = base.model_copy(update={"target_bpw": [target], "refit_every": 1})
+    with pytest.raises(RecipeSearchError, match="sweep_chunks 1 at ctx 128 scores 63 tokens"):
+        Study.open(dense_model, config.model_copy(update={"sweep_chunks": 1}), name="few", directory=tmp_path / "few")
+    with pytest.raises(RecipeSearchError, match=f"target_bpw {lo / 2} is below the smallest recipe"):
+        Study.open(dense_model, config.model_copy(update={"target_bpw": [lo / 2]}), name="low", directory=tmp_path / "l")
+    study = Study.open(dense_model, config, name="own", directory=tmp_path / "own", cache=cache)
+    assert study.prepare().enqueued == 3
+    table = SensitivityTable.load(tmp_path / "own" / "sweep")
+    assert {(r["tensor_type"], r["ggml_type"]) for r in table.rows} == \
+        {(k, t.name) for p in study.space.parameters for k in p.kinds for t in p.ladder}
+    assert table.meta["chunks"] == 2 and study.optuna_study.user_attrs["sweep_seconds"] > 0
+    assert study.propose_refit() is None  # the enqueued trials come first
+    study.config = config.model_copy(update={"refit_every": 0})  # run just the enqueued ones
+    study.run(n_trials=3)
+    seeded = [r for r in study.records() if r.surrogate_seed is not None]
+    assert len(seeded) == 1 and seeded[0].bpw <= target
+    study.config = config
+    name = study.propose_refit()  # the widest gap of the three measured points: a recipe not tried yet
+    assert name is not None and name.startswith("refit-")
+    study.run(n_trials=1)
+    refit = next(r for r in study.records() if r.refit is not None)
+    assert refit.measured and refit.refit == f"refit-{refit.bpw:.3f}bpw"
+    assert refit.recipe.name == refit.name
 
 
 def test_cli_prints_the_table(sweep, capsys) -> None:
