@@ -77,6 +77,7 @@ class Study:
                  directory: Path) -> None:
         self.optuna_study, self.config, self.space, self.worker, self.directory = study, config, space, worker, directory
         self._stop_requested = False
+        self._in_flight = False
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -213,8 +214,10 @@ class Study:
         """Enqueue the refitted surrogate's next proposal when it is its turn: every `refit_every`-th trial after
         the enqueued ones, with none waiting (see `surrogate.refit_allocation`). Its name, or None."""
         config, study = self.config, self.optuna_study
+        if not config.refit_every:
+            return None
         trials = study.get_trials(deepcopy=False)
-        if not config.refit_every or any(t.state == TrialState.WAITING for t in trials):
+        if any(t.state == TrialState.WAITING for t in trials):
             return None
         records = [(t, TrialRecord.from_trial(t)) for t in trials]
         free = [r for t, r in records if t.params and r.reference is None and r.seed is None and r.surrogate_seed is None]
@@ -249,7 +252,7 @@ class Study:
 
         guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no Optuna traceback, the trial queued again
         with guard:
-            self.optuna_study.optimize(guard.track(Objective(self, on_trial_start)), n_trials=n_trials,
+            self.optuna_study.optimize(guard.track(self._flagged(Objective(self, on_trial_start))), n_trials=n_trials,
                                        timeout=timeout, callbacks=[*callbacks, count_and_stop],
                                        catch=(RecipeSearchError, OSError, MemoryError))
         return RunOutcome(counted[0], self._stop_requested)
@@ -258,6 +261,20 @@ class Study:
         """Run until the search itself has finished ``total_trials`` (a resumed study counts what it did)."""
         left = total_trials - searched_trials_done(self.optuna_study)
         return self.run(n_trials=left) if left > 0 else RunOutcome(0, False)
+
+    def _flagged(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable[[optuna.Trial], list[float]]:
+        def run(trial: optuna.Trial) -> list[float]:
+            self._in_flight = True
+            try:
+                return objective(trial)
+            finally:
+                self._in_flight = False
+        return run
+
+    @property
+    def trial_in_flight(self) -> bool:
+        """Whether a trial's objective is running now (not the callbacks after it)."""
+        return self._in_flight
 
     def request_stop(self) -> None:
         """End `run` once the trial in flight is finished (safe to call from a signal handler)."""

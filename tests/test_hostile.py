@@ -184,6 +184,7 @@ def test_gguf_given_as_recipe(capsys, dense_model) -> None:
     assert "GGUF model, not a recipe" in one_line_error(capsys, "export", dense_model)
 
 
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 def test_config_not_utf8(tmp_path, capsys, dense_model) -> None:
     config = tmp_path / "c.yaml"
     config.write_bytes("ctx: 128 # \xe9\n".encode("latin-1"))
@@ -244,6 +245,7 @@ def test_space_errors_against_the_model(dense_model) -> None:
 
 
 # -- config errors are caught before the study exists ---------------------------------------------
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 @pytest.mark.parametrize("config, words", [
     ({"max_bpw": 0.5}, "max_bpw"),
     ({"imatrix": "missing.imatrix"}, "missing.imatrix"),
@@ -273,6 +275,7 @@ def test_config_errors_before_the_study(tmp_path, dense_model, config, words) ->
 
 
 # -- where commands write --------------------------------------------------------------------------
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 def test_quantize_never_replaces_a_fifo(tmp_path, capsys, dense_model, recipe_file) -> None:
     fifo = tmp_path / "out.gguf"
     os.mkfifo(fifo)
@@ -280,6 +283,7 @@ def test_quantize_never_replaces_a_fifo(tmp_path, capsys, dense_model, recipe_fi
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 def test_device_outputs_are_refused(capsys, dense_model, recipe_file) -> None:
     mode = os.stat("/dev/full").st_mode
     for argv in (["quantize", dense_model, recipe_file, "-o", "/dev/full"], ["export", recipe_file, "-o", "/dev/full"],
@@ -288,6 +292,7 @@ def test_device_outputs_are_refused(capsys, dense_model, recipe_file) -> None:
     assert os.stat("/dev/full").st_mode == mode
 
 
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 def test_directory_outputs(tmp_path, capsys, dense_model, recipe_file) -> None:
     for argv in (["quantize", dense_model, recipe_file, "-o", tmp_path], ["export", recipe_file, "-o", tmp_path]):
         assert "is a directory" in one_line_error(capsys, *argv)
@@ -302,6 +307,7 @@ def test_directory_outputs(tmp_path, capsys, dense_model, recipe_file) -> None:
     assert "not a directory" in one_line_error(capsys, "report", "--dir", tmp_path / "nowhere", "-o", a_file)
 
 
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 def test_full_disk_names_the_output(tmp_path, dense_model, recipe_file, monkeypatch) -> None:
     from recipe_search import quantize
     from recipe_search.recipe import load_recipe
@@ -329,6 +335,7 @@ def test_atomic_writer_reports_a_full_disk(tmp_path, monkeypatch) -> None:
 
 
 # -- the reference cache -----------------------------------------------------------------------------
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 @pytest.mark.parametrize("damage", ["list", "no_n_tokens", "nan"])
 def test_corrupt_reference_cache_is_rebuilt(tmp_path, dense_model, sample_text, damage) -> None:
     from recipe_search.score import ScoreSettings, get_reference
@@ -401,6 +408,7 @@ def test_passwords_never_shown(url, secret) -> None:
     assert secret not in str(err.value)
 
 
+@pytest.mark.llama  # runs the CLI or a worker, which load libllama
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", "x\ny", "x\0y"])
 def test_study_names_that_are_paths(tmp_path, capsys, monkeypatch, dense_model, name) -> None:
     monkeypatch.chdir(tmp_path)

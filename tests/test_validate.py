@@ -20,6 +20,8 @@ from recipe_search.trial_record import Measurement, TrialRecord
 from recipe_search.validate import Chosen, rank_agreement, text_overlap_warnings, validate
 from recipe_search.worker import Worker
 
+pytestmark = pytest.mark.llama  # imports recipe_search.validate and the worker, which load libllama
+
 CTX, CHUNKS = 128, 4
 
 

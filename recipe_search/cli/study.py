@@ -138,13 +138,16 @@ def _run_study(study: Study, a: argparse.Namespace) -> int:
 
 @contextmanager
 def _stop_on_sigint(study: Study, log) -> Iterator[None]:
-    """First Ctrl-C: finish the trial in flight, then stop; a second one abandons it."""
+    """First Ctrl-C: finish the trial in flight, then stop; a second one abandons it (one arriving after the trial
+    finished, while the run records it and ends, has nothing to abandon and is ignored)."""
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum, frame):
         if study.stop_requested:
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
+            if study.trial_in_flight:
+                signal.signal(signal.SIGINT, previous)
+                raise KeyboardInterrupt
+            return
         study.request_stop()
         log("\nstopping after the trial in flight (Ctrl-C again to abandon it)")
 
