@@ -3,26 +3,28 @@
 On one model, scoring text, context, chunk count, imatrix and objectives (size, 99.9% KLD; 99% KLD beside):
 
 The searched space (SPACE): the big tensor types (token_embd, output, routed experts; block 0 of the experts
-apart) over LADDER, every other tensor at Q8_0.
+apart) over LADDER, and every other quantized tensor type as one tied parameter over REST_LADDER.
 
 - (a) `presets`: llama.cpp's presets (PRESETS), with the imatrix;
 - (b) `hand`: a hand sweep as uploaders build one: uniform types, one parameter moved a ladder step up or down
   from uniform Q4_K (then Q3_K), random fill to --hand recipes, each measured in full;
-- (c) `kld-greedy`: the one-type-at-a-time KLD sweep (SWEEP_TYPES, on SWEEP_CHUNKS chunks), then the knapsack
-  allocator at each size target, unverified;
+- (c) `kld-greedy`: the one-type-at-a-time KLD sweep of the space (every parameter's tensor types over its ladder,
+  on SWEEP_CHUNKS chunks), then the knapsack allocator at each size target, unverified;
 - (d) `weight-error`: the same allocator on a zero-evaluation table of imatrix-weighted quantization error
   (a table directory in the sweep's format from --weight-error-table, else built here: the model quantized
   uniformly once per ladder type, each tensor dequantized and compared with the source);
-- (e) `study`: the default study (uniform references, the Q4_K_M preset, TPE, early stopping, caches) to the
-  largest of --trials, one study per seed; its state after each smaller count is read off it. `study-seeded`:
-  the same plus surrogate seeds from (c)'s sweep and a size band up to the largest target that steers proposals;
+- (e) the study (STUDIES), one per seed, to the largest of --trials; its state after each smaller count is read off
+  it. `study-plain`: the config's defaults (uniform references, the Q4_K_M preset, TPE, early stopping, caches);
+  `study-seeded`: plus the surrogate options (its own sweep of the space, as (c)'s; the allocations at the size
+  targets and at SURROGATE_SEEDS sizes spread over the range, enqueued first); `study`: plus every REFIT_EVERY-th
+  trial proposed by the surrogate refitted to the measured trials;
 - (f) `templates`: role-based "dynamic" recipes (routed experts low, the rest high, the first block's experts
   protected), the largest few that fit each size target.
 
 Every measurement goes through the tool's Worker, so a rerun reads it from the measurement cache and costs
 nothing; a method is charged the measuring time each of its measurements took when first made (quantize,
 load, decode, KLD), so shared measurements are charged to every method that needs them. The sweep's time is
-charged to (c) and the seeded study; the weight-error table's to (d). Hypervolume: 2-D, file bytes x
+charged to (c) and to each study that sweeps; the weight-error table's to (d). Hypervolume: 2-D, file bytes x
 log10(99.9% KLD), against a reference point fixed before the run (the uniform Q8_0 recipe's size, REFERENCE_KLD).
 Each method's best recipe at each size target (by the search text) and the chosen final frontiers
 (--holdout-frontiers) are then re-scored on the held-out text, with
@@ -30,12 +32,11 @@ Each method's best recipe at each size target (by the search text) and the chose
 over the same held-out chunks).
 
     PYTHONPATH=. python experiments/head_to_head.py [--work DIR] [--seeds 0 1 2] [--trials 20 40 80] [--hand 121]
-        [--methods ... study-seeded] [--seeded-trials N] [--holdout-frontiers METHOD...]
+        [--methods ...] [--variant-trials N] [--variant-seeds ...] [--holdout-frontiers METHOD...]
     python experiments/head_to_head.py --markdown RESULTS.json      # the README's tables
 
-(PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) The README's run used
-``--work /tmp/h2h --seeds 0 1 2 --trials 4 6 10 14 20 --seeded-trials 14 --hand 14 --holdout-frontiers study
---methods presets templates kld-greedy weight-error study study-seeded hand`` (the machine allowed ~100 measurements).
+(PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) The README gives the
+command of its run.
 
 Results: experiments/results/head-to-head-tiny-qwen35moe.json; figures: experiments/figures/head-to-head-*.png.
 """
@@ -65,7 +66,7 @@ from recipe_search.quantize import ImatrixInput
 from recipe_search.recipe import Recipe, Rule, Unmatched, atomic_write_text, preset_recipe
 from recipe_search.resolve import resolve
 from recipe_search.score import ScoreSettings
-from recipe_search.sensitivity import SensitivityTable, run_sweep
+from recipe_search.sensitivity import SensitivityTable, run_sweep, space_ladders
 from recipe_search.size import predict_size
 from recipe_search.space import SearchSpace, SpaceConfig, StudyConfig, build_space
 from recipe_search.surrogate import Allocator, Surrogate
@@ -78,20 +79,33 @@ WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 # the model never trained on wiki.test.raw[0:0.4] (its README); three disjoint ranges of it
 SEARCH, HOLDOUT, CALIBRATION = (0.0, 0.12), (0.12, 0.24), (0.24, 0.4)
 CTX, CHUNKS = 512, 20  # 20 x 255 = 5,100 scored tokens: the 99.9th percentile rests on ~5 tokens
-SWEEP_CHUNKS = 2  # (c)'s sweep scores 2 chunks per cell (multi-fidelity: it only ranks tensor types)
-SWEEP_TYPES = ("Q6_K", "Q4_K", "Q2_K")  # (c)'s allocator can use only these (and Q8_0 for the unsearched types)
+SWEEP_CHUNKS = 2  # the sweep scores 2 chunks per cell (multi-fidelity: it only ranks tensor types)
 LADDER = ("Q8_0", "Q6_K", "Q4_K", "Q3_K", "Q2_K")
+REST_LADDER = ("Q8_0", "Q6_K", "Q4_K")
 EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
-#: the searched tensor types (86% of the weights); every other quantized tensor stays at Q8_0
-SEARCHED = ("token_embd", "output", *EXPERTS)
-SPACE = SpaceConfig(tensor_types=list(SEARCHED), ladder=list(LADDER), tied=[["ffn_gate_exps", "ffn_up_exps"]],
-                    bands={"ffn_gate_exps": [0, 1], "ffn_down_exps": [0, 1]}, unmatched="Q8_0")
+BIG = ("token_embd", "output", *EXPERTS)  # 86% of the weights, each a parameter over LADDER
+#: every other quantized tensor type (attention, SSM, shared experts): one tied parameter over REST_LADDER, so the
+#: role templates' "everything else at Q6_K / Q4_K" is in the space
+REST = ("attn_qkv", "attn_gate", "attn_q", "attn_k", "attn_v", "attn_output", "ssm_out", "ssm_alpha", "ssm_beta",
+        "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp")
+SEARCHED = (*BIG, *REST)
+SPACE = SpaceConfig(tensor_types=list(SEARCHED), ladder=list(LADDER), ladders={k: list(REST_LADDER) for k in REST},
+                    tied=[["ffn_gate_exps", "ffn_up_exps"], list(REST)],
+                    bands={k: [0, 1] for k in EXPERTS}, unmatched="Q8_0")
 PRESETS = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "IQ4_XS")
 TARGETS_BPW = (4.0, 5.0)
 #: fixed before the run: (file bytes of the uniform Q8_0 recipe, log10 of a 99.9% KLD of 10 nats); points beyond
 #: either bound add nothing
 REFERENCE_KLD = 10.0
-SURROGATE_SEEDS = 4
+SURROGATE_SEEDS = 8
+REFIT_EVERY = 2
+#: the study variants: the config's defaults (before), then the tool's surrogate options added one at a time
+STUDIES = {
+    "study-plain": {},
+    "study-seeded": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS},
+    "study": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS,
+              "refit_every": REFIT_EVERY},
+}
 
 
 def text(span: tuple[float, float]) -> TextSource:
@@ -168,7 +182,7 @@ class Setup:
         return s.file_bytes, s.bits_per_weight
 
 
-def setup(work: Path, threads: int, log: Callable[[str], None]) -> Setup:
+def setup(work: Path, threads: int, log: Callable[[str], None], holdout_chunks: int | None = CHUNKS) -> Setup:
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
     imatrix_path = work / "imatrix-calibration.gguf"
@@ -179,7 +193,8 @@ def setup(work: Path, threads: int, log: Callable[[str], None]) -> Setup:
         save_imatrix_gguf(im, imatrix_path)
     imatrix = ImatrixInput.from_file(imatrix_path)
     search = Worker(MODEL, ScoreSettings(text(SEARCH), CTX, CHUNKS, threads), cache, work / "work", imatrix=imatrix)
-    holdout = Worker(MODEL, ScoreSettings(text(HOLDOUT), CTX, CHUNKS, threads), cache, work / "work", imatrix=imatrix)
+    holdout = Worker(MODEL, ScoreSettings(text(HOLDOUT), CTX, holdout_chunks, threads), cache, work / "work",
+                     imatrix=imatrix)
     config = StudyConfig(text=f"{WIKI}[{SEARCH[0]}:{SEARCH[1]}]", holdout_text=f"{WIKI}[{HOLDOUT[0]}:{HOLDOUT[1]}]",
                          ctx=CTX, chunks=CHUNKS, imatrix=str(imatrix_path), threads=threads,
                          objectives=["size", "kld_p999"], space=SPACE,
@@ -252,7 +267,7 @@ def sweep(s: Setup) -> tuple[Path, float]:
     settings = ScoreSettings(text(SEARCH), CTX, SWEEP_CHUNKS, s.search.settings.threads)
     worker = Worker(MODEL, settings, s.search.cache_dir, s.work / "work", imatrix=s.imatrix)
     out = s.work / "kld-sweep"
-    table = run_sweep(worker, out, list(SEARCHED), list(SWEEP_TYPES), log=s.log)
+    table = run_sweep(worker, out, ladders=space_ladders(s.space), log=s.log)
     seconds = 0.0
     for row in table.rows:  # every cell's measurement is in the cache: its own time, as first measured
         if row["tensor_type"] in SEARCHED:
@@ -337,29 +352,23 @@ def weight_error_table(s: Setup) -> tuple[Path, float]:
 
 
 # -- (e) the study ----------------------------------------------------------------------------------
-def study(s: Setup, seed: int, trials: int, table_dir: Path | None, sweep_seconds: float) -> Method:
-    """The default study (uniform references, the Q4_K_M preset, TPE, early stopping, caches); with a sweep
-    table, also SURROGATE_SEEDS recipes its surrogate rates best and a steering size band up to the largest
-    target, the sweep's time charged."""
+def study(s: Setup, key: str, seed: int, trials: int) -> Method:
+    """One study variant of STUDIES (the config's defaults, or with the surrogate options), run to ``trials``
+    searched trials; charged its measurements, the time of trials that measured nothing new (pruned, failed),
+    and its own sweep's measuring time."""
     from optuna.trial import TrialState
 
     from recipe_search.study import Study
     from recipe_search.trial_record import TrialRecord
 
-    seeded = table_dir is not None
-    # the change tried after the plain study lost: seeds from (c)'s sweep, and a size band up to the largest target
-    # that steers proposals into it (the surrogate seeds spread over the band)
-    config = s.config.model_copy(update={"seed": seed, "surrogate_seeds": SURROGATE_SEEDS if seeded else 0,
-                                         "sensitivity": str(table_dir.resolve()) if table_dir is not None else None,
-                                         "max_bpw": max(TARGETS_BPW) if seeded else None, "band": "steer"})
-    key = "study-seeded" if seeded else "study"
+    config = s.config.model_copy(update={"seed": seed, **STUDIES[key]})
     opened = Study.open(MODEL, config, name=f"{key}-{seed}", directory=s.work / f"{key}-{seed}",
                         cache=s.work / "cache")
     opened.prepare(s.log)
-    s.log(f"study seed {seed}: running to {trials} trials")
+    s.log(f"{key} seed {seed}: running to {trials} trials")
     opened.run_to(trials)
     m = Method(key, str(seed))
-    m.charge(sweep_seconds if seeded else 0.0)
+    m.charge(float(opened.optuna_study.user_attrs.get("sweep_seconds", 0.0)))
     finished = [t for t in opened.optuna_study.get_trials(deepcopy=False) if t.datetime_complete]
     for t in sorted(finished, key=lambda t: (t.datetime_complete, t.number)):  # in the order they were known
         r = TrialRecord.from_trial(t)
@@ -465,7 +474,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     import matplotlib.pyplot as plt
 
     colours = {"presets": "tab:gray", "hand": "tab:brown", "kld-greedy": "tab:green", "weight-error": "tab:olive",
-               "study": "tab:blue", "study-seeded": "tab:red", "templates": "tab:purple"}
+               "study": "tab:blue", "study-seeded": "tab:red", "study-plain": "tab:cyan", "templates": "tab:purple"}
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 5))
     for m in methods:
@@ -484,7 +493,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = {"presets": "s", "hand": "x", "kld-greedy": "^", "weight-error": "v", "study": "o", "study-seeded": "P",
-               "templates": "D"}
+               "study-plain": "*", "templates": "D"}
     for label, rows in holdout_fronts.items():
         if not rows:
             continue
@@ -511,15 +520,19 @@ def main() -> int:
                     help="caches, imatrix, sweep, studies (kept between runs: a rerun measures nothing twice)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trials", type=int, nargs="+", default=[20, 40, 80])
-    ap.add_argument("--seeded-trials", type=int, help="trials of the seeded study (default: the largest of --trials)")
+    ap.add_argument("--variant-trials", type=int, help="trials of study-plain and study-seeded (default: the largest "
+                    "of --trials)")
+    ap.add_argument("--variant-seeds", type=int, nargs="+", help="seeds of study-plain and study-seeded (default: --seeds)")
     ap.add_argument("--hand", type=int, default=121)
     ap.add_argument("--weight-error-table", type=Path, help="a weight-error table (sweep format) to use for (d)")
     ap.add_argument("--methods", nargs="+", default=["presets", "templates", "kld-greedy", "weight-error", "study",
-                                                      "hand"], help="also: study-seeded (the study seeded from (c)'s sweep)")
+                                                      "study-seeded", "study-plain", "hand"])
     ap.add_argument("--holdout-frontiers", nargs="*", default=None,
                     help="methods whose whole final frontier is re-scored on the held-out text (default: all; the "
                          "study's seed 0 only)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--holdout-chunks", type=int, default=CHUNKS,
+                    help=f"chunks of the held-out text each pick is re-scored on (default {CHUNKS}; 0: all the range has)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--json", type=Path, default=ROOT / "experiments" / "results" / "head-to-head-tiny-qwen35moe.json")
     a = ap.parse_args()
@@ -528,7 +541,7 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:7.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    s = setup(a.work, a.threads, log)
+    s = setup(a.work, a.threads, log, a.holdout_chunks or None)
     ref = s.reference_point
     log(f"hypervolume reference point (fixed): {ref[0]:.0f} bytes, log10 KLD {ref[1]:.3f}")
     methods: list[Method] = []
@@ -539,7 +552,7 @@ def main() -> int:
         log("(f) templates")
         methods.append(templates(s))
     table_dir, sweep_seconds = None, 0.0
-    if {"kld-greedy", "study-seeded"} & set(a.methods):
+    if "kld-greedy" in a.methods:
         log("(c) KLD sweep")
         table_dir, sweep_seconds = sweep(s)
         log(f"sweep: {sweep_seconds:.0f} s charged")
@@ -553,13 +566,12 @@ def main() -> int:
         else:
             we_dir, we_seconds = weight_error_table(s)
         methods.append(allocated(s, "weight-error", SensitivityTable.load(we_dir), we_seconds))
-    for key in ("study", "study-seeded"):
+    for key in STUDIES:
         if key in a.methods:
-            for seed in a.seeds:
+            variant = key != "study"
+            for seed in a.variant_seeds or a.seeds if variant else a.seeds:
                 log(f"(e) {key} seed {seed}")
-                seeded = key == "study-seeded"
-                methods.append(study(s, seed, a.seeded_trials or max(a.trials) if seeded else max(a.trials),
-                                     table_dir if seeded else None, sweep_seconds))
+                methods.append(study(s, key, seed, a.variant_trials or max(a.trials) if variant else max(a.trials)))
     if "hand" in a.methods:
         log(f"(b) hand sweep of {a.hand}")
         methods.append(hand(s, a.hand))
@@ -570,7 +582,9 @@ def main() -> int:
     result: dict = {
         "model": "tiny-qwen35moe/model-bf16.gguf", "search_text": text(SEARCH).label, "holdout_text": text(HOLDOUT).label,
         "imatrix_text": text(CALIBRATION).label, "ctx": CTX, "chunks": CHUNKS, "scored_tokens": CHUNKS * scored_per_chunk(CTX),
-        "ladder": list(LADDER), "searched": list(SEARCHED), "sweep_chunks": SWEEP_CHUNKS, "sweep_types": list(SWEEP_TYPES),
+        "holdout_scored_tokens": s.holdout.reference.meta["n_tokens"],
+        "ladder": list(LADDER), "searched": list(SEARCHED), "sweep_chunks": SWEEP_CHUNKS,
+        "rest": list(REST), "rest_ladder": list(REST_LADDER), "studies": STUDIES,
         "targets_bpw": list(TARGETS_BPW), "presets": list(PRESETS),
         "objectives": ["size", "kld_p999"], "reference_point": {"file_bytes": ref[0], "log10_kld_p999": ref[1]},
         "methods": {}, "time_to_hypervolume": {}, "targets": {}, "holdout_frontiers": {}}
@@ -686,6 +700,21 @@ def markdown(r: dict) -> str:
         lines.append(f"| {label} | {e['measured']} | {e['charged_s'] / 60:.1f} min | {e['final_hv']:.4g} | "
                      f"{'not reached' if tt is None else f'{tt / 60:.1f} min'} | {'-' if fr is None else f'{fr:.2f}'} | "
                      f"{'-' if n is None else n} |")
+    lines += ["", "Each change to the study, before and after (search-text hypervolume after 20 / 40 / 80 searched trials, "
+              "fraction of (b)'s time to its final hypervolume, and the held-out 99.9% KLD of the final pick per target):",
+              "", "| study | seed | HV @20 | HV @40 | HV @80 | fraction of (b)'s time | "
+              + " | ".join(f"held-out 99.9% @ {t}" for t in r["targets"]) + " |",
+              "|---|---|---:|---:|---:|---:|" + "---:|" * len(r["targets"])]
+    for label, e in r["methods"].items():
+        if "checkpoints" not in e:
+            continue
+        key, seed = label.split(" seed ")
+        hv = [e["checkpoints"].get(str(n), {}).get("hv") for n in (20, 40, 80)]
+        fr = r["time_to_hypervolume"].get(label, {}).get("fraction_of_hand_time")
+        picks = [rows.get(label, {}).get("holdout", {}).get("kld_p999") for rows in r["targets"].values()]
+        lines.append(f"| {key} | {seed} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in hv)
+                     + f" | {'not reached' if fr is None else f'{fr:.2f}'} | "
+                     + " | ".join("-" if v is None else f"{v:.3f}" for v in picks) + " |")
     for target, rows in r["targets"].items():
         lines += ["", (f"**{target}** (the best recipe at or under it by the search text; held-out 99.9% and 99% KLD "
                        "with 95% chunk-bootstrap intervals; the study's picks tested against each other method's, "
