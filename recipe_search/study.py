@@ -45,7 +45,7 @@ from .space import SearchSpace, StudyConfig, build_space, reference_recipes, see
 from .stale import clean_workdir
 from .storage_names import check_study_name
 from .study_checks import check_study_inputs
-from .surrogate import refit_allocation, seed_allocations
+from .surrogate import Allocator, refit_allocation, seed_allocations, table_allocator
 from .trial_record import TrialRecord, measured_choice, role_attrs
 from .worker import Worker, tool_versions
 
@@ -78,6 +78,7 @@ class Study:
         self.optuna_study, self.config, self.space, self.worker, self.directory = study, config, space, worker, directory
         self._stop_requested = False
         self._in_flight = False
+        self._refit_base: Allocator | None = None  # the surrogate the refitted proposals rescale, read once
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -227,10 +228,12 @@ class Study:
         observed = [(measured_choice(t), r.metrics["kld_mean"]) for t, r in measured if t.params]
         sizes = [(r.bpw, r.measured_values[1]) for _, r in measured]
         tried = {tuple(sorted(measured_choice(t).items())) for t in trials if t.params}
-        extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
-        a = refit_allocation(config, self.space, self.worker.inventory, observed, sizes, tried,
-                             sum(r.refit is not None for r in free), extra_kv,
-                             Path(config.sensitivity) if config.sensitivity else self.directory / "sweep")
+        if self._refit_base is None:
+            self._refit_base = table_allocator(
+                config, self.space, self.worker.inventory,
+                Path(config.sensitivity) if config.sensitivity else self.directory / "sweep",
+                self.worker.imatrix.kv() if self.worker.imatrix else None)
+        a = refit_allocation(self._refit_base, config, observed, sizes, tried, sum(r.refit is not None for r in free))
         if a is None:
             return None
         name = f"refit-{a.bpw:.3f}bpw"

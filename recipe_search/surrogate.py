@@ -272,8 +272,9 @@ def _knapsack(costs: list[list[int]], values: list[list[float]], cap: int) -> li
     return picks[::-1]
 
 
-def _allocator(config: StudyConfig, space: SearchSpace, inv: Inventory, table_dir: Path | None,
-               extra_kv: dict[str, str | int] | None) -> Allocator:
+def table_allocator(config: StudyConfig, space: SearchSpace, inv: Inventory, table_dir: Path | None,
+                    extra_kv: dict[str, str | int] | None) -> Allocator:
+    """The allocator over ``space`` from the sensitivity table at ``table_dir`` (or the config's `sensitivity`)."""
     directory = table_dir if table_dir is not None else Path(config.sensitivity) if config.sensitivity else None
     if directory is None:
         raise RecipeSearchError("the surrogate needs a sensitivity table (`sensitivity`, or the study's own sweep)")
@@ -301,7 +302,7 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
     They minimise the predicted mean KLD whatever the study's objective: the summed mean ranks measured
     recipes' tails better than the summed per-token tails do (see experiments/FINDINGS-sensitivity.md).
     """
-    allocator = _allocator(config, space, inv, table_dir, extra_kv)
+    allocator = table_allocator(config, space, inv, table_dir, extra_kv)
     unit, lo, hi = _band(config, allocator)
     n = config.surrogate_seeds
     sizes: list[tuple[float, Literal["bytes", "bpw"]]] = [(t, "bpw") for t in config.target_bpw]
@@ -338,15 +339,12 @@ def fit_scales(allocator: Allocator, observed: Sequence[tuple[dict[str, int], fl
     return [float(x) for x in lsq_linear(a, b, bounds=(0.0, np.inf)).x]
 
 
-def refit_allocation(config: StudyConfig, space: SearchSpace, inv: Inventory,
-                     observed: Sequence[tuple[dict[str, int], float]], measured_sizes: Sequence[tuple[float, float]],
-                     tried: set[tuple], turn: int, extra_kv: dict[str, str | int] | None = None,
-                     table_dir: Path | None = None) -> Allocation | None:
-    """The next proposal of the surrogate refitted to the measured trials: its allocation at the ``turn``-th
-    size in the cycle (each of ``config.target_bpw``, then the middle of the widest gap between neighbours on
-    the measured frontier, given as (bpw, objective) pairs), the first of them not in ``tried``; None when every
-    size gives a recipe already tried."""
-    base = _allocator(config, space, inv, table_dir, extra_kv)
+def refit_allocation(base: Allocator, config: StudyConfig, observed: Sequence[tuple[dict[str, int], float]],
+                     measured_sizes: Sequence[tuple[float, float]], tried: set[tuple], turn: int) -> Allocation | None:
+    """The next proposal of ``base`` refitted to the measured trials (`fit_scales`): its allocation at the
+    ``turn``-th size in the cycle (each of ``config.target_bpw``, then the middle of the widest gap between
+    neighbours on the measured frontier, given as (bpw, objective) pairs), the first of them not in ``tried``;
+    None when every size gives a recipe already tried."""
     allocator = base.scaled(fit_scales(base, observed))
     lo_bpw, hi_bpw = allocator.size_range("bpw")
     if config.max_bpw is not None:
@@ -355,8 +353,6 @@ def refit_allocation(config: StudyConfig, space: SearchSpace, inv: Inventory,
         lo_bpw = max(lo_bpw, config.min_bpw)
     sizes = [t for t in config.target_bpw if lo_bpw <= t <= hi_bpw]
     sizes += frontier_gaps(measured_sizes, lo_bpw, hi_bpw)
-    if not sizes:
-        return None
     for k in range(len(sizes)):
         a = allocator.allocate(sizes[(turn + k) % len(sizes)], "bpw", "kld_mean")
         if tuple(sorted(a.choice.items())) not in tried:
