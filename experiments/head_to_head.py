@@ -182,7 +182,8 @@ class Setup:
         return s.file_bytes, s.bits_per_weight
 
 
-def setup(work: Path, threads: int, log: Callable[[str], None], holdout_chunks: int | None = CHUNKS) -> Setup:
+def setup(work: Path, threads: int, log: Callable[[str], None], holdout_chunks: int | None = CHUNKS,
+          chunks: int = CHUNKS) -> Setup:
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
     imatrix_path = work / "imatrix-calibration.gguf"
@@ -192,11 +193,11 @@ def setup(work: Path, threads: int, log: Callable[[str], None], holdout_chunks: 
                              process_output=True, dataset=text(CALIBRATION).label)
         save_imatrix_gguf(im, imatrix_path)
     imatrix = ImatrixInput.from_file(imatrix_path)
-    search = Worker(MODEL, ScoreSettings(text(SEARCH), CTX, CHUNKS, threads), cache, work / "work", imatrix=imatrix)
+    search = Worker(MODEL, ScoreSettings(text(SEARCH), CTX, chunks, threads), cache, work / "work", imatrix=imatrix)
     holdout = Worker(MODEL, ScoreSettings(text(HOLDOUT), CTX, holdout_chunks, threads), cache, work / "work",
                      imatrix=imatrix)
     config = StudyConfig(text=f"{WIKI}[{SEARCH[0]}:{SEARCH[1]}]", holdout_text=f"{WIKI}[{HOLDOUT[0]}:{HOLDOUT[1]}]",
-                         ctx=CTX, chunks=CHUNKS, imatrix=str(imatrix_path), threads=threads,
+                         ctx=CTX, chunks=chunks, imatrix=str(imatrix_path), threads=threads,
                          objectives=["size", "kld_p999"], space=SPACE,
                          references={"uniform": "ladder", "presets": ["Q4_K_M"]})
     space = build_space(config, search.inventory, has_imatrix=True)
@@ -467,7 +468,7 @@ def count_to(curve: list[tuple[float, float]], level: float) -> int | None:
 
 
 def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[str, list], out_dir: Path,
-         ref: tuple[float, float]) -> list[str]:
+         ref: tuple[float, float], prefix: str = "head-to-head") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -488,7 +489,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     ax.set_title(f"tiny-qwen35moe: hypervolume against time (reference {ref[0]:.4g} B, KLD {10 ** ref[1]:g})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    hv_png = out_dir / "head-to-head-hypervolume.png"
+    hv_png = out_dir / f"{prefix}-hypervolume.png"
     fig.savefig(hv_png, dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -508,7 +509,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
                  "the others' picks at the size targets)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    front_png = out_dir / "head-to-head-holdout-frontiers.png"
+    front_png = out_dir / f"{prefix}-holdout-frontiers.png"
     fig.savefig(front_png, dpi=120)
     plt.close(fig)
     return [str(hv_png.relative_to(ROOT)), str(front_png.relative_to(ROOT))]
@@ -531,6 +532,8 @@ def main() -> int:
                     help="methods whose whole final frontier is re-scored on the held-out text (default: all; the "
                          "study's seed 0 only)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--figures", default="head-to-head", help="file name prefix of the two figures")
+    ap.add_argument("--chunks", type=int, default=CHUNKS, help=f"search-text chunks every method chooses on (default {CHUNKS})")
     ap.add_argument("--holdout-chunks", type=int, default=CHUNKS,
                     help=f"chunks of the held-out text each pick is re-scored on (default {CHUNKS}; 0: all the range has)")
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -541,7 +544,7 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:7.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    s = setup(a.work, a.threads, log, a.holdout_chunks or None)
+    s = setup(a.work, a.threads, log, a.holdout_chunks or None, a.chunks)
     ref = s.reference_point
     log(f"hypervolume reference point (fixed): {ref[0]:.0f} bytes, log10 KLD {ref[1]:.3f}")
     methods: list[Method] = []
@@ -581,7 +584,8 @@ def main() -> int:
     hand_m = next((m for m in methods if m.key == "hand"), None)
     result: dict = {
         "model": "tiny-qwen35moe/model-bf16.gguf", "search_text": text(SEARCH).label, "holdout_text": text(HOLDOUT).label,
-        "imatrix_text": text(CALIBRATION).label, "ctx": CTX, "chunks": CHUNKS, "scored_tokens": CHUNKS * scored_per_chunk(CTX),
+        "imatrix_text": text(CALIBRATION).label, "ctx": CTX, "chunks": a.chunks,
+        "scored_tokens": s.search.reference.meta["n_tokens"],
         "holdout_scored_tokens": s.holdout.reference.meta["n_tokens"],
         "ladder": list(LADDER), "searched": list(SEARCHED), "sweep_chunks": SWEEP_CHUNKS,
         "rest": list(REST), "rest_ladder": list(REST_LADDER), "studies": STUDIES,
@@ -665,7 +669,7 @@ def main() -> int:
         if m.label not in holdout_fronts:
             picked = [result["targets"][f"{t:.2f}bpw"].get(m.label) for t in TARGETS_BPW]
             holdout_fronts[m.label + " (picks)"] = [r for r in picked if r]
-    result["figures"] = plot(methods, curves, holdout_fronts, ROOT / "experiments" / "figures", ref)
+    result["figures"] = plot(methods, curves, holdout_fronts, ROOT / "experiments" / "figures", ref, a.figures)
     result["wall_s_this_run"] = round(time.perf_counter() - started, 1)
     atomic_write_text(a.json, json.dumps(result, indent=1, default=float) + "\n")
     log(f"wrote {a.json}")
