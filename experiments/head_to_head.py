@@ -105,6 +105,9 @@ STUDIES = {
     "study-seeded": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS},
     "study": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS,
               "refit_every": REFIT_EVERY},
+    # twice the spread seeds: a denser first frontier, for the 60-chunk run where each measurement costs 3x
+    "study-dense": {"surrogate_seeds": 2 * SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS,
+                    "refit_every": REFIT_EVERY},
 }
 
 
@@ -475,7 +478,8 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     import matplotlib.pyplot as plt
 
     colours = {"presets": "tab:gray", "hand": "tab:brown", "kld-greedy": "tab:green", "weight-error": "tab:olive",
-               "study": "tab:blue", "study-seeded": "tab:red", "study-plain": "tab:cyan", "templates": "tab:purple"}
+               "study": "tab:blue", "study-seeded": "tab:red", "study-plain": "tab:cyan", "study-dense": "tab:pink",
+               "templates": "tab:purple"}
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 5))
     for m in methods:
@@ -494,7 +498,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = {"presets": "s", "hand": "x", "kld-greedy": "^", "weight-error": "v", "study": "o", "study-seeded": "P",
-               "study-plain": "*", "templates": "D"}
+               "study-plain": "*", "study-dense": "p", "templates": "D"}
     for label, rows in holdout_fronts.items():
         if not rows:
             continue
