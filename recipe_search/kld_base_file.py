@@ -26,7 +26,7 @@ from types import TracebackType
 import numpy as np
 
 from .errors import RecipeSearchError
-from .kld import DEFAULT_BLOCK, TokenStats, token_stats_from_logprobs
+from .kld import DEFAULT_BLOCK, TokenStats, scored_per_chunk, token_stats_from_logprobs
 
 MAGIC = b"_logits_"
 HEADER = struct.Struct("<8sIii")
@@ -37,11 +37,6 @@ _CODE_MAX = np.float32(65535)
 def row_width(n_vocab: int) -> int:
     """uint16 entries per row: two f32 (scale, min) and the codes padded to an even count."""
     return 2 * ((n_vocab + 1) // 2) + 4
-
-
-def scored_rows(n_ctx: int) -> int:
-    """Scored positions per chunk: the second half of the context but the last position."""
-    return n_ctx - 1 - n_ctx // 2
 
 
 def encode_logprobs(logits: np.ndarray) -> np.ndarray:
@@ -93,7 +88,7 @@ class KLDBaseFileWriter:
     def __init__(self, path: str | os.PathLike[str], tokens: np.ndarray, n_vocab: int) -> None:
         self.path = Path(path)
         tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[0] < 1 or scored_rows(tokens.shape[1]) < 1:
+        if tokens.ndim != 2 or tokens.shape[0] < 1 or scored_per_chunk(tokens.shape[1]) < 1:
             raise RecipeSearchError(f"tokens of shape {tokens.shape}: expected [n_chunk ≥ 1, n_ctx ≥ 3]", self.path)
         if n_vocab < 1 or tokens.min() < 0 or tokens.max() >= n_vocab:
             raise RecipeSearchError(f"token ids outside a vocabulary of {n_vocab}", self.path)
@@ -108,7 +103,7 @@ class KLDBaseFileWriter:
 
     def write_chunk(self, logits: np.ndarray, block_size: int = DEFAULT_BLOCK) -> None:
         """Append one chunk: its scored positions' logits, encoded block by block."""
-        expected = (scored_rows(self.n_ctx), self.n_vocab)
+        expected = (scored_per_chunk(self.n_ctx), self.n_vocab)
         if np.shape(logits) != expected:
             raise RecipeSearchError(f"chunk logits of shape {np.shape(logits)}, expected {expected}", self.path)
         if self.chunks_written >= self.n_chunk:
@@ -160,10 +155,10 @@ class KLDBaseFile:
         if len(head) < HEADER.size:
             raise RecipeSearchError("truncated header", self.path)
         _, self.n_ctx, self.n_vocab, self.n_chunk = HEADER.unpack(head)
-        if self.n_vocab < 1 or self.n_chunk < 1 or scored_rows(self.n_ctx) < 1:
+        if self.n_vocab < 1 or self.n_chunk < 1 or scored_per_chunk(self.n_ctx) < 1:
             raise RecipeSearchError(f"bad header: n_ctx={self.n_ctx}, n_vocab={self.n_vocab}, "
                                     f"n_chunk={self.n_chunk}", self.path)
-        self.n_scored = scored_rows(self.n_ctx)
+        self.n_scored = scored_per_chunk(self.n_ctx)
         self.width = row_width(self.n_vocab)
         tokens_bytes = 4 * self.n_chunk * self.n_ctx
         expected = HEADER.size + tokens_bytes + 2 * self.n_chunk * self.n_scored * self.width

@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .abandon import AbandonGuard
 from .errors import RecipeSearchError
 from .imatrix_file import ImatrixInput
+from .kld import scored_per_chunk
 from .locations import cache_dir as default_cache_dir
 from .outputs import check_output_dir
 from .search import (
@@ -132,7 +133,7 @@ class Study:
 
     @property
     def scored_tokens_per_trial(self) -> int:
-        return self.config.chunks * (self.config.ctx - 1 - self.config.ctx // 2)
+        return self.config.chunks * scored_per_chunk(self.config.ctx)
 
     # -- the sequence ----------------------------------------------------------------------------
     def prepare(self, log: Callable[[str], None] = lambda msg: None) -> Preparation:
