@@ -36,14 +36,18 @@ class AbandonGuard:
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
-        self.current: int | None = None
+        self.current: int | None = None  # the last trial whose objective started
+        self.in_flight = False  # its objective is running now (not the callbacks after it)
         self.requeued: int | None = None
         self._filter = _DropInterrupt()
 
     def track(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable[[optuna.Trial], list[float]]:
         def run(trial: optuna.Trial) -> list[float]:
-            self.current = trial.number
-            return objective(trial)
+            self.current, self.in_flight = trial.number, True
+            try:
+                return objective(trial)
+            finally:
+                self.in_flight = False
 
         return run
 

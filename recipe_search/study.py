@@ -78,7 +78,7 @@ class Study:
                  directory: Path) -> None:
         self.optuna_study, self.config, self.space, self.worker, self.directory = study, config, space, worker, directory
         self._stop_requested = False
-        self._in_flight = False
+        self._guard: AbandonGuard | None = None  # the running `run`'s, which knows the trial in flight
         self._refit_base: Allocator | None = None  # the surrogate the refitted proposals rescale, read once
 
     # -- opening ---------------------------------------------------------------------------------
@@ -254,9 +254,9 @@ class Study:
             else:
                 self.propose_refit()
 
-        guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no Optuna traceback, the trial queued again
+        guard = self._guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no traceback, the trial queued again
         with guard:
-            self.optuna_study.optimize(guard.track(self._flagged(Objective(self, on_trial_start))), n_trials=n_trials,
+            self.optuna_study.optimize(guard.track(Objective(self, on_trial_start)), n_trials=n_trials,
                                        timeout=timeout, callbacks=[*callbacks, count_and_stop],
                                        catch=(RecipeSearchError, OSError, MemoryError))
         return RunOutcome(counted[0], self._stop_requested)
@@ -266,19 +266,10 @@ class Study:
         left = total_trials - searched_trials_done(self.optuna_study)
         return self.run(n_trials=left) if left > 0 else RunOutcome(0, False)
 
-    def _flagged(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable[[optuna.Trial], list[float]]:
-        def run(trial: optuna.Trial) -> list[float]:
-            self._in_flight = True
-            try:
-                return objective(trial)
-            finally:
-                self._in_flight = False
-        return run
-
     @property
     def trial_in_flight(self) -> bool:
         """Whether a trial's objective is running now (not the callbacks after it)."""
-        return self._in_flight
+        return self._guard is not None and self._guard.in_flight
 
     def request_stop(self) -> None:
         """End `run` once the trial in flight is finished (safe to call from a signal handler)."""
