@@ -48,8 +48,7 @@ def sweep_ladders(inv: Inventory, has_imatrix: bool, tensor_types: list[str] | N
     without an imatrix, imatrix-only types removed)."""
     space_config = SpaceConfig(tensor_types=tensor_types) if types is None else \
         SpaceConfig(tensor_types=tensor_types, ladder=types)
-    space = build_space(StudyConfig(space=space_config), inv, has_imatrix)
-    return {p.kinds[0]: p.ladder for p in space.parameters}
+    return space_ladders(build_space(StudyConfig(space=space_config), inv, has_imatrix))
 
 
 def source_types(inv: Inventory) -> dict[str, GGMLType]:

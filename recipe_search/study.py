@@ -144,37 +144,41 @@ class Study:
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by a killed worker")
         _ = self.worker.reference
-        table = self.sensitivity_table(log)
-        enqueued = self.enqueue_references(table)
+        self.sensitivity_table(log)
+        enqueued = self.enqueue_references()
         start = time.perf_counter()
         presets = self.add_presets(log)
         return Preparation(disk, self.worker.reference_seconds, bool(self.worker.reference_was_cached), enqueued,
                            presets, time.perf_counter() - start)
 
-    def sensitivity_table(self, log: Callable[[str], None] = lambda msg: None) -> Path | None:
-        """The sensitivity table the surrogate reads: the config's `sensitivity`, else the study's own sweep of
-        its space (every parameter's tensor types over its ladder, each alone, on `sweep_chunks` chunks),
-        measured once into the study directory with its measuring time stored as `sweep_seconds`; None when
-        the config uses no surrogate."""
-        config = self.config
-        if not config.uses_surrogate:
+    @property
+    def table_directory(self) -> Path | None:
+        """Where the surrogate's sensitivity table is: the config's `sensitivity`, else the study's own sweep;
+        None when the config uses no surrogate."""
+        if not self.config.uses_surrogate:
             return None
-        if config.sensitivity:
-            return Path(config.sensitivity)
-        out = self.directory / "sweep"
+        return Path(self.config.sensitivity) if self.config.sensitivity else self.directory / "sweep"
+
+    def sensitivity_table(self, log: Callable[[str], None] = lambda msg: None) -> Path | None:
+        """`table_directory`, with the study's own sweep measured there first when the config gives no table
+        (every parameter's tensor types over its ladder, each alone, on `sweep_chunks` chunks; once, its
+        measuring time stored as `sweep_seconds`)."""
+        out, config = self.table_directory, self.config
+        if out is None or config.sensitivity:
+            return out
         w = self.worker
         sweeper = Worker(w.model, dataclasses.replace(w.settings, chunks=config.sweep_chunks), w.cache_dir, w.workdir,
                          imatrix=w.imatrix, tensor_cache=w.tensor_cache)
         table = run_sweep(sweeper, out, ladders=space_ladders(self.space), log=log)
-        seconds = sweeper.reference_seconds * (not sweeper.reference_was_cached)
         if "sweep_seconds" not in self.optuna_study.user_attrs:
+            seconds = sweeper.reference_seconds * (not sweeper.reference_was_cached)
             seconds += sum(float(r.get("seconds") or 0.0) for r in table.rows)
             self.optuna_study.set_user_attr("sweep_seconds", round(seconds, 3))
         return out
 
-    def enqueue_references(self, table: Path | None = None) -> int:
+    def enqueue_references(self) -> int:
         """Enqueue the uniform recipes over the ladder, the config's seed recipes and the surrogate's
-        allocations (``table``: its sensitivity table), once per study."""
+        allocations (from `table_directory`), once per study."""
         study = self.optuna_study
         if study.user_attrs.get("references_enqueued"):
             return 0
@@ -188,7 +192,7 @@ class Study:
             n += 1
         if self.config.surrogate_seeds or self.config.target_bpw:
             extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
-            for a in seed_allocations(self.config, self.space, self.worker.inventory, extra_kv, table):
+            for a in seed_allocations(self.config, self.space, self.worker.inventory, extra_kv, self.table_directory):
                 study.enqueue_trial(a.choice, user_attrs=role_attrs(surrogate_seed=a.recipe.name,
                                                                     surrogate_prediction=a.prediction.to_dict()),
                                     skip_if_exists=True)
@@ -230,10 +234,8 @@ class Study:
         sizes = [(r.bpw, r.measured_values[1]) for _, r in measured]
         tried = {tuple(sorted(measured_choice(t).items())) for t in trials if t.params}
         if self._refit_base is None:
-            self._refit_base = table_allocator(
-                config, self.space, self.worker.inventory,
-                Path(config.sensitivity) if config.sensitivity else self.directory / "sweep",
-                self.worker.imatrix.kv() if self.worker.imatrix else None)
+            self._refit_base = table_allocator(config, self.space, self.worker.inventory, self.table_directory,
+                                               self.worker.imatrix.kv() if self.worker.imatrix else None)
         a = refit_allocation(self._refit_base, config, observed, sizes, tried, sum(r.refit is not None for r in free))
         if a is None:
             return None

@@ -281,16 +281,13 @@ def table_allocator(config: StudyConfig, space: SearchSpace, inv: Inventory, tab
     return Allocator(Surrogate(SensitivityTable.load(directory), inv), space, extra_kv)
 
 
-def _band(config: StudyConfig, allocator: Allocator) -> tuple[Literal["bytes", "bpw"], float, float]:
-    """The unit and range the seeds spread over: the ladders' size range inside the study's size band."""
-    unit: Literal["bytes", "bpw"] = "bpw" if config.max_bpw is not None or config.min_bpw is not None else "bytes"
+def _band(config: StudyConfig, allocator: Allocator, unit: Literal["bytes", "bpw"]) -> tuple[float, float]:
+    """The ladders' size range in ``unit``, inside the study's size band in that unit."""
     lo, hi = allocator.size_range(unit)
     if unit == "bytes":
-        hi = min(hi, config.max_bytes) if config.max_bytes is not None else hi
-    else:
-        lo = max(lo, config.min_bpw) if config.min_bpw is not None else lo
-        hi = min(hi, config.max_bpw) if config.max_bpw is not None else hi
-    return unit, lo, hi
+        return lo, min(hi, config.max_bytes) if config.max_bytes is not None else hi
+    return (max(lo, config.min_bpw) if config.min_bpw is not None else lo,
+            min(hi, config.max_bpw) if config.max_bpw is not None else hi)
 
 
 def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
@@ -303,7 +300,8 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
     recipes' tails better than the summed per-token tails do (see experiments/FINDINGS-sensitivity.md).
     """
     allocator = table_allocator(config, space, inv, table_dir, extra_kv)
-    unit, lo, hi = _band(config, allocator)
+    unit: Literal["bytes", "bpw"] = "bpw" if config.max_bpw is not None or config.min_bpw is not None else "bytes"
+    lo, hi = _band(config, allocator, unit)
     n = config.surrogate_seeds
     sizes: list[tuple[float, Literal["bytes", "bpw"]]] = [(t, "bpw") for t in config.target_bpw]
     sizes += [(lo + (hi - lo) * (i + 1) / (n + 1), unit) for i in range(n)]
@@ -346,11 +344,7 @@ def refit_allocation(base: Allocator, config: StudyConfig, observed: Sequence[tu
     neighbours on the measured frontier, given as (bpw, objective) pairs), the first of them not in ``tried``;
     None when every size gives a recipe already tried."""
     allocator = base.scaled(fit_scales(base, observed))
-    lo_bpw, hi_bpw = allocator.size_range("bpw")
-    if config.max_bpw is not None:
-        hi_bpw = min(hi_bpw, config.max_bpw)
-    if config.min_bpw is not None:
-        lo_bpw = max(lo_bpw, config.min_bpw)
+    lo_bpw, hi_bpw = _band(config, allocator, "bpw")
     sizes = [t for t in config.target_bpw if lo_bpw <= t <= hi_bpw]
     sizes += frontier_gaps(measured_sizes, lo_bpw, hi_bpw)
     for k in range(len(sizes)):
