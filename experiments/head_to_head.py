@@ -152,7 +152,7 @@ class Method:
         self.clock += seconds
 
     def add(self, name: str, recipe: Recipe, m: Measurement) -> Point:
-        cost = sum(m.seconds.values())
+        cost = measure_cost(m)
         self.clock += cost
         p = Point(self.key, self.run, name, recipe, m.file_bytes, m.bpw, dict(m.metrics), cost, self.clock)
         self.points.append(p)
@@ -265,32 +265,14 @@ def hand(s: Setup, n: int) -> Method:
 
 # -- (c) KLD sweep + allocator ----------------------------------------------------------------------
 def sweep(s: Setup) -> tuple[Path, float]:
-    """(c)'s one-type-at-a-time sweep of the searched tensor types over the ladder below Q8_0, scored on
-    SWEEP_CHUNKS chunks; the measuring seconds it cost. The other tensor types stay at Q8_0 in every recipe of
-    the space, so the table gets a zero-KLD Q8_0 cell for each of them (taken as lossless, not measured)."""
+    """(c)'s one-type-at-a-time sweep of the space (every parameter's tensor types over its ladder, the cells a
+    sweeping study measures), scored on SWEEP_CHUNKS chunks; the measuring seconds its cells cost when first
+    measured (each row records them)."""
     settings = ScoreSettings(text(SEARCH), CTX, SWEEP_CHUNKS, s.search.settings.threads)
     worker = Worker(MODEL, settings, s.search.cache_dir, s.work / "work", imatrix=s.imatrix)
     out = s.work / "kld-sweep"
     table = run_sweep(worker, out, ladders=space_ladders(s.space), log=s.log)
-    seconds = 0.0
-    for row in table.rows:  # every cell's measurement is in the cache: its own time, as first measured
-        if row["tensor_type"] in SEARCHED:
-            seconds += measure_cost(worker.measure(single_type(s, row["tensor_type"], row["ggml_type"])))
-    n = len(next(iter(table.tokens.values())))
-    for kind, k in s.search.inventory.kinds.items():
-        if k.quantizable and kind not in SEARCHED and table.cell(kind, "Q8_0") is None:
-            row = {key: 0.0 for key in table.rows[0]}
-            row.update({"tensor_type": kind, "ggml_type": "Q8_0", "bpw": bits_per_weight(GGMLType.Q8_0),
-                        "n_elements": k.n_elements, "file_bytes": 0})
-            table.add(row, np.zeros(n, np.float32))
-    table.save()
-    return out, seconds
-
-
-def single_type(s: Setup, kind: str, t: str) -> Recipe:
-    from recipe_search.sensitivity import single_type_recipe
-
-    return single_type_recipe(s.search.inventory, kind, parse_type(t))
+    return out, sum(float(row["seconds"]) for row in table.rows)
 
 
 def allocated(s: Setup, key: str, table: SensitivityTable, charged: float) -> Method:
@@ -377,7 +359,7 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     for t in sorted(finished, key=lambda t: (t.datetime_complete, t.number)):  # in the order they were known
         r = TrialRecord.from_trial(t)
         if t.state == TrialState.COMPLETE and r.measured and r.measurement is not None:
-            cost = sum(r.measurement.seconds.values())
+            cost = measure_cost(r.measurement)
             m.clock += cost
             m.points.append(Point(key, str(seed), r.name, r.recipe, r.file_bytes, r.bpw, dict(r.metrics), cost,
                                   m.clock))
