@@ -92,15 +92,10 @@ def rank_agreement(results: Sequence[Validated]) -> dict[str, float | None]:
 def text_overlap_warnings(texts: dict[str, TextSource], calibration: Sequence[str] = ()) -> list[str]:
     """A line for each pair of the named texts (e.g. search, held-out) that share bytes, and for each named text
     that overlaps an imatrix calibration dataset (as the imatrix records it: ``FILE`` or ``FILE[a:b]``). Files
-    are matched by name, since an imatrix made elsewhere records another directory."""
-    def overlap(a: TextSource, b: TextSource) -> bool:
-        same = (a.path is None and b.path is None) or (
-            a.path is not None and b.path is not None and a.path.name == b.path.name)
-        return same and a.start < b.end and b.start < a.end
-
+    are matched by name (`TextSource.overlaps`), since an imatrix made elsewhere records another directory."""
     items = list(texts.items())
     lines = [f"the {n1} text {t1.label} overlaps the {n2} text {t2.label}"
-             for i, (n1, t1) in enumerate(items) for n2, t2 in items[i + 1:] if overlap(t1, t2)]
+             for i, (n1, t1) in enumerate(items) for n2, t2 in items[i + 1:] if t1.overlaps(t2)]
     for dataset in calibration:
         try:
             calib = TextSource.parse(dataset)
@@ -109,5 +104,5 @@ def text_overlap_warnings(texts: dict[str, TextSource], calibration: Sequence[st
         if calib.path is None:  # an imatrix's dataset names a file; "no file" is not the built-in text
             continue
         lines += [f"the imatrix was computed on {dataset}, which overlaps the {n} text {t.label}"
-                  for n, t in items if overlap(calib, t)]
+                  for n, t in items if calib.overlaps(t)]
     return lines

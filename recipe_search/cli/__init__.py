@@ -12,8 +12,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RecipeSearchError
+
+if TYPE_CHECKING:
+    from ..text import TextSource
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
 _SUBMODULES = ("recipes", "scoring", "study", "sensitivity", "analysis", "cache", "validation")
@@ -66,6 +70,14 @@ def _warn(lines: Sequence[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
     if len(lines) > MAX_WARNINGS:
         print(f"warning: ... and {len(lines) - MAX_WARNINGS} more warning(s) like these", file=sys.stderr)
+
+
+def _warn_text_overlaps(texts: dict[str, TextSource], imatrix: str | None) -> None:
+    """Warn for each pair of the named texts that overlap, and each that overlaps the imatrix's calibration text."""
+    from ..imatrix_file import load_imatrix
+    from ..validate import text_overlap_warnings
+
+    _warn(text_overlap_warnings(texts, load_imatrix(imatrix).datasets if imatrix else ()))
 
 
 def _imatrix_input(path: str):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..size import human_bytes
-from . import _print_json, _recipe_args, _warn, command
+from . import _print_json, _recipe_args, _warn, _warn_text_overlaps, command
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -133,17 +133,15 @@ def _holdout_of_picks(sel, text: str | None) -> dict[int, dict]:
     if not text or not any(p.candidate is not None for p in sel.picks):
         return {}
     from ..demo import cache_dir
-    from ..imatrix_file import load_imatrix
     from ..score import ScoreSettings
     from ..text import TextSource
-    from ..validate import Chosen, holdout_record, text_overlap_warnings, validate
+    from ..validate import Chosen, holdout_record, validate
     from ..worker import Worker
     from . import _imatrix_input, _log
 
     cfg = sel.config
     settings = ScoreSettings(text=TextSource.parse(text), ctx=cfg.ctx, chunks=cfg.chunks, threads=cfg.threads)
-    _warn(text_overlap_warnings({"held-out": settings.text, "search": TextSource.parse(cfg.text)},
-                                load_imatrix(cfg.imatrix).datasets if cfg.imatrix else ()))
+    _warn_text_overlaps({"held-out": settings.text, "search": TextSource.parse(cfg.text)}, cfg.imatrix)
     cache = cache_dir(None)
     worker = Worker(sel.model, settings, cache, cache / "work",
                     imatrix=_imatrix_input(cfg.imatrix) if cfg.imatrix else None)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .. import limits
 from ..errors import RecipeSearchError
 from ..size import human_bytes
-from . import _int_in, _log, _model, _print_json, _warn, command
+from . import _int_in, _log, _model, _print_json, _warn_text_overlaps, command
 
 if TYPE_CHECKING:
     import optuna
@@ -82,14 +82,12 @@ def search(a: argparse.Namespace) -> int:
 
 def _warn_text_overlap(config: StudyConfig) -> None:
     """Warn when the held-out text overlaps the search text, or either overlaps the imatrix's calibration text."""
-    from ..imatrix_file import load_imatrix
     from ..text import TextSource
-    from ..validate import text_overlap_warnings
 
     texts = {"search": TextSource.parse(config.text)}
     if config.holdout_text:
         texts["held-out"] = TextSource.parse(config.holdout_text)
-    _warn(text_overlap_warnings(texts, load_imatrix(config.imatrix).datasets if config.imatrix else ()))
+    _warn_text_overlaps(texts, config.imatrix)
 
 
 def _run_study(study: Study, a: argparse.Namespace) -> int:

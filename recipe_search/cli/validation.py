@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import RecipeSearchError
 from ..size import human_bytes
-from . import _imatrix_input, _log, _model, _print_json, _warn, command
+from . import _imatrix_input, _log, _model, _print_json, _warn_text_overlaps, command
 
 
 def validate_args(p: argparse.ArgumentParser) -> None:
@@ -56,10 +56,9 @@ def _chosen(a: argparse.Namespace):
                      "intervals and the rank agreement with the search text")
 def validate(a: argparse.Namespace) -> int:
     from ..demo import cache_dir
-    from ..imatrix_file import load_imatrix
     from ..score import ScoreSettings
     from ..text import TextSource
-    from ..validate import rank_agreement, text_overlap_warnings
+    from ..validate import rank_agreement
     from ..validate import validate as run_validate
     from ..worker import Worker
 
@@ -78,7 +77,7 @@ def validate(a: argparse.Namespace) -> int:
     search_text = a.search_text or (config.text if config else None)
     if search_text or config is not None:
         texts["search"] = TextSource.parse(search_text)
-    _warn(text_overlap_warnings(texts, load_imatrix(imatrix).datasets if imatrix else ()))
+    _warn_text_overlaps(texts, imatrix)
     cache = cache_dir(a.cache_dir)
     worker = Worker(model, settings, cache, cache / "work", imatrix=_imatrix_input(imatrix) if imatrix else None)
     results = run_validate(worker, chosen, n_boot=a.n_boot, log=_log(a.quiet))
