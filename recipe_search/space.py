@@ -138,7 +138,7 @@ class StudyConfig(BaseModel):
     seeds: list[str] = Field(default_factory=list)  # recipe files (any dialect `import` reads) enqueued first
     # the sensitivity table the surrogate comes from; None: the study sweeps its own space on `sweep_chunks` chunks
     sensitivity: str | None = None
-    sweep_chunks: int = Field(2, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
+    sweep_chunks: int | None = Field(None, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])  # None: `sweep_chunk_count`
 
     @field_validator("objectives")
     @classmethod
@@ -165,6 +165,13 @@ class StudyConfig(BaseModel):
     def uses_surrogate(self) -> bool:
         """Whether the study needs a sensitivity table (its own sweep when `sensitivity` is not given)."""
         return bool(self.surrogate_seeds or self.target_bpw or self.refit_every)
+
+    @property
+    def sweep_chunk_count(self) -> int:
+        """Chunks per cell of the study's own sweep: `sweep_chunks`, else a tenth of `chunks` (at least 2), so the
+        sweep's fidelity follows the trials': a sweep on too few tokens misorders the small differences between
+        the high-precision types (on tiny-qwen35moe, 2 chunks put token_embd at Q6_K below Q8_0; 6 did not)."""
+        return self.sweep_chunks if self.sweep_chunks is not None else max(2, self.chunks // 10)
 
 
     def score_settings(self) -> ScoreSettings:

@@ -161,13 +161,13 @@ class Study:
 
     def sensitivity_table(self, log: Callable[[str], None] = lambda msg: None) -> Path | None:
         """`table_directory`, with the study's own sweep measured there first when the config gives no table
-        (every parameter's tensor types over its ladder, each alone, on `sweep_chunks` chunks; once, its
+        (every parameter's tensor types over its ladder, each alone, on `sweep_chunk_count` chunks; once, its
         measuring time stored as `sweep_seconds`)."""
         out, config = self.table_directory, self.config
         if out is None or config.sensitivity:
             return out
         w = self.worker
-        sweeper = Worker(w.model, dataclasses.replace(w.settings, chunks=config.sweep_chunks), w.cache_dir, w.workdir,
+        sweeper = Worker(w.model, dataclasses.replace(w.settings, chunks=config.sweep_chunk_count), w.cache_dir, w.workdir,
                          imatrix=w.imatrix, tensor_cache=w.tensor_cache)
         table = run_sweep(sweeper, out, ladders=space_ladders(self.space), log=log)
         if "sweep_seconds" not in self.optuna_study.user_attrs:

@@ -39,9 +39,9 @@ def check_study_inputs(config: StudyConfig, worker: Worker, space: SearchSpace) 
     if below:
         raise RecipeSearchError(f"target_bpw {below[0]} is below the smallest recipe of the space "
                                 f"({smallest.bits_per_weight:.3f} bpw)")
-    sweep_tokens = config.sweep_chunks * scored_per_chunk(config.ctx)
+    sweep_tokens = config.sweep_chunk_count * scored_per_chunk(config.ctx)
     if config.uses_surrogate and not config.sensitivity and sweep_tokens < MIN_TOKENS:
-        raise RecipeSearchError(f"sweep_chunks {config.sweep_chunks} at ctx {config.ctx} scores {sweep_tokens} tokens "
+        raise RecipeSearchError(f"sweep_chunks {config.sweep_chunk_count} at ctx {config.ctx} scores {sweep_tokens} tokens "
                                 f"per sweep cell, fewer than the {MIN_TOKENS} KLD statistics need")
     reference_recipes(config, space, inv)
     if config.uses_surrogate and config.sensitivity:

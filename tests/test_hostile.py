@@ -236,6 +236,11 @@ def test_bad_study_config(tmp_path, config, words) -> None:
     assert "\n" not in str(err.value) and "Value error" not in str(err.value)
 
 
+
+def test_the_sweep_follows_the_trials_fidelity_unless_told() -> None:
+    assert [StudyConfig(chunks=n).sweep_chunk_count for n in (1, 8, 20, 29, 60, 200)] == [2, 2, 2, 2, 6, 20]
+    assert StudyConfig(chunks=60, sweep_chunks=3).sweep_chunk_count == 3
+
 def test_space_errors_against_the_model(dense_model) -> None:
     inv = read_inventory(dense_model)
     with pytest.raises(RecipeSearchError, match="not_a_tensor"):
