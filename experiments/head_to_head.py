@@ -9,7 +9,8 @@ apart) over LADDER, and every other quantized tensor type as one tied parameter 
 - (b) `hand`: a hand sweep as uploaders build one: uniform types, one parameter moved a ladder step up or down
   from uniform Q4_K (then Q3_K), random fill to --hand recipes, each measured in full;
 - (c) `kld-greedy`: the one-type-at-a-time KLD sweep of the space (every parameter's tensor types over its ladder,
-  on SWEEP_CHUNKS chunks), then the knapsack allocator at each size target, unverified;
+  on the study's `sweep_chunk_count` chunks: a tenth of the search's), then the knapsack allocator at each size
+  target, unverified;
 - (d) `weight-error`: the same allocator on a zero-evaluation table of imatrix-weighted quantization error
   (a table directory in the sweep's format from --weight-error-table, else built here: the model quantized
   uniformly once per ladder type, each tensor dequantized and compared with the source);
@@ -79,7 +80,6 @@ WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 # the model never trained on wiki.test.raw[0:0.4] (its README); three disjoint ranges of it
 SEARCH, HOLDOUT, CALIBRATION = (0.0, 0.12), (0.12, 0.24), (0.24, 0.4)
 CTX, CHUNKS = 512, 20  # 20 x 255 = 5,100 scored tokens: the 99.9th percentile rests on ~5 tokens
-SWEEP_CHUNKS = 2  # the sweep scores 2 chunks per cell (multi-fidelity: it only ranks tensor types)
 LADDER = ("Q8_0", "Q6_K", "Q4_K", "Q3_K", "Q2_K")
 REST_LADDER = ("Q8_0", "Q6_K", "Q4_K")
 EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
@@ -102,11 +102,13 @@ REFIT_EVERY = 2
 #: the study variants: the config's defaults (before), then the tool's surrogate options added one at a time
 STUDIES = {
     "study-plain": {},
-    "study-seeded": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS},
-    "study": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS,
-              "refit_every": REFIT_EVERY},
+    "study-seeded": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW)},
+    "study": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "refit_every": REFIT_EVERY},
+    # before the sweep's fidelity followed the search's: 2 sweep chunks whatever the search's
+    "study-sweep2": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "refit_every": REFIT_EVERY,
+                     "sweep_chunks": 2},
     # twice the spread seeds: a denser first frontier, for the 60-chunk run where each measurement costs 3x
-    "study-dense": {"surrogate_seeds": 2 * SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": SWEEP_CHUNKS,
+    "study-dense": {"surrogate_seeds": 2 * SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": 2,
                     "refit_every": REFIT_EVERY},
 }
 
@@ -266,11 +268,11 @@ def hand(s: Setup, n: int) -> Method:
 # -- (c) KLD sweep + allocator ----------------------------------------------------------------------
 def sweep(s: Setup) -> tuple[Path, float]:
     """(c)'s one-type-at-a-time sweep of the space (every parameter's tensor types over its ladder, the cells a
-    sweeping study measures), scored on SWEEP_CHUNKS chunks; the measuring seconds its cells cost when first
+    sweeping study measures), scored on the study's `sweep_chunk_count` chunks; the measuring seconds its cells cost when first
     measured (each row records them)."""
-    settings = ScoreSettings(text(SEARCH), CTX, SWEEP_CHUNKS, s.search.settings.threads)
+    settings = ScoreSettings(text(SEARCH), CTX, s.config.sweep_chunk_count, s.search.settings.threads)
     worker = Worker(MODEL, settings, s.search.cache_dir, s.work / "work", imatrix=s.imatrix)
-    out = s.work / "kld-sweep"
+    out = s.work / f"kld-sweep-{settings.chunks}chunks"
     table = run_sweep(worker, out, ladders=space_ladders(s.space), log=s.log)
     return out, sum(float(row["seconds"]) for row in table.rows)
 
@@ -461,6 +463,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
 
     colours = {"presets": "tab:gray", "hand": "tab:brown", "kld-greedy": "tab:green", "weight-error": "tab:olive",
                "study": "tab:blue", "study-seeded": "tab:red", "study-plain": "tab:cyan", "study-dense": "tab:pink",
+               "study-sweep2": "tab:orange",
                "templates": "tab:purple"}
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -480,7 +483,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = {"presets": "s", "hand": "x", "kld-greedy": "^", "weight-error": "v", "study": "o", "study-seeded": "P",
-               "study-plain": "*", "study-dense": "p", "templates": "D"}
+               "study-plain": "*", "study-dense": "p", "study-sweep2": "h", "templates": "D"}
     for label, rows in holdout_fronts.items():
         if not rows:
             continue
@@ -573,7 +576,7 @@ def main() -> int:
         "imatrix_text": text(CALIBRATION).label, "ctx": CTX, "chunks": a.chunks,
         "scored_tokens": s.search.reference.meta["n_tokens"],
         "holdout_scored_tokens": s.holdout.reference.meta["n_tokens"],
-        "ladder": list(LADDER), "searched": list(SEARCHED), "sweep_chunks": SWEEP_CHUNKS,
+        "ladder": list(LADDER), "searched": list(SEARCHED), "sweep_chunks": s.config.sweep_chunk_count,
         "rest": list(REST), "rest_ladder": list(REST_LADDER), "studies": STUDIES,
         "targets_bpw": list(TARGETS_BPW), "presets": list(PRESETS),
         "objectives": ["size", "kld_p999"], "reference_point": {"file_bytes": ref[0], "log10_kld_p999": ref[1]},
