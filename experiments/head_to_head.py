@@ -18,7 +18,8 @@ apart) over LADDER, and every other quantized tensor type as one tied parameter 
   it. `study-plain`: the config's defaults (uniform references, the Q4_K_M preset, TPE, early stopping, caches);
   `study-seeded`: plus the surrogate options (its own sweep of the space, as (c)'s; the allocations at the size
   targets and at SURROGATE_SEEDS sizes spread over the range, enqueued first); `study`: plus every REFIT_EVERY-th
-  trial proposed by the surrogate refitted to the measured trials;
+  trial proposed by the surrogate refitted to the measured trials; before rows: `study-sweep2`, `study` with the
+  sweep on 2 chunks whatever the search's, and `study-dense`, that with twice the spread seeds;
 - (f) `templates`: role-based "dynamic" recipes (routed experts low, the rest high, the first block's experts
   protected), the largest few that fit each size target.
 
@@ -39,7 +40,7 @@ over the same held-out chunks).
 (PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) The README gives the
 command of its run.
 
-Results: experiments/results/head-to-head-tiny-qwen35moe.json; figures: experiments/figures/head-to-head-*.png.
+Results: experiments/results/head-to-head-tiny-qwen35moe*.json; figures: experiments/figures/head-to-head-*.png.
 """
 
 from __future__ import annotations
