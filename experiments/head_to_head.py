@@ -1,13 +1,15 @@
 """Head to head: does the study beat the ways people choose recipes today, judged on text it never saw?
 
-On one model, scoring text, context, chunk count, imatrix and objectives (size, 99.9% KLD; 99% KLD beside):
+On one model (a PROFILES entry: tiny-qwen35moe, or the demo with the built-in text as a second held-out domain),
+scoring text, context, chunk count, imatrix and objectives (size, 99.9% KLD; 99% KLD beside):
 
-The searched space (SPACE): the big tensor types (token_embd, output, routed experts; block 0 of the experts
-apart) over LADDER, and every other quantized tensor type as one tied parameter over REST_LADDER.
+The searched space (`Profile.space`): the big tensor types (tiny-qwen35moe: token_embd, output, routed experts;
+block 0 of the experts apart) over the profile's ladder, and every other quantized tensor type as one tied
+parameter over its `rest_ladder`.
 
 - (a) `presets`: llama.cpp's presets (PRESETS), with the imatrix;
 - (b) `hand`: a hand sweep as uploaders build one: uniform types, one parameter moved a ladder step up or down
-  from uniform Q4_K (then Q3_K), random fill to --hand recipes, each measured in full;
+  from uniform Q4_K (then Q3_K; the profile's `hand_bases`), random fill to --hand recipes, each measured in full;
 - (c) `kld-greedy`: the one-type-at-a-time KLD sweep of the space (every parameter's tensor types over its ladder,
   on the study's `sweep_chunk_count` chunks: a tenth of the search's), then the knapsack allocator at each size
   target, unverified;
@@ -20,8 +22,8 @@ apart) over LADDER, and every other quantized tensor type as one tied parameter 
   targets and at SURROGATE_SEEDS sizes spread over the range, enqueued first); `study`: plus every REFIT_EVERY-th
   trial proposed by the surrogate refitted to the measured trials; before rows: `study-sweep2`, `study` with the
   sweep on 2 chunks whatever the search's, and `study-dense`, that with twice the spread seeds;
-- (f) `templates`: role-based "dynamic" recipes (routed experts low, the rest high, the first block's experts
-  protected), the largest few that fit each size target.
+- (f) `templates`: role-based "dynamic" recipes (routed experts, the demo's FFN, low; the rest high; the first
+  block's of them protected), the largest few that fit each size target.
 
 Every measurement goes through the tool's Worker, so a rerun reads it from the measurement cache and costs
 nothing; a method is charged the measuring time each of its measurements took when first made (quantize,
@@ -33,14 +35,14 @@ Each method's best recipe at each size target (by the search text) and the chose
 95% chunk-bootstrap intervals, and every method's pick is tested against the study's (paired chunk bootstrap
 over the same held-out chunks).
 
-    PYTHONPATH=. python experiments/head_to_head.py [--work DIR] [--seeds 0 1 2] [--trials 20 40 80] [--hand 121]
+    PYTHONPATH=. python experiments/head_to_head.py [--profile demo] [--work DIR] [--seeds 0 1 2] [--trials 20 40 80] [--hand 121]
         [--methods ...] [--variant-trials N] [--variant-seeds ...] [--holdout-frontiers METHOD...]
     python experiments/head_to_head.py --markdown RESULTS.json      # the README's tables
 
 (PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) The README gives the
 command of its run.
 
-Results: experiments/results/head-to-head-tiny-qwen35moe*.json; figures: experiments/figures/head-to-head-*.png.
+Results: experiments/results/head-to-head-PROFILE*.json; figures: experiments/figures/head-to-head-*.png.
 """
 
 from __future__ import annotations
@@ -76,41 +78,88 @@ from recipe_search.text import TextSource
 from recipe_search.worker import Measurement, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT.parent / "shared" / "data" / "tiny-qwen35moe" / "model-bf16.gguf"
-WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-# the model never trained on wiki.test.raw[0:0.4] (its README); three disjoint ranges of it
-SEARCH, HOLDOUT, CALIBRATION = (0.0, 0.12), (0.12, 0.24), (0.24, 0.4)
+SHARED = ROOT.parent / "shared" / "data"
+WIKI = SHARED / "wikitext-2-raw" / "wiki.test.raw"
 CTX, CHUNKS = 512, 20  # 20 x 255 = 5,100 scored tokens: the 99.9th percentile rests on ~5 tokens
-LADDER = ("Q8_0", "Q6_K", "Q4_K", "Q3_K", "Q2_K")
-REST_LADDER = ("Q8_0", "Q6_K", "Q4_K")
-EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
-BIG = ("token_embd", "output", *EXPERTS)  # 86% of the weights, each a parameter over LADDER
-#: every other quantized tensor type (attention, SSM, shared experts): one tied parameter over REST_LADDER, so the
-#: role templates' "everything else at Q6_K / Q4_K" is in the space
-REST = ("attn_qkv", "attn_gate", "attn_q", "attn_k", "attn_v", "attn_output", "ssm_out", "ssm_alpha", "ssm_beta",
-        "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp")
-SEARCHED = (*BIG, *REST)
-SPACE = SpaceConfig(tensor_types=list(SEARCHED), ladder=list(LADDER), ladders={k: list(REST_LADDER) for k in REST},
-                    tied=[["ffn_gate_exps", "ffn_up_exps"], list(REST)],
-                    bands={k: [0, 1] for k in EXPERTS}, unmatched="Q8_0")
 PRESETS = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "IQ4_XS")
-TARGETS_BPW = (4.0, 5.0)
 #: fixed before the run: (file bytes of the uniform Q8_0 recipe, log10 of a 99.9% KLD of 10 nats); points beyond
 #: either bound add nothing
 REFERENCE_KLD = 10.0
 SURROGATE_SEEDS = 8
 REFIT_EVERY = 2
-#: the study variants: the config's defaults (before), then the tool's surrogate options added one at a time
-STUDIES = {
+#: the study variants: the config's defaults (before), then the tool's surrogate options added one at a time (each
+#: with the profile's size targets as `target_bpw`)
+STUDIES: dict[str, dict] = {
     "study-plain": {},
-    "study-seeded": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW)},
-    "study": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "refit_every": REFIT_EVERY},
+    "study-seeded": {"surrogate_seeds": SURROGATE_SEEDS},
+    "study": {"surrogate_seeds": SURROGATE_SEEDS, "refit_every": REFIT_EVERY},
     # before the sweep's fidelity followed the search's: 2 sweep chunks whatever the search's
-    "study-sweep2": {"surrogate_seeds": SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "refit_every": REFIT_EVERY,
-                     "sweep_chunks": 2},
+    "study-sweep2": {"surrogate_seeds": SURROGATE_SEEDS, "refit_every": REFIT_EVERY, "sweep_chunks": 2},
     # twice the spread seeds: a denser first frontier, for the 60-chunk run where each measurement costs 3x
-    "study-dense": {"surrogate_seeds": 2 * SURROGATE_SEEDS, "target_bpw": list(TARGETS_BPW), "sweep_chunks": 2,
-                    "refit_every": REFIT_EVERY},
+    "study-dense": {"surrogate_seeds": 2 * SURROGATE_SEEDS, "sweep_chunks": 2, "refit_every": REFIT_EVERY},
+}
+
+
+def _demo_model() -> Path:
+    from recipe_search.demo import demo_model_path
+
+    return demo_model_path()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One model's head to head: its texts (byte ranges of wiki.test.raw), searched space, templates and targets."""
+
+    label: str
+    model: Callable[[], Path]
+    search: tuple[float, float]
+    holdout: tuple[float, float]
+    calibration: tuple[float, float]
+    ladder: tuple[str, ...]  # of each `big` tensor type
+    big: tuple[str, ...]
+    rest: tuple[str, ...]  # every other quantized tensor type: one tied parameter over `rest_ladder`
+    rest_ladder: tuple[str, ...]
+    low: tuple[str, ...]  # what the role templates put low, block 0 a band of its own; the last a step higher
+    tied: tuple[str, str]  # two of `low` that share a type
+    low_types: tuple[str, ...]  # the templates' low types
+    hand_bases: tuple[str, str]  # the uniform types the hand sweep moves one parameter away from
+    targets: tuple[float, ...]
+    second_holdout: TextSource | None = None  # a second domain the picks are also re-scored on
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        return (*self.big, *self.rest)
+
+    @property
+    def space(self) -> SpaceConfig:
+        return SpaceConfig(tensor_types=list(self.searched), ladder=list(self.ladder),
+                           ladders={k: list(self.rest_ladder) for k in self.rest},
+                           tied=[list(self.tied), list(self.rest)], bands={k: [0, 1] for k in self.low},
+                           unmatched="Q8_0")
+
+
+EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+PROFILES = {
+    # the model never trained on wiki.test.raw[0:0.4] (its README); three disjoint ranges of it. The big types
+    # (token_embd, output, routed experts) are 86% of the weights; the rest (attention, SSM, shared experts) is
+    # one tied parameter, so the role templates' "everything else at Q6_K / Q4_K" is in the space
+    "tiny-qwen35moe": Profile(
+        "tiny-qwen35moe/model-bf16.gguf", lambda: SHARED / "tiny-qwen35moe" / "model-bf16.gguf",
+        (0.0, 0.12), (0.12, 0.24), (0.24, 0.4), ("Q8_0", "Q6_K", "Q4_K", "Q3_K", "Q2_K"),
+        ("token_embd", "output", *EXPERTS),
+        ("attn_qkv", "attn_gate", "attn_q", "attn_k", "attn_v", "attn_output", "ssm_out", "ssm_alpha", "ssm_beta",
+         "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"), ("Q8_0", "Q6_K", "Q4_K"),
+        EXPERTS, ("ffn_gate_exps", "ffn_up_exps"), ("Q2_K", "Q3_K"), ("Q4_K", "Q3_K"), (4.0, 5.0)),
+    # Gemma 3 270M (F16 from Q4_K_M: its weights sit on Q4_K/Q5_0/Q6_K/Q8_0 grids already, so those types are
+    # nearly free; its 640-wide rows send K-quants on most tensors to llama.cpp's fallbacks, which the measurements
+    # record; IQ4_NL, their fallback for Q3_K and Q2_K, is on the ladder so every cell the surrogate needs is swept).
+    # token_embd is 63% of its weights; the held-out picks are also re-scored on the built-in text
+    "demo": Profile(
+        "gemma-3-270m-f16.gguf (demo)", _demo_model, (0.0, 0.1), (0.1, 0.2), (0.2, 0.3),
+        ("Q8_0", "Q6_K", "Q5_0", "Q4_K", "IQ4_NL", "Q4_0", "Q3_K", "Q2_K"), ("token_embd", "ffn_gate", "ffn_up", "ffn_down"),
+        ("attn_q", "attn_k", "attn_v", "attn_output"), ("Q8_0", "Q6_K", "Q5_0", "Q4_0"),
+        ("ffn_gate", "ffn_up", "ffn_down"), ("ffn_gate", "ffn_up"), ("Q3_K", "Q4_0"), ("Q5_0", "Q4_0"), (5.0, 6.0),
+        second_holdout=TextSource()),
 }
 
 
@@ -174,10 +223,16 @@ class Setup:
     imatrix: ImatrixInput
     search: Worker
     holdout: Worker
+    second: Worker | None  # the profile's second held-out domain
     space: SearchSpace
     config: StudyConfig
     reference_point: tuple[float, float]
     log: Callable[[str], None]
+    profile: Profile
+
+    @property
+    def model(self) -> Path:
+        return self.search.model
 
     @property
     def extra_kv(self) -> dict:
@@ -188,35 +243,40 @@ class Setup:
         return s.file_bytes, s.bits_per_weight
 
 
-def setup(work: Path, threads: int, log: Callable[[str], None], holdout_chunks: int | None = CHUNKS,
+def setup(profile: Profile, work: Path, threads: int, log: Callable[[str], None], holdout_chunks: int | None = CHUNKS,
           chunks: int = CHUNKS) -> Setup:
     work.mkdir(parents=True, exist_ok=True)
+    model = profile.model()
+    calibration = text(profile.calibration)
     cache = work / "cache"
     imatrix_path = work / "imatrix-calibration.gguf"
     if not imatrix_path.exists():
-        log(f"imatrix on {text(CALIBRATION).label}")
-        im = collect_imatrix(MODEL, text(CALIBRATION).read(), ctx=CTX, n_chunks=None, n_threads=threads,
-                             process_output=True, dataset=text(CALIBRATION).label)
+        log(f"imatrix on {calibration.label}")
+        im = collect_imatrix(model, calibration.read(), ctx=CTX, n_chunks=None, n_threads=threads,
+                             process_output=True, dataset=calibration.label)
         save_imatrix_gguf(im, imatrix_path)
     imatrix = ImatrixInput.from_file(imatrix_path)
-    search = Worker(MODEL, ScoreSettings(text(SEARCH), CTX, chunks, threads), cache, work / "work", imatrix=imatrix)
-    holdout = Worker(MODEL, ScoreSettings(text(HOLDOUT), CTX, holdout_chunks, threads), cache, work / "work",
-                     imatrix=imatrix)
-    config = StudyConfig(text=f"{WIKI}[{SEARCH[0]}:{SEARCH[1]}]", holdout_text=f"{WIKI}[{HOLDOUT[0]}:{HOLDOUT[1]}]",
+    def worker(source: TextSource, n: int | None) -> Worker:
+        return Worker(model, ScoreSettings(source, CTX, n, threads), cache, work / "work", imatrix=imatrix)
+
+    search, holdout = worker(text(profile.search), chunks), worker(text(profile.holdout), holdout_chunks)
+    second = worker(profile.second_holdout, holdout_chunks) if profile.second_holdout else None
+    (a, b), (c, d) = profile.search, profile.holdout
+    config = StudyConfig(text=f"{WIKI}[{a}:{b}]", holdout_text=f"{WIKI}[{c}:{d}]",
                          ctx=CTX, chunks=chunks, imatrix=str(imatrix_path), threads=threads,
-                         objectives=["size", "kld_p999"], space=SPACE,
+                         objectives=["size", "kld_p999"], space=profile.space,
                          references={"uniform": "ladder", "presets": ["Q4_K_M"]})
     space = build_space(config, search.inventory, has_imatrix=True)
     q8 = predict_size(resolve(space.recipe(space.nearest({k: GGMLType.Q8_0 for p in space.parameters for k in p.kinds},
                                                          search.inventory)), search.inventory),
                       search.inventory, imatrix.kv())
-    for w, what in ((search, "search"), (holdout, "held-out")):
+    for w, what in ((search, "search"), (holdout, "held-out"), *([(second, "second held-out")] if second else [])):
         n = w.reference.meta["n_tokens"]
         log(f"{what} reference: {n} scored tokens of {w.settings.text.label}")
         if n < 5000:
             raise RecipeSearchError(f"the {what} text gives {n} scored tokens, fewer than 5,000")
-    return Setup(work, imatrix_path, imatrix, search, holdout, space, config,
-                 (float(q8.file_bytes), math.log10(REFERENCE_KLD)), log)
+    return Setup(work, imatrix_path, imatrix, search, holdout, second, space, config,
+                 (float(q8.file_bytes), math.log10(REFERENCE_KLD)), log, profile)
 
 
 def uniform_choice(s: Setup, t: str) -> dict[str, int]:
@@ -234,16 +294,17 @@ def presets(s: Setup) -> Method:
 
 # -- (b) hand sweep ---------------------------------------------------------------------------------
 def hand_recipes(s: Setup, n: int, seed: int = 0) -> list[tuple[str, dict[str, int]]]:
-    """Uniform ladder recipes; one parameter a step up and a step down from uniform Q4_K, then Q3_K; random fill."""
+    """Uniform ladder recipes; one parameter a step up and a step down from each of the profile's two uniform bases
+    (Q4_K, then Q3_K on tiny-qwen35moe); random fill."""
     params = s.space.parameters
     out: dict[tuple, tuple[str, dict[str, int]]] = {}
 
     def put(name: str, choice: dict[str, int]) -> None:
         out.setdefault(tuple(choice[p.name] for p in params), (name, choice))
 
-    for t in LADDER:
+    for t in s.profile.ladder:
         put(f"uniform-{t}", uniform_choice(s, t))
-    for base in ("Q4_K", "Q3_K"):
+    for base in s.profile.hand_bases:
         c = uniform_choice(s, base)
         for p in params:
             for step, word in ((-1, "up"), (1, "down")):
@@ -269,10 +330,10 @@ def hand(s: Setup, n: int) -> Method:
 # -- (c) KLD sweep + allocator ----------------------------------------------------------------------
 def sweep(s: Setup) -> tuple[Path, float]:
     """(c)'s one-type-at-a-time sweep of the space (every parameter's tensor types over its ladder, the cells a
-    sweeping study measures), scored on the study's `sweep_chunk_count` chunks; the measuring seconds its cells cost when first
-    measured (each row records them)."""
-    settings = ScoreSettings(text(SEARCH), CTX, s.config.sweep_chunk_count, s.search.settings.threads)
-    worker = Worker(MODEL, settings, s.search.cache_dir, s.work / "work", imatrix=s.imatrix)
+    sweeping study measures), scored on the study's `sweep_chunk_count` chunks; the measuring seconds its cells cost
+    when first measured (each row records them)."""
+    settings = ScoreSettings(text(s.profile.search), CTX, s.config.sweep_chunk_count, s.search.settings.threads)
+    worker = Worker(s.model, settings, s.search.cache_dir, s.work / "work", imatrix=s.imatrix)
     out = s.work / f"kld-sweep-{settings.chunks}chunks"
     table = run_sweep(worker, out, ladders=space_ladders(s.space), log=s.log)
     return out, sum(float(row["seconds"]) for row in table.rows)
@@ -283,7 +344,7 @@ def allocated(s: Setup, key: str, table: SensitivityTable, charged: float) -> Me
     m = Method(key)
     m.charge(charged)
     alloc = Allocator(Surrogate(table, s.search.inventory), s.space, s.extra_kv)
-    for target in TARGETS_BPW:
+    for target in s.profile.targets:
         a = alloc.allocate(target, "bpw", "kld_mean")
         recipe = a.recipe.model_copy(update={"name": f"{key}-{target:.2f}bpw"})
         m.picks[target] = m.add(recipe.name, recipe, s.search.measure(recipe))
@@ -306,14 +367,14 @@ def weight_error_table(s: Setup) -> tuple[Path, float]:
         return out, json.loads((out / "meta.json").read_text())["seconds"]
     start = time.perf_counter()
     inv = s.search.inventory
-    source = {t.name: t for t in GGUFReader(MODEL).tensors}
+    source = {t.name: t for t in GGUFReader(s.model).tensors}
     weights = s.imatrix.arrays
     table = SensitivityTable(out, {"format": 1, "model_fingerprint": model_fingerprint(inv), "proxy": "weight-error",
-                                   "text": text(CALIBRATION).label, "ctx": CTX, "chunks": 0})
+                                   "text": text(s.profile.calibration).label, "ctx": CTX, "chunks": 0})
     n_tokens = 100
-    for t in LADDER:
+    for t in s.profile.ladder:
         path = s.work / f"uniform-{t}.gguf"
-        quantize_model(MODEL, uniform_recipe(t), path, imatrix=s.imatrix, threads=s.search.settings.threads,
+        quantize_model(s.model, uniform_recipe(t), path, imatrix=s.imatrix, threads=s.search.settings.threads,
                        inventory=inv)
         errors: dict[str, float] = {}
         for q in GGUFReader(path).tensors:
@@ -341,6 +402,12 @@ def weight_error_table(s: Setup) -> tuple[Path, float]:
 
 
 # -- (e) the study ----------------------------------------------------------------------------------
+def study_options(profile: Profile, key: str) -> dict:
+    """The config options of study variant ``key``: STUDIES', the profile's size targets with the surrogate's."""
+    options = STUDIES[key]
+    return {**options, "target_bpw": list(profile.targets)} if options.get("surrogate_seeds") else dict(options)
+
+
 def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     """One study variant of STUDIES (the config's defaults, or with the surrogate options), run to ``trials``
     searched trials; charged its measurements, the time of trials that measured nothing new (pruned, failed),
@@ -350,8 +417,8 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     from recipe_search.study import Study
     from recipe_search.trial_record import TrialRecord
 
-    config = s.config.model_copy(update={"seed": seed, **STUDIES[key]})
-    opened = Study.open(MODEL, config, name=f"{key}-{seed}", directory=s.work / f"{key}-{seed}",
+    config = s.config.model_copy(update={"seed": seed, **study_options(s.profile, key)})
+    opened = Study.open(s.model, config, name=f"{key}-{seed}", directory=s.work / f"{key}-{seed}",
                         cache=s.work / "cache")
     opened.prepare(s.log)
     s.log(f"{key} seed {seed}: running to {trials} trials")
@@ -375,14 +442,15 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
 
 # -- (f) templates ----------------------------------------------------------------------------------
 def template(s: Setup, experts: str, rest: str, protect: str | None, down_step: bool) -> Recipe:
-    """Routed experts at ``experts`` (ffn_down_exps a ladder step higher with ``down_step``), block 0's experts at
-    ``protect``, everything else at ``rest``."""
-    i = LADDER.index(experts)
-    down = LADDER[max(i - 1, 0)] if down_step else experts
+    """The profile's low tensor types (the routed experts on tiny-qwen35moe) at ``experts`` (the last of them,
+    ffn_down, a ladder step higher with ``down_step``), block 0's at ``protect``, everything else at ``rest``."""
+    ladder, low = s.profile.ladder, s.profile.low
+    i = ladder.index(experts)
+    down = ladder[max(i - 1, 0)] if down_step else experts
     rules = []
     if protect:
-        rules += [Rule(tensors=k, blocks=[0], type=protect) for k in EXPERTS]
-    rules += [Rule(tensors=k, type=down if k == "ffn_down_exps" else experts) for k in EXPERTS]
+        rules += [Rule(tensors=k, blocks=[0], type=protect) for k in low]
+    rules += [Rule(tensors=k, type=down if k == low[-1] else experts) for k in low]
     name = f"template-exps{experts}{'+down' if down_step else ''}-rest{rest}{'-blk0' + protect if protect else ''}"
     return Recipe(name=name, unmatched=Unmatched(type=rest), rules=rules)
 
@@ -390,12 +458,13 @@ def template(s: Setup, experts: str, rest: str, protect: str | None, down_step: 
 def templates(s: Setup) -> Method:
     m = Method("templates")
     measured: dict[str, Point] = {}
-    for target in TARGETS_BPW:
+    high = s.profile.rest_ladder  # the rest's types; block 0 protected at its second or third
+    for target in s.profile.targets:
         fits = []
-        for experts in ("Q2_K", "Q3_K"):
+        for experts in s.profile.low_types:
             best = None
-            for rest in ("Q8_0", "Q6_K", "Q4_K"):
-                for protect in ("Q6_K", "Q4_K", None):
+            for rest in high:
+                for protect in (*high[1:3], None):
                     for down_step in (True, False):
                         r = template(s, experts, rest, protect, down_step)
                         bpw = s.size(r)[1]
@@ -437,13 +506,20 @@ def best_at(points: list[Point], target: float) -> Point | None:
 
 
 def held_out(s: Setup, p: Point, n_boot: int) -> dict:
-    m = s.holdout.measure(p.recipe)
-    per_chunk = scored_per_chunk(CTX)
-    tokens = np.asarray(m.kld_tokens, np.float64)
-    return {"metrics": {k: m.metrics[k] for k in ("kld_p999", "kld_p99", "kld_mean")},
-            "ci95": {k: list(bootstrap_ci(tokens, statistic_of(k), per_chunk, n_boot=n_boot))
-                     for k in ("kld_p999", "kld_p99", "kld_mean")},
-            "tokens": tokens, "cost_s": measure_cost(m)}
+    """``p`` re-scored on the held-out text (and on the profile's second domain, as `second`), with chunk-bootstrap
+    intervals."""
+    def scored(worker: Worker) -> dict:
+        m = worker.measure(p.recipe)
+        tokens = np.asarray(m.kld_tokens, np.float64)
+        return {"metrics": {k: m.metrics[k] for k in ("kld_p999", "kld_p99", "kld_mean")},
+                "ci95": {k: list(bootstrap_ci(tokens, statistic_of(k), scored_per_chunk(CTX), n_boot=n_boot))
+                         for k in ("kld_p999", "kld_p99", "kld_mean")},
+                "tokens": tokens, "cost_s": measure_cost(m)}
+
+    out = scored(s.holdout)
+    if s.second is not None:
+        out["second"] = {k: v for k, v in scored(s.second).items() if k in ("metrics", "ci95")}
+    return out
 
 
 def time_to(curve: list[tuple[float, float]], level: float) -> float | None:
@@ -456,7 +532,7 @@ def count_to(curve: list[tuple[float, float]], level: float) -> int | None:
 
 
 def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[str, list], out_dir: Path,
-         ref: tuple[float, float], prefix: str = "head-to-head") -> list[str]:
+         ref: tuple[float, float], prefix: str, model: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -476,7 +552,7 @@ def plot(methods: list[Method], curves: dict[str, list], holdout_fronts: dict[st
                     label=m.key if not m.run else f"{m.key} (one line per seed)" if m.run == "0" else None)
     ax.set_xlabel("charged wall time (min; measuring, plus the sweep / table for (c), (d), (e))")
     ax.set_ylabel("hypervolume, file bytes x log10 99.9% KLD (search text)")
-    ax.set_title(f"tiny-qwen35moe: hypervolume against time (reference {ref[0]:.4g} B, KLD {10 ** ref[1]:g})")
+    ax.set_title(f"{model}: hypervolume against time (reference {ref[0]:.4g} B, KLD {10 ** ref[1]:g})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     hv_png = out_dir / f"{prefix}-hypervolume.png"
@@ -522,19 +598,24 @@ def main() -> int:
                     help="methods whose whole final frontier is re-scored on the held-out text (default: all; the "
                          "study's seed 0 only)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--figures", default="head-to-head", help="file name prefix of the two figures")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="tiny-qwen35moe", help="the model and its space")
+    ap.add_argument("--figures", help="file name prefix of the two figures (default: head-to-head, then -PROFILE "
+                                      "for another profile than tiny-qwen35moe)")
     ap.add_argument("--chunks", type=int, default=CHUNKS, help=f"search-text chunks every method chooses on (default {CHUNKS})")
     ap.add_argument("--holdout-chunks", type=int, default=CHUNKS,
                     help=f"chunks of the held-out text each pick is re-scored on (default {CHUNKS}; 0: all the range has)")
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--json", type=Path, default=ROOT / "experiments" / "results" / "head-to-head-tiny-qwen35moe.json")
+    ap.add_argument("--json", type=Path, help="the results file (default: "
+                    "experiments/results/head-to-head-PROFILE.json)")
     a = ap.parse_args()
     started = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:7.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    s = setup(a.work, a.threads, log, a.holdout_chunks or None, a.chunks)
+    profile = PROFILES[a.profile]
+    out_json = a.json or ROOT / "experiments" / "results" / f"head-to-head-{a.profile}.json"
+    s = setup(profile, a.work, a.threads, log, a.holdout_chunks or None, a.chunks)
     ref = s.reference_point
     log(f"hypervolume reference point (fixed): {ref[0]:.0f} bytes, log10 KLD {ref[1]:.3f}")
     methods: list[Method] = []
@@ -573,13 +654,15 @@ def main() -> int:
     final = {m.label: (curves[m.label][-1][1] if curves[m.label] else 0.0) for m in methods}
     hand_m = next((m for m in methods if m.key == "hand"), None)
     result: dict = {
-        "model": "tiny-qwen35moe/model-bf16.gguf", "search_text": text(SEARCH).label, "holdout_text": text(HOLDOUT).label,
-        "imatrix_text": text(CALIBRATION).label, "ctx": CTX, "chunks": a.chunks,
+        "model": profile.label, "search_text": text(profile.search).label,
+        "holdout_text": text(profile.holdout).label, "imatrix_text": text(profile.calibration).label,
+        **({"second_holdout_text": s.second.settings.text.label} if s.second else {}), "ctx": CTX, "chunks": a.chunks,
         "scored_tokens": s.search.reference.meta["n_tokens"],
         "holdout_scored_tokens": s.holdout.reference.meta["n_tokens"],
-        "ladder": list(LADDER), "searched": list(SEARCHED), "sweep_chunks": s.config.sweep_chunk_count,
-        "rest": list(REST), "rest_ladder": list(REST_LADDER), "studies": STUDIES,
-        "targets_bpw": list(TARGETS_BPW), "presets": list(PRESETS),
+        "ladder": list(profile.ladder), "searched": list(profile.searched), "sweep_chunks": s.config.sweep_chunk_count,
+        "rest": list(profile.rest), "rest_ladder": list(profile.rest_ladder),
+        "studies": {k: study_options(profile, k) for k in STUDIES},
+        "targets_bpw": list(profile.targets), "presets": list(PRESETS),
         "objectives": ["size", "kld_p999"], "reference_point": {"file_bytes": ref[0], "log10_kld_p999": ref[1]},
         "methods": {}, "time_to_hypervolume": {}, "targets": {}, "holdout_frontiers": {}}
     for m in methods:
@@ -607,14 +690,15 @@ def main() -> int:
             held[key] = held_out(s, p, a.n_boot)
         return held[key]
 
-    for target in TARGETS_BPW:
+    for target in profile.targets:
         rows = {}
         for m in methods:
             p = m.picks.get(target) or best_at(m.points, target)
             if p is None:
                 continue
             h = measure_held(p)
-            rows[m.label] = {**p.row(), "holdout": h["metrics"], "holdout_ci95": h["ci95"]}
+            rows[m.label] = {**p.row(), "holdout": h["metrics"], "holdout_ci95": h["ci95"],
+                             **({"second": h["second"]} if "second" in h else {})}
         for m in methods:
             if not m.key.startswith("study") or m.label not in rows:
                 continue
@@ -657,12 +741,14 @@ def main() -> int:
             result["holdout_frontiers"][m.label] = {"spearman_kld_p999": None, "points": front_rows}
     for m in methods:  # the others: their picks at the targets, measured on the held-out text above
         if m.label not in holdout_fronts:
-            picked = [result["targets"][f"{t:.2f}bpw"].get(m.label) for t in TARGETS_BPW]
+            picked = [result["targets"][f"{t:.2f}bpw"].get(m.label) for t in profile.targets]
             holdout_fronts[m.label + " (picks)"] = [r for r in picked if r]
-    result["figures"] = plot(methods, curves, holdout_fronts, ROOT / "experiments" / "figures", ref, a.figures)
+    result["figures"] = plot(methods, curves, holdout_fronts, ROOT / "experiments" / "figures", ref,
+                             a.figures or f"head-to-head{'' if a.profile == 'tiny-qwen35moe' else '-' + a.profile}",
+                             a.profile)
     result["wall_s_this_run"] = round(time.perf_counter() - started, 1)
-    atomic_write_text(a.json, json.dumps(result, indent=1, default=float) + "\n")
-    log(f"wrote {a.json}")
+    atomic_write_text(out_json, json.dumps(result, indent=1, default=float) + "\n")
+    log(f"wrote {out_json}")
     print_tables(result)
     return 0
 
@@ -709,12 +795,14 @@ def markdown(r: dict) -> str:
         lines.append(f"| {key} | {seed} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in hv)
                      + f" | {'not reached' if fr is None else f'{fr:.2f}'} | "
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in picks) + " |")
+    second = "second_holdout_text" in r
     for target, rows in r["targets"].items():
         lines += ["", (f"**{target}** (the best recipe at or under it by the search text; held-out 99.9% and 99% KLD "
                        "with 95% chunk-bootstrap intervals; the study's picks tested against each other method's, "
                        "paired chunk bootstrap of the held-out 99.9% KLD):"), "",
-                  "| method | recipe | bpw | search 99.9% | held-out 99.9% [95%] | held-out 99% [95%] | vs the study |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+                  "| method | recipe | bpw | search 99.9% | held-out 99.9% [95%] | held-out 99% [95%] | "
+                  + ("second domain 99.9% [95%] | " if second else "") + "vs the study |",
+                  "|---|---|---:|---:|---:|---:|" + ("---:|" if second else "") + "---|"]
         calls: dict[str, list[str]] = {}
         for label, row in rows.items():
             for other, v in row.get("vs", {}).items():
@@ -728,7 +816,10 @@ def markdown(r: dict) -> str:
                     else "worse than the best of (a),(c),(d),(f)"
             lines.append(f"| {label} | {row['name']} | {row['bpw']:.3f} | {row['kld_p999']:.3f} | {h['kld_p999']:.3f} "
                          f"[{ci['kld_p999'][0]:.3f}, {ci['kld_p999'][1]:.3f}] | {h['kld_p99']:.3f} "
-                         f"[{ci['kld_p99'][0]:.3f}, {ci['kld_p99'][1]:.3f}] | {mark or '; '.join(calls.get(label, []))} |")
+                         f"[{ci['kld_p99'][0]:.3f}, {ci['kld_p99'][1]:.3f}] | "
+                         + (f"{row['second']['metrics']['kld_p999']:.3f} [{row['second']['ci95']['kld_p999'][0]:.3f}, "
+                            f"{row['second']['ci95']['kld_p999'][1]:.3f}] | " if second else "")
+                         + f"{mark or '; '.join(calls.get(label, []))} |")
     return "\n".join(lines)
 
 
