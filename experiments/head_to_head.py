@@ -152,7 +152,7 @@ PROFILES = {
         EXPERTS, ("ffn_gate_exps", "ffn_up_exps"), ("Q2_K", "Q3_K"), ("Q4_K", "Q3_K"), (4.0, 5.0)),
     # Gemma 3 270M (F16 from Q4_K_M: its weights sit on Q4_K/Q5_0/Q6_K/Q8_0 grids already, so those types are
     # nearly free; its 640-wide rows send K-quants on most tensors to llama.cpp's fallbacks, which the measurements
-    # record; IQ4_NL, their fallback for Q3_K and Q2_K, is on the ladder so every cell the surrogate needs is swept).
+    # record: Q6_K -> Q8_0, Q4_K -> Q5_0, Q3_K and Q2_K -> Q4_0, all on the ladder, beside IQ4_NL, a 32-block type).
     # token_embd is 63% of its weights; the held-out picks are also re-scored on the built-in text
     "demo": Profile(
         "gemma-3-270m-f16.gguf (demo)", _demo_model, (0.0, 0.1), (0.1, 0.2), (0.2, 0.3),
