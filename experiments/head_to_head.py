@@ -505,9 +505,9 @@ def best_at(points: list[Point], target: float) -> Point | None:
     return min(fits, key=lambda p: (p.metrics["kld_p999"], p.file_bytes)) if fits else None
 
 
-def held_out(s: Setup, p: Point, n_boot: int) -> dict:
-    """``p`` re-scored on the held-out text (and on the profile's second domain, as `second`), with chunk-bootstrap
-    intervals."""
+def held_out(s: Setup, p: Point, n_boot: int, second: bool = True) -> dict:
+    """``p`` re-scored on the held-out text (and, with ``second``, on the profile's second domain, as `second`), with
+    chunk-bootstrap intervals."""
     def scored(worker: Worker) -> dict:
         m = worker.measure(p.recipe)
         tokens = np.asarray(m.kld_tokens, np.float64)
@@ -517,7 +517,7 @@ def held_out(s: Setup, p: Point, n_boot: int) -> dict:
                 "tokens": tokens, "cost_s": measure_cost(m)}
 
     out = scored(s.holdout)
-    if s.second is not None:
+    if second and s.second is not None:
         out["second"] = {k: v for k, v in scored(s.second).items() if k in ("metrics", "ci95")}
     return out
 
@@ -684,10 +684,10 @@ def main() -> int:
     # held-out: each method's pick per target, tested against the study's (seed 0, its largest trial count)
     held: dict[tuple[str, str], dict] = {}
 
-    def measure_held(p: Point) -> dict:
+    def measure_held(p: Point, second: bool = True) -> dict:
         key = (p.method + p.run, p.name)
-        if key not in held:
-            held[key] = held_out(s, p, a.n_boot)
+        if key not in held or (second and s.second is not None and "second" not in held[key]):
+            held[key] = held_out(s, p, a.n_boot, second)
         return held[key]
 
     for target in profile.targets:
@@ -728,8 +728,8 @@ def main() -> int:
         if m.key not in front_methods or (m.key.startswith("study") and m.run != str(a.seeds[0])):
             continue
         front_rows = []
-        for p in frontier(m.points):
-            h = measure_held(p)
+        for p in frontier(m.points):  # the figure's frontiers: held-out text only
+            h = measure_held(p, second=False)
             front_rows.append({**p.row(), "holdout": h["metrics"], "holdout_ci95": h["ci95"]})
         holdout_fronts[m.label] = front_rows
         if len(front_rows) >= 3:
