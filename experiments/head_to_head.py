@@ -410,8 +410,8 @@ def study_options(profile: Profile, key: str) -> dict:
 
 def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     """One study variant of STUDIES (the config's defaults, or with the surrogate options), run to ``trials``
-    searched trials; charged its measurements, the time of trials that measured nothing new (pruned, failed),
-    and its own sweep's measuring time."""
+    searched trials; charged its measurements, the time of trials that measured nothing new (pruned, failed; not a
+    killed worker's trial, whose span runs to its resume), and its own sweep's measuring time."""
     from optuna.trial import TrialState
 
     from recipe_search.study import Study
@@ -425,7 +425,9 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     opened.run_to(trials)
     m = Method(key, str(seed))
     m.charge(float(opened.optuna_study.user_attrs.get("sweep_seconds", 0.0)))
-    finished = [t for t in opened.optuna_study.get_trials(deepcopy=False) if t.datetime_complete]
+    all_trials = opened.optuna_study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in all_trials}  # killed workers' trials: their retry is charged
+    finished = [t for t in all_trials if t.datetime_complete and not (t.state == TrialState.FAIL and t.number in retried)]
     for t in sorted(finished, key=lambda t: (t.datetime_complete, t.number)):  # in the order they were known
         r = TrialRecord.from_trial(t)
         if t.state == TrialState.COMPLETE and r.measured and r.measurement is not None:
