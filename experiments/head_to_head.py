@@ -74,7 +74,7 @@ from recipe_search.sensitivity import SensitivityTable, run_sweep, space_ladders
 from recipe_search.size import predict_size
 from recipe_search.space import SearchSpace, SpaceConfig, StudyConfig, build_space
 from recipe_search.surrogate import Allocator, Surrogate
-from recipe_search.text import TextSource
+from recipe_search.text import TextSource, text_sha256
 from recipe_search.worker import Measurement, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,6 +277,16 @@ def setup(profile: Profile, work: Path, threads: int, log: Callable[[str], None]
             raise RecipeSearchError(f"the {what} text gives {n} scored tokens, fewer than 5,000")
     return Setup(work, imatrix_path, imatrix, search, holdout, second, space, config,
                  (float(q8.file_bytes), math.log10(REFERENCE_KLD)), log, profile)
+
+
+def provenance(s: Setup) -> dict:
+    """The model by fingerprint, each text by digest, the imatrix by the digest of what the quantizer receives."""
+    meta = {what: w.reference.meta for what, w in (("search", s.search), ("holdout", s.holdout), ("second", s.second))
+            if w is not None}
+    return {"model_fingerprint": meta["search"]["model_fingerprint"],
+            "text_sha256": {**{what: m["text_sha256"] for what, m in meta.items()},
+                            "imatrix_calibration": text_sha256(text(s.profile.calibration).read())},
+            "imatrix_digest": s.imatrix.digest}
 
 
 def uniform_choice(s: Setup, t: str) -> dict[str, int]:
@@ -658,7 +668,8 @@ def main() -> int:
     result: dict = {
         "model": profile.label, "search_text": text(profile.search).label,
         "holdout_text": text(profile.holdout).label, "imatrix_text": text(profile.calibration).label,
-        **({"second_holdout_text": s.second.settings.text.label} if s.second else {}), "ctx": CTX, "chunks": a.chunks,
+        **({"second_holdout_text": s.second.settings.text.label} if s.second else {}),
+        "provenance": provenance(s), "ctx": CTX, "chunks": a.chunks,
         "scored_tokens": s.search.reference.meta["n_tokens"],
         "holdout_scored_tokens": s.holdout.reference.meta["n_tokens"],
         "ladder": list(profile.ladder), "searched": list(profile.searched), "sweep_chunks": s.config.sweep_chunk_count,
