@@ -31,7 +31,7 @@ load, decode, KLD), so shared measurements are charged to every method that need
 charged to (c) and to each study that sweeps; the weight-error table's to (d). Hypervolume: 2-D, file bytes x
 log10(99.9% KLD), against a reference point fixed before the run (the uniform Q8_0 recipe's size, REFERENCE_KLD).
 Each method's best recipe at each size target (by the search text) and the chosen final frontiers
-(--holdout-frontiers) are then re-scored on the held-out text, with
+(--holdout-frontiers) are then re-scored on the held-out text (the picks also on the profile's second domain), with
 95% chunk-bootstrap intervals, and every method's pick is tested against the study's (paired chunk bootstrap
 over the same held-out chunks).
 
