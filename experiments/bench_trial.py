@@ -208,7 +208,7 @@ def theirs_reference(bin_dir: Path, a: argparse.Namespace, base_file: Path, log:
 
 def theirs_trial(bin_dir: Path, a: argparse.Namespace, recipe, base_file: Path, work: Path, i: int,
                  timer: Path) -> dict:
-    from recipe_search.export import quantize_args, tensor_type_file
+    from recipe_search.core.export import quantize_args, tensor_type_file
 
     ttf = work / f"trial-{i}.tensor-types.txt"
     ttf.write_text(tensor_type_file(recipe))
@@ -236,8 +236,8 @@ def theirs_trial(bin_dir: Path, a: argparse.Namespace, recipe, base_file: Path, 
 
 
 def _settings(spec: dict):
-    from recipe_search.score import ScoreSettings
-    from recipe_search.text import TextSource
+    from recipe_search.core.text import TextSource
+    from recipe_search.engine.score import ScoreSettings
 
     return ScoreSettings(text=TextSource(Path(spec["text"])), ctx=spec["ctx"], chunks=spec["chunks"],
                          threads=spec["threads"], n_seq=spec["n_seq"])
@@ -245,7 +245,7 @@ def _settings(spec: dict):
 
 def child_reference(spec: dict) -> dict:
     """Build the sparse reference into an empty cache directory."""
-    from recipe_search.score import get_reference
+    from recipe_search.engine.score import get_reference
 
     start = time.perf_counter()
     ref, cached = get_reference(Path(spec["model"]), _settings(spec), Path(spec["cache"]))
@@ -261,9 +261,9 @@ def child_trial(spec: dict) -> dict:
 
     ``mode``: cold (the tensor cache emptied first), warm (every tensor of the recipe cached by its cold run),
     plain (no tensor cache: llama_model_quantize writes the whole model)."""
-    from recipe_search.recipe import recipe_from_dict
-    from recipe_search.tensor_cache import TensorCache
-    from recipe_search.worker import Worker
+    from recipe_search.core.recipe import recipe_from_dict
+    from recipe_search.engine.tensor_cache import TensorCache
+    from recipe_search.engine.worker import Worker
 
     mode = spec.get("mode", "cold")
     worker = Worker(Path(spec["model"]), _settings(spec), Path(spec["cache"]), Path(spec["work"]),
@@ -328,9 +328,9 @@ def child_naive_reference(spec: dict) -> dict:
     """Base log-probabilities of every scored position, float16, from Llama(logits_all=True) chunk by chunk."""
     import numpy as np
 
-    from recipe_search.kld import log_softmax
-    from recipe_search.llama import chunk_tokens, scored_range
-    from recipe_search.text import TextSource
+    from recipe_search.core.kld import log_softmax
+    from recipe_search.core.text import TextSource
+    from recipe_search.engine.llama import chunk_tokens, scored_range
 
     start = time.perf_counter()
     llm = _naive_llama(spec["model"], spec)
@@ -351,9 +351,9 @@ def child_naive_trial(spec: dict) -> dict:
     """Quantize with llama.cpp's quantizer, then score with Llama(logits_all=True) chunk by chunk."""
     import numpy as np
 
-    from recipe_search.kld import TokenStats, summarize, token_stats_from_logprobs
-    from recipe_search.quantize import quantize_model
-    from recipe_search.recipe import recipe_from_dict
+    from recipe_search.core.kld import TokenStats, summarize, token_stats_from_logprobs
+    from recipe_search.core.recipe import recipe_from_dict
+    from recipe_search.engine.quantize import quantize_model
 
     start = time.perf_counter()
     quant = Path(spec["work"]) / "naive.gguf"
@@ -392,7 +392,7 @@ CHILDREN = {"reference": child_reference, "trial": child_trial, "naive-reference
 
 def random_mix(inventory, rng, name: str):
     """Every quantizable tensor type gets a random type it takes without a fallback."""
-    from recipe_search.recipe import Recipe, Rule, Unmatched
+    from recipe_search.core.recipe import Recipe, Rule, Unmatched
 
     rules = []
     for kind in inventory.kinds.values():
@@ -436,8 +436,8 @@ def main() -> None:
     import llama_cpp
     import numpy as np
 
-    from recipe_search.demo import demo_model_path
-    from recipe_search.inventory import read_inventory
+    from recipe_search.core.inventory import read_inventory
+    from recipe_search.engine.demo import demo_model_path
 
     a.model = (a.model or demo_model_path()).resolve()
     version = llama_cpp.__version__

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recipe_search.kld import bootstrap_quantile_ci, paired_bootstrap, scored_per_chunk
-from recipe_search.metrics import statistic_of
-from recipe_search.recipe import atomic_write_text
-from recipe_search.sensitivity import SensitivityTable
+from recipe_search.core.kld import bootstrap_quantile_ci, paired_bootstrap, scored_per_chunk
+from recipe_search.core.metrics import statistic_of
+from recipe_search.formats.files import atomic_write_text
+from recipe_search.sensitivity.table import SensitivityTable
 
 METRICS = ("kld_p99", "kld_p999")
 

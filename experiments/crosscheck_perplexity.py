@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_trial import build_tools
 
-from recipe_search.demo import resolve_model_arg
-from recipe_search.locations import cache_dir
+from recipe_search.core.locations import cache_dir
+from recipe_search.engine.demo import resolve_model_arg
 
 STATS = {"Mean    KLD": "kld_mean", "Maximum KLD": "kld_max", "99.9%   KLD": "kld_p999", "99.0%   KLD": "kld_p99",
          "Median  KLD": "kld_median", "RMS Δp    ": "dp_rms", "Same top p": "same_top"}

@@ -59,23 +59,27 @@ from pathlib import Path
 
 import numpy as np
 
+from recipe_search.core.config import SpaceConfig, StudyConfig
+from recipe_search.core.kld import bootstrap_ci, paired_bootstrap, scored_per_chunk
+from recipe_search.core.metrics import statistic_of
+from recipe_search.core.pareto import hypervolume_2d, non_dominated, spearman
+from recipe_search.core.recipe import Recipe, Rule, Unmatched, preset_recipe
+from recipe_search.core.resolve import resolve
+from recipe_search.core.size import predict_size
+from recipe_search.core.space import SearchSpace, build_space
+from recipe_search.core.text import TextSource, text_sha256
+from recipe_search.engine.imatrix_collect import collect_imatrix
+from recipe_search.engine.measurement import Measurement
+from recipe_search.engine.quantize import ImatrixInput
+from recipe_search.engine.score import ScoreSettings
+from recipe_search.engine.worker import Worker
 from recipe_search.errors import RecipeSearchError
-from recipe_search.ggml_types import GGMLType, bits_per_weight, parse_type
-from recipe_search.imatrix import collect_imatrix
-from recipe_search.imatrix_file import save_imatrix_gguf
-from recipe_search.kld import bootstrap_ci, paired_bootstrap, scored_per_chunk
-from recipe_search.metrics import statistic_of
-from recipe_search.pareto import hypervolume_2d, non_dominated, spearman
-from recipe_search.quantize import ImatrixInput
-from recipe_search.recipe import Recipe, Rule, Unmatched, atomic_write_text, preset_recipe
-from recipe_search.resolve import resolve
-from recipe_search.score import ScoreSettings
-from recipe_search.sensitivity import SensitivityTable, run_sweep, space_ladders
-from recipe_search.size import predict_size
-from recipe_search.space import SearchSpace, SpaceConfig, StudyConfig, build_space
-from recipe_search.surrogate import Allocator, Surrogate
-from recipe_search.text import TextSource, text_sha256
-from recipe_search.worker import Measurement, Worker
+from recipe_search.formats.files import atomic_write_text
+from recipe_search.formats.ggml_types import GGMLType, bits_per_weight, parse_type
+from recipe_search.formats.imatrix_file import save_imatrix_gguf
+from recipe_search.sensitivity.surrogate import Allocator, Surrogate
+from recipe_search.sensitivity.sweep import run_sweep
+from recipe_search.sensitivity.table import SensitivityTable, space_ladders
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -101,7 +105,7 @@ STUDIES: dict[str, dict] = {
 
 
 def _demo_model() -> Path:
-    from recipe_search.demo import demo_model_path
+    from recipe_search.engine.demo import demo_model_path
 
     return demo_model_path()
 
@@ -368,9 +372,9 @@ def weight_error_table(s: Setup) -> tuple[Path, float]:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from recipe_search.inventory import model_fingerprint, tensor_kind
-    from recipe_search.quantize import quantize_model
-    from recipe_search.recipe import uniform_recipe
+    from recipe_search.core.inventory import model_fingerprint, tensor_kind
+    from recipe_search.core.recipe import uniform_recipe
+    from recipe_search.engine.quantize import quantize_model
 
     out = s.work / "weight-error"
     if (out / "meta.json").exists():
@@ -424,8 +428,8 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     killed worker's trial, whose span runs to its resume), and its own sweep's measuring time."""
     from optuna.trial import TrialState
 
-    from recipe_search.study import Study
-    from recipe_search.trial_record import TrialRecord
+    from recipe_search.study._records import TrialRecord
+    from recipe_search.study.study import Study
 
     config = s.config.model_copy(update={"seed": seed, **study_options(s.profile, key)})
     opened = Study.open(s.model, config, name=f"{key}-{seed}", directory=s.work / f"{key}-{seed}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recipe_search.tensor_map import read_map, write_header_only
+from recipe_search.formats.tensor_map import read_map, write_header_only
 
 
 def main() -> None:

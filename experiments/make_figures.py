@@ -13,10 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from recipe_search.core.pareto import parse_targets
 from recipe_search.errors import RecipeSearchError
-from recipe_search.pareto import parse_targets
-from recipe_search.report import plot_frontier, plot_sensitivity, read_sensitivity, sensitivity_csvs, sensitivity_metric
-from recipe_search.selector import load_study, select, storage_url
+from recipe_search.report.page import read_sensitivity, sensitivity_csvs, sensitivity_metric
+from recipe_search.report.plots import plot_frontier, plot_sensitivity
+from recipe_search.study._selection import select
+from recipe_search.study._storage import load_study, storage_url
 
 MAX_BYTES = 200_000
 FIGURES = Path(__file__).resolve().parent / "figures"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 CHILD = """
 import sys, time
-from recipe_search.llama import LlamaModel, chunk_tokens, evaluate
-from recipe_search.text import TextSource
+from recipe_search.engine.llama import LlamaModel, chunk_tokens, evaluate
+from recipe_search.core.text import TextSource
 model, ctx, chunks, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 with LlamaModel(model, n_threads=threads, n_ctx=ctx) as lm:
     tokens = chunk_tokens(lm.tokenize(TextSource.parse(None).read()), ctx, chunks, lm.add_bos, lm.bos_id)
@@ -49,7 +49,7 @@ def one_run(model: Path, policy: str | None, ctx: int, chunks: int, threads: int
 
 
 def main() -> None:
-    from recipe_search.demo import resolve_model_arg
+    from recipe_search.engine.demo import resolve_model_arg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", default="demo")

@@ -19,16 +19,11 @@ from typing import Any
 
 import optuna
 
-from recipe_search.search import (
-    MIN_CHUNKS_BEFORE_PRUNING,
-    FinishedPoint,
-    finished_point,
-    frontier_records,
-    prune_decision,
-    storage_for,
-)
-from recipe_search.space import StudyConfig
-from recipe_search.trial_record import TrialRecord
+from recipe_search.core.config import StudyConfig
+from recipe_search.study._early_stopping import MIN_CHUNKS_BEFORE_PRUNING, FinishedPoint, finished_point, prune_decision
+from recipe_search.study._records import TrialRecord
+from recipe_search.study._storage import storage_for
+from recipe_search.study._summary import frontier_records
 
 
 def replay(study: optuna.Study) -> dict:

@@ -18,10 +18,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from recipe_search.demo import resolve_model_arg
-from recipe_search.quantize import quantize_model
-from recipe_search.recipe import uniform_recipe
-from recipe_search.worker import speed_of
+from recipe_search.core.recipe import uniform_recipe
+from recipe_search.engine.demo import resolve_model_arg
+from recipe_search.engine.quantize import quantize_model
+from recipe_search.engine.worker import speed_of
 
 PAIRS = [("IQ4_XS", "Q4_K"), ("IQ4_NL", "Q4_0"), ("IQ3_S", "Q3_K")]
 

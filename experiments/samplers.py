@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from recipe_search.demo import resolve_model_arg
-from recipe_search.locations import cache_dir, shareable
-from recipe_search.pareto import hypervolume_2d
-from recipe_search.search import measured_records
-from recipe_search.space import StudyConfig, load_study_config
-from recipe_search.study import Study
+from recipe_search.core.config import StudyConfig, load_study_config
+from recipe_search.core.locations import cache_dir, shareable
+from recipe_search.core.pareto import hypervolume_2d
+from recipe_search.engine.demo import resolve_model_arg
+from recipe_search.study._summary import measured_records
+from recipe_search.study.study import Study
 
 #: arguments that are paths: committed results keep them relative or by name
 SHARED_PATHS = ("model", "config", "text", "keep_dir", "out")

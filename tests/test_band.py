@@ -6,12 +6,13 @@ import itertools
 
 import pytest
 
-from recipe_search.band import BandSteer
+from recipe_search.core.config import StudyConfig
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.resolve import resolve
+from recipe_search.core.size import predict_size
+from recipe_search.core.space import block_bands, build_space
 from recipe_search.errors import RecipeSearchError
-from recipe_search.inventory import read_inventory
-from recipe_search.resolve import resolve
-from recipe_search.size import predict_size
-from recipe_search.space import StudyConfig, block_bands, build_space
+from recipe_search.study._band import BandSteer
 
 LADDER = ["Q8_0", "Q6_K", "Q4_K", "Q3_K", "Q2_K"]
 

@@ -9,16 +9,16 @@ import pytest
 import yaml
 
 from recipe_search.cli import main
-from recipe_search.compare import compare, format_table
+from recipe_search.core.compare import compare, format_table
+from recipe_search.core.importer import import_recipe
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.recipe import load_recipe, recipe_from_dict
+from recipe_search.core.resolve import resolve
+from recipe_search.core.size import predict_size
+from recipe_search.engine.quantize import quantize_model
 from recipe_search.errors import RecipeSearchError
-from recipe_search.ggml_types import GGMLType, is_quantized
-from recipe_search.importer import import_recipe
-from recipe_search.inventory import read_inventory
-from recipe_search.quantize import quantize_model
-from recipe_search.recipe import load_recipe, recipe_from_dict
-from recipe_search.resolve import resolve
-from recipe_search.size import predict_size
-from recipe_search.tensor_map import read_map, write_header_only
+from recipe_search.formats.ggml_types import GGMLType, is_quantized
+from recipe_search.formats.tensor_map import read_map, write_header_only
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 

@@ -10,14 +10,14 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 
 from recipe_search.cli import main
-from recipe_search.coverage import coverage
-from recipe_search.dialects import Dialect, detect, load_any_recipe, parse_substitutions, read_source
+from recipe_search.core.dialects import Dialect, detect, load_any_recipe, parse_substitutions, read_source
+from recipe_search.core.export import export
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.recipe import recipe_from_dict
+from recipe_search.core.resolve import resolve
+from recipe_search.core.rule_coverage import coverage
 from recipe_search.errors import RecipeSearchError
-from recipe_search.export import export
-from recipe_search.inventory import read_inventory
-from recipe_search.recipe import recipe_from_dict
-from recipe_search.resolve import resolve
-from recipe_search.tensor_map import read_map, write_header_only
+from recipe_search.formats.tensor_map import read_map, write_header_only
 
 QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
 T = GGMLQuantizationType
@@ -378,9 +378,10 @@ def test_compare_and_export_take_dialects(dense_model, tmp_path, capsys) -> None
 def test_study_seeds_are_carried_onto_the_space(qwen35_model, tmp_path) -> None:
     import optuna
 
-    from recipe_search.space import StudyConfig, build_space, seed_recipes
-    from recipe_search.study import Study
-    from recipe_search.trial_record import TrialRecord
+    from recipe_search.core.config import StudyConfig
+    from recipe_search.core.space import build_space, seed_recipes
+    from recipe_search.study._records import TrialRecord
+    from recipe_search.study.study import Study
 
     seed = _write(tmp_path / "their.recipe", "## Quant mix recipe\n^blk\\.0\\.ffn_down_exps\\.weight$=q4_k\n"
                                              "ffn_down_exps=q6_k\nffn_(up|gate)_exps=iq4_nl\nattn_qkv=q2_k\n")

@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from recipe_search.cli import main
+from recipe_search.core.config import StudyConfig, load_study_config
+from recipe_search.core.inventory import inventory_rows, read_inventory
+from recipe_search.core.space import build_space
+from recipe_search.core.text import TextSource
 from recipe_search.errors import RecipeSearchError
-from recipe_search.gguf_header import read_header
-from recipe_search.inventory import inventory_rows, read_inventory
-from recipe_search.space import StudyConfig, build_space, load_study_config
-from recipe_search.text import TextSource
+from recipe_search.formats.gguf_header import read_header
 
 F32, Q8_0 = 0, 8
 U32, STRING, ARRAY = 4, 8, 9
@@ -264,8 +265,8 @@ def test_space_errors_against_the_model(dense_model) -> None:
 def test_config_errors_before_the_study(tmp_path, dense_model, config, words) -> None:
     import optuna
 
-    from recipe_search.search import storage_for
-    from recipe_search.study import Study
+    from recipe_search.study._storage import storage_for
+    from recipe_search.study.study import Study
 
     garbage = tmp_path / "garbage.txt"
     garbage.write_bytes(b"text \xF7\xBF\xBF\xBF" * 100)
@@ -314,8 +315,8 @@ def test_directory_outputs(tmp_path, capsys, dense_model, recipe_file) -> None:
 
 @pytest.mark.llama  # runs the CLI or a worker, which load libllama
 def test_full_disk_names_the_output(tmp_path, dense_model, recipe_file, monkeypatch) -> None:
-    from recipe_search import quantize
-    from recipe_search.recipe import load_recipe
+    from recipe_search.core.recipe import load_recipe
+    from recipe_search.engine import quantize
 
     real = shutil.disk_usage
     monkeypatch.setattr(quantize.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
@@ -328,14 +329,14 @@ def test_full_disk_names_the_output(tmp_path, dense_model, recipe_file, monkeypa
 def test_atomic_writer_reports_a_full_disk(tmp_path, monkeypatch) -> None:
     import errno
 
-    from recipe_search import recipe
+    from recipe_search.formats import files
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(recipe.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(RecipeSearchError, match="ENOSPC"):
-        recipe.atomic_write_text(tmp_path / "x.yaml", "x")
+        files.atomic_write_text(tmp_path / "x.yaml", "x")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -343,7 +344,7 @@ def test_atomic_writer_reports_a_full_disk(tmp_path, monkeypatch) -> None:
 @pytest.mark.llama  # runs the CLI or a worker, which load libllama
 @pytest.mark.parametrize("damage", ["list", "no_n_tokens", "nan"])
 def test_corrupt_reference_cache_is_rebuilt(tmp_path, dense_model, sample_text, damage) -> None:
-    from recipe_search.score import ScoreSettings, get_reference
+    from recipe_search.engine.score import ScoreSettings, get_reference
 
     text = tmp_path / "t.txt"
     text.write_text(sample_text * 4)
@@ -404,8 +405,7 @@ def test_inspect_into_a_closed_pipe(dense_model) -> None:
     ("nosuchdb://alice:s3cret@host/db", "s3cret"),
 ])
 def test_passwords_never_shown(url, secret) -> None:
-    from recipe_search.search import storage_for
-    from recipe_search.storage_names import mask_credentials
+    from recipe_search.study._storage import mask_credentials, storage_for
 
     assert secret not in mask_credentials(url) and "***" in mask_credentials(url)
     with pytest.raises(RecipeSearchError) as err:
@@ -457,8 +457,8 @@ def test_quantizing_child_dies_with_its_parent(tmp_path, dense_model) -> None:
     """A SIGKILLed worker's quantizing child must not run on: here the child blocks opening a FIFO for ever."""
     fifo = tmp_path / "blocks.gguf"
     os.mkfifo(fifo)
-    script = ("from pathlib import Path\nfrom recipe_search.quantize import _run_isolated\n"
-              "from recipe_search.recipe import uniform_recipe\n"
+    script = ("from pathlib import Path\nfrom recipe_search.engine.quantize import _run_isolated\n"
+              "from recipe_search.core.recipe import uniform_recipe\n"
               f"_run_isolated(Path({str(fifo)!r}), Path({str(tmp_path / 'o')!r}), uniform_recipe('Q8_0'), 1, None)\n")
     parent = subprocess.Popen([sys.executable, "-c", script])
     children: list[int] = []
@@ -523,8 +523,8 @@ def test_second_ctrl_c_requeues_the_abandoned_trial(tmp_path, dense_model) -> No
 
 
 def test_pareto_recipes_carry_no_paths(synthetic_study, dense_model, tmp_path, capsys) -> None:
-    from recipe_search.inventory import model_fingerprint
-    from recipe_search.recipe import load_recipe
+    from recipe_search.core.inventory import model_fingerprint
+    from recipe_search.core.recipe import load_recipe
 
     out = tmp_path / "picks"
     assert main(["pareto", "--dir", str(synthetic_study), "--targets", "5.0bpw", "--out", str(out)]) == 0

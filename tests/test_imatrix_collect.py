@@ -1,4 +1,4 @@
-"""In-process imatrix collection (recipe_search.imatrix) on tiny models, checked against independent values."""
+"""In-process imatrix collection (recipe_search.engine.imatrix_collect) on tiny models, checked against independent values."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from gguf import GGUFReader
 from tiny_models import BOS_ID, N_VOCAB
 
-from recipe_search import ggml_ctypes
+from recipe_search.engine import libggml as ggml_ctypes
+from recipe_search.engine.imatrix_collect import collect_imatrix
 from recipe_search.errors import RecipeSearchError
-from recipe_search.imatrix import collect_imatrix
-from recipe_search.imatrix_file import Imatrix
+from recipe_search.formats.imatrix_file import Imatrix
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 

@@ -11,7 +11,7 @@ import pytest
 from gguf import GGUFReader, GGUFWriter
 
 from recipe_search.errors import RecipeSearchError
-from recipe_search.imatrix_file import (
+from recipe_search.formats.imatrix_file import (
     Imatrix,
     ImatrixEntry,
     check_against,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from recipe_search.core.importer import recipe_from_inventory
+from recipe_search.core.inventory import inventory_rows, read_inventory
+from recipe_search.core.resolve import resolve
+from recipe_search.core.size import predict_size
 from recipe_search.errors import RecipeSearchError
-from recipe_search.importer import recipe_from_inventory
-from recipe_search.inventory import inventory_rows, read_inventory
-from recipe_search.resolve import resolve
-from recipe_search.size import predict_size
-from recipe_search.tensor_map import read_map, write_header_only
+from recipe_search.formats.tensor_map import read_map, write_header_only
 
 QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
 

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from recipe_search.errors import RecipeSearchError
-from recipe_search.kld import (
+from recipe_search.core.kld import (
     KLDSummary,
     SparseReference,
     TokenStats,
@@ -23,6 +22,7 @@ from recipe_search.kld import (
     token_stats_from_logprobs,
     token_stats_sparse,
 )
+from recipe_search.errors import RecipeSearchError
 
 
 def _two_point_kld(p: float, q: float) -> float:

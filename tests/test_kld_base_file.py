@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recipe_search.core.kld_base_file import (
+    KLDBaseFile,
+    KLDBaseFileWriter,
+    decode_logprobs,
+    encode_logprobs,
+    token_stats_from_rows,
+)
 from recipe_search.errors import RecipeSearchError
-from recipe_search.kld_base_file import KLDBaseFile, KLDBaseFileWriter, decode_logprobs, encode_logprobs, token_stats_from_rows
 
 N_CTX, N_VOCAB, N_CHUNK = 8, 5, 2  # 3 scored rows per chunk (positions 4, 5, 6); odd vocabulary → padded rows
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recipe_search import llama
+from recipe_search.core.text import TextSource
+from recipe_search.engine import llama
 from recipe_search.errors import RecipeSearchError
-from recipe_search.text import TextSource
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from exported import llama_quantize_reads
 from tiny_studies import STUDY_TOOLS, ffn_attn_recipe
 
 from recipe_search.cli import main
-from recipe_search.errors import RecipeSearchError
-from recipe_search.export import read_tensor_type_file
-from recipe_search.inventory import read_inventory
-from recipe_search.pareto import (
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.pareto import (
     frontier_2d,
     hypervolume_2d,
     neighbour_tests,
@@ -23,8 +22,10 @@ from recipe_search.pareto import (
     parse_targets,
     pick_at_target,
 )
-from recipe_search.recipe import load_recipe
-from recipe_search.selector import load_study, select, storage_url
+from recipe_search.core.recipe import load_recipe
+from recipe_search.errors import RecipeSearchError
+from recipe_search.study._selection import select
+from recipe_search.study._storage import load_study, storage_url
 
 
 # -- pure ------------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_pareto_writes_usable_recipes_and_respects_force(synthetic_study, dense_
     # immediately usable: export and quantize take it as it is
     exported = tmp_path / "types.txt"
     assert main(["export", str(path), "-o", str(exported)]) == 0
-    assert ("^(blk\\.\\d+\\.)?attn_q\\.weight$", recipe.rules[3].ggml_type) in read_tensor_type_file(exported.read_text())
+    assert ("^(blk\\.\\d+\\.)?attn_q\\.weight$", recipe.rules[3].ggml_type) in llama_quantize_reads(exported.read_text())
     quant = tmp_path / "q.gguf"
     assert main(["quantize", str(dense_model), str(path), "-o", str(quant)]) == 0
     types = {t.name: t.ggml_type.name for t in read_inventory(quant).tensors}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from exported import llama_quantize_reads
 
+from recipe_search.core.export import custom_q, quantize_args, tensor_type_file
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.recipe import kind_pattern, load_recipe, recipe_from_dict, uniform_recipe
+from recipe_search.core.rule_coverage import lint
 from recipe_search.errors import RecipeSearchError
-from recipe_search.export import custom_q, quantize_args, read_tensor_type_file, tensor_type_file
-from recipe_search.inventory import read_inventory
-from recipe_search.recipe import kind_pattern, load_recipe, recipe_from_dict, uniform_recipe
-from recipe_search.resolve import lint
 
 GOOD = {"name": "r", "unmatched": {"type": "Q8_0"}, "rules": [
     {"tensors": "ffn_down_exps", "type": "q4_k"}, {"tensors": "ffn_up", "blocks": [2, 0], "type": "Q3_K"},
@@ -82,7 +83,7 @@ def test_kind_patterns_do_not_overlap() -> None:
 def test_exports() -> None:
     r = recipe_from_dict({**GOOD, "unmatched": {"type": "F16"}, "token_embedding_type": "Q8_0"})
     ttf = tensor_type_file(r)
-    parsed = read_tensor_type_file(ttf)
+    parsed = llama_quantize_reads(ttf)
     assert [p for p, _ in parsed] == [rx for rx, _ in r.overrides()]
     assert parsed[-1] == (".", parsed[-1][1]) and parsed[-1][1].name == "F16"
     assert all("=" not in p and " " not in p for p, _ in parsed)
@@ -94,7 +95,7 @@ def test_exports() -> None:
 
 def test_shareable_paths_carry_no_machine_layout(tmp_path, monkeypatch) -> None:
     """What committed results record of a path: relative inside or beside the working directory, else its name."""
-    from recipe_search.locations import shareable
+    from recipe_search.core.locations import shareable
 
     (tmp_path / "repo").mkdir()
     monkeypatch.chdir(tmp_path / "repo")

@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 from recipe_search.cli import main
-from recipe_search.pareto import parse_targets
-from recipe_search.recipe import load_recipe
-from recipe_search.report import plot_frontier, plot_sensitivity, read_sensitivity, sensitivity_csvs
-from recipe_search.selector import load_study, select, storage_url
+from recipe_search.core.pareto import parse_targets
+from recipe_search.core.recipe import load_recipe
+from recipe_search.report.page import read_sensitivity, sensitivity_csvs
+from recipe_search.report.plots import plot_frontier, plot_sensitivity
+from recipe_search.study._selection import select
+from recipe_search.study._storage import load_study, storage_url
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 

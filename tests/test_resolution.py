@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
+from exported import llama_quantize_reads
 
+from recipe_search.core.export import tensor_type_file
+from recipe_search.core.importer import import_recipe
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.recipe import Recipe, Rule, Unmatched, preset_recipe, recipe_from_dict, uniform_recipe
+from recipe_search.core.resolve import resolve
+from recipe_search.core.size import predict_size
+from recipe_search.engine.quantize import dry_run_types, quantize_model
 from recipe_search.errors import RecipeSearchError
-from recipe_search.export import read_tensor_type_file, tensor_type_file
-from recipe_search.importer import import_recipe
-from recipe_search.inventory import read_inventory
-from recipe_search.quantize import dry_run_types, quantize_model
-from recipe_search.recipe import Recipe, Rule, Unmatched, preset_recipe, recipe_from_dict, uniform_recipe
-from recipe_search.resolve import resolve
-from recipe_search.size import predict_size
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
@@ -95,7 +96,7 @@ def test_import_of_demo_original_reproduces_it(demo_model, demo_original, tmp_pa
     assert predict_size(resolution, inv).file_bytes == out.file_bytes
 
     # the exported --tensor-type-file, read the way llama-quantize reads it, gives the same types
-    parsed = read_tensor_type_file(tensor_type_file(recipe))
+    parsed = llama_quantize_reads(tensor_type_file(recipe))
     as_llama_quantize = Recipe(name="ttf", unmatched=recipe.unmatched,
                                rules=[Rule(pattern=p, type=t.name) for p, t in parsed])
     assert dry_run_types(demo_model, as_llama_quantize) == resolution.types()

@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recipe_search.errors import RecipeSearchError
-from recipe_search.imatrix import collect_imatrix
-from recipe_search.imatrix_file import ImatrixInput, save_imatrix_gguf
-from recipe_search.inventory import read_inventory
-from recipe_search.kld import SparseReference, TokenStats, summarize, token_stats, token_stats_sparse
-from recipe_search.kld_base_file import KLDBaseFile
-from recipe_search.llama import LlamaModel, chunk_tokens, evaluate, scored_range
-from recipe_search.quantize import quantize_model
-from recipe_search.recipe import recipe_from_dict, uniform_recipe
-from recipe_search.score import (
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.kld import SparseReference, TokenStats, summarize, token_stats, token_stats_sparse
+from recipe_search.core.kld_base_file import KLDBaseFile
+from recipe_search.core.recipe import recipe_from_dict, uniform_recipe
+from recipe_search.core.text import TextSource
+from recipe_search.engine.imatrix_collect import collect_imatrix
+from recipe_search.engine.llama import LlamaModel, chunk_tokens, evaluate, scored_range
+from recipe_search.engine.quantize import quantize_model
+from recipe_search.engine.score import (
     ScoreSettings,
     get_reference,
     load_reference,
@@ -27,8 +26,9 @@ from recipe_search.score import (
     score_quant,
     write_base_file,
 )
-from recipe_search.text import TextSource
-from recipe_search.worker import Worker
+from recipe_search.engine.worker import Worker
+from recipe_search.errors import RecipeSearchError
+from recipe_search.formats.imatrix_file import ImatrixInput, save_imatrix_gguf
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 

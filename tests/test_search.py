@@ -17,13 +17,16 @@ import optuna
 import pytest
 import yaml
 
-from recipe_search.inventory import read_inventory
-from recipe_search.pareto import non_dominated
-from recipe_search.recipe import Recipe, Unmatched
-from recipe_search.search import FinishedPoint, measured_records, prune_decision, same_measurement
-from recipe_search.space import StudyConfig, build_space
-from recipe_search.trial_record import Measurement, TrialRecord, record_measurement, record_resolution
-from recipe_search.worker import tool_versions
+from recipe_search.core.config import StudyConfig
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.pareto import non_dominated
+from recipe_search.core.recipe import Recipe, Unmatched
+from recipe_search.core.space import build_space
+from recipe_search.engine.worker import tool_versions
+from recipe_search.study._early_stopping import FinishedPoint, prune_decision
+from recipe_search.study._objective import same_measurement
+from recipe_search.study._records import Measurement, TrialRecord, record_measurement, record_resolution
+from recipe_search.study._summary import measured_records
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 

@@ -11,28 +11,29 @@ import optuna
 import pytest
 
 from recipe_search.cli import main
+from recipe_search.core.config import StudyConfig
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.recipe import uniform_recipe
+from recipe_search.core.resolve import resolve
+from recipe_search.core.size import predict_size
+from recipe_search.core.space import build_space
+from recipe_search.engine.score import ScoreSettings
+from recipe_search.engine.worker import Worker
 from recipe_search.errors import RecipeSearchError
-from recipe_search.ggml_types import IMATRIX_REQUIRED, GGMLType
-from recipe_search.inventory import read_inventory
-from recipe_search.recipe import uniform_recipe
-from recipe_search.resolve import resolve
-from recipe_search.score import ScoreSettings
-from recipe_search.sensitivity import (
+from recipe_search.formats.ggml_types import IMATRIX_REQUIRED, GGMLType
+from recipe_search.sensitivity.surrogate import Allocator, Surrogate, fit_scales, frontier_gaps, seed_allocations
+from recipe_search.sensitivity.sweep import run_sweep
+from recipe_search.sensitivity.table import (
     TABLE_FILE,
     TOKENS_FILE,
     SensitivityTable,
     check_single_type,
     planned_cells,
-    run_sweep,
     single_type_recipe,
     sweep_ladders,
 )
-from recipe_search.size import predict_size
-from recipe_search.space import StudyConfig, build_space
-from recipe_search.study import Study
-from recipe_search.surrogate import Allocator, Surrogate, fit_scales, frontier_gaps, seed_allocations
-from recipe_search.trial_record import TrialRecord
-from recipe_search.worker import Worker
+from recipe_search.study._records import TrialRecord
+from recipe_search.study.study import Study
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
@@ -53,7 +54,11 @@ def sweep(dense_model, tmp_path_factory) -> tuple[Worker, Path, list]:
     worker = _worker(dense_model, root / "cache")
     measured: list[str] = []
     measure = worker.measure
-    worker.measure = lambda recipe, **kw: measured.append(recipe.name) or measure(recipe, **kw)
+    def counted(what, **kw):  # a recipe or its resolution
+        measured.append(getattr(what, "recipe", what).name)
+        return measure(what, **kw)
+
+    worker.measure = counted
     run_sweep(worker, root / "table", KINDS, TYPES)
     return worker, root / "table", measured
 
@@ -65,9 +70,10 @@ def test_sweep_recipes_change_one_tensor_type(request, fixture: str, source: str
     assert set(ladders) == {k.name for k in inv.kinds.values() if k.quantizable}
     cells = planned_cells(inv, ladders)
     assert len(cells) == sum(len(v) for v in ladders.values())
-    for kind, t, recipe in cells:
-        assert recipe.unmatched.type == source
-        changed = {r.tensor.kind for r in resolve(recipe, inv).tensors if r.ggml_type != r.tensor.ggml_type}
+    for kind, t, resolution in cells:
+        assert resolution.recipe.unmatched.type == source
+        assert resolution == resolve(resolution.recipe, inv)
+        changed = {r.tensor.kind for r in resolution.tensors if r.ggml_type != r.tensor.ggml_type}
         assert changed == {kind}, (kind, t, changed)
         assert t not in IMATRIX_REQUIRED
     with_imatrix = sweep_ladders(inv, has_imatrix=True)

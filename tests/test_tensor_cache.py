@@ -10,17 +10,17 @@ import pytest
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from recipe_search.assemble import assemble, write_single_file
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.recipe import Recipe, recipe_from_dict
+from recipe_search.core.text import TextSource
+from recipe_search.engine.assemble import assemble, write_single_file
+from recipe_search.engine.imatrix_collect import collect_imatrix
+from recipe_search.engine.quantize import quantize_model
+from recipe_search.engine.score import ScoreSettings, score_quant
+from recipe_search.engine.worker import Worker
 from recipe_search.errors import RecipeSearchError
-from recipe_search.ggml_types import GGMLType
-from recipe_search.imatrix import collect_imatrix
-from recipe_search.imatrix_file import ImatrixInput, save_imatrix_gguf
-from recipe_search.inventory import read_inventory
-from recipe_search.quantize import quantize_model
-from recipe_search.recipe import Recipe, recipe_from_dict
-from recipe_search.score import ScoreSettings, score_quant
-from recipe_search.text import TextSource
-from recipe_search.worker import Worker
+from recipe_search.formats.ggml_types import GGMLType
+from recipe_search.formats.imatrix_file import ImatrixInput, save_imatrix_gguf
 
 pytestmark = pytest.mark.llama  # quantizes and evaluates with llama.cpp
 
@@ -195,9 +195,10 @@ def test_missing_imatrix_is_a_clear_error(dense_model, tmp_path) -> None:
 def test_weight_error_table_feeds_the_surrogate(dense_model, tmp_path, capsys) -> None:
     """`sensitivity --proxy weight-error`: no model evaluated, the sweep's table format, usable for seeding."""
     from recipe_search.cli import main
-    from recipe_search.sensitivity import SensitivityTable
-    from recipe_search.space import StudyConfig, build_space
-    from recipe_search.surrogate import Allocator, Surrogate, seed_allocations
+    from recipe_search.core.config import StudyConfig
+    from recipe_search.core.space import build_space
+    from recipe_search.sensitivity.surrogate import Allocator, Surrogate, seed_allocations
+    from recipe_search.sensitivity.table import SensitivityTable
 
     out, cache = tmp_path / "proxy", tmp_path / "cache"
     args = ["sensitivity", str(dense_model), "--proxy", "weight-error", "--tensor-types", "ffn_up", "ffn_down",
@@ -230,8 +231,9 @@ def test_weight_error_table_feeds_the_surrogate(dense_model, tmp_path, capsys) -
 
 def test_slabs_stop_at_expert_boundaries(monkeypatch) -> None:
     """Rows quantized in slabs that an expert boundary cuts short give the bytes of one whole-tensor call."""
-    from recipe_search import ggml_ctypes, tensor_cache
-    from recipe_search.inventory import Tensor
+    from recipe_search.core.inventory import Tensor
+    from recipe_search.engine import libggml as ggml_ctypes
+    from recipe_search.engine import tensor_cache
 
     n_per_row, rows, experts = 256, 10, 3
     x = np.random.default_rng(0).standard_normal((experts * rows, n_per_row), dtype=np.float32)
@@ -251,8 +253,9 @@ def test_slabs_stop_at_expert_boundaries(monkeypatch) -> None:
 
 def test_estimate_from_rates(qwen35_model) -> None:
     """The cost model: phases from rates, and the cache's nights between no cache and every tensor cached."""
-    from recipe_search.estimate import NIGHT_S, Rates, estimate
-    from recipe_search.space import StudyConfig, build_space
+    from recipe_search.core.config import StudyConfig
+    from recipe_search.core.space import build_space
+    from recipe_search.engine.estimate import NIGHT_S, Rates, estimate
 
     inv = read_inventory(qwen35_model)
     space = build_space(StudyConfig(), inv, has_imatrix=False)

@@ -11,16 +11,16 @@ import pytest
 from tiny_models import english_text
 
 from recipe_search.cli import main
-from recipe_search.pareto import spearman
-from recipe_search.recipe import load_recipe, uniform_recipe
-from recipe_search.score import ScoreSettings
-from recipe_search.space import StudyConfig
-from recipe_search.text import TextSource
-from recipe_search.trial_record import Measurement, TrialRecord
-from recipe_search.validate import Chosen, rank_agreement, text_overlap_warnings, validate
-from recipe_search.worker import Worker
+from recipe_search.core.config import StudyConfig
+from recipe_search.core.pareto import spearman
+from recipe_search.core.recipe import load_recipe, uniform_recipe
+from recipe_search.core.text import TextSource
+from recipe_search.engine.score import ScoreSettings
+from recipe_search.engine.worker import Worker
+from recipe_search.study._holdout import Chosen, rank_agreement, text_overlap_warnings, validate
+from recipe_search.study._records import Measurement, TrialRecord
 
-pytestmark = pytest.mark.llama  # imports recipe_search.validate and the worker, which load libllama
+pytestmark = pytest.mark.llama  # imports recipe_search.study._holdout and the worker, which load libllama
 
 CTX, CHUNKS = 128, 4
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from recipe_search.recipe import Recipe, Rule, Unmatched
-from recipe_search.space import StudyConfig
-from recipe_search.trial_record import Measurement, TrialRecord
+from recipe_search.core.config import StudyConfig
+from recipe_search.core.recipe import Recipe, Rule, Unmatched
+from recipe_search.study._records import Measurement, TrialRecord
 
 #: the tool versions the synthetic study says measured it (a real study stores `worker.tool_versions()`)
 STUDY_TOOLS = {"recipe_search": "0.1.0", "llama_cpp_python": "0.3.36", "libllama": "b1", "ggml": "0.9.4",

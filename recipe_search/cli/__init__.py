@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import RecipeSearchError
 
 if TYPE_CHECKING:
-    from ..text import TextSource
+    from ..core.text import TextSource
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
 _SUBMODULES = ("recipes", "scoring", "study", "sensitivity", "analysis", "cache", "validation")
@@ -51,7 +51,7 @@ def _int_in(bounds: tuple[int, int]) -> Callable[[str], int]:
 
 
 def _model(arg: str) -> Path:
-    from ..demo import resolve_model_arg
+    from ..engine.demo import resolve_model_arg
 
     return resolve_model_arg(arg)
 
@@ -74,21 +74,21 @@ def _warn(lines: Sequence[str]) -> None:
 
 def _warn_text_overlaps(texts: dict[str, TextSource], imatrix: str | None) -> None:
     """Warn for each pair of the named texts that overlap, and each that overlaps the imatrix's calibration text."""
-    from ..imatrix_file import load_imatrix
-    from ..validate import text_overlap_warnings
+    from ..formats.imatrix_file import load_imatrix
+    from ..study._holdout import text_overlap_warnings
 
     _warn(text_overlap_warnings(texts, load_imatrix(imatrix).datasets if imatrix else ()))
 
 
 def _imatrix_input(path: str):
-    from ..imatrix_file import ImatrixInput
+    from ..formats.imatrix_file import ImatrixInput
 
     return ImatrixInput.from_file(path)
 
 
 def _dry_run(model: Path, recipe):
     """llama.cpp's dry run, loaded only when a recipe asks for llama.cpp's own mixture."""
-    from ..quantize import dry_run_types
+    from ..engine.quantize import dry_run_types
 
     return dry_run_types(model, recipe)
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -99,14 +99,14 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_options(a: argparse.Namespace) -> dict:
-    from ..dialects import parse_substitutions
+    from ..core.dialects import parse_substitutions
 
     return {"unmatched": a.unmatched, "substitutions": parse_substitutions(a.substitute)}
 
 
 def _load_recipe(a: argparse.Namespace, path: str):
     """A recipe YAML or a recipe in any dialect `import` reads, with the command's --substitute/--unmatched."""
-    from ..dialects import load_any_recipe
+    from ..core.dialects import load_any_recipe
 
     return load_any_recipe(path, **_recipe_options(a))
 
@@ -149,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _remove_stale(args: argparse.Namespace) -> None:
     """Remove what killed runs left in the cache (temporary GGUFs, half-built references)."""
-    from ..demo import cache_dir
-    from ..stale import remove_stale
+    from ..engine.demo import cache_dir
+    from ..engine.leftovers import remove_stale
 
     remove_stale(cache_dir(getattr(args, "cache_dir", None)))
 

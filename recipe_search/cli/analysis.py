@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..size import human_bytes
+from ..core.size import human_bytes
 from . import _print_json, _recipe_args, _warn, _warn_text_overlaps, command
 
 
@@ -20,8 +20,9 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _selection(a: argparse.Namespace):
-    from ..pareto import parse_targets
-    from ..selector import load_study, select, storage_url
+    from ..core.pareto import parse_targets
+    from ..study._selection import select
+    from ..study._storage import load_study, storage_url
 
     url = storage_url(a.storage, a.dir, a.study)
     targets = parse_targets(a.targets) if a.targets else []
@@ -86,8 +87,8 @@ def pareto_args(p: argparse.ArgumentParser) -> None:
 @command("pareto", "the study's Pareto frontier with statistical ties, and the best recipe at each size target")
 def pareto(a: argparse.Namespace) -> int:
     from ..errors import RecipeSearchError
-    from ..outputs import check_output_dir
-    from ..selector import write_picks
+    from ..formats.files import check_output_dir
+    from ..study._selection import write_picks
 
     if a.out and not a.targets:
         raise RecipeSearchError("--out writes the recipes picked at --targets; give the targets too "
@@ -132,11 +133,11 @@ def _holdout_of_picks(sel, text: str | None) -> dict[int, dict]:
     """Each pick measured on the held-out text (pick index -> what its recipe records); none without a text."""
     if not text or not any(p.candidate is not None for p in sel.picks):
         return {}
-    from ..demo import cache_dir
-    from ..score import ScoreSettings
-    from ..text import TextSource
-    from ..validate import Chosen, holdout_record, validate
-    from ..worker import Worker
+    from ..core.text import TextSource
+    from ..engine.demo import cache_dir
+    from ..engine.score import ScoreSettings
+    from ..engine.worker import Worker
+    from ..study._holdout import Chosen, holdout_record, validate
     from . import _imatrix_input, _log
 
     cfg = sel.config
@@ -161,8 +162,8 @@ def report_args(p: argparse.ArgumentParser) -> None:
 
 @command("report", "plots (frontier, sensitivity) and a Markdown page with the frontier table and picks")
 def report(a: argparse.Namespace) -> int:
-    from ..outputs import check_output_dir
-    from ..report import write_report
+    from ..formats.files import check_output_dir
+    from ..report.page import write_report
 
     out = check_output_dir(Path(a.output) if a.output else (Path(a.dir) / "report" if a.dir else Path("report")))
     sel = _selection(a)
@@ -188,8 +189,8 @@ def compare_args(p: argparse.ArgumentParser) -> None:
 
 @command("compare", "recipes or quantized GGUFs side by side per tensor type; --model maps them onto another model")
 def compare(a: argparse.Namespace) -> int:
-    from ..compare import SCORE_METRICS, format_table
-    from ..compare import compare as run_compare
+    from ..core.compare import SCORE_METRICS, format_table
+    from ..core.compare import compare as run_compare
     from ..errors import RecipeSearchError
     from . import _dry_run, _imatrix_input, _model, _recipe_options
 
@@ -198,8 +199,8 @@ def compare(a: argparse.Namespace) -> int:
     model = _model(a.model) if a.model else None
     measure = None
     if a.score:
-        from ..locations import cache_dir
-        from ..worker import Worker
+        from ..core.locations import cache_dir
+        from ..engine.worker import Worker
         from .scoring import _settings
 
         cache = cache_dir(a.cache_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..size import human_bytes
+from ..core.size import human_bytes
 from . import _print_json, command
 
 
@@ -16,8 +16,8 @@ def cache_args(p: argparse.ArgumentParser) -> None:
 
 @command("cache", "the quantized-tensor cache: what it holds (info) or empty it (clear)")
 def cache(a: argparse.Namespace) -> int:
-    from ..demo import cache_dir
-    from ..tensor_cache import TensorCache
+    from ..engine.demo import cache_dir
+    from ..engine.tensor_cache import TensorCache
 
     tc = TensorCache.under(cache_dir(a.cache_dir))
     if a.action == "clear":

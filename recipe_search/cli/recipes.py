@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import limits
-from ..size import human_bytes
+from ..core import limits
+from ..core.dialects import Dialect
+from ..core.export import EXPORTABLE
+from ..core.size import human_bytes
 from . import _dry_run, _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
@@ -18,8 +20,8 @@ def demo_model_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo-model", "build (once) and print the path of the F16 Gemma 3 270M demo model")
 def demo_model(a: argparse.Namespace) -> int:
-    from ..demo import demo_model_path
-    from ..outputs import check_output_dir
+    from ..engine.demo import demo_model_path
+    from ..formats.files import check_output_dir
 
     print(demo_model_path(check_output_dir(a.dir) if a.dir else None))
     return 0
@@ -33,7 +35,7 @@ def inspect_args(p: argparse.ArgumentParser) -> None:
 
 @command("inspect", "list a model's tensor types from its GGUF header")
 def inspect(a: argparse.Namespace) -> int:
-    from ..inventory import inventory_rows, read_inventory
+    from ..core.inventory import inventory_rows, read_inventory
 
     inv = read_inventory(_model(a.model))
     rows = inventory_rows(inv)
@@ -71,9 +73,10 @@ def size_args(p: argparse.ArgumentParser) -> None:
 
 @command("size", "predict the exact output size of a recipe without quantizing")
 def size(a: argparse.Namespace) -> int:
-    from ..inventory import read_inventory
-    from ..resolve import lint, resolve
-    from ..size import predict_size
+    from ..core.inventory import read_inventory
+    from ..core.resolve import resolve
+    from ..core.rule_coverage import lint
+    from ..core.size import predict_size
 
     inv = read_inventory(_model(a.model))
     recipe = _load_recipe(a, a.recipe)
@@ -102,16 +105,15 @@ def size(a: argparse.Namespace) -> int:
 # -- export / import -------------------------------------------------------------------------------
 def export_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
-    p.add_argument("--format", choices=["tensor-type-file", "args", "custom-q"], default="tensor-type-file")
+    p.add_argument("--format", choices=[d.value for d in EXPORTABLE], default=Dialect.TENSOR_TYPE_FILE.value)
     p.add_argument("-o", "--output", help="write here instead of standard output")
     _recipe_args(p)
 
 
 @command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
 def export_cmd(a: argparse.Namespace) -> int:
-    from ..export import export
-    from ..outputs import check_output_file
-    from ..recipe import atomic_write_text
+    from ..core.export import export
+    from ..formats.files import atomic_write_text, check_output_file
 
     if a.output:
         check_output_file(a.output)
@@ -136,8 +138,6 @@ def import_cmd_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dialects():
-    from ..dialects import Dialect
-
     return list(Dialect)
 
 
@@ -154,12 +154,12 @@ def _import_sources(args: list[str]) -> list[Path]:
 
 @command("import", "read recipes people publish (text dialects, or the recipe of a quantized GGUF) as recipe YAML")
 def import_cmd(a: argparse.Namespace) -> int:
-    from ..coverage import coverage
-    from ..dialects import read_source
+    from ..core.dialects import read_source
+    from ..core.importer import import_recipe
+    from ..core.inventory import read_inventory
+    from ..core.rule_coverage import coverage
     from ..errors import RecipeSearchError
-    from ..importer import import_recipe
-    from ..inventory import read_inventory
-    from ..outputs import check_output_dir, check_output_file
+    from ..formats.files import check_output_dir, check_output_file
     from . import _recipe_options
 
     sources = _import_sources(a.sources)
@@ -204,10 +204,10 @@ def quantize_cmd_args(p: argparse.ArgumentParser) -> None:
 
 @command("quantize", "apply a recipe with llama.cpp's quantizer and check every tensor's type")
 def quantize_cmd(a: argparse.Namespace) -> int:
-    from ..inventory import read_inventory
-    from ..outputs import check_output_file
-    from ..quantize import quantize_model
-    from ..resolve import lint
+    from ..core.inventory import read_inventory
+    from ..core.rule_coverage import lint
+    from ..engine.quantize import quantize_model
+    from ..formats.files import check_output_file
 
     check_output_file(a.output)
     model = _model(a.model)

@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from .. import limits
-from ..size import human_bytes
-from ..text import ScoreSettings, TextSource, overlapping
+from ..core import limits
+from ..core.size import human_bytes
+from ..core.text import ScoreSettings, TextSource, overlapping
 from . import _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
@@ -50,12 +50,13 @@ def score(a: argparse.Namespace) -> int:
     import math
     import time
 
-    from ..inventory import read_inventory
-    from ..kld import bootstrap_quantile_ci
-    from ..locations import cache_dir
-    from ..outputs import check_output_file
-    from ..score import score_against_base_file, score_quant
-    from ..worker import TRIAL_PREFIX, Worker, speed_of
+    from ..core.inventory import read_inventory
+    from ..core.kld import bootstrap_quantile_ci
+    from ..core.locations import cache_dir
+    from ..engine.leftovers import TRIAL_PREFIX
+    from ..engine.score import score_against_base_file, score_quant
+    from ..engine.worker import Worker, speed_of
+    from ..formats.files import check_output_file
 
     model = _model(a.model)
     settings = _settings(a)
@@ -83,7 +84,7 @@ def score(a: argparse.Namespace) -> int:
         resolution = worker.resolve(recipe)
         path = Path(a.keep) if a.keep else worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-score.gguf"
         path.parent.mkdir(parents=True, exist_ok=True)
-        built = worker.build(recipe, resolution, path, single_file=bool(a.keep),
+        built = worker.build(resolution, path, single_file=bool(a.keep),
                              allow_partial_imatrix=a.allow_partial_imatrix)
         quant, file_bytes = built.path, built.file_bytes
         temporary = [] if a.keep else built.files
@@ -143,7 +144,7 @@ def _check_text_overlap(settings: ScoreSettings, imatrix_path: str | None) -> No
     """Warn when the scoring text overlaps the imatrix's calibration text."""
     if not imatrix_path:
         return
-    from ..imatrix_file import load_imatrix
+    from ..formats.imatrix_file import load_imatrix
 
     for dataset in overlapping(settings.text, load_imatrix(imatrix_path).datasets):
         _warn([f"the imatrix was computed on {dataset}, which overlaps the scoring text {settings.text.label}"])
@@ -158,8 +159,8 @@ def base_logits_args(p: argparse.ArgumentParser) -> None:
 
 @command("base-logits", "write the base model's logits in llama-perplexity's --kl-divergence-base format")
 def base_logits(a: argparse.Namespace) -> int:
-    from ..outputs import check_output_file
-    from ..score import write_base_file
+    from ..engine.score import write_base_file
+    from ..formats.files import check_output_file
 
     check_output_file(a.output)
     n = write_base_file(_model(a.model), _settings(a), Path(a.output))
@@ -185,9 +186,9 @@ def imatrix_cmd_args(p: argparse.ArgumentParser) -> None:
 def imatrix_cmd(a: argparse.Namespace) -> int:
     import time
 
-    from ..imatrix import collect_imatrix
-    from ..imatrix_file import save_imatrix_gguf
-    from ..outputs import check_output_file
+    from ..engine.imatrix_collect import collect_imatrix
+    from ..formats.files import check_output_file
+    from ..formats.imatrix_file import save_imatrix_gguf
 
     check_output_file(a.output)
     source = TextSource.parse(a.text)

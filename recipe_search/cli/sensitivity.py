@@ -29,18 +29,18 @@ def sensitivity_args(p: argparse.ArgumentParser) -> None:
 
 @command("sensitivity", "quantize one tensor type at a time (the rest at source precision) and measure each")
 def sensitivity(a: argparse.Namespace) -> int:
+    from ..core.locations import cache_dir
+    from ..engine.worker import Worker
     from ..errors import RecipeSearchError
-    from ..locations import cache_dir
-    from ..outputs import check_output_dir
-    from ..sensitivity import default_out, run_sweep
-    from ..worker import Worker
+    from ..formats.files import check_output_dir
+    from ..sensitivity.sweep import default_out, run_sweep
 
     model = _model(a.model)
     out = check_output_dir(Path(a.out) if a.out else default_out(model))
     cache = cache_dir(a.cache_dir)
     worker = Worker(model, _settings(a), cache, cache / "work", imatrix=_imatrix_input(a.imatrix) if a.imatrix else None)
     if a.proxy == "weight-error":
-        from ..weight_error import run_weight_error
+        from ..sensitivity.weight_error import run_weight_error
 
         table = run_weight_error(worker, out, a.tensor_types, a.types, log=_log(a.quiet))
         a.metric = "weight_error"
@@ -51,9 +51,9 @@ def sensitivity(a: argparse.Namespace) -> int:
     _print_matrix(table.rows, a.metric)
     print(f"table: {out}")
     try:
-        from ..report import plot_sensitivity
+        from ..report.plots import plot_sensitivity
     except ImportError:
-        print("chart: skipped (recipe_search.report is not available)")
+        print("chart: skipped (recipe_search.report.plots is not available)")
         return 0
     chart = out / f"sensitivity-{a.metric}.png"
     plot_sensitivity(table.rows, chart, metric=a.metric)

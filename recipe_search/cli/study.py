@@ -11,18 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import limits
+from ..core import limits
+from ..core.size import human_bytes
 from ..errors import RecipeSearchError
-from ..size import human_bytes
 from . import _int_in, _log, _model, _print_json, _warn_text_overlaps, command
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from ..space import StudyConfig
-    from ..study import Study
-    from ..trial_record import TrialRecord
+    from ..core.config import StudyConfig
+    from ..study._records import TrialRecord
+    from ..study.study import Study
 
 
 # -- search / worker -------------------------------------------------------------------------------
@@ -62,8 +62,8 @@ def _add_tensor_cache_arg(p: argparse.ArgumentParser) -> None:
 
 @command("search", "run (or resume) a search study: Optuna proposes, the worker measures")
 def search(a: argparse.Namespace) -> int:
-    from ..space import load_study_config
-    from ..study import Study
+    from ..core.config import load_study_config
+    from ..study.study import Study
 
     model = _model(a.model)
     config = load_study_config(a.config)
@@ -71,7 +71,7 @@ def search(a: argparse.Namespace) -> int:
                                             "threads", "gpu_layers") if getattr(a, k) is not None}
     config = config.model_copy(update=overrides)
     if a.estimate:
-        from ..locations import cache_dir
+        from ..core.locations import cache_dir
 
         return _estimate(model, config, cache_dir(a.cache_dir), a.json)
     _warn_text_overlap(config)
@@ -82,7 +82,7 @@ def search(a: argparse.Namespace) -> int:
 
 def _warn_text_overlap(config: StudyConfig) -> None:
     """Warn when the held-out text overlaps the search text, or either overlaps the imatrix's calibration text."""
-    from ..text import TextSource
+    from ..core.text import TextSource
 
     texts = {"search": TextSource.parse(config.text)}
     if config.holdout_text:
@@ -168,8 +168,8 @@ class Progress:
         self.tty = sys.stderr.isatty()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from ..search import frontier_records, measured_records
-        from ..trial_record import TrialRecord
+        from ..study._records import TrialRecord
+        from ..study._summary import frontier_records, measured_records
 
         self.done += 1
         if self.quiet:
@@ -223,9 +223,9 @@ def parse_duration(text: str) -> float:
 def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> int:
     from dataclasses import asdict
 
-    from ..estimate import estimate, measure_rates
-    from ..inventory import read_inventory
-    from ..space import build_space
+    from ..core.inventory import read_inventory
+    from ..core.space import build_space
+    from ..engine.estimate import estimate, measure_rates
 
     inv = read_inventory(model)
     space = build_space(config, inv, has_imatrix=config.imatrix is not None)
@@ -275,8 +275,8 @@ def worker_args(p: argparse.ArgumentParser) -> None:
 
 @command("worker", "join an existing study (its stored config and model) and run trials")
 def worker(a: argparse.Namespace) -> int:
-    from ..search import worker_seed
-    from ..study import Study
+    from ..study._storage import worker_seed
+    from ..study.study import Study
 
     study = Study.open(None, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
                        worker_seed=worker_seed(), tensor_cache=not a.no_tensor_cache)

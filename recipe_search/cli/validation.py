@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core.size import human_bytes
 from ..errors import RecipeSearchError
-from ..size import human_bytes
 from . import _imatrix_input, _log, _model, _print_json, _warn_text_overlaps, command
 
 
@@ -33,8 +33,8 @@ def validate_args(p: argparse.ArgumentParser) -> None:
 
 def _chosen(a: argparse.Namespace):
     """(recipes to validate, the study's config or None, the model path or None)."""
-    from ..recipe import load_recipe
-    from ..validate import Chosen
+    from ..core.recipe import load_recipe
+    from ..study._holdout import Chosen
 
     chosen = [Chosen(Path(r).stem, rec, {k: v for k, v in (rec.metrics or {}).items() if isinstance(v, (int, float))}
                      or None) for r in a.recipes for rec in [load_recipe(r)]]
@@ -42,7 +42,8 @@ def _chosen(a: argparse.Namespace):
         if not chosen:
             raise RecipeSearchError("nothing to validate: give recipe files or a study (--dir, --storage)")
         return chosen, None, None
-    from ..selector import load_study, select, storage_url
+    from ..study._selection import select
+    from ..study._storage import load_study, storage_url
 
     url = storage_url(a.storage, a.dir, a.study)
     sel = select(load_study(url, a.study), url, a.objective, [], n_boot=100)
@@ -55,12 +56,12 @@ def _chosen(a: argparse.Namespace):
 @command("validate", "re-score chosen recipes (or a study's frontier) on a held-out text, with chunk-bootstrap "
                      "intervals and the rank agreement with the search text")
 def validate(a: argparse.Namespace) -> int:
-    from ..demo import cache_dir
-    from ..score import ScoreSettings
-    from ..text import TextSource
-    from ..validate import rank_agreement
-    from ..validate import validate as run_validate
-    from ..worker import Worker
+    from ..core.text import TextSource
+    from ..engine.demo import cache_dir
+    from ..engine.score import ScoreSettings
+    from ..engine.worker import Worker
+    from ..study._holdout import rank_agreement
+    from ..study._holdout import validate as run_validate
 
     chosen, config, study_model = _chosen(a)
     holdout = a.holdout_text or (config.holdout_text if config else None)

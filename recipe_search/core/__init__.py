@@ -1,0 +1,175 @@
+"""Recipes, inventories, resolution, sizes, KLD statistics, Pareto fronts, configs, dialects.
+Pure: loads neither llama.cpp nor Optuna."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_API = {
+    "SCORE_METRICS": "compare",
+    "compare": "compare",
+    "format_table": "compare",
+    "ReferenceConfig": "config",
+    "SpaceConfig": "config",
+    "StudyConfig": "config",
+    "load_study_config": "config",
+    "Dialect": "dialects",
+    "load_any_recipe": "dialects",
+    "parse_substitutions": "dialects",
+    "read_source": "dialects",
+    "EXPORTABLE": "export",
+    "export": "export",
+    "quantize_args": "export",
+    "tensor_type_file": "export",
+    "import_recipe": "importer",
+    "Inventory": "inventory",
+    "Tensor": "inventory",
+    "inventory_rows": "inventory",
+    "model_fingerprint": "inventory",
+    "read_inventory": "inventory",
+    "tensor_kind": "inventory",
+    "KLDSummary": "kld",
+    "MIN_TOKENS": "kld",
+    "SparseReference": "kld",
+    "TokenStats": "kld",
+    "bootstrap_ci": "kld",
+    "bootstrap_quantile_ci": "kld",
+    "default_max_entries": "kld",
+    "log_softmax": "kld",
+    "paired_bootstrap": "kld",
+    "percentile": "kld",
+    "scored_per_chunk": "kld",
+    "summarize": "kld",
+    "token_stats_from_logprobs": "kld",
+    "token_stats_sparse": "kld",
+    "KLDBaseFile": "kld_base_file",
+    "KLDBaseFileWriter": "kld_base_file",
+    "cache_dir": "locations",
+    "shareable": "locations",
+    "BY_NAME": "metrics",
+    "FORECAST": "metrics",
+    "LABELS": "metrics",
+    "MAXIMISE": "metrics",
+    "SIZE_OBJECTIVES": "metrics",
+    "SURROGATE_METRICS": "metrics",
+    "statistic_of": "metrics",
+    "NeighbourTest": "pareto",
+    "Target": "pareto",
+    "frontier_2d": "pareto",
+    "hypervolume_2d": "pareto",
+    "neighbour_tests": "pareto",
+    "non_dominated": "pareto",
+    "parse_targets": "pareto",
+    "spearman": "pareto",
+    "ModelRef": "recipe",
+    "Recipe": "recipe",
+    "Rule": "recipe",
+    "Unmatched": "recipe",
+    "load_recipe": "recipe",
+    "preset_recipe": "recipe",
+    "recipe_from_dict": "recipe",
+    "uniform_recipe": "recipe",
+    "Resolution": "resolve",
+    "ResolvedTensor": "resolve",
+    "resolve": "resolve",
+    "coverage": "rule_coverage",
+    "lint": "rule_coverage",
+    "SizePrediction": "size",
+    "human_bytes": "size",
+    "predict_size": "size",
+    "Parameter": "space",
+    "SearchSpace": "space",
+    "build_space": "space",
+    "reference_recipes": "space",
+    "seed_recipes": "space",
+    "ScoreSettings": "text",
+    "TextSource": "text",
+    "overlapping": "text",
+    "text_sha256": "text",
+}
+__all__ = list(_API)  # noqa: PLE0604
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
+
+if TYPE_CHECKING:
+    from .compare import SCORE_METRICS as SCORE_METRICS
+    from .compare import compare as compare
+    from .compare import format_table as format_table
+    from .config import ReferenceConfig as ReferenceConfig
+    from .config import SpaceConfig as SpaceConfig
+    from .config import StudyConfig as StudyConfig
+    from .config import load_study_config as load_study_config
+    from .dialects import Dialect as Dialect
+    from .dialects import load_any_recipe as load_any_recipe
+    from .dialects import parse_substitutions as parse_substitutions
+    from .dialects import read_source as read_source
+    from .export import EXPORTABLE as EXPORTABLE
+    from .export import export as export
+    from .export import quantize_args as quantize_args
+    from .export import tensor_type_file as tensor_type_file
+    from .importer import import_recipe as import_recipe
+    from .inventory import Inventory as Inventory
+    from .inventory import Tensor as Tensor
+    from .inventory import inventory_rows as inventory_rows
+    from .inventory import model_fingerprint as model_fingerprint
+    from .inventory import read_inventory as read_inventory
+    from .inventory import tensor_kind as tensor_kind
+    from .kld import MIN_TOKENS as MIN_TOKENS
+    from .kld import KLDSummary as KLDSummary
+    from .kld import SparseReference as SparseReference
+    from .kld import TokenStats as TokenStats
+    from .kld import bootstrap_ci as bootstrap_ci
+    from .kld import bootstrap_quantile_ci as bootstrap_quantile_ci
+    from .kld import default_max_entries as default_max_entries
+    from .kld import log_softmax as log_softmax
+    from .kld import paired_bootstrap as paired_bootstrap
+    from .kld import percentile as percentile
+    from .kld import scored_per_chunk as scored_per_chunk
+    from .kld import summarize as summarize
+    from .kld import token_stats_from_logprobs as token_stats_from_logprobs
+    from .kld import token_stats_sparse as token_stats_sparse
+    from .kld_base_file import KLDBaseFile as KLDBaseFile
+    from .kld_base_file import KLDBaseFileWriter as KLDBaseFileWriter
+    from .locations import cache_dir as cache_dir
+    from .locations import shareable as shareable
+    from .metrics import BY_NAME as BY_NAME
+    from .metrics import FORECAST as FORECAST
+    from .metrics import LABELS as LABELS
+    from .metrics import MAXIMISE as MAXIMISE
+    from .metrics import SIZE_OBJECTIVES as SIZE_OBJECTIVES
+    from .metrics import SURROGATE_METRICS as SURROGATE_METRICS
+    from .metrics import statistic_of as statistic_of
+    from .pareto import NeighbourTest as NeighbourTest
+    from .pareto import Target as Target
+    from .pareto import frontier_2d as frontier_2d
+    from .pareto import hypervolume_2d as hypervolume_2d
+    from .pareto import neighbour_tests as neighbour_tests
+    from .pareto import non_dominated as non_dominated
+    from .pareto import parse_targets as parse_targets
+    from .pareto import spearman as spearman
+    from .recipe import ModelRef as ModelRef
+    from .recipe import Recipe as Recipe
+    from .recipe import Rule as Rule
+    from .recipe import Unmatched as Unmatched
+    from .recipe import load_recipe as load_recipe
+    from .recipe import preset_recipe as preset_recipe
+    from .recipe import recipe_from_dict as recipe_from_dict
+    from .recipe import uniform_recipe as uniform_recipe
+    from .resolve import Resolution as Resolution
+    from .resolve import ResolvedTensor as ResolvedTensor
+    from .resolve import resolve as resolve
+    from .rule_coverage import coverage as coverage
+    from .rule_coverage import lint as lint
+    from .size import SizePrediction as SizePrediction
+    from .size import human_bytes as human_bytes
+    from .size import predict_size as predict_size
+    from .space import Parameter as Parameter
+    from .space import SearchSpace as SearchSpace
+    from .space import build_space as build_space
+    from .space import reference_recipes as reference_recipes
+    from .space import seed_recipes as seed_recipes
+    from .text import ScoreSettings as ScoreSettings
+    from .text import TextSource as TextSource
+    from .text import overlapping as overlapping
+    from .text import text_sha256 as text_sha256

@@ -1,0 +1,189 @@
+"""The study config: what a study searches, measures and how, validated from YAML at the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import RecipeSearchError
+from ..formats.ggml_types import DEFAULT_LADDER, parse_file_type, parse_type
+from . import limits
+from .metrics import OBJECTIVES, SIZE_OBJECTIVES
+from .text import ScoreSettings, TextSource
+from .yaml_file import load_yaml
+
+
+class SpaceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_types: list[str] | None = None  # None: every tensor type llama.cpp quantizes
+    ladder: list[str] = Field(default_factory=lambda: [t.name for t in DEFAULT_LADDER], min_length=1)
+    ladders: dict[str, list[str]] = Field(default_factory=dict)
+    fixed: dict[str, str] = Field(default_factory=dict)
+    tied: list[list[str]] = Field(default_factory=list)
+    # tensor type -> its blocks searched apart: a number of equal bands, or the first block of each band
+    # (``[0, 1, 5]`` on 6 blocks: block 0, blocks 1-4, block 5), so first and last blocks can be parameters of their own
+    bands: dict[str, int | list[int]] = Field(default_factory=dict)
+    unmatched: str = "Q8_0"
+
+    @field_validator("ladders")
+    @classmethod
+    def _not_empty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        empty = [k for k, ts in v.items() if not ts]
+        if empty:
+            raise ValueError(f"empty ladder for {', '.join(empty)}")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _band_counts(cls, v: dict[str, int | list[int]]) -> dict[str, int | list[int]]:
+        lo, hi = limits.BANDS
+        bad = [f"{k}: {n}" for k, n in v.items() if isinstance(n, int) and not lo <= n <= hi]
+        if bad:
+            raise ValueError(f"a tensor type is split into {lo}..{hi} bands, not {', '.join(bad)}")
+        starts = [f"{k}: {n}" for k, n in v.items() if isinstance(n, list) and (not n or min(n) < 0)]
+        if starts:
+            raise ValueError(f"bands given as first blocks need block numbers (0 or more), not {', '.join(starts)}")
+        return v
+
+    @model_validator(mode="after")
+    def _ties(self) -> SpaceConfig:
+        """A tied group is one parameter: its members share one ladder and appear in one group."""
+        seen: set[str] = set()
+        for group in self.tied:
+            again = [k for k in group if k in seen]
+            if again:
+                raise ValueError(f"tensor type {again[0]} is in more than one tied group (or twice in one)")
+            seen.update(group)
+            ladders = {tuple(self.ladders.get(k, self.ladder)) for k in group}
+            if len(ladders) > 1:
+                raise ValueError(f"tied tensor types {', '.join(group)} have different ladders; give them one")
+            banded = {str(self.bands.get(k, 1)) for k in group}
+            if len(banded) > 1:
+                raise ValueError(f"tied tensor types {', '.join(group)} have different bands; give them one")
+        return self
+
+    @field_validator("ladder", "unmatched", mode="before")
+    @classmethod
+    def _types(cls, v):
+        return [parse_type(t).name for t in v] if isinstance(v, list) else parse_type(v).name
+
+    @field_validator("ladders", "fixed", mode="before")
+    @classmethod
+    def _type_maps(cls, v):
+        return {k: ([parse_type(t).name for t in ts] if isinstance(ts, list) else parse_type(ts).name)
+                for k, ts in (v or {}).items()}
+
+
+class ReferenceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uniform: list[str] | Literal["ladder"] = "ladder"
+    presets: list[str] = Field(default_factory=lambda: ["Q4_K_M", "Q3_K_M"])
+
+    @field_validator("uniform")
+    @classmethod
+    def _uniform_types(cls, v):
+        return v if v == "ladder" else [parse_type(t).name for t in v]
+
+    @field_validator("presets")
+    @classmethod
+    def _preset_types(cls, v: list[str]) -> list[str]:
+        for preset in v:
+            parse_file_type(preset)
+        return v
+
+
+class StudyConfig(BaseModel):
+    """Everything a study needs besides the model; stored in the study so workers can join it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None  # FILE or FILE[a:b]; None = the built-in default text
+    holdout_text: str | None = None  # a second text the study never sees: `validate` and `pareto` re-score on it
+    ctx: int = Field(ScoreSettings.ctx, ge=limits.CTX[0], le=limits.CTX[1])
+    chunks: int = Field(ScoreSettings.chunks or 8, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
+    imatrix: str | None = None
+    threads: int = Field(ScoreSettings.threads, ge=limits.THREADS[0], le=limits.THREADS[1])
+    gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=-1)  # layers offloaded to a GPU (-1: all); a GPU build
+    objectives: list[str] = Field(default_factory=lambda: ["size", "kld_p999"])
+    max_bpw: float | None = Field(None, gt=0)
+    min_bpw: float | None = Field(None, ge=0)
+    max_bytes: int | None = Field(None, gt=0)
+    band: Literal["steer", "prune"] = "steer"  # a proposal outside the size band is moved into it, or pruned
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    references: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    prune: bool = True
+    # recipes from the sensitivity surrogate enqueued at start, spread over the size range
+    surrogate_seeds: int = Field(0, ge=0, le=1000)
+    # sizes (bits per weight) the surrogate's allocation is enqueued at, and that refitted proposals revisit
+    target_bpw: list[float] = Field(default_factory=list)
+    # after the enqueued trials, every `refit_every`-th trial is the allocation of the surrogate refitted to the
+    # measured trials (at a target, or where the frontier has its widest gap); 0: TPE proposes every trial
+    refit_every: int = Field(0, ge=0, le=1000)
+    seeds: list[str] = Field(default_factory=list)  # recipe files (any dialect `import` reads) enqueued first
+    # the sensitivity table the surrogate comes from; None: the study sweeps its own space on `sweep_chunks` chunks
+    sensitivity: str | None = None
+    sweep_chunks: int | None = Field(None, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])  # None: `sweep_chunk_count`
+
+    @field_validator("objectives")
+    @classmethod
+    def _two_or_more(cls, v: list[str]) -> list[str]:
+        unknown = [o for o in v if o not in OBJECTIVES]
+        if unknown:
+            raise ValueError(f"unknown objective {unknown[0]!r} (one of {', '.join(OBJECTIVES)})")
+        if len(v) < 2 or v[0] not in SIZE_OBJECTIVES or any(o in SIZE_OBJECTIVES for o in v[1:]):
+            raise ValueError("objectives start with `size` or `bpw` and name at least one quality measure")
+        if len(set(v)) < len(v):
+            raise ValueError(f"objectives name one twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if self.min_bpw is not None and self.max_bpw is not None and self.min_bpw >= self.max_bpw:
+            raise ValueError(f"min_bpw {self.min_bpw} is not below max_bpw {self.max_bpw}")
+        bad = [t for t in self.target_bpw if not 0 < t < 64]
+        if bad:
+            raise ValueError(f"target_bpw holds bits per weight between 0 and 64, not {bad[0]}")
+        return self
+
+    @property
+    def uses_surrogate(self) -> bool:
+        """Whether the study needs a sensitivity table (its own sweep when `sensitivity` is not given)."""
+        return bool(self.surrogate_seeds or self.target_bpw or self.refit_every)
+
+    @property
+    def sweep_chunk_count(self) -> int:
+        """Chunks per cell of the study's own sweep: `sweep_chunks`, else a tenth of `chunks` (at least 2), so the
+        sweep's fidelity follows the trials': a sweep on too few tokens misorders the small differences between
+        the high-precision types (on tiny-qwen35moe, 2 chunks put token_embd at Q6_K below Q8_0; 6 did not)."""
+        return self.sweep_chunks if self.sweep_chunks is not None else max(2, self.chunks // 10)
+
+
+    def score_settings(self) -> ScoreSettings:
+        """The scoring setup of every trial."""
+        return ScoreSettings(text=TextSource.parse(self.text), ctx=self.ctx, chunks=self.chunks, threads=self.threads,
+                             gpu_layers=self.gpu_layers)
+
+
+def load_study_config(path: str | Path | None) -> StudyConfig:
+    if path is None:
+        return StudyConfig()
+    path = Path(path)
+    data = load_yaml(path, "study config")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeSearchError("a study config is a YAML mapping", path)
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "config"
+        raise RecipeSearchError(f"{where}: {first['msg'].removeprefix('Value error, ')}", path) from None
+    except RecipeSearchError as err:
+        raise RecipeSearchError(str(err), path) from None

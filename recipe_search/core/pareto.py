@@ -1,0 +1,164 @@
+"""The Pareto frontier and its hypervolume; ties by paired chunk bootstrap; picks at size targets. No I/O."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..errors import RecipeSearchError
+from .kld import paired_bootstrap
+from .metrics import TOKEN_STATISTICS, statistic_of
+
+_BYTE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_TARGET = re.compile(r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-z]*)\s*$", re.IGNORECASE)
+
+
+def non_dominated(points: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point dominates (every objective minimised)."""
+    pts = np.asarray(points, dtype=float)
+    keep = []
+    for i, p in enumerate(pts):
+        dominated = np.any(np.all(pts <= p, axis=1) & np.any(pts < p, axis=1))
+        if not dominated:
+            keep.append(i)
+    return np.array(keep, dtype=int)
+
+
+def hypervolume_2d(points: np.ndarray, reference: Sequence[float] | np.ndarray) -> float:
+    """Area dominated by ``points`` (both objectives minimised) and bounded by ``reference``."""
+    pts = np.asarray(points, dtype=float)
+    pts = pts[np.all(pts < np.asarray(reference, dtype=float), axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    pts = pts[non_dominated(pts)]
+    pts = pts[np.argsort(pts[:, 0])]
+    area, prev_y = 0.0, float(reference[1])
+    for x, y in pts:
+        area += (reference[0] - x) * (prev_y - y)
+        prev_y = y
+    return float(area)
+
+
+def frontier_2d(sizes: Sequence[float], quality: Sequence[float]) -> np.ndarray:
+    """Indices of the non-dominated (size, quality) points, both minimised, by increasing size."""
+    pts = np.column_stack([np.asarray(sizes, dtype=float), np.asarray(quality, dtype=float)])
+    if len(pts) == 0:
+        return np.array([], dtype=int)
+    idx = non_dominated(pts)
+    return idx[np.lexsort((pts[idx, 1], pts[idx, 0]))]
+
+
+def pick_at_target(sizes: Sequence[float], quality: Sequence[float], target: float) -> int | None:
+    """Index of the best quality (lowest) among entries whose size is at or under ``target``."""
+    best = None
+    for i, (s, q) in enumerate(zip(sizes, quality)):
+        if s <= target and (best is None or q < quality[best] or (q == quality[best] and s < sizes[best])):
+            best = i
+    return best
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, tied values sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):
+        same = values == v
+        ranks[same] = ranks[same].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of paired values (ties get mean ranks); NaN when either side is constant."""
+    x, y = _ranks(np.asarray(a, dtype=float)), _ranks(np.asarray(b, dtype=float))
+    if len(x) != len(y) or len(x) < 2:
+        raise RecipeSearchError("a rank correlation needs two or more pairs")
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+# -- targets ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """A size budget: bits per weight (``4.0bpw``) or bytes (``20GiB``, ``900MiB``, ``123456789``)."""
+
+    kind: Literal["bpw", "bytes"]
+    value: float
+    label: str  # as file names carry it: ``4.00bpw``, ``20GiB``, ``123456789B``
+
+    def pick(self, bpw: Sequence[float], file_bytes: Sequence[float], quality: Sequence[float]) -> int | None:
+        """The best (lowest) quality at or under this budget."""
+        return pick_at_target(bpw if self.kind == "bpw" else file_bytes, quality, self.value)
+
+
+def parse_target(text: str) -> Target:
+    """``4.0bpw`` -> bits per weight; ``20GiB``/``900MiB``/``1.5GB``/``123456789`` (an integer) -> bytes."""
+    m = _TARGET.match(text)
+    unit = m["unit"].lower() if m else ""
+    if not m or (unit and unit != "bpw" and unit not in _BYTE_UNITS):
+        raise RecipeSearchError(f"bad size target {text!r} (use e.g. 4.0bpw, 20GiB, 900MiB or a byte count)")
+    number = float(m["num"])
+    if number <= 0:
+        raise RecipeSearchError(f"size target {text!r} is not positive")
+    if unit == "bpw":
+        return Target("bpw", number, f"{number:.2f}bpw")
+    if not unit:
+        if "." in m["num"]:
+            raise RecipeSearchError(f"size target {text!r}: say 4.5bpw for bits per weight, or give whole bytes")
+        return Target("bytes", number, f"{int(number)}B")
+    canonical = {"b": "B", "kb": "KB", "mb": "MB", "gb": "GB", "tb": "TB",
+                 "kib": "KiB", "mib": "MiB", "gib": "GiB", "tib": "TiB"}[unit]
+    return Target("bytes", number * _BYTE_UNITS[unit], f"{number:g}{canonical}")
+
+
+def parse_targets(text: str) -> list[Target]:
+    """A comma-separated list of targets, e.g. ``3.0bpw,4.0bpw,20GiB``."""
+    targets = [parse_target(part) for part in text.split(",") if part.strip()]
+    if not targets:
+        raise RecipeSearchError(f"no size target in {text!r}")
+    return targets
+
+
+# -- ties ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NeighbourTest:
+    """Paired chunk bootstrap of a frontier point against the next smaller one on the same tokens:
+    the interval of statistic(smaller) − statistic(larger); positive means the larger point is better."""
+
+    smaller: int  # candidate index
+    larger: int
+    low: float
+    high: float
+    level: float
+
+    @property
+    def tie(self) -> bool:
+        return self.low <= 0.0 <= self.high
+
+
+def neighbour_tests(order: Sequence[int], tokens: Sequence[np.ndarray | None], metric: str, chunk_tokens: int,
+                    n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> list[NeighbourTest | None]:
+    """For each frontier point after the first (``order``: candidate indices by increasing size), the test
+    against its smaller neighbour, resampling whole chunks of ``chunk_tokens`` tokens; None where the metric
+    has no per-token statistic or the two points' per-token values are missing, not of the same tokens, or
+    fewer than two whole chunks."""
+    statistic = statistic_of(metric) if metric in TOKEN_STATISTICS else None
+    out: list[NeighbourTest | None] = []
+    for a, b in itertools.pairwise(order):
+        ta, tb = tokens[a], tokens[b]
+        if (statistic is None or ta is None or tb is None or len(ta) != len(tb)
+                or len(ta) % chunk_tokens or len(ta) < 2 * chunk_tokens):
+            out.append(None)
+            continue
+        lo, hi = paired_bootstrap(np.asarray(ta, dtype=np.float64), np.asarray(tb, dtype=np.float64), statistic,
+                                  chunk_tokens, n_boot=n_boot, level=level, seed=seed)
+        out.append(NeighbourTest(int(a), int(b), lo, hi, level))
+    return out
+

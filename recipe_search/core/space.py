@@ -1,0 +1,158 @@
+"""The search space: which tensor types vary, over which ggml types, and what a study measures.
+
+A `StudyConfig` (YAML, validated) becomes a `SearchSpace` for one model: one ordinal parameter per
+tensor type (or tied group, or per-layer band), each an index into a ladder of ggml types ordered from
+best to smallest, with the types that the tensor's row size or a missing imatrix rule out removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import RecipeSearchError
+from ..formats.ggml_types import IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
+from .config import StudyConfig
+from .inventory import Inventory
+from .recipe import Recipe, Rule, Unmatched, preset_recipe
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched choice: the tensor types (and blocks) it sets, and its ladder of admissible types."""
+
+    name: str
+    kinds: tuple[str, ...]
+    blocks: tuple[int, ...] | None
+    ladder: tuple[GGMLType, ...]
+
+    def rules(self, t: GGMLType) -> list[Rule]:
+        return [Rule(tensors=k, blocks=list(self.blocks) if self.blocks else None, type=t.name) for k in self.kinds]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    parameters: tuple[Parameter, ...]
+    fixed: dict[str, GGMLType]
+    unmatched: GGMLType
+    removed: dict[str, list[str]]  # tensor type -> ladder entries dropped (and why), for the report
+
+    def recipe(self, choice: dict[str, int], name: str = "trial") -> Recipe:
+        """The recipe for ladder indices ``choice`` (parameter name -> index)."""
+        rules = [Rule(tensors=k, type=t.name) for k, t in self.fixed.items()]
+        for p in self.parameters:
+            rules += p.rules(p.ladder[choice[p.name]])
+        return Recipe(name=name, unmatched=Unmatched(type=self.unmatched.name), rules=rules)
+
+    def nearest(self, wanted: dict[str, GGMLType], inv: Inventory) -> dict[str, int]:
+        """Ladder indices for per-tensor-type wishes (e.g. a uniform type): llama.cpp's row-size fallback
+        where the ladder has it, else the ladder type closest in bits per weight."""
+        return {p.name: self.nearest_index(p, fallback(wanted[p.kinds[0]], inv.kinds[p.kinds[0]].row_lengths[0]))
+                for p in self.parameters}
+
+    @staticmethod
+    def nearest_index(p: Parameter, t: GGMLType) -> int:
+        """``t``'s place on ``p``'s ladder, else the ladder type closest to it in bits per weight."""
+        return p.ladder.index(t) if t in p.ladder else min(
+            range(len(p.ladder)), key=lambda i: abs(bits_per_weight(p.ladder[i]) - bits_per_weight(t)))
+
+
+def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> SearchSpace:
+    """Turn the config into parameters for this model, dropping ladder types its rows cannot take."""
+    sc = config.space
+    quantizable = {k.name: k for k in inv.kinds.values() if k.quantizable}
+    wanted = list(quantizable) if sc.tensor_types is None else sc.tensor_types
+    unknown = [k for k in [*wanted, *sc.fixed, *(k for g in sc.tied for k in g), *sc.bands, *sc.ladders]
+               if k not in quantizable]
+    if unknown:
+        raise RecipeSearchError(f"tensor type(s) not quantized in this model: {', '.join(sorted(set(unknown)))}")
+    searched = [k for k in wanted if k not in sc.fixed]
+    group_of = {k: tuple(g) for g in sc.tied for k in g}
+    params = []
+    removed: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for kind in searched:
+        if kind in seen:
+            continue
+        kinds = tuple(k for k in group_of.get(kind, (kind,)) if k in searched)
+        seen.update(kinds)
+        ladder = []
+        for name in sc.ladders.get(kind, sc.ladder):
+            t = parse_type(name)
+            fits = all(quantizable[k].admits(t) for k in kinds)
+            if not fits:
+                rows = quantizable[kinds[0]].row_lengths
+                removed.setdefault(kind, []).append(f"{name} (rows of {rows[0]} -> {fallback(t, rows[0]).name})")
+            elif t in IMATRIX_REQUIRED and not has_imatrix:
+                removed.setdefault(kind, []).append(f"{name} (needs an imatrix)")
+            else:
+                ladder.append(t)
+        if not ladder:
+            raise RecipeSearchError(f"no ladder type fits tensor type {kind}")
+        parts = block_bands(kind, sc.bands.get(kind, 1), quantizable[kinds[0]].blocks)
+        if len(parts) > 1:
+            params += [Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)) for part in parts]
+        else:
+            params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
+    fixed = {k: parse_type(t) for k, t in sc.fixed.items()}
+    return SearchSpace(tuple(params), fixed, parse_type(sc.unmatched), removed)
+
+
+def seed_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int]]]:
+    """The study's seed recipes, each carried onto the space: per parameter, the type the seed gives most of
+    its tensors on this model, or the ladder type nearest to it in bits per weight."""
+    from collections import Counter
+
+    from .dialects import load_any_recipe
+    from .resolve import resolve
+
+    out = []
+    for path in config.seeds:
+        seed = load_any_recipe(path)
+        types = resolve(seed, inv).types()
+        choice = {}
+        for p in space.parameters:
+            names = [t.name for k in p.kinds for t in inv.kinds[k].tensors if p.blocks is None or t.block in p.blocks]
+            t = Counter(types[n] for n in names).most_common(1)[0][0]
+            choice[p.name] = space.nearest_index(p, t)
+        out.append((space.recipe(choice, f"seed-{seed.name}"), choice))
+    return out
+
+
+def block_bands(kind: str, bands: int | list[int], blocks: Sequence[int]) -> list[tuple[int, ...]]:
+    """A tensor type's blocks split into bands: ``n`` equal ones (no more than it has blocks), or bands starting
+    at the given blocks (the first must be the type's first block)."""
+    blocks = tuple(blocks)
+    if isinstance(bands, int) or not blocks:
+        bands = bands if isinstance(bands, int) else 1
+        if bands > max(len(blocks), 1):
+            raise RecipeSearchError(f"bands: {kind} has {len(blocks)} block(s), too few for {bands} bands")
+        if bands < 2:
+            return [blocks]
+        size = -(-len(blocks) // bands)
+        return [part for i in range(bands) if (part := tuple(blocks[i * size:(i + 1) * size]))]
+    starts = sorted(set(bands))
+    if not starts or starts[0] != blocks[0] or any(b not in blocks for b in starts):
+        raise RecipeSearchError(f"bands of {kind} must start at its first block {blocks[0]} and name its blocks "
+                                f"({blocks[0]}..{blocks[-1]}), not {bands}")
+    cuts = [blocks.index(b) for b in starts] + [len(blocks)]
+    return [tuple(blocks[a:z]) for a, z in itertools.pairwise(cuts)]
+
+
+def reference_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int] | None]]:
+    """Uniform recipes over the ladder (as ladder choices) and llama.cpp presets (outside the space)."""
+    out: list[tuple[Recipe, dict[str, int] | None]] = []
+    ladder_types = sorted({t for p in space.parameters for t in p.ladder}, key=lambda t: -bits_per_weight(t))
+    uniform = ladder_types if config.references.uniform == "ladder" else [parse_type(t) for t in config.references.uniform]
+    seen = set()
+    for t in uniform:
+        wanted = {k: t for p in space.parameters for k in p.kinds}
+        choice = space.nearest(wanted, inv)
+        key = tuple(sorted(choice.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append((space.recipe(choice, f"uniform-{t.name}"), choice))
+    for preset in config.references.presets:
+        out.append((preset_recipe(preset), None))
+    return out

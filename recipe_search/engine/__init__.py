@@ -1,0 +1,69 @@
+"""llama.cpp in process: load and evaluate, quantize, collect an imatrix, the tensor cache, score,
+the worker. Never Optuna."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_API = {
+    "cache_dir": "demo",
+    "demo_model_path": "demo",
+    "resolve_model_arg": "demo",
+    "estimate": "estimate",
+    "measure_rates": "estimate",
+    "collect_imatrix": "imatrix_collect",
+    "TRIAL_PREFIX": "leftovers",
+    "clean_workdir": "leftovers",
+    "remove_stale": "leftovers",
+    "LlamaModel": "llama",
+    "chunk_tokens": "llama",
+    "evaluate": "llama",
+    "scored_range": "llama",
+    "Measurement": "measurement",
+    "StoredMeasurement": "measurement",
+    "ImatrixInput": "quantize",
+    "dry_run_types": "quantize",
+    "quantize_model": "quantize",
+    "ScoreSettings": "score",
+    "get_reference": "score",
+    "score_against_base_file": "score",
+    "score_quant": "score",
+    "write_base_file": "score",
+    "TensorCache": "tensor_cache",
+    "Worker": "worker",
+    "speed_of": "worker",
+    "tool_versions": "worker",
+}
+__all__ = list(_API)  # noqa: PLE0604
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
+
+if TYPE_CHECKING:
+    from .demo import cache_dir as cache_dir
+    from .demo import demo_model_path as demo_model_path
+    from .demo import resolve_model_arg as resolve_model_arg
+    from .estimate import estimate as estimate
+    from .estimate import measure_rates as measure_rates
+    from .imatrix_collect import collect_imatrix as collect_imatrix
+    from .leftovers import TRIAL_PREFIX as TRIAL_PREFIX
+    from .leftovers import clean_workdir as clean_workdir
+    from .leftovers import remove_stale as remove_stale
+    from .llama import LlamaModel as LlamaModel
+    from .llama import chunk_tokens as chunk_tokens
+    from .llama import evaluate as evaluate
+    from .llama import scored_range as scored_range
+    from .measurement import Measurement as Measurement
+    from .measurement import StoredMeasurement as StoredMeasurement
+    from .quantize import ImatrixInput as ImatrixInput
+    from .quantize import dry_run_types as dry_run_types
+    from .quantize import quantize_model as quantize_model
+    from .score import ScoreSettings as ScoreSettings
+    from .score import get_reference as get_reference
+    from .score import score_against_base_file as score_against_base_file
+    from .score import score_quant as score_quant
+    from .score import write_base_file as write_base_file
+    from .tensor_cache import TensorCache as TensorCache
+    from .worker import Worker as Worker
+    from .worker import speed_of as speed_of
+    from .worker import tool_versions as tool_versions

@@ -1,0 +1,66 @@
+"""What the worker measures of one recipe, and its compact JSON form (per-token KLD encoded)."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def encode_array(a: np.ndarray) -> str:
+    """A compact text form of a float32 vector (for study storage and the measurement cache)."""
+    return base64.b64encode(zlib.compress(np.asarray(a, np.float32).tobytes(), 6)).decode()
+
+
+def decode_array(s: str) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=np.float32)
+
+
+@dataclass
+class Measurement:
+    """Everything the worker measured for one recipe (JSON-able through `to_dict`)."""
+
+    file_bytes: int
+    bpw: float
+    metrics: dict[str, float]  # KLDSummary fields, plus ppl_ratio
+    kld_tokens: np.ndarray  # per-token KLD, float32, in chunk order
+    fallbacks: dict[str, dict[str, int]]
+    seconds: dict[str, float]
+    speed: dict[str, float] = field(default_factory=dict)
+    cached: bool = False  # read from the measurement cache instead of measured now
+
+    def to_dict(self) -> dict:
+        """The JSON form, per-token KLD included (encoded)."""
+        return {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
+                "fallbacks": self.fallbacks, "seconds": self.seconds, "speed": self.speed,
+                "kld_tokens": encode_array(self.kld_tokens)}
+
+    @classmethod
+    def from_dict(cls, d: dict, cached: bool = False) -> Measurement:
+        return cls(file_bytes=int(d["file_bytes"]), bpw=float(d["bpw"]), metrics=dict(d["metrics"]),
+                   kld_tokens=decode_array(d["kld_tokens"]), fallbacks=dict(d["fallbacks"]),
+                   seconds=dict(d["seconds"]), speed=dict(d.get("speed") or {}), cached=cached)
+
+
+class StoredMeasurement(Measurement):
+    """A measurement read back from storage. Its per-token KLD is decoded on first use: a study's records
+    are read after every trial (progress, duplicates, early stopping), and most readers want the numbers."""
+
+    _tokens: np.ndarray | None
+
+    def __init__(self, encoded: str | None, **fields: Any) -> None:
+        self._encoded = encoded
+        super().__init__(kld_tokens=None, **fields)  # type: ignore[arg-type]  # set through the property below
+
+    @property  # type: ignore[override]
+    def kld_tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = decode_array(self._encoded) if self._encoded else np.zeros(0, np.float32)
+        return self._tokens
+
+    @kld_tokens.setter
+    def kld_tokens(self, value: np.ndarray | None) -> None:
+        self._tokens = value

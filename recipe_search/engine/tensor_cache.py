@@ -1,0 +1,341 @@
+"""The quantized-tensor cache: each (model, tensor, ggml type, imatrix, build) quantized once.
+
+A tensor is quantized exactly as `llama_model_quantize_impl` / `llama_tensor_quantize_impl`
+(src/llama-quant.cpp) do it: the source rows converted to float by the source type's `to_float`
+(F16/BF16 row conversion; an F32 source is used as it is), `ggml_quantize_chunk` over runs of rows
+that never cross an expert boundary, each expert of a 3-D `*_exps` tensor with its own slice of
+the imatrix entry (`n_per_row` floats per expert), `ggml_validate_row_data` on the result. Rows are
+quantized independently, so how they are cut into chunks and threads does not change the bytes.
+A tensor whose type does not change is copied. The type is the one `resolve` computed (row-size
+fallbacks included).
+
+Each entry is stored as a ready split-GGUF shard (see `assemble`): a header holding only
+`split.no` (the tensor's fixed shard number) and the tensor, so a trial links the entries it needs
+instead of writing their bytes. Alongside, a small JSON records the tensor's imatrix-weighted
+squared quantization error (dequantized against the float source), the zero-evaluation
+sensitivity signal. Entries are keyed by the model's fingerprint, the tensor, its shard number,
+the type, the imatrix digest and the build of libggml-base that quantizes (the quantizers are
+compiled code whose floating-point contraction depends on the compiler and its flags, so a hash of
+the library file and the machine architecture stand for "this build"). Writes are atomic; the
+cache is bounded, least recently used first out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import itertools
+import json
+import mmap
+import os
+import platform
+import time
+import uuid
+from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.inventory import Inventory, Tensor
+from ..errors import RecipeSearchError
+from ..formats.files import atomic_write_text
+from ..formats.ggml_types import GGMLType, is_quantized, tensor_bytes
+from ..formats.gguf_header import read_header
+from ..formats.gguf_write import TensorInfo, header_bytes, pad, split_kv
+from . import libggml
+
+SHARD_ALIGNMENT = 32
+DEFAULT_MAX_BYTES = 64 << 30
+#: floats converted and quantized at a time (llama.cpp's slabs stay under LLAMA_QUANT_MAX_BUF_SIZE too)
+_SLAB_ELEMENTS = 1 << 22
+
+
+@functools.cache
+def build_id() -> str:
+    """The quantizing build: sha256 of libggml-base plus the machine architecture."""
+    h = hashlib.sha256(platform.machine().encode())
+    with open(libggml.ggml_base_path(), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class WeightError:
+    """Squared quantization error of one tensor, imatrix-weighted per column (unweighted without one)."""
+
+    sq_error: float  # sum over elements of w_col * (dequantized - source)^2
+    sq_source: float  # sum over elements of w_col * source^2
+    weighted: bool
+    per_expert: tuple[float, ...] = ()  # sq_error of each expert of a 3-D tensor (one value for a 2-D one)
+
+    @property
+    def relative(self) -> float:
+        return self.sq_error / self.sq_source if self.sq_source > 0 else 0.0
+
+
+def _imatrix_for(tensor: Tensor, arrays: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """The imatrix entry llama.cpp would use: present and of n_per_row * n_expert floats, else none
+    (quantize.check_imatrix has already refused the sizes llama.cpp refuses)."""
+    if arrays is None or tensor.name not in arrays:
+        return None
+    arr = np.ascontiguousarray(arrays[tensor.name], dtype=np.float32).ravel()
+    n_expert = tensor.shape[2] if len(tensor.shape) > 2 else 1
+    return arr if arr.size == tensor.shape[0] * n_expert else None
+
+
+def quantize_tensor(raw: np.ndarray, tensor: Tensor, new_type: GGMLType, imatrix: np.ndarray | None,
+                    threads: int) -> tuple[list[np.ndarray], WeightError]:
+    """Quantize one source tensor (``raw``: its bytes) to ``new_type``; returns the data in row slabs and
+    the weight error."""
+    n_per_row = tensor.shape[0]
+    rows_per_expert = tensor.shape[1] if len(tensor.shape) > 1 else 1
+    n_rows = tensor.n_elements // n_per_row
+    src_row = libggml.row_size(int(tensor.ggml_type), n_per_row)
+    dst_row = libggml.row_size(int(new_type), n_per_row)
+    if libggml.requires_imatrix(int(new_type)) and imatrix is None:
+        raise RecipeSearchError(f"ggml cannot quantize {tensor.name} to {new_type.name} without imatrix data")
+    slab_rows = max(1, min(rows_per_expert, _SLAB_ELEMENTS // n_per_row))
+    out: list[np.ndarray] = []
+    errors = np.zeros(max(1, n_rows // rows_per_expert))
+    ref = 0.0
+    first = 0
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        while first < n_rows:
+            expert = first // rows_per_expert
+            n = min(slab_rows, n_rows - first, rows_per_expert - first % rows_per_expert)
+            src = raw[first * src_row:(first + n) * src_row]
+            if tensor.ggml_type == GGMLType.F32:
+                x = src.view(np.float32).reshape(n, n_per_row)
+            else:
+                x = libggml.to_float(int(tensor.ggml_type), src, n * n_per_row).reshape(n, n_per_row)
+            w = None if imatrix is None else imatrix[expert * n_per_row:(expert + 1) * n_per_row]
+            q = np.empty((n, dst_row), dtype=np.uint8)
+            cuts = np.linspace(0, n, min(threads, n) + 1, dtype=int)
+            jobs = [pool.submit(libggml.quantize_rows, int(new_type), x[a:b], q[a:b], w)
+                    for a, b in itertools.pairwise(cuts) if b > a]
+            if not all(j.result() for j in jobs):
+                raise RecipeSearchError(f"quantized data validation failed for {tensor.name} ({new_type.name})")
+            out.append(q.reshape(-1))
+            e, r = _slab_error(x, q, new_type, w)
+            errors[expert] += e
+            ref += r
+            first += n
+    return out, WeightError(float(errors.sum()), ref, imatrix is not None, tuple(float(e) for e in errors))
+
+
+def _slab_error(x: np.ndarray, q: np.ndarray, new_type: GGMLType, w: np.ndarray | None) -> tuple[float, float]:
+    f32 = new_type == GGMLType.F32
+    d = np.zeros_like(x) if f32 else libggml.to_float(int(new_type), q, x.size).reshape(x.shape) - x
+    col_err = np.einsum("ij,ij->j", d, d).astype(np.float64)  # per column over the slab's rows, in float32
+    col_ref = np.einsum("ij,ij->j", x, x).astype(np.float64)
+    if w is None:
+        return float(col_err.sum()), float(col_ref.sum())
+    w64 = w.astype(np.float64)
+    return float(col_err @ w64), float(col_ref @ w64)
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    entries: int
+    bytes: int
+    max_bytes: int
+    hits: int
+    misses: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class TensorCache:
+    """Quantized tensors of any model, as split-GGUF shards under ``root`` (at most ``max_bytes``)."""
+
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def under(cls, cache_dir: Path) -> TensorCache:
+        """The cache in recipe-search's cache directory; ``$RECIPE_SEARCH_TENSOR_CACHE_GB`` sets the bound."""
+        gb = os.environ.get("RECIPE_SEARCH_TENSOR_CACHE_GB")
+        try:
+            max_bytes = int(float(gb) * (1 << 30)) if gb else DEFAULT_MAX_BYTES
+        except ValueError:
+            raise RecipeSearchError(f"RECIPE_SEARCH_TENSOR_CACHE_GB is not a number: {gb!r}") from None
+        return cls(Path(cache_dir) / "tensors", max_bytes)
+
+    def _entries(self) -> list[Path]:
+        return list(self.root.glob("*/*.gguf")) if self.root.exists() else []
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _stats(self) -> dict[str, int]:
+        try:
+            d = json.loads((self.root / "stats.json").read_text())
+            return {"hits": int(d["hits"]), "misses": int(d["misses"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"hits": 0, "misses": 0}
+
+    def count(self, hits: int, misses: int) -> None:
+        """Add one assembly's hits and misses to the cache's running totals."""
+        with self._locked():
+            s = self._stats()
+            atomic_write_text(self.root / "stats.json", json.dumps({"hits": s["hits"] + hits,
+                                                                   "misses": s["misses"] + misses}))
+
+    def info(self) -> CacheInfo:
+        entries = self._entries()
+        size = 0
+        for p in entries:
+            with contextlib.suppress(OSError):
+                size += p.stat().st_size
+        s = self._stats()
+        return CacheInfo(len(entries), size, self.max_bytes, s["hits"], s["misses"])
+
+    def clear(self) -> int:
+        """Remove every entry and the counters; returns the number of entries removed."""
+        entries = self._entries()
+        with self._locked():
+            for p in entries:
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
+            (self.root / "stats.json").unlink(missing_ok=True)
+        return len(entries)
+
+    def evict(self, keep: Collection[Path] = frozenset()) -> int:
+        """Remove least recently used entries (not in ``keep``) until the cache fits its bound."""
+        with self._locked():
+            stamped = []
+            for p in self._entries():
+                with contextlib.suppress(OSError):
+                    st = p.stat()
+                    stamped.append((st.st_mtime, st.st_size, p))
+            total = sum(s for _, s, _ in stamped)
+            removed = 0
+            for _, size, p in sorted(stamped, key=lambda e: e[0]):
+                if total <= self.max_bytes:
+                    break
+                if p in keep:
+                    continue
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
+                total -= size
+                removed += 1
+        return removed
+
+
+def write_atomically(path: Path, parts: Iterable[bytes | memoryview]) -> None:
+    """Stream ``parts`` into a temporary file beside ``path``, then rename it (large files: no fsync, no copy
+    in memory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.writelines(parts)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ModelTensors:
+    """One model's view of the cache: its tensors, each as a shard at its fixed split number.
+
+    Shard 0 of a trial holds the metadata; tensor i of the source file (in file order) is shard i+1.
+    """
+
+    def __init__(self, cache: TensorCache, inventory: Inventory, fingerprint: str,
+                 imatrix: dict[str, np.ndarray] | None, imatrix_digest: str, threads: int = 2) -> None:
+        self.cache, self.inventory, self.fingerprint = cache, inventory, fingerprint
+        self.imatrix, self.imatrix_digest, self.threads = imatrix, imatrix_digest, threads
+        self.index = {t.name: i + 1 for i, t in enumerate(inventory.tensors)}
+        self.hits = self.misses = 0
+
+    def key(self, tensor: Tensor, ggml_type: GGMLType) -> str:
+        blob = json.dumps({"model": self.fingerprint, "tensor": tensor.name, "shard": self.index[tensor.name],
+                           "type": ggml_type.name, "imatrix": self.imatrix_digest, "build": build_id()})
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def path(self, tensor: Tensor, ggml_type: GGMLType) -> Path:
+        key = self.key(tensor, ggml_type)
+        return self.cache.root / key[:2] / f"{key}.gguf"
+
+    def _shard_header(self, tensor: Tensor, ggml_type: GGMLType) -> bytes:
+        return header_bytes(split_kv(self.index[tensor.name]),
+                            [TensorInfo(tensor.name, tensor.shape, ggml_type, tensor_bytes(ggml_type, tensor.shape))],
+                            SHARD_ALIGNMENT)
+
+    def shard(self, tensor: Tensor, ggml_type: GGMLType) -> Path:
+        """The cached shard of ``tensor`` at ``ggml_type``, quantized now if it is not there (or if the file
+        there has not the size it must have)."""
+        path = self.path(tensor, ggml_type)
+        expected = len(self._shard_header(tensor, ggml_type)) + pad(tensor_bytes(ggml_type, tensor.shape),
+                                                                     SHARD_ALIGNMENT)
+        try:
+            if path.stat().st_size == expected:
+                os.utime(path)  # marks it recently used
+                self.hits += 1
+                return path
+        except FileNotFoundError:
+            pass
+        self.misses += 1
+        self._fill(tensor, ggml_type, path)
+        return path
+
+    def weight_error(self, tensor: Tensor, ggml_type: GGMLType) -> WeightError:
+        """The recorded weight error of ``tensor`` at ``ggml_type`` (quantizing it first if needed)."""
+        meta = self.path(tensor, ggml_type).with_suffix(".json")
+        for _ in range(2):
+            try:
+                d = json.loads(meta.read_text())
+                return WeightError(float(d["sq_error"]), float(d["sq_source"]), bool(d["weighted"]),
+                                   tuple(d["per_expert"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                self.shard(tensor, ggml_type)
+        raise RecipeSearchError(f"no weight error recorded for {tensor.name} at {ggml_type.name}", meta)
+
+    def _source(self, tensor: Tensor) -> np.ndarray:
+        path = self.inventory.paths[tensor.file_index]
+        with open(path, "rb") as fh:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(buf, dtype=np.uint8, count=tensor.n_bytes, offset=tensor.data_offset)
+
+    def _fill(self, tensor: Tensor, ggml_type: GGMLType, path: Path) -> None:
+        raw = self._source(tensor)
+        if ggml_type == tensor.ggml_type:
+            data, err = [raw], WeightError(0.0, 0.0, self.imatrix is not None)
+        elif is_quantized(tensor.ggml_type):
+            raise RecipeSearchError(f"requantizing from type {tensor.ggml_type.name} is disabled ({tensor.name})",
+                                    self.inventory.paths[tensor.file_index])
+        else:
+            data, err = quantize_tensor(raw, tensor, ggml_type, _imatrix_for(tensor, self.imatrix), self.threads)
+        n_bytes = sum(d.nbytes for d in data)
+        if n_bytes != tensor_bytes(ggml_type, tensor.shape):
+            raise RecipeSearchError(f"{tensor.name} at {ggml_type.name}: {n_bytes} bytes quantized, "
+                                    f"{tensor_bytes(ggml_type, tensor.shape)} expected")
+        head = self._shard_header(tensor, ggml_type)
+        tail = bytes(pad(n_bytes, SHARD_ALIGNMENT) - n_bytes)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(
+            {"tensor": tensor.name, "type": ggml_type.name, "bytes": n_bytes, "sq_error": err.sq_error,
+             "sq_source": err.sq_source, "weighted": err.weighted, "per_expert": err.per_expert,
+             "created": time.time()}))
+        write_atomically(path, [head, *[d.data for d in data], tail])
+
+
+def shard_data(path: Path) -> tuple[int, int]:
+    """(data offset, bytes) of the one tensor in a cached shard."""
+    t = read_header(path).tensors[0]
+    return t.data_offset, tensor_bytes(t.ggml_type, t.shape)

@@ -1,0 +1,182 @@
+"""The quantize-and-score worker: one recipe in, measured numbers out.
+
+It resolves the recipe, predicts the file size exactly, quantizes into a work directory with
+llama.cpp's quantizer, scores the result against the cached reference, and removes the temporary GGUF.
+Finished measurements are kept in the cache directory by their result key, so a recipe that resolves
+to the same file is measured once across studies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import json
+import os
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from ..core.inventory import Inventory, model_fingerprint, read_inventory
+from ..core.kld import TokenStats
+from ..core.recipe import Recipe
+from ..core.resolve import Resolution, resolve
+from ..core.size import predict_size
+from ..errors import RecipeSearchError
+from ..formats.files import atomic_write_text
+from ..formats.imatrix_file import ImatrixInput
+from ..version import __version__
+from .assemble import assemble, can_split, write_single_file
+from .leftovers import TRIAL_PREFIX
+from .libggml import lib_dir
+from .llama import LlamaModel
+from .measurement import Measurement
+from .quantize import PARTIAL_SUFFIX, check_imatrix, dry_run_types, quantize_model
+from .score import Reference, ScoreSettings, get_reference, score_quant
+from .tensor_cache import ModelTensors, TensorCache
+
+#: the llama.cpp build: a measurement made with another one is not reused
+LLAMA_BUILD = f"llama-cpp-python {llama_cpp.__version__}, libllama {llama_cpp.llama_version().decode()}"
+
+
+def tool_versions() -> dict[str, str]:
+    """This tool's version, llama-cpp-python's, and the llama.cpp/ggml build it vendors (as its libraries report)."""
+    ggml = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
+    ggml.ggml_version.restype = ctypes.c_char_p
+    ggml.ggml_commit.restype = ctypes.c_char_p
+    return {"recipe_search": __version__, "llama_cpp_python": version("llama-cpp-python"),
+            "libllama": llama_cpp.llama_version().decode(), "ggml": ggml.ggml_version().decode(),
+            "ggml_commit": ggml.ggml_commit().decode()}
+
+
+@dataclass
+class Built:
+    """A trial's model on disk: the file llama.cpp loads, every file to remove, how long each phase took and
+    the size of the single file llama_model_quantize writes for it."""
+
+    path: Path
+    files: list[Path]
+    seconds: dict[str, float]
+    file_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def speed_of(quant: Path, threads: int, gpu_layers: int = 0) -> dict[str, float]:
+    """Prompt-processing and generation tokens per second of a GGUF on this machine."""
+    with LlamaModel(quant, n_threads=threads, n_ctx=512, n_gpu_layers=gpu_layers) as lm:
+        pp, tg = lm.generate_speed()
+    return {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
+
+
+class Worker:
+    """Measures recipes for one base model, text and scoring setup."""
+
+    def __init__(self, model: Path, settings: ScoreSettings, cache_dir: Path, workdir: Path,
+                 imatrix: ImatrixInput | None = None, keep: bool = False, tensor_cache: bool = True) -> None:
+        self.model, self.settings, self.cache_dir, self.workdir = Path(model), settings, cache_dir, Path(workdir)
+        self.inventory: Inventory = read_inventory(self.model)
+        self.imatrix = imatrix
+        self.keep = keep
+        self.tensor_cache = tensor_cache
+        self._reference: Reference | None = None
+        self.reference_was_cached: bool | None = None
+        self.reference_seconds = 0.0
+
+    @property
+    def reference(self) -> Reference:
+        if self._reference is None:
+            start = time.perf_counter()
+            self._reference, self.reference_was_cached = get_reference(self.model, self.settings, self.cache_dir,
+                                                                       self.inventory)
+            self.reference_seconds = time.perf_counter() - start
+        return self._reference
+
+    def resolve(self, recipe: Recipe) -> Resolution:
+        return resolve(recipe, self.inventory, dry_run_types)
+
+    def result_key(self, resolution: Resolution) -> str:
+        """Identifies a measurement: the per-tensor types, the imatrix, the reference (model, text, ctx,
+        chunks) and the llama.cpp build that quantizes and evaluates."""
+        blob = json.dumps({"types": resolution.key(), "imatrix": self.imatrix.digest if self.imatrix else "",
+                           "reference": self.reference.path.name, "llama": LLAMA_BUILD})
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    @functools.cached_property
+    def tensors(self) -> ModelTensors:
+        """This model's view of the quantized-tensor cache."""
+        return ModelTensors(TensorCache.under(self.cache_dir), self.inventory, model_fingerprint(self.inventory),
+                            None if self.imatrix is None else self.imatrix.arrays, self.imatrix.digest if self.imatrix else "",
+                            self.settings.threads)
+
+    def build(self, resolution: Resolution, path: Path, single_file: bool = False,
+              allow_partial_imatrix: bool = False) -> Built:
+        """Make the recipe's model at ``path``: from the tensor cache (linked shards named after ``path``,
+        or the one file ``path`` when ``single_file``) or, with the cache off, by llama_model_quantize."""
+        if not self.tensor_cache:
+            q = quantize_model(self.model, resolution, path, imatrix=self.imatrix, threads=self.settings.threads,
+                               inventory=self.inventory, allow_partial_imatrix=allow_partial_imatrix)
+            return Built(q.path, [q.path], {"quantize": q.seconds}, q.file_bytes, q.warnings)
+        warnings = check_imatrix(resolution, self.imatrix, allow_partial_imatrix)
+        extra_kv = self.imatrix.kv() if self.imatrix else None
+        if single_file or not can_split(len(self.inventory.tensors)):
+            a = write_single_file(self.tensors, resolution, path, extra_kv)
+            return Built(a.path, a.files, a.seconds, a.path.stat().st_size, warnings)
+        a = assemble(self.tensors, resolution, path.with_suffix(""), extra_kv)
+        return Built(a.path, a.files, a.seconds, predict_size(resolution, self.inventory, extra_kv).file_bytes, warnings)
+
+    def _cache_path(self, key: str) -> Path:
+        return self.cache_dir / "measurements" / f"{key}.json"
+
+    def cached(self, resolution: Resolution, speed: bool = False) -> Measurement | None:
+        """The stored measurement of this resolved recipe, if a finished one is in the cache."""
+        try:
+            m = Measurement.from_dict(json.loads(self._cache_path(self.result_key(resolution)).read_text()), cached=True)
+        except (OSError, ValueError, KeyError, TypeError, zlib.error):
+            return None  # absent, or unreadable: measure again (and overwrite it atomically)
+        return None if speed and not m.speed else m
+
+    def _store(self, resolution: Resolution, m: Measurement) -> None:
+        atomic_write_text(self._cache_path(self.result_key(resolution)), json.dumps(m.to_dict()))
+
+    def measure(self, recipe: Recipe | Resolution, on_chunk: Callable[[int, TokenStats], None] | None = None,
+                speed: bool = False, out: Path | None = None, use_cache: bool = True) -> Measurement:
+        """Quantize and score ``recipe`` (or read its earlier measurement from the cache when no file
+        is asked for); ``on_chunk`` may raise StopScoring to abandon the trial. A recipe is resolved here,
+        once; a `Resolution` (of this worker's `resolve`) is measured as it is."""
+        resolution = recipe if isinstance(recipe, Resolution) else self.resolve(recipe)
+        if use_cache and out is None and (hit := self.cached(resolution, speed)) is not None:
+            return hit
+        reference = self.reference
+        extra_kv = self.imatrix.kv() if self.imatrix else None
+        predicted = predict_size(resolution, self.inventory, extra_kv)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = out or self.workdir / f"{TRIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}.gguf"
+        built: Built | None = None
+        try:
+            built = self.build(resolution, path, single_file=self.keep or out is not None)
+            if built.file_bytes != predicted.file_bytes:
+                raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {built.file_bytes}", path)
+            scored = score_quant(built.path, reference, self.settings, on_chunk, check=False)
+            speed_numbers = speed_of(built.path, self.settings.threads, self.settings.gpu_layers) if speed else {}
+        finally:
+            if not self.keep and out is None:
+                for f in built.files if built else [path]:
+                    f.unlink(missing_ok=True)
+                path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+        metrics = scored.summary.to_dict()
+        metrics["ppl_ratio"] = float(np.exp(metrics["ln_ppl_ratio"]))
+        m = Measurement(
+            file_bytes=built.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
+            kld_tokens=scored.stats.kld.astype(np.float32),
+            fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
+            seconds={**built.seconds, **scored.seconds},
+            speed=speed_numbers)
+        self._store(resolution, m)
+        return m

@@ -1,0 +1,79 @@
+"""A trial abandoned by a second Ctrl-C: no Optuna traceback, and the trial is queued again.
+
+Optuna marks the interrupted trial FAIL and logs the KeyboardInterrupt with its traceback. A reference
+recipe (or a surrogate seed) failed that way would never be measured, so the same parameters and the
+attributes it was enqueued with are enqueued again, as the retry callback does for a killed worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from ._records import enqueued_attrs
+
+
+class _DropInterrupt(logging.Filter):
+    """Drops Optuna's report of a trial failed by KeyboardInterrupt (its traceback, then its value line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in record.getMessage():
+            self.seen = True
+            return False
+        return not (self.seen and "failed with value" in record.getMessage())
+
+
+class AbandonGuard:
+    """``with guard: study.optimize(guard.track(objective), ...)``; re-queues the trial a Ctrl-C abandons."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        self.current: int | None = None  # the last trial whose objective started
+        self.in_flight = False  # its objective is running now (not the callbacks after it)
+        self.requeued: int | None = None
+        self._filter = _DropInterrupt()
+
+    def track(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable[[optuna.Trial], list[float]]:
+        def run(trial: optuna.Trial) -> list[float]:
+            self.current, self.in_flight = trial.number, True
+            try:
+                return objective(trial)
+            finally:
+                self.in_flight = False
+
+        return run
+
+    def __enter__(self) -> AbandonGuard:
+        logging.getLogger("optuna").addFilter(self._filter)
+        for handler in logging.getLogger("optuna").handlers:
+            handler.addFilter(self._filter)
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        logging.getLogger("optuna").removeFilter(self._filter)
+        for handler in logging.getLogger("optuna").handlers:
+            handler.removeFilter(self._filter)
+        if kind is not None and issubclass(kind, KeyboardInterrupt) and self.current is not None:
+            self.requeued = requeue(self.study, self.current)
+
+
+def requeue(study: optuna.Study, number: int) -> int | None:
+    """Enqueue trial ``number`` again (its parameters and enqueue-time attributes) unless it finished."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return None
+    params = trial.params or trial.system_attrs.get("fixed_params")
+    if not params:
+        return None
+    if trial.state == TrialState.RUNNING:  # interrupted before Optuna recorded the failure
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    study.enqueue_trial(params, user_attrs=enqueued_attrs(trial, requeued_from=number))
+    return number

@@ -1,0 +1,194 @@
+"""Reading a study for decisions: its frontier on one objective, ties, picks at size targets, recipe files.
+
+`pareto` does the arithmetic; this module opens the storage, gathers the measured trials and writes
+the picked recipes (with their measurements and provenance) as YAML.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from ..core.config import StudyConfig
+from ..core.kld import bootstrap_quantile_ci, scored_per_chunk
+from ..core.metrics import MAXIMISE
+from ..core.pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
+from ..core.recipe import ModelRef, Recipe
+from ..core.text import TextSource, text_sha256
+from ..errors import RecipeSearchError
+from ..version import __version__
+from ._records import TrialRecord
+from ._storage import mask_credentials, storage_label
+from ._summary import measured_records
+
+#: quantiles whose bootstrap interval a written recipe records
+_CI_QUANTILES = {"kld_p99": 0.99, "kld_p999": 0.999}
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    candidate: int  # index into Selection.candidates
+    test: NeighbourTest | None  # against the next smaller frontier point (None: the smallest, or untestable)
+
+    @property
+    def distinct(self) -> bool | None:
+        """True: better than its smaller neighbour beyond the interval; False: a tie; None: not tested."""
+        return None if self.test is None else not self.test.tie
+
+
+@dataclass(frozen=True)
+class Pick:
+    target: Target
+    candidate: int | None  # None: nothing measured fits the target
+
+
+@dataclass
+class Selection:
+    """A study's measured trials, its frontier on (file size, objective) and the picks at the targets."""
+
+    study: str
+    storage: str
+    model: Path
+    config: StudyConfig
+    objectives: list[str]
+    objective: str
+    counts: dict[str, int]  # trial states, plus duplicates
+    candidates: list[TrialRecord]
+    frontier: list[FrontierPoint]
+    picks: list[Pick]
+    tools: dict[str, str]  # the versions that measured the study
+
+    def quality(self, c: TrialRecord) -> float:
+        return float(c.metrics[self.objective])
+
+    def point_of(self, candidate: int) -> FrontierPoint | None:
+        return next((p for p in self.frontier if p.candidate == candidate), None)
+
+    def status(self, point: FrontierPoint, trial: str = "#") -> str:
+        """How a frontier point stands against its smaller neighbour, in words (``trial`` prefixes trial numbers)."""
+        if point.test is None:
+            first = bool(self.frontier) and self.frontier[0].candidate == point.candidate
+            return "smallest" if first else "not tested"
+        smaller = self.candidates[point.test.smaller].number
+        return f"{'distinct from' if point.distinct else 'tie with'} {trial}{smaller}"
+
+
+def select(study: optuna.Study, url: str, objective: str | None, targets: list[Target], n_boot: int = 1000,
+           seed: int = 0) -> Selection:
+    """The frontier on (file size, ``objective``), each point tested against its smaller neighbour, and
+    the best measured recipe at or under each target."""
+    if "config" not in study.user_attrs:
+        raise RecipeSearchError(f"study {study.study_name!r} was not made by recipe-search (no stored config)")
+    config = StudyConfig.model_validate(json.loads(study.user_attrs["config"]))
+    objectives = list(study.user_attrs.get("objectives", config.objectives))
+    objective = objective or objectives[1]
+    candidates = measured_records(study)
+    if not candidates:
+        raise RecipeSearchError(f"study {study.study_name!r} has no measured trial yet")
+    missing = [c.number for c in candidates if objective not in c.metrics]
+    if missing:
+        known = sorted(k for k in candidates[0].metrics if isinstance(candidates[0].metrics[k], (int, float)))
+        raise RecipeSearchError(f"objective {objective!r} is not among the measured metrics ({', '.join(known)})")
+    sign = -1.0 if objective in MAXIMISE else 1.0
+    quality = [sign * float(c.metrics[objective]) for c in candidates]
+    order = [int(i) for i in frontier_2d([c.file_bytes for c in candidates], quality)]
+    tests = neighbour_tests(order, [c.kld_tokens for c in candidates], objective, scored_per_chunk(config.ctx),
+                            n_boot=n_boot, seed=seed)
+    frontier = [FrontierPoint(i, test) for i, test in zip(order, [None, *tests])]
+    picks = [Pick(t, t.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality))
+             for t in targets]
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
+    return Selection(study.study_name, mask_credentials(url), Path(study.user_attrs["model"]), config, objectives,
+                     objective, counts, candidates, frontier, picks, study_tools(study))
+
+
+# -- writing picks ---------------------------------------------------------------------------------
+def study_tools(study: optuna.Study) -> dict[str, str]:
+    """The tool versions that measured the study (stored when it was created); for a study made before
+    they were stored, this tool's version and the installed llama-cpp-python's, read without loading it."""
+    from importlib.metadata import version
+
+    stored = study.user_attrs.get("tools")
+    return dict(stored) if stored else {"recipe_search": __version__, "llama_cpp_python": version("llama-cpp-python")}
+
+
+def model_ref(model: Path) -> ModelRef | None:
+    """The study's model by architecture, tensor count, name, file name, size and fingerprint (no path);
+    None when its file is not here."""
+    from ..core.inventory import model_fingerprint, read_inventory
+
+    try:
+        inv = read_inventory(model)
+    except RecipeSearchError:
+        return None
+    name = inv.headers[0].get("general.name")
+    return ModelRef(architecture=inv.arch, tensor_count=len(inv.tensors), name=str(name) if name else None,
+                    file=model.name, file_bytes=sum(p.stat().st_size for p in inv.paths),
+                    fingerprint=model_fingerprint(inv))
+
+
+def text_ref(spec: str | None) -> dict[str, str]:
+    """The scoring text by name (and range) and, where the file is here, the SHA-256 of the scored bytes."""
+    source = TextSource.parse(spec)
+    try:
+        return {"text": source.label, "text_sha256": text_sha256(source.read())}
+    except RecipeSearchError:
+        return {"text": source.label}
+
+
+def recipe_file_name(sel: Selection, pick: Pick) -> str:
+    """``<model>-<target>-<objective>.yaml``, e.g. ``gemma-3-270m-f16-4.00bpw-kld_p999.yaml``."""
+    return f"{sel.model.stem}-{pick.target.label}-{sel.objective}.yaml"
+
+
+def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: dict[str, str]) -> Recipe:
+    """The picked trial's rules with its measurements (``metrics``) and where they come from (``provenance``)."""
+    if pick.candidate is None:
+        raise RecipeSearchError(f"nothing measured fits {pick.target.label}")
+    c = sel.candidates[pick.candidate]
+    metrics: dict = {"file_bytes": c.file_bytes, "bpw": c.bpw, **c.metrics}
+    per_chunk = scored_per_chunk(sel.config.ctx)
+    if c.kld_tokens is not None and len(c.kld_tokens) >= 2 * per_chunk:
+        for name, q in _CI_QUANTILES.items():
+            metrics[f"{name}_ci95"] = list(bootstrap_quantile_ci(c.kld_tokens.astype(np.float64), q, per_chunk))
+    point = sel.point_of(pick.candidate)
+    cfg = sel.config
+    how = sel.status(point, trial="trial ") if point else "not on the frontier"
+    provenance = {
+        "study": {"name": sel.study, "storage": storage_label(sel.storage), "trial": c.number, "trial_name": c.name,
+                  "objective": sel.objective, "target": pick.target.label,
+                  "frontier": f"{how} (95% paired chunk bootstrap of {sel.objective} against the next smaller "
+                              "frontier point)"},
+        "scoring": {"model": sel.model.name, **text_ref(cfg.text), "ctx": cfg.ctx, "chunks": cfg.chunks,
+                    "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None},
+        "tools": versions,
+    }
+    return c.recipe.model_copy(update={
+        "name": Path(recipe_file_name(sel, pick)).stem, "model": model,
+        "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None,
+        "metrics": metrics, "provenance": provenance})
+
+
+def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, dict] | None = None) -> dict[int, Path]:
+    """Write every pick's recipe under ``out_dir`` (pick index -> file); checks every name first, so nothing
+    is written when one exists (without ``force``). Targets nothing fits are skipped. ``holdout`` (pick index ->
+    its held-out validation) goes into the recipe's metrics beside the search-text figures."""
+    todo = {i: out_dir / recipe_file_name(sel, p) for i, p in enumerate(sel.picks) if p.candidate is not None}
+    if not force:
+        for path in todo.values():
+            if path.exists():
+                raise RecipeSearchError("exists already (use --force to replace it)", path)
+    if todo:
+        model, versions = model_ref(sel.model), sel.tools
+        for i, path in todo.items():
+            recipe = picked_recipe(sel, sel.picks[i], model, versions)
+            if holdout and i in holdout:
+                recipe = recipe.model_copy(update={"metrics": {**(recipe.metrics or {}), "holdout": holdout[i]}})
+            recipe.save(path, overwrite=force)
+    return todo

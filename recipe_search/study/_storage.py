@@ -1,0 +1,153 @@
+"""A study's storage: opening it (heartbeats, retries, the sampler), where it is, and what its URL and name
+may show and be (credentials masked, names that are safe file names)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from ..core.config import StudyConfig
+from ..core.metrics import MAXIMISE
+from ..errors import RecipeSearchError
+
+T = TypeVar("T")
+_MASK = "***"
+# user:password@ up to the last @ before the host (a password may hold @), and password-like query parameters
+_USERINFO = re.compile(r"^(?P<scheme>[^:/?#]+://)(?P<user>[^:/?#@]*):(?P<pw>[^/?#]*)@")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|secret|token|sslpassword|api_key)=)[^&#]*")
+
+
+def mask_credentials(url: str) -> str:
+    """``url`` (or a message quoting it) with every password hidden: ``user:pw@``, a password holding ``@``,
+    ``?password=...``. A regex masks the forms by shape (the password runs to the last ``@`` before the
+    host); SQLAlchemy's parser, where it reads the result, checks that no password it would send is left."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    shown = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{_MASK}@", url)
+    shown = _QUERY_SECRET.sub(lambda m: m[1] + _MASK, shown)
+    try:
+        parsed = make_url(shown)
+    except (ArgumentError, ValueError, TypeError):
+        return shown
+    left = [parsed.password, *(v for k, v in parsed.query.items() if _QUERY_SECRET.match(f"?{k}="))]
+    if any(v not in (None, _MASK, (_MASK,), (_MASK, _MASK)) for v in left):  # a form the regex missed
+        return f"{parsed.drivername}://{_MASK}"
+    return shown
+
+
+def mask_message(message: str, url: str) -> str:
+    """An error message about ``url`` with the URL's password masked, and any piece of it a driver quotes
+    (a password holding ``@`` reads to a driver as part of the host)."""
+    shown = mask_credentials(message)
+    m = _USERINFO.match(url)
+    if m and m["pw"]:
+        pw = m["pw"]
+        tails = [pw.split("@", i)[-1] + "@" for i in range(1, pw.count("@") + 1)]  # what a driver takes for the host
+        for piece in sorted({pw, *tails, *(p for p in pw.split("@") if len(p) >= 3)}, key=len, reverse=True):
+            shown = shown.replace(piece, _MASK + ("@" if piece.endswith("@") and piece != pw else ""))
+    for value in re.findall(r"(?i)[?&](?:password|passwd|pwd|pass|secret|token|sslpassword|api_key)=([^&#]+)", url):
+        shown = shown.replace(value, _MASK)
+    return shown
+
+
+def storage_label(url: str) -> str:
+    """The storage as a shared recipe records it: credentials masked, a SQLite file by its name only."""
+    if url.startswith("sqlite:///"):
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).name}"
+    return mask_credentials(url)
+
+
+def check_study_name(name: str) -> str:
+    """Refuse a study name that is not a plain file name (it names the study's directory under studies/)."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name
+            or any(ord(c) < 32 or c == "\x7f" for c in name)):
+        raise RecipeSearchError(f"study name {name!r} is not a plain name (no '/', '..' or control characters)")
+    return name
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines off; its experimental-feature warning off for the heartbeats and the retry
+    callback, which are the documented way to survive killed workers."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def storage_for(url: str, heartbeat: int | None = None, grace: int | None = None) -> RDBStorage:
+    """Optuna RDB storage with heartbeats, so a killed worker's trial is failed and retried.
+
+    A worker beats every ``heartbeat`` seconds ($RECIPE_SEARCH_HEARTBEAT, 30); a trial silent for
+    ``grace`` seconds ($RECIPE_SEARCH_GRACE, 120) is failed and retried."""
+    quiet_optuna()
+    heartbeat = heartbeat or int(os.environ.get("RECIPE_SEARCH_HEARTBEAT", "30"))
+    grace = grace or int(os.environ.get("RECIPE_SEARCH_GRACE", "120"))
+    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return _opened(url, lambda: RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                           grace_period=grace,
+                                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3)))
+
+
+def _opened(url: str, open_: Callable[[], T]) -> T:
+    """``open_()``, with a storage or driver error (a bad URL, a missing driver, an unreachable server) as
+    one line whose credentials are masked."""
+    try:
+        return open_()
+    except Exception as err:  # sqlalchemy/driver errors: report, don't trace
+        raise RecipeSearchError(f"cannot open study storage {mask_credentials(url)}: "
+                                f"{mask_message(str(err).splitlines()[0], url)}") from None
+
+
+def directions(config: StudyConfig) -> list[Literal["minimize", "maximize"]]:
+    return ["maximize" if o in MAXIMISE else "minimize" for o in config.objectives]
+
+
+def make_sampler(config: StudyConfig, worker_seed: int) -> optuna.samplers.BaseSampler:
+    seed = config.seed * 1000 + worker_seed
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+
+
+def worker_seed() -> int:
+    """Distinct per process, so concurrent workers do not propose the same trials."""
+    return (os.getpid() * 7919 + int(time.time())) % 100_000
+
+
+# -- opening a study -------------------------------------------------------------------------------
+def storage_url(storage: str | None, directory: str | Path | None, study: str | None) -> str:
+    """The storage URL: given, or the SQLite database of the study directory (default studies/<study>)."""
+    if storage:
+        return storage
+    if directory is None and study is None:
+        raise RecipeSearchError("say where the study is: --storage URL, --dir DIR or --study NAME")
+    db = Path(directory if directory is not None else Path("studies") / check_study_name(str(study))) / "study.db"
+    if not db.is_file():
+        raise RecipeSearchError("no study database here", db)
+    return f"sqlite:///{db.resolve()}"
+
+
+def load_study(url: str, name: str | None) -> optuna.Study:
+    """Open an existing study read-only in spirit (no heartbeat); the only study when ``name`` is None."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise RecipeSearchError("no study database here", url.removeprefix("sqlite:///"))
+    storage = _opened(url, lambda: optuna.storages.RDBStorage(url))
+    names = _opened(url, lambda: [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)])
+    if name is None:
+        if len(names) != 1:
+            raise RecipeSearchError(f"{mask_credentials(url)} holds {len(names)} studies "
+                                    f"({', '.join(names) or 'none'}); "
+                                    "name one with --study")
+        name = names[0]
+    if name not in names:
+        raise RecipeSearchError(f"no study {name!r} in {mask_credentials(url)} (it has: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=name, storage=storage)
