@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from paths import SHARED_DATA
 from tiny_models import english_text, write_dense, write_moe, write_qwen35moe
 from tiny_studies import write_synthetic_study
-
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def _shared_file(relative: str) -> Path:
@@ -85,6 +85,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("llama") is None:
             item.add_marker(pytest.mark.pure)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``-m pure`` the subprocesses the tests start cannot import llama.cpp either (see pure_guard)."""
+    if config.getoption("markexpr") == "pure":
+        guard = str(Path(__file__).resolve().parent / "pure_guard")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (guard, os.environ.get("PYTHONPATH")) if p)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

@@ -12,8 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from paths import REPO
 
-PACKAGE = Path(__file__).resolve().parent.parent / "recipe_search"
+PACKAGE = REPO / "recipe_search"
 #: bottom to top; "base" is the package's own small modules that every layer may use
 LAYERS = ("base", "formats", "core", "engine", "sensitivity", "study", "report", "cli", "facade")
 BASE = {"errors", "version", "_lazy"}
@@ -131,10 +132,14 @@ def test_formats_and_core_load_neither_llama_nor_optuna() -> None:
     assert not loaded & {"llama_cpp", "optuna"}
 
 
+@pytest.mark.slow
+@pytest.mark.llama  # imports the engine in a subprocess
 def test_engine_and_sensitivity_do_not_load_optuna() -> None:
     assert "optuna" not in _loaded_after("\n".join(f"import {m}" for m in _in("engine", "sensitivity")))
 
 
+@pytest.mark.slow
+@pytest.mark.llama  # imports the engine in a subprocess
 def test_library_modules_do_not_import_the_cli() -> None:
     """The CLI is a shell over the library, never the other way round."""
     library = _in("base", "formats", "core", "engine", "sensitivity", "study", "report")
@@ -142,7 +147,13 @@ def test_library_modules_do_not_import_the_cli() -> None:
                   "assert not [m for m in sys.modules if m.startswith('recipe_search.cli')], 'the CLI was imported'")
 
 
-@pytest.mark.parametrize("package", ["recipe_search", *(f"recipe_search.{layer}" for layer in LAYERS[1:-2])])
+def _api_case(package: str) -> object:
+    """Resolving every public name of a package that re-exports the engine loads llama.cpp (in a subprocess)."""
+    loads_llama = package in ("recipe_search", "recipe_search.engine", "recipe_search.sensitivity", "recipe_search.study")
+    return pytest.param(package, marks=[pytest.mark.slow, pytest.mark.llama] if loads_llama else [])
+
+
+@pytest.mark.parametrize("package", [_api_case(p) for p in ("recipe_search", *(f"recipe_search.{x}" for x in LAYERS[1:-2]))])
 def test_public_api_resolves_lazily(package: str) -> None:
     _loaded_after(f"import {package} as p\nfor name in p.__all__:\n    assert getattr(p, name) is not None")
     assert not _loaded_after("import recipe_search; recipe_search.read_inventory; recipe_search.predict_size") \

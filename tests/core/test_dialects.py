@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from paths import QWEN_TABLES, REPO
 
 from recipe_search.cli import main
 from recipe_search.core.dialects import Dialect, detect, load_any_recipe, parse_substitutions, read_source
@@ -19,7 +20,6 @@ from recipe_search.core.rule_coverage import coverage
 from recipe_search.errors import RecipeSearchError
 from recipe_search.formats.tensor_map import read_map, write_header_only
 
-QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
 T = GGMLQuantizationType
 
 
@@ -420,6 +420,7 @@ def test_commands_take_substitutions(dense_model, tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["columns"][0]["cells"]["ffn_down"]["text"] == "Q4_0×1 Q5_0×1"
 
 
+@pytest.mark.slow
 @pytest.mark.llama  # quantizes
 def test_quantize_takes_a_custom_q_command_line(dense_model, tmp_path, capsys) -> None:
     path = _write(tmp_path / "ik.txt", CUSTOM_Q)
@@ -432,7 +433,7 @@ def test_quantize_takes_a_custom_q_command_line(dense_model, tmp_path, capsys) -
 
 
 def test_readme_compare_of_three_dialects(qwen_35b, capsys, monkeypatch) -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     block = (root / "README.md").read_text().split("## Recipes people already have", 1)[1]
     block = block.split("```\n$ cd experiments/dialects && recipe-search ", 1)[1].split("```", 1)[0]
     command, *shown = block.splitlines()

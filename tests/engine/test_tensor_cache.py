@@ -82,11 +82,13 @@ def _check_exact(model, recipe: Recipe, tmp_path, imatrix: ImatrixInput | None) 
     assert not list(tmp_path.glob("trial-*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["dense_model", "moe_model", "qwen35_model"])
 def test_cache_equals_llama_quantize_without_imatrix(fixture, request, tmp_path) -> None:
     _check_exact(request.getfixturevalue(fixture), recipe_from_dict(MIXED), tmp_path, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["dense_model", "moe_model", "qwen35_model"])
 def test_cache_equals_llama_quantize_with_imatrix(fixture, request, tmp_path) -> None:
     model = request.getfixturevalue(fixture)
@@ -97,6 +99,7 @@ def test_cache_equals_llama_quantize_with_imatrix(fixture, request, tmp_path) ->
     _check_exact(model, recipe, tmp_path, _imatrix(model, tmp_path))
 
 
+@pytest.mark.slow
 def test_demo_exact(demo_model, tmp_path) -> None:
     recipe = recipe_from_dict({"name": "demo-mix", "unmatched": {"type": "Q4_K"}, "rules": [
         {"tensors": "token_embd", "type": "Q5_0"}, {"tensors": "ffn_down", "type": "IQ4_XS"},
@@ -113,6 +116,7 @@ def test_demo_exact(demo_model, tmp_path) -> None:
     assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_worker_uses_cache_and_matches_quantizer(qwen35_model, tmp_path) -> None:
     recipe = recipe_from_dict(MIXED)
     cached = Worker(qwen35_model, SETTINGS, tmp_path / "c1", tmp_path / "w1")

@@ -64,6 +64,7 @@ def test_resolution_on_demo_reports_fallbacks(demo_model) -> None:
     assert all(set(moves) == {"Q4_K->Q5_0"} for moves in fell.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", MIXED[:6], ids=lambda r: r.name)
 def test_predicted_size_equals_written_file(recipe: Recipe, dense_model, moe_model, qwen35_model, tmp_path) -> None:
     for model in (dense_model, moe_model, qwen35_model):
@@ -84,6 +85,7 @@ def test_rule_patterns_are_exact_under_lowercasing(qwen35_model, moe_model) -> N
                        for n in hits)
 
 
+@pytest.mark.slow
 def test_import_of_demo_original_reproduces_it(demo_model, demo_original, tmp_path) -> None:
     recipe = import_recipe(demo_original)
     original = read_inventory(demo_original)
@@ -102,6 +104,7 @@ def test_import_of_demo_original_reproduces_it(demo_model, demo_original, tmp_pa
     assert dry_run_types(demo_model, as_llama_quantize) == resolution.types()
 
 
+@pytest.mark.slow
 def test_import_of_mixture_on_tiny_models(dense_model, qwen35_model, tmp_path) -> None:
     for model in (dense_model, qwen35_model):
         inv = read_inventory(model)

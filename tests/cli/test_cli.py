@@ -40,6 +40,7 @@ def test_errors_are_one_line(tmp_path, dense_model) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr and "rules.0.type" in out.stderr
 
 
+@pytest.mark.slow
 def test_size_import_export_quantize(dense_model, tmp_path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"name": "x", "unmatched": {"type": "Q8_0"},

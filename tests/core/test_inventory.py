@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
+from paths import QWEN_TABLES
 
 from recipe_search.core.importer import recipe_from_inventory
 from recipe_search.core.inventory import inventory_rows, read_inventory
@@ -13,8 +13,6 @@ from recipe_search.core.resolve import resolve
 from recipe_search.core.size import predict_size
 from recipe_search.errors import RecipeSearchError
 from recipe_search.formats.tensor_map import read_map, write_header_only
-
-QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
 
 
 def test_layouts(dense_model, moe_model, qwen35_model) -> None:

@@ -113,6 +113,7 @@ def test_select_frontier_ties_and_picks(synthetic_study) -> None:
     assert picked == ["trial-1", "uniform-Q5_0", None]
 
 
+@pytest.mark.slow
 @pytest.mark.llama  # quantizes the picked recipe
 def test_pareto_writes_usable_recipes_and_respects_force(synthetic_study, dense_model, tmp_path, capsys) -> None:
     out = tmp_path / "recipes"

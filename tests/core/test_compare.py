@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import QWEN_TABLES
 
 from recipe_search.cli import main
 from recipe_search.core.compare import compare, format_table
@@ -22,7 +23,6 @@ from recipe_search.formats.tensor_map import read_map, write_header_only
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
-QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
 
 #: what `recipe-search import` recovers from the Gemma 3 270M Q4_K_M file (the demo's original)
 GEMMA_Q4_K_M = {
@@ -69,6 +69,7 @@ def test_recipes_as_they_read(tmp_path) -> None:
     assert "117.74 MiB (measured)" in table and "(T): no rule names the tensor type" in table
 
 
+@pytest.mark.slow
 def test_quant_file_and_mapping_onto_another_family(dense_model, qwen35_model, dense_recipe, tmp_path) -> None:
     quant = tmp_path / "dense-mix.gguf"
     quantize_model(dense_model, load_recipe(dense_recipe), quant)

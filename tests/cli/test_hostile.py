@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from paths import REPO
 
 from recipe_search.cli import main
 from recipe_search.core.config import StudyConfig, load_study_config
@@ -160,6 +161,8 @@ def test_text_beyond_unicode_is_refused_with_its_offset(tmp_path, bad) -> None:
     assert TextSource.parse(str(text)).read()
 
 
+@pytest.mark.slow
+@pytest.mark.llama  # starts llama.cpp in a subprocess
 def test_imatrix_on_binary_text_does_not_abort(tmp_path, dense_model) -> None:
     text = tmp_path / "random.bin"
     text.write_bytes(random.Random(3).randbytes(20_000))
@@ -422,7 +425,7 @@ def test_study_names_that_are_paths(tmp_path, capsys, monkeypatch, dense_model, 
 
 
 def test_shared_files_carry_no_machine_paths() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     files = subprocess.run(["git", "ls-files", "recipes", "experiments/results"], cwd=root, capture_output=True,
                            text=True).stdout.split()
     if not files:
@@ -453,6 +456,8 @@ def test_stale_leftovers_are_removed_at_start(tmp_path, dense_model) -> None:
     assert not list((cache / "references").iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.llama  # starts llama.cpp in a subprocess
 def test_quantizing_child_dies_with_its_parent(tmp_path, dense_model) -> None:
     """A SIGKILLed worker's quantizing child must not run on: here the child blocks opening a FIFO for ever."""
     fifo = tmp_path / "blocks.gguf"
@@ -485,6 +490,8 @@ def test_quantizing_child_dies_with_its_parent(tmp_path, dense_model) -> None:
                 os.kill(c, signal.SIGKILL)
 
 
+@pytest.mark.slow
+@pytest.mark.llama  # starts llama.cpp in a subprocess
 def test_second_ctrl_c_requeues_the_abandoned_trial(tmp_path, dense_model) -> None:
     import optuna
 

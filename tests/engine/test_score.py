@@ -63,6 +63,7 @@ def test_worker_measures_and_caches(dense_model, tmp_path) -> None:
     assert not again.measure(uniform_recipe("Q8_0"), use_cache=False).cached
 
 
+@pytest.mark.slow
 def test_base_file_round_trip(dense_model, tmp_path) -> None:
     base = tmp_path / "base.kld"
     n = write_base_file(dense_model, SETTINGS, base)
@@ -79,6 +80,7 @@ def test_base_file_round_trip(dense_model, tmp_path) -> None:
     assert via_file.kld_mean == pytest.approx(via_cache.kld_mean, rel=0.01)
 
 
+@pytest.mark.slow
 def test_bad_inputs(dense_model, moe_model, tmp_path) -> None:
     short = tmp_path / "short.txt"
     short.write_text("far too short a text")
@@ -137,6 +139,7 @@ def test_sparse_reference_matches_full_computation_on_demo(demo_model, demo_orig
         assert getattr(s, key) == pytest.approx(getattr(f, key), rel=1e-3), key
 
 
+@pytest.mark.slow
 def test_demo_score_end_to_end(demo_model, tmp_path) -> None:
     """From the command line: Q8_0 vs Q4_0 on the demo, the second call reusing the cached reference."""
     out = {}

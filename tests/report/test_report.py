@@ -66,6 +66,7 @@ def _legend(ax) -> list[str]:
     return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
+@pytest.mark.slow
 def test_frontier_plot(selection, tmp_path) -> None:
     path = tmp_path / "frontier.png"
     fig = plot_frontier(selection, path)

@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from paths import REPO
 
 from recipe_search.core.config import StudyConfig
 from recipe_search.core.inventory import read_inventory
@@ -52,6 +53,7 @@ def _load(directory: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'study.db'}")
 
 
+@pytest.mark.slow
 def test_search_resume_and_frontier(study_setup) -> None:
     model, config, directory, cache = study_setup
     args = ["search", str(model), "--config", str(config), "--dir", str(directory), "--study", "s",
@@ -97,6 +99,7 @@ def _wait_for_running_trial(directory: Path, name: str, timeout: float = 120) ->
     pytest.fail(f"no trial of study {name} started measuring within {timeout} s")
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_failed_and_retried(study_setup) -> None:
     model, config, directory, cache = study_setup
     env = {"RECIPE_SEARCH_HEARTBEAT": "1", "RECIPE_SEARCH_GRACE": "2"}
@@ -120,6 +123,7 @@ def test_killed_worker_trial_is_failed_and_retried(study_setup) -> None:
     assert not list((directory / "work").rglob("*.gguf*")), "temporary GGUF left behind"
 
 
+@pytest.mark.slow
 def test_ctrl_c_records_the_trial_in_flight(study_setup) -> None:
     model, config, directory, cache = study_setup
     base = ["search", str(model), "--config", str(config), "--dir", str(directory), "--study", "c",
@@ -164,6 +168,7 @@ def _two_workers(study_setup, url: str, name: str) -> optuna.Study:
     return study
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_sqlite_study(study_setup) -> None:
     directory = study_setup[2]
     directory.mkdir(parents=True)
@@ -223,7 +228,7 @@ def test_same_recipe_is_measured_once() -> None:
 
 
 def test_readme_study_config_is_valid(qwen35_model) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     block = readme.split("### The study config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     config = StudyConfig.model_validate(yaml.safe_load(block))
     space = build_space(config, read_inventory(qwen35_model), has_imatrix=True)
