@@ -95,6 +95,8 @@ def _run_study(study: Study, a: argparse.Namespace) -> int:
     config = study.config
     log(f"study {study.name}: {len(study.optuna_study.trials)} trials so far, {len(study.space.parameters)} searched "
         f"parameters, objectives {', '.join(config.objectives)}")
+    if note := study.space.imatrix_note():
+        log(f"note: {note}")
     n_scored = study.scored_tokens_per_trial
     if n_scored < 10_000 and "kld_p999" in config.objectives:
         log(f"note: {n_scored} scored tokens per trial: the 99.9th percentile rests on ~{max(1, n_scored // 1000)} "

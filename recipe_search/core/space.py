@@ -8,11 +8,11 @@ best to smallest, with the types that the tensor's row size or a missing imatrix
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ..errors import RecipeSearchError
-from ..formats.ggml_types import IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
+from ..formats.ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
 from .config import StudyConfig
 from .inventory import Inventory
 from .recipe import Recipe, Rule, Unmatched, preset_recipe
@@ -38,6 +38,13 @@ class SearchSpace:
     unmatched: GGMLType
     removed: dict[str, list[str]]  # tensor type -> ladder entries dropped (and why), for the report
 
+    def imatrix_note(self) -> str | None:
+        """One line naming the types left out of the space because the imatrix lacks data ggml needs for them."""
+        lacking = {k: [r for r in why if "the imatrix has no data" in r] for k, why in self.removed.items()}
+        parts = [f"{k}: {', '.join(r.split(' (')[0] for r in rs)} ({rs[0].split('(', 1)[1]}"
+                 for k, rs in lacking.items() if rs]
+        return "left out of the space, for lack of imatrix data: " + "; ".join(parts) if parts else None
+
     def recipe(self, choice: dict[str, int], name: str = "trial") -> Recipe:
         """The recipe for ladder indices ``choice`` (parameter name -> index)."""
         rules = [Rule(tensors=k, type=t.name) for k, t in self.fixed.items()]
@@ -58,8 +65,12 @@ class SearchSpace:
             range(len(p.ladder)), key=lambda i: abs(bits_per_weight(p.ladder[i]) - bits_per_weight(t)))
 
 
-def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> SearchSpace:
-    """Turn the config into parameters for this model, dropping ladder types its rows cannot take."""
+def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool,
+                imatrix_tensors: Collection[str] | None = None) -> SearchSpace:
+    """Turn the config into parameters for this model, dropping ladder types its rows cannot take, types
+    that need an imatrix when there is none, and, given the names of the tensors the imatrix has data for,
+    the types ggml cannot quantize without data (it aborts) on a tensor type the imatrix lacks any tensor of
+    (llama-imatrix never collects token_embd, nor output without --process-output)."""
     sc = config.space
     quantizable = {k.name: k for k in inv.kinds.values() if k.quantizable}
     wanted = list(quantizable) if sc.tensor_types is None else sc.tensor_types
@@ -86,6 +97,10 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool) -> Searc
                 removed.setdefault(kind, []).append(f"{name} (rows of {rows[0]} -> {fallback(t, rows[0]).name})")
             elif t in IMATRIX_REQUIRED and not has_imatrix:
                 removed.setdefault(kind, []).append(f"{name} (needs an imatrix)")
+            elif t in GGML_IMATRIX_REQUIRED and imatrix_tensors is not None and (lacking := [
+                    x.name for k in kinds for x in quantizable[k].tensors if x.name not in imatrix_tensors]):
+                removed.setdefault(kind, []).append(f"{name} (the imatrix has no data for {lacking[0]}"
+                                                    f"{f' and {len(lacking) - 1} more' if len(lacking) > 1 else ''})")
             else:
                 ladder.append(t)
         if not ladder:

@@ -35,7 +35,8 @@ def run_sweep(worker: Worker, out: Path, tensor_types: list[str] | None = None, 
     and types given), saving after each; returns the table. Each row records its measuring seconds."""
     inv = worker.inventory
     if ladders is None:
-        ladders = sweep_ladders(inv, worker.imatrix is not None, tensor_types, types)
+        ladders = sweep_ladders(inv, worker.imatrix is not None, tensor_types, types,
+                                 None if worker.imatrix is None else worker.imatrix.arrays.keys())
     cells = planned_cells(inv, ladders)
     table = SensitivityTable.open(out, sweep_meta(worker))
     todo = [c for c in cells if table.cell(c[0], c[1].name) is None]

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,12 +43,13 @@ def cell_key(tensor_type: str, ggml_type: str) -> str:
 
 
 def sweep_ladders(inv: Inventory, has_imatrix: bool, tensor_types: list[str] | None = None,
-                  types: list[str] | None = None) -> dict[str, tuple[GGMLType, ...]]:
-    """Per tensor type, the ggml types to sweep: the search space's ladder for it (row-size fallbacks and,
-    without an imatrix, imatrix-only types removed)."""
+                  types: list[str] | None = None,
+                  imatrix_tensors: Collection[str] | None = None) -> dict[str, tuple[GGMLType, ...]]:
+    """Per tensor type, the ggml types to sweep: the search space's ladder for it (row-size fallbacks,
+    imatrix-only types without an imatrix, and types that need imatrix data it lacks removed)."""
     space_config = SpaceConfig(tensor_types=tensor_types) if types is None else \
         SpaceConfig(tensor_types=tensor_types, ladder=types)
-    return space_ladders(build_space(StudyConfig(space=space_config), inv, has_imatrix))
+    return space_ladders(build_space(StudyConfig(space=space_config), inv, has_imatrix, imatrix_tensors))
 
 
 def source_types(inv: Inventory) -> dict[str, GGMLType]:

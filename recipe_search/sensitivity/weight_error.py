@@ -66,7 +66,8 @@ def run_weight_error(worker: Worker, out: Path, tensor_types: list[str] | None =
                      log: Callable[[str], None] = lambda msg: None) -> SensitivityTable:
     """Fill the tensor cache for every cell and write the weight-error table at ``out``."""
     inv = worker.inventory
-    cells = planned_cells(inv, sweep_ladders(inv, worker.imatrix is not None, tensor_types, types))
+    cells = planned_cells(inv, sweep_ladders(inv, worker.imatrix is not None, tensor_types, types,
+                                 None if worker.imatrix is None else worker.imatrix.arrays.keys()))
     extra_kv = worker.imatrix.kv() if worker.imatrix else None
     table = SensitivityTable(out, proxy_meta(worker))
     shares = expert_shares(worker)

@@ -110,7 +110,8 @@ class Study:
         imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
         worker = Worker(model_path, config.score_settings(), default_cache_dir(cache),
                         where / "work" / socket.gethostname(), imatrix=imatrix, tensor_cache=tensor_cache)
-        space = build_space(config, worker.inventory, has_imatrix=imatrix is not None)
+        space = build_space(config, worker.inventory, has_imatrix=imatrix is not None,
+                            imatrix_tensors=None if imatrix is None else imatrix.arrays.keys())
         check_study_inputs(config, worker, space)  # before the study exists: a bad config leaves nothing behind
         study = optuna.create_study(storage=rdb, study_name=name, directions=directions(config),
                                     sampler=make_sampler(config, worker_seed), load_if_exists=True)
