@@ -51,8 +51,9 @@ def score(a: argparse.Namespace) -> int:
     import time
 
     from ..core.inventory import read_inventory
-    from ..core.kld import bootstrap_quantile_ci
+    from ..core.kld import bootstrap_ci
     from ..core.locations import cache_dir
+    from ..core.metrics import TAIL_STATISTICS, statistic_of
     from ..engine.leftovers import TRIAL_PREFIX
     from ..engine.score import score_against_base_file, score_quant
     from ..engine.worker import Worker, speed_of
@@ -102,9 +103,11 @@ def score(a: argparse.Namespace) -> int:
     metrics = scored.summary.to_dict()
     metrics["ppl_ratio"] = math.exp(metrics["ln_ppl_ratio"])
     whole_chunks = len(scored.stats) // scored.chunk_tokens >= 2
-    lo, hi = bootstrap_quantile_ci(scored.stats.kld, 0.999, scored.chunk_tokens) if whole_chunks else (None, None)
+    intervals = {m: bootstrap_ci(scored.stats.kld, statistic_of(m), scored.chunk_tokens) if whole_chunks else None
+                 for m in TAIL_STATISTICS}
     result = {"reference": how, "file_bytes": file_bytes, "bpw": bpw, "metrics": metrics,
-              "kld_p999_ci95": [lo, hi] if whole_chunks else None, "speed": speed, "fallbacks": fallbacks,
+              **{f"{m}_ci95": None if ci is None else list(ci) for m, ci in intervals.items()},
+              "speed": speed, "fallbacks": fallbacks,
               "seconds": time.perf_counter() - start}
     if a.json:
         _print_json(result)
@@ -120,9 +123,15 @@ def score(a: argparse.Namespace) -> int:
     print(f"ln(PPL(Q)/PPL(base)): {s['ln_ppl_ratio']:.6f} +/- {s['ln_ppl_ratio_err']:.6f}  (ratio {s['ppl_ratio']:.4f})")
     print(f"Mean    KLD:     {s['kld_mean']:.6f} +/- {s['kld_mean_err']:.6f}")
     print(f"Maximum KLD:     {s['kld_max']:.6f}")
-    ci = f"  (95% chunk-bootstrap CI {lo:.6f} .. {hi:.6f})" if whole_chunks else "  (one chunk: no interval)"
-    print(f"99.9%   KLD:     {s['kld_p999']:.6f}{ci}")
-    print(f"99.0%   KLD:     {s['kld_p99']:.6f}")
+
+    def ci(m: str) -> str:
+        interval = intervals[m]
+        return f"  (95% chunk-bootstrap CI {interval[0]:.6f} .. {interval[1]:.6f})" if interval else "  (one chunk: no interval)"
+
+    print(f"99.9%   KLD:     {s['kld_p999']:.6f}{ci('kld_p999')}")
+    print(f"99.0%   KLD:     {s['kld_p99']:.6f}{ci('kld_p99')}")
+    print(f"worst 0.1% mean: {s['kld_cvar999']:.6f}{ci('kld_cvar999')}")
+    print(f"worst 1% mean:   {s['kld_cvar99']:.6f}{ci('kld_cvar99')}")
     print(f"95.0%   KLD:     {s['kld_p95']:.6f}")
     print(f"90.0%   KLD:     {s['kld_p90']:.6f}")
     print(f"Median  KLD:     {s['kld_median']:.6f}")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core.metrics import TAIL_STATISTICS
 from ..core.size import human_bytes
 from ..errors import RecipeSearchError
 from . import _imatrix_input, _log, _model, _print_json, _warn_text_overlaps, command
@@ -92,10 +93,10 @@ def validate(a: argparse.Namespace) -> int:
     print(f"held-out text {settings.text.label}: ctx {ctx} x {chunks} chunks, {n} scored tokens; "
           "intervals: 95% bootstrap over chunks")
     print(f"{'recipe':<28}{'size':>11}{'bpw':>7}" + "".join(f"{'search ' + m:>16}{'held-out ' + m + ' [95%]':>34}"
-                                                         for m in ("kld_p99", "kld_p999")))
+                                                         for m in TAIL_STATISTICS))
     for r in results:
         cells = ""
-        for m in ("kld_p99", "kld_p999"):
+        for m in TAIL_STATISTICS:
             s = r.search_metrics.get(m) if r.search_metrics else None
             lo, hi = r.intervals[m]
             cells += f"{'-' if s is None else f'{s:.4g}':>16}{r.holdout_metrics[m]:>14.4g} [{lo:.4g}, {hi:.4g}]".ljust(50)

@@ -23,6 +23,7 @@ leaves ~1e-6 of noise per token (a Q8_0-sized KLD).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -79,6 +80,8 @@ class KLDSummary:
     kld_p95: float
     kld_p99: float
     kld_p999: float
+    kld_cvar99: float
+    kld_cvar999: float
     kld_max: float
     dp_mean: float
     dp_mean_err: float
@@ -212,6 +215,15 @@ def percentile(sorted_values: np.ndarray, fraction: float) -> float:
     return float((np.float32(1) - p) * v[ip] + p * v[min(ip + 1, len(v) - 1)])
 
 
+def tail_mean(values: np.ndarray, level: float) -> np.ndarray:
+    """The mean of the worst ``1 - level`` of values along the last axis (conditional value at risk): the
+    ceil(N·(1 − level)) largest, at least one. Unlike a percentile it averages the whole tail, so it rests on
+    every tail token instead of one or two of them."""
+    n = values.shape[-1]
+    k = max(1, math.ceil(round(n * (1 - level), 9)))
+    return np.asarray(np.mean(np.partition(values, n - k, axis=-1)[..., n - k:], axis=-1, dtype=np.float64))
+
+
 def _median(sorted_values: np.ndarray) -> float:
     v = np.asarray(sorted_values, dtype=np.float32)
     n = len(v)
@@ -257,7 +269,9 @@ def summarize(stats: TokenStats) -> KLDSummary:
         ln_ppl_ratio=lq - lb, ln_ppl_ratio_err=float(np.sqrt(max(lq_err**2 + lb_err**2 - 2 * cov, 0.0))),
         kld_mean=kld_mean, kld_mean_err=kld_err, kld_median=_median(kld_sorted),
         kld_p90=percentile(kld_sorted, 0.90), kld_p95=percentile(kld_sorted, 0.95),
-        kld_p99=percentile(kld_sorted, 0.99), kld_p999=percentile(kld_sorted, 0.999), kld_max=float(kld_sorted[-1]),
+        kld_p99=percentile(kld_sorted, 0.99), kld_p999=percentile(kld_sorted, 0.999),
+        kld_cvar99=float(tail_mean(kld_sorted, 0.99)), kld_cvar999=float(tail_mean(kld_sorted, 0.999)),
+        kld_max=float(kld_sorted[-1]),
         dp_mean=dp_mean, dp_mean_err=dp_err, dp_rms=rms, dp_rms_err=0.5 / rms * mse_err if rms > 0 else 0.0,
         dp_p1=percentile(dp_sorted, 0.01), dp_p5=percentile(dp_sorted, 0.05), dp_p10=percentile(dp_sorted, 0.10),
         dp_median=_median(dp_sorted), dp_p90=percentile(dp_sorted, 0.90), dp_p95=percentile(dp_sorted, 0.95),

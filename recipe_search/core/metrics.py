@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from .kld import tail_mean
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -22,8 +24,9 @@ class Metric:
     direction: Literal["minimize", "maximize"] = "minimize"
     #: where a measurement keeps it: ``metrics[key]``, ``speed[key]``, or the file size / bpw
     key: str | None = None
-    #: the per-token KLD statistic behind it: "mean", "max", or a quantile in (0, 1); None: not one
-    statistic: Literal["mean", "max"] | float | None = None
+    #: the per-token KLD statistic behind it: "mean", "max", a quantile in (0, 1), or ("tail", level): the mean of
+    #: the worst 1 - level of tokens (conditional value at risk); None: not one
+    statistic: Literal["mean", "max"] | float | tuple[Literal["tail"], float] | None = None
     objective: bool = False  # a study may optimise it
     forecast: bool = False  # the early-stopping rule can bound it from the running mean KLD
     surrogate: bool = False  # the sensitivity surrogate predicts it
@@ -38,6 +41,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("bpw", "bits per weight", objective=True),
     Metric("kld_p999", "99.9% KLD", statistic=0.999, objective=True, forecast=True, surrogate=True),
     Metric("kld_p99", "99% KLD", statistic=0.99, objective=True, forecast=True, surrogate=True),
+    Metric("kld_cvar999", "mean KLD of the worst 0.1%", statistic=("tail", 0.999), objective=True, forecast=True),
+    Metric("kld_cvar99", "mean KLD of the worst 1%", statistic=("tail", 0.99), objective=True, forecast=True),
     Metric("kld_p95", "95% KLD", statistic=0.95),
     Metric("kld_p90", "90% KLD", statistic=0.90),
     Metric("kld_median", "median KLD", statistic=0.5),
@@ -61,6 +66,8 @@ FORECAST = frozenset(m.name for m in METRICS if m.forecast)
 SURROGATE_METRICS = tuple(m.name for m in METRICS if m.surrogate)
 #: metrics that are statistics of the per-token KLD (they get per-token tests and intervals)
 TOKEN_STATISTICS = tuple(m.name for m in METRICS if m.statistic is not None)
+#: the tail statistics (percentiles and tail means) whose chunk-bootstrap interval a pick or a score records
+TAIL_STATISTICS = ("kld_p99", "kld_p999", "kld_cvar99", "kld_cvar999")
 #: axis titles of the plots
 LABELS = {m.name: m.label for m in METRICS}
 
@@ -71,7 +78,7 @@ def direction(name: str) -> Literal["minimize", "maximize"]:
 
 def token_statistic(name: str, kld: np.ndarray) -> np.ndarray:
     """The statistic ``name`` of per-token KLD along the last axis (a quantile interpolates at f·(N−1), as
-    llama-perplexity's percentile does and numpy's default quantile does)."""
+    llama-perplexity's percentile does and numpy's default quantile does; a tail mean is `kld.tail_mean`)."""
     stat = BY_NAME[name].statistic
     if stat == "mean":
         return np.mean(kld, axis=-1)
@@ -79,6 +86,8 @@ def token_statistic(name: str, kld: np.ndarray) -> np.ndarray:
         return np.max(kld, axis=-1)
     if stat is None:
         raise ValueError(f"{name} is not a statistic of per-token KLD")
+    if isinstance(stat, tuple):
+        return tail_mean(kld, stat[1])
     return np.quantile(kld, stat, axis=-1)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.kld import bootstrap_ci
-from ..core.metrics import statistic_of
+from ..core.metrics import TAIL_STATISTICS, statistic_of
 from ..core.pareto import spearman
 from ..core.recipe import Recipe
 from ..core.text import TextSource
@@ -22,7 +22,7 @@ from ..engine.worker import Worker
 from ..errors import RecipeSearchError
 
 #: the statistics a validation reports, each with its chunk-bootstrap interval
-VALIDATED_METRICS = ("kld_mean", "kld_p99", "kld_p999")
+VALIDATED_METRICS = ("kld_mean", *TAIL_STATISTICS)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ..core.config import StudyConfig
-from ..core.kld import bootstrap_quantile_ci, scored_per_chunk
-from ..core.metrics import MAXIMISE
+from ..core.kld import bootstrap_ci, scored_per_chunk
+from ..core.metrics import MAXIMISE, TAIL_STATISTICS, statistic_of
 from ..core.pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
 from ..core.recipe import ModelRef, Recipe
 from ..core.text import TextSource, text_sha256
@@ -25,9 +25,6 @@ from ..version import __version__
 from ._records import TrialRecord
 from ._storage import mask_credentials, storage_label
 from ._summary import measured_records
-
-#: quantiles whose bootstrap interval a written recipe records
-_CI_QUANTILES = {"kld_p99": 0.99, "kld_p999": 0.999}
 
 
 @dataclass(frozen=True)
@@ -155,8 +152,8 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
     metrics: dict = {"file_bytes": c.file_bytes, "bpw": c.bpw, **c.metrics}
     per_chunk = scored_per_chunk(sel.config.ctx)
     if c.kld_tokens is not None and len(c.kld_tokens) >= 2 * per_chunk:
-        for name, q in _CI_QUANTILES.items():
-            metrics[f"{name}_ci95"] = list(bootstrap_quantile_ci(c.kld_tokens.astype(np.float64), q, per_chunk))
+        for name in TAIL_STATISTICS:
+            metrics[f"{name}_ci95"] = list(bootstrap_ci(c.kld_tokens.astype(np.float64), statistic_of(name), per_chunk))
     point = sel.point_of(pick.candidate)
     cfg = sel.config
     how = sel.status(point, trial="trial ") if point else "not on the frontier"
