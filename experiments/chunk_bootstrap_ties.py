@@ -1,6 +1,6 @@
 """Tie calls and interval widths with single tokens resampled against whole chunks, on committed per-token data.
 
-The demo studies the README quotes are not kept in the repository, but the sensitivity sweeps are, with every
+The demo studies the reports quote are not kept in the repository, but the sensitivity sweeps are, with every
 cell's per-token KLD in chunk order. Per sweep and tensor type, each ladder step is tested against the next
 narrower type (95% paired bootstrap of the 99% and 99.9% KLD), once resampling tokens (chunks of one token, what
 the tool did before) and once resampling whole chunks; and each cell's 95% interval of the 99.9% KLD is taken both

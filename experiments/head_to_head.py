@@ -37,10 +37,10 @@ over the same held-out chunks).
 
     PYTHONPATH=. python experiments/head_to_head.py [--profile demo] [--work DIR] [--seeds 0 1 2] [--trials 20 40 80] [--hand 121]
         [--methods ...] [--variant-trials N] [--variant-seeds ...] [--holdout-frontiers METHOD...]
-    python experiments/head_to_head.py --markdown RESULTS.json      # the README's tables
+    python experiments/head_to_head.py --markdown RESULTS.json      # the report's tables
 
-(PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) The README gives the
-command of its run.
+(PYTHONPATH=. so that the worktree's recipe_search is imported, not an installed one.) experiments/reports/head-to-head.md
+gives the command of each run.
 
 Results: experiments/results/head-to-head-PROFILE*.json; figures: experiments/figures/head-to-head-*.png.
 """
@@ -788,7 +788,7 @@ def print_tables(r: dict) -> None:
 
 
 def markdown(r: dict) -> str:
-    """The README's tables from a results file: time to hypervolume, and the picks at each size target."""
+    """The report's tables from a results file: time to hypervolume, and the picks at each size target."""
     lines = [("| method | measured | charged time | final HV (search text) | time to (b)'s final HV | fraction of (b)'s "
               "time | measurements to (b)'s final HV |"), "|---|---:|---:|---:|---:|---:|---:|"]
     for label, e in r["methods"].items():

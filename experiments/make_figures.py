@@ -1,4 +1,4 @@
-"""Regenerate the README's figures into experiments/figures/: a study's frontier, sensitivity charts.
+"""Regenerate the reports' figures into experiments/figures/: a study's frontier, sensitivity charts.
 
     python experiments/make_figures.py --dir /tmp/st-pareto --name frontier-tiny-qwen35moe \
         --targets 3.5bpw,4.0bpw,9MiB --sensitivity experiments/results/sensitivity-tiny-qwen35moe \

@@ -1,4 +1,4 @@
-"""Summaries of sensitivity tables for FINDINGS-sensitivity.md: per tensor type, the KLD its quantization
+"""Summaries of sensitivity tables for reports/sensitivity.md: per tensor type, the KLD its quantization
 alone costs at a few widths, that cost per megabyte saved (the ranking is by it), MXFP4 against Q4_K and IQ4_XS, and
 (given a second table measured with an imatrix) what the imatrix changes.
 

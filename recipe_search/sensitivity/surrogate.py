@@ -298,7 +298,7 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
     ``table_dir`` or the config's ``sensitivity``.
 
     They minimise the predicted mean KLD whatever the study's objective: the summed mean ranks measured
-    recipes' tails better than the summed per-token tails do (see experiments/FINDINGS-sensitivity.md).
+    recipes' tails better than the summed per-token tails do (see experiments/reports/sensitivity.md).
     """
     allocator = table_allocator(config, space, inv, table_dir, extra_kv)
     unit: Literal["bytes", "bpw"] = "bpw" if config.max_bpw is not None or config.min_bpw is not None else "bytes"

@@ -432,9 +432,10 @@ def test_quantize_takes_a_custom_q_command_line(dense_model, tmp_path, capsys) -
     assert written["token_embd.weight"] == T.Q4_0 and written["blk.0.ffn_down.weight"] == T.Q5_0
 
 
-def test_readme_compare_of_three_dialects(qwen_35b, capsys, monkeypatch) -> None:
+def test_dialects_report_compare_of_three_dialects(qwen_35b, capsys, monkeypatch) -> None:
     root = REPO
-    block = (root / "README.md").read_text().split("## Recipes people already have", 1)[1]
+    report = root / "experiments" / "reports" / "dialects.md"
+    block = report.read_text(encoding="utf-8").split("## Recipes people already have", 1)[1]
     block = block.split("```\n$ cd experiments/dialects && recipe-search ", 1)[1].split("```", 1)[0]
     command, *shown = block.splitlines()
     args = command.split()
