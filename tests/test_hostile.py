@@ -238,6 +238,19 @@ def test_bad_study_config(tmp_path, config, words) -> None:
 
 
 
+def test_command_line_overrides_are_validated_as_the_config(tmp_path, capsys, monkeypatch, dense_model) -> None:
+    """`search --gpu-layers -5` was applied with pydantic's model_copy(update=...), which validates nothing: the
+    study opened with a value the config refuses. Overrides go through the config's own validation."""
+    from recipe_search.study.study import Study
+
+    def reached(*a, **k):
+        raise AssertionError("the study opened with an override the config refuses")
+
+    monkeypatch.setattr(Study, "open", reached)
+    err = one_line_error(capsys, "search", dense_model, "--gpu-layers", "-5", "--dir", tmp_path / "s")
+    assert "--gpu-layers" in err and "greater than or equal to -1" in err and not (tmp_path / "s").exists()
+
+
 def test_the_sweep_follows_the_trials_fidelity_unless_told() -> None:
     assert [StudyConfig(chunks=n).sweep_chunk_count for n in (1, 8, 20, 29, 60, 200)] == [2, 2, 2, 2, 6, 20]
     assert StudyConfig(chunks=60, sweep_chunks=3).sweep_chunk_count == 3
