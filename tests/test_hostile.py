@@ -205,7 +205,7 @@ def test_duplicate_yaml_keys(tmp_path, capsys, dense_model) -> None:
 
 # -- numbers out of range ------------------------------------------------------------------------
 @pytest.mark.parametrize("argv", [["--ctx", "0"], ["--ctx", "1"], ["--ctx", "3"], ["--ctx", "-256"],
-                                  ["--threads", "0"], ["--threads", "-1"], ["--chunks", "-2"]])
+                                  ["--threads", "0"], ["--threads", "-1"], ["--chunks", "-2"], ["--gpu-layers", "-5"]])
 def test_bad_numbers_on_the_command_line(capsys, dense_model, recipe_file, argv) -> None:
     code, _, err = cli(capsys, "score", dense_model, recipe_file, *argv)
     assert code == 2 and "outside" in err and "Traceback" not in err

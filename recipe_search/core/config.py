@@ -107,7 +107,8 @@ class StudyConfig(BaseModel):
     chunks: int = Field(ScoreSettings.chunks or 8, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
     imatrix: str | None = None
     threads: int = Field(ScoreSettings.threads, ge=limits.THREADS[0], le=limits.THREADS[1])
-    gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=-1)  # layers offloaded to a GPU (-1: all); a GPU build
+    # layers offloaded to a GPU (-1: all); a GPU build
+    gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=limits.GPU_LAYERS[0], le=limits.GPU_LAYERS[1])
     objectives: list[str] = Field(default_factory=lambda: ["size", "kld_p999"])
     max_bpw: float | None = Field(None, gt=0)
     min_bpw: float | None = Field(None, ge=0)
