@@ -125,6 +125,20 @@ def test_fifo_as_model_does_not_hang(tmp_path) -> None:
     assert out.returncode == 2 and "not a regular file" in out.stderr and out.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["quantize", "score", "search"])
+def test_fifo_as_imatrix_does_not_hang(tmp_path, dense_model, recipe_file, command) -> None:
+    """The imatrix was opened without a look at what it is: a FIFO blocked the command for ever (the timeout
+    ends the test if it does again)."""
+    fifo = tmp_path / "im.gguf"
+    os.mkfifo(fifo)
+    argv = {"quantize": ["quantize", dense_model, recipe_file, "-o", tmp_path / "q.gguf"],
+            "score": ["score", dense_model, recipe_file, "--ctx", "64", "--chunks", "1"],
+            "search": ["search", dense_model, "--dir", tmp_path / "s", "--trials", "0"]}[command]
+    out = run_cli(*argv, "--imatrix", fifo, timeout=60, env={**os.environ, "RECIPE_SEARCH_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 2 and "not a regular file" in out.stderr and str(fifo) in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+
+
 def test_fuzz_header_bytes(tmp_path, dense_model) -> None:
     """Mutate bytes of a tiny model's header (fixed seed): a one-line RecipeSearchError or a model, nothing else."""
     data = dense_model.read_bytes()
