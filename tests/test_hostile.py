@@ -411,6 +411,19 @@ def test_many_warnings_are_summarised(tmp_path, capsys, dense_model) -> None:
     assert code == 0 and err.count("\n") <= 11 and "2990 more" in err
 
 
+def test_unknown_sensitivity_metric_is_refused_first(tmp_path, capsys, monkeypatch, dense_model) -> None:
+    """`sensitivity --metric unknown` printed its plan and ran the whole sweep before refusing the metric."""
+    from recipe_search.sensitivity import sweep
+
+    def reached(*a, **k):
+        raise AssertionError("the sweep started with a metric no table has")
+
+    monkeypatch.setattr(sweep, "run_sweep", reached)
+    err = one_line_error(capsys, "sensitivity", dense_model, "--metric", "unknown", "--out", tmp_path / "t",
+                         "--cache-dir", tmp_path / "cache")
+    assert "'unknown'" in err and "kld_p99" in err and not (tmp_path / "t").exists()
+
+
 def test_pareto_out_without_targets(tmp_path, capsys) -> None:
     assert "--targets" in one_line_error(capsys, "pareto", "--dir", tmp_path, "--out", tmp_path / "r")
 
