@@ -525,6 +525,22 @@ def test_quantizing_child_dies_with_its_parent(tmp_path, dense_model) -> None:
                 os.kill(c, signal.SIGKILL)
 
 
+def test_a_script_without_a_main_guard_can_quantize(tmp_path, dense_model) -> None:
+    """The quantizer's child process was started with multiprocessing's spawn, which runs the parent's __main__
+    again in the child: a script without ``if __name__ == "__main__":`` quantized in the child, which could not
+    start a process while bootstrapping, and the parent reported an abort."""
+    script = tmp_path / "no_guard.py"
+    script.write_text("from recipe_search.core.recipe import uniform_recipe\n"
+                      "from recipe_search.engine.quantize import quantize_model\n"
+                      "print('top level ran', flush=True)\n"
+                      f"quantize_model({str(dense_model)!r}, uniform_recipe('Q8_0'), {str(tmp_path / 'q.gguf')!r})\n"
+                      "print('quantized', flush=True)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["top level ran", "quantized"], out.stdout
+    assert read_inventory(tmp_path / "q.gguf").by_name["blk.0.ffn_up.weight"].ggml_type.name == "Q8_0"
+
+
 def test_second_ctrl_c_requeues_the_abandoned_trial(tmp_path, dense_model) -> None:
     import optuna
 
