@@ -19,7 +19,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=_int_in(limits.CTX), default=ScoreSettings.ctx)
     p.add_argument("--chunks", type=_int_in(limits.CHUNKS), default=ScoreSettings.chunks)
     p.add_argument("--threads", type=_int_in(limits.THREADS), default=ScoreSettings.threads)
-    p.add_argument("--gpu-layers", type=int, default=0,
+    p.add_argument("--gpu-layers", type=_int_in(limits.GPU_LAYERS), default=0,
                    help="layers to offload to a GPU (-1: all; needs a GPU build of llama-cpp-python)")
     p.add_argument("--cache-dir", help="reference-logits cache (default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search)")
 
@@ -185,7 +185,7 @@ def imatrix_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=_int_in(limits.CTX), default=512)
     p.add_argument("--chunks", type=_int_in(limits.CHUNKS), help="chunks to evaluate (default: all the text holds)")
     p.add_argument("--threads", type=_int_in(limits.THREADS), default=2)
-    p.add_argument("--gpu-layers", type=int, default=0,
+    p.add_argument("--gpu-layers", type=_int_in(limits.GPU_LAYERS), default=0,
                    help="layers to offload to a GPU (-1: all; needs a GPU build of llama-cpp-python)")
     p.add_argument("--process-output", action="store_true", help="also collect output.weight, as llama-imatrix "
                                                                  "--process-output does")

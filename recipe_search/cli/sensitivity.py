@@ -20,7 +20,8 @@ def sensitivity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix")
     p.add_argument("--out", help="table directory (default: studies/<model stem>-sensitivity); "
                                  "cells already there are not measured again")
-    p.add_argument("--metric", default="kld_p999", help="metric of the printed table and the chart")
+    p.add_argument("--metric", help="metric of the printed table and the chart (default: kld_p999, or weight_error "
+                                    "with --proxy weight-error)")
     p.add_argument("--proxy", choices=["kld", "weight-error"], default="kld",
                    help="kld: measure every cell (the default); weight-error: the imatrix-weighted squared "
                         "quantization error of each cell's tensors, from the tensor cache, with no model evaluation")
@@ -34,7 +35,13 @@ def sensitivity(a: argparse.Namespace) -> int:
     from ..errors import RecipeSearchError
     from ..formats.files import check_output_dir
     from ..sensitivity.sweep import default_out, run_sweep
+    from ..sensitivity.table import CELL_COLUMNS, TABLE_METRICS
 
+    known = TABLE_METRICS[a.proxy]
+    if a.metric is None:
+        a.metric = known[0] if a.proxy == "weight-error" else "kld_p999"
+    elif a.metric not in known and a.metric not in CELL_COLUMNS[2:]:  # checked before the sweep, not after it
+        raise RecipeSearchError(f"no metric {a.metric!r} in a {a.proxy} table (one of {', '.join(known)})")
     model = _model(a.model)
     out = check_output_dir(Path(a.out) if a.out else default_out(model))
     cache = cache_dir(a.cache_dir)
@@ -43,7 +50,6 @@ def sensitivity(a: argparse.Namespace) -> int:
         from ..sensitivity.weight_error import run_weight_error
 
         table = run_weight_error(worker, out, a.tensor_types, a.types, log=_log(a.quiet))
-        a.metric = "weight_error"
     else:
         table = run_sweep(worker, out, a.tensor_types, a.types, log=_log(a.quiet))
     if a.metric not in table.rows[0]:

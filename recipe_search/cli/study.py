@@ -62,14 +62,14 @@ def _add_tensor_cache_arg(p: argparse.ArgumentParser) -> None:
 
 @command("search", "run (or resume) a search study: Optuna proposes, the worker measures")
 def search(a: argparse.Namespace) -> int:
-    from ..core.config import load_study_config
+    from ..core.config import load_study_config, with_overrides
     from ..study.study import Study
 
     model = _model(a.model)
     config = load_study_config(a.config)
     overrides = {k: getattr(a, k) for k in ("text", "holdout_text", "ctx", "chunks", "imatrix", "seed", "sampler",
                                             "threads", "gpu_layers") if getattr(a, k) is not None}
-    config = config.model_copy(update=overrides)
+    config = with_overrides(config, overrides)
     if a.estimate:
         from ..core.locations import cache_dir
 

@@ -107,7 +107,8 @@ class StudyConfig(BaseModel):
     chunks: int = Field(ScoreSettings.chunks or 8, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
     imatrix: str | None = None
     threads: int = Field(ScoreSettings.threads, ge=limits.THREADS[0], le=limits.THREADS[1])
-    gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=-1)  # layers offloaded to a GPU (-1: all); a GPU build
+    # layers offloaded to a GPU (-1: all); a GPU build
+    gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=limits.GPU_LAYERS[0], le=limits.GPU_LAYERS[1])
     objectives: list[str] = Field(default_factory=lambda: ["size", "kld_p999"])
     max_bpw: float | None = Field(None, gt=0)
     min_bpw: float | None = Field(None, ge=0)
@@ -179,11 +180,26 @@ def load_study_config(path: str | Path | None) -> StudyConfig:
         data = {}
     if not isinstance(data, dict):
         raise RecipeSearchError("a study config is a YAML mapping", path)
+    return _validate(data, path)
+
+
+def with_overrides(config: StudyConfig, overrides: dict) -> StudyConfig:
+    """``config`` with the command line's ``overrides`` (field -> value), validated as a config file is: pydantic's
+    ``model_copy(update=...)`` validates nothing, so ``--gpu-layers -5`` would reach the study."""
+    if not overrides:
+        return config
+    return _validate({**config.model_dump(exclude_unset=True), **overrides}, None, option=True)
+
+
+def _validate(data: dict, path: Path | None, option: bool = False) -> StudyConfig:
+    """One line naming the field (as ``--option`` for a command-line override) and the file, if any."""
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(map(str, first["loc"])) or "config"
+        if option and len(first["loc"]) == 1:
+            where = "--" + where.replace("_", "-")
         raise RecipeSearchError(f"{where}: {first['msg'].removeprefix('Value error, ')}", path) from None
     except RecipeSearchError as err:
         raise RecipeSearchError(str(err), path) from None

@@ -7,18 +7,20 @@ every tensor's type is checked against the recipe's resolution afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -173,30 +175,40 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None, stderr: str,
-           conn: Connection, parent: int) -> None:
-    """Quantize in a child process: a GGML_ASSERT there aborts the child, not the study."""
+#: the quantizing child's program: a fresh interpreter that takes the parent's sys.path, then its work, from stdin.
+#: Not multiprocessing's spawn, which runs the parent's __main__ again in the child: a script without an
+#: ``if __name__ == "__main__":`` guard quantized again there (and failed, a child cannot start one while bootstrapping)
+_CHILD_PROGRAM = ("import pickle, sys\n"
+                  "sys.path[:] = pickle.load(sys.stdin.buffer)\n"
+                  "from recipe_search.engine.quantize import _child_main\n"
+                  "_child_main()\n")
+
+
+def _child_main() -> None:
+    """Quantize in a child process: a GGML_ASSERT there aborts the child, not the study. Its stderr is a log file
+    (ggml_abort writes its message there); the outcome goes back pickled through the pipe the parent named."""
+    inp, out, recipe, threads, imatrix, parent, result_fd = pickle.load(sys.stdin.buffer)
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
-    fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 2)  # ggml_abort writes its message to stderr
+    reply: tuple[str, str]
     try:
-        conn.send(("ok", _run(inp, out, _Params(recipe, threads, imatrix, dry_run=False))))
+        reply = ("ok", _run(inp, out, _Params(recipe, threads, imatrix, dry_run=False)))
     except RecipeSearchError as err:
-        conn.send(("error", str(err)))
+        reply = ("error", str(err))
+    with os.fdopen(result_fd, "wb") as fh:
+        pickle.dump(reply, fh)
 
 
-def _start_ignoring_sigint(proc: multiprocessing.process.BaseProcess) -> None:
-    """Start ``proc`` with SIGINT ignored from its first instruction (an ignored signal stays ignored
+def _start_ignoring_sigint(start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+    """Start a process with SIGINT ignored from its first instruction (an ignored signal stays ignored
     across exec), so a Ctrl-C while it imports cannot kill it. The parent blocks SIGINT meanwhile:
     one that arrives then stays pending and reaches the parent's own handler afterwards."""
     if threading.current_thread() is not threading.main_thread():
-        proc.start()
-        return
+        return start()
     masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        proc.start()
+        return start()
     finally:
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, masked)
@@ -205,28 +217,38 @@ def _start_ignoring_sigint(proc: multiprocessing.process.BaseProcess) -> None:
 def _run_isolated(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None) -> None:
     """Run llama_model_quantize in a fresh process and turn any abort into a one-line error."""
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # ggml would otherwise fork a debugger and wait on it
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="recipe-search-quantize-", suffix=".log") as log:
-        proc = ctx.Process(target=_child, args=(inp, out, recipe, threads, imatrix, log.name, send, os.getpid()))
-        _start_ignoring_sigint(proc)
-        send.close()
-        try:
-            status, message = receive.recv()
-        except EOFError:
-            status, message = "crash", ""
-        except BaseException:  # a second Ctrl-C abandons the trial: do not leave the child writing
-            proc.kill()
-            proc.join()
-            raise
-        proc.join()
+        read_fd, write_fd = os.pipe()
+        with os.fdopen(read_fd, "rb") as results:
+            try:
+                proc = _start_ignoring_sigint(lambda: subprocess.Popen(
+                    [sys.executable, "-c", _CHILD_PROGRAM], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                    pass_fds=(write_fd,)))
+            finally:
+                os.close(write_fd)
+            try:
+                assert proc.stdin is not None
+                try:
+                    pickle.dump([p for p in sys.path if isinstance(p, str)], proc.stdin)
+                    pickle.dump((inp, out, recipe, threads, imatrix, os.getpid(), write_fd), proc.stdin)
+                    proc.stdin.close()
+                except BrokenPipeError:  # the child died before it read its work: its log says why
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
+                reply = results.read()
+            except BaseException:  # a second Ctrl-C abandons the trial: do not leave the child writing
+                proc.kill()
+                proc.wait()
+                raise
+        proc.wait()
+        status, message = pickle.loads(reply) if reply else ("crash", "")
         if status == "ok":
             return
         if status == "error":
             raise RecipeSearchError(message.removeprefix(f"{inp}: "), inp)
         lines = [ln.strip() for ln in Path(log.name).read_text(errors="replace").splitlines() if ln.strip()]
         why = next((ln for ln in reversed(lines) if "GGML_ASSERT" in ln or "error" in ln.lower()),
-                   lines[-1] if lines else f"exit code {proc.exitcode}")
+                   lines[-1] if lines else f"exit code {proc.returncode}")
         raise RecipeSearchError(f"llama.cpp aborted while quantizing: {why}", inp)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Callable, Mapping
@@ -67,6 +68,8 @@ def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     """Read a GGUF or legacy imatrix (told apart by the GGUF magic)."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block for ever, a device never end
+            raise RecipeSearchError("cannot read imatrix: not a regular file (a directory, a device or a FIFO)", path)
         with open(path, "rb") as fh:
             magic = fh.read(4)
     except OSError as err:

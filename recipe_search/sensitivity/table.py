@@ -14,13 +14,14 @@ import io
 import json
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..core.config import SpaceConfig, StudyConfig
 from ..core.inventory import Inventory
+from ..core.kld import KLDSummary
 from ..core.recipe import Recipe, Rule, Unmatched
 from ..core.resolve import Resolution, resolve
 from ..core.space import SearchSpace, build_space
@@ -34,6 +35,10 @@ META_FILE = "meta.json"
 TABLE_FORMAT = 1
 #: the columns before the metrics
 CELL_COLUMNS = ("tensor_type", "ggml_type", "bpw", "n_elements", "file_bytes")
+#: the numbers a table's rows carry besides the cell columns, by proxy (what `sensitivity --metric` may name):
+#: a KLD sweep's rows carry every worker metric (`KLDSummary`, ppl_ratio) and the measuring seconds
+TABLE_METRICS = {"kld": (*(f.name for f in fields(KLDSummary)), "ppl_ratio", "seconds"),
+                 "weight-error": ("weight_error", "weight_error_rel")}
 #: meta fields that must agree for a sweep to resume into a table
 _SAME_FIELDS = ("format", "model_fingerprint", "reference", "imatrix")
 

@@ -126,6 +126,20 @@ def test_fifo_as_model_does_not_hang(tmp_path) -> None:
     assert out.returncode == 2 and "not a regular file" in out.stderr and out.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["quantize", "score", "search"])
+def test_fifo_as_imatrix_does_not_hang(tmp_path, dense_model, recipe_file, command) -> None:
+    """The imatrix was opened without a look at what it is: a FIFO blocked the command for ever (the timeout
+    ends the test if it does again)."""
+    fifo = tmp_path / "im.gguf"
+    os.mkfifo(fifo)
+    argv = {"quantize": ["quantize", dense_model, recipe_file, "-o", tmp_path / "q.gguf"],
+            "score": ["score", dense_model, recipe_file, "--ctx", "64", "--chunks", "1"],
+            "search": ["search", dense_model, "--dir", tmp_path / "s", "--trials", "0"]}[command]
+    out = run_cli(*argv, "--imatrix", fifo, timeout=60, env={**os.environ, "RECIPE_SEARCH_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 2 and "not a regular file" in out.stderr and str(fifo) in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+
+
 def test_fuzz_header_bytes(tmp_path, dense_model) -> None:
     """Mutate bytes of a tiny model's header (fixed seed): a one-line RecipeSearchError or a model, nothing else."""
     data = dense_model.read_bytes()
@@ -208,7 +222,7 @@ def test_duplicate_yaml_keys(tmp_path, capsys, dense_model) -> None:
 
 # -- numbers out of range ------------------------------------------------------------------------
 @pytest.mark.parametrize("argv", [["--ctx", "0"], ["--ctx", "1"], ["--ctx", "3"], ["--ctx", "-256"],
-                                  ["--threads", "0"], ["--threads", "-1"], ["--chunks", "-2"]])
+                                  ["--threads", "0"], ["--threads", "-1"], ["--chunks", "-2"], ["--gpu-layers", "-5"]])
 def test_bad_numbers_on_the_command_line(capsys, dense_model, recipe_file, argv) -> None:
     code, _, err = cli(capsys, "score", dense_model, recipe_file, *argv)
     assert code == 2 and "outside" in err and "Traceback" not in err
@@ -239,6 +253,19 @@ def test_bad_study_config(tmp_path, config, words) -> None:
         load_study_config(path)
     assert "\n" not in str(err.value) and "Value error" not in str(err.value)
 
+
+
+def test_command_line_overrides_are_validated_as_the_config(tmp_path, capsys, monkeypatch, dense_model) -> None:
+    """`search --gpu-layers -5` was applied with pydantic's model_copy(update=...), which validates nothing: the
+    study opened with a value the config refuses. Overrides go through the config's own validation."""
+    from recipe_search.study.study import Study
+
+    def reached(*a, **k):
+        raise AssertionError("the study opened with an override the config refuses")
+
+    monkeypatch.setattr(Study, "open", reached)
+    err = one_line_error(capsys, "search", dense_model, "--gpu-layers", "-5", "--dir", tmp_path / "s")
+    assert "--gpu-layers" in err and "greater than or equal to -1" in err and not (tmp_path / "s").exists()
 
 
 def test_the_sweep_follows_the_trials_fidelity_unless_told() -> None:
@@ -387,6 +414,19 @@ def test_many_warnings_are_summarised(tmp_path, capsys, dense_model) -> None:
     assert code == 0 and err.count("\n") <= 11 and "2990 more" in err
 
 
+def test_unknown_sensitivity_metric_is_refused_first(tmp_path, capsys, monkeypatch, dense_model) -> None:
+    """`sensitivity --metric unknown` printed its plan and ran the whole sweep before refusing the metric."""
+    from recipe_search.sensitivity import sweep
+
+    def reached(*a, **k):
+        raise AssertionError("the sweep started with a metric no table has")
+
+    monkeypatch.setattr(sweep, "run_sweep", reached)
+    err = one_line_error(capsys, "sensitivity", dense_model, "--metric", "unknown", "--out", tmp_path / "t",
+                         "--cache-dir", tmp_path / "cache")
+    assert "'unknown'" in err and "kld_p99" in err and not (tmp_path / "t").exists()
+
+
 def test_pareto_out_without_targets(tmp_path, capsys) -> None:
     assert "--targets" in one_line_error(capsys, "pareto", "--dir", tmp_path, "--out", tmp_path / "r")
 
@@ -488,6 +528,24 @@ def test_quantizing_child_dies_with_its_parent(tmp_path, dense_model) -> None:
         for c in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.llama  # starts llama.cpp in a subprocess
+def test_a_script_without_a_main_guard_can_quantize(tmp_path, dense_model) -> None:
+    """The quantizer's child process was started with multiprocessing's spawn, which runs the parent's __main__
+    again in the child: a script without ``if __name__ == "__main__":`` quantized in the child, which could not
+    start a process while bootstrapping, and the parent reported an abort."""
+    script = tmp_path / "no_guard.py"
+    script.write_text("from recipe_search.core.recipe import uniform_recipe\n"
+                      "from recipe_search.engine.quantize import quantize_model\n"
+                      "print('top level ran', flush=True)\n"
+                      f"quantize_model({str(dense_model)!r}, uniform_recipe('Q8_0'), {str(tmp_path / 'q.gguf')!r})\n"
+                      "print('quantized', flush=True)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["top level ran", "quantized"], out.stdout
+    assert read_inventory(tmp_path / "q.gguf").by_name["blk.0.ffn_up.weight"].ggml_type.name == "Q8_0"
 
 
 @pytest.mark.slow
