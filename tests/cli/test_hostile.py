@@ -126,6 +126,8 @@ def test_fifo_as_model_does_not_hang(tmp_path) -> None:
     assert out.returncode == 2 and "not a regular file" in out.stderr and out.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
+@pytest.mark.llama  # the commands load llama.cpp in a subprocess before they read the imatrix
 @pytest.mark.parametrize("command", ["quantize", "score", "search"])
 def test_fifo_as_imatrix_does_not_hang(tmp_path, dense_model, recipe_file, command) -> None:
     """The imatrix was opened without a look at what it is: a FIFO blocked the command for ever (the timeout
