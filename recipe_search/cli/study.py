@@ -45,6 +45,8 @@ def search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_int_in(limits.THREADS))
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all; default 0; needs a GPU build "
                                                   "of llama-cpp-python)")
+    p.add_argument("--targets", help="size targets, as pareto takes them (4.5bpw,20GiB): the surrogate's allocation "
+                                     "at each is measured first, and refitted proposals come back to them")
     p.add_argument("--cache-dir")
     _add_tensor_cache_arg(p)
     p.add_argument("--quiet", action="store_true")
@@ -69,6 +71,8 @@ def search(a: argparse.Namespace) -> int:
     config = load_study_config(a.config)
     overrides = {k: getattr(a, k) for k in ("text", "holdout_text", "ctx", "chunks", "imatrix", "seed", "sampler",
                                             "threads", "gpu_layers") if getattr(a, k) is not None}
+    if a.targets:
+        overrides["target_bpw"] = _targets_bpw(model, config, a.targets)
     config = with_overrides(config, overrides)
     if a.estimate:
         from ..core.locations import cache_dir
@@ -78,6 +82,21 @@ def search(a: argparse.Namespace) -> int:
     study = Study.open(model, config, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
                        tensor_cache=not a.no_tensor_cache)
     return _run_study(study, a)
+
+
+def _targets_bpw(model: Path, config: StudyConfig, text: str) -> list[float]:
+    """The config's target_bpw and the command line's targets, a file size as the bits per weight it leaves."""
+    from ..core.inventory import read_inventory
+    from ..core.pareto import parse_targets
+    from ..core.size import bpw_at_file_bytes
+    from ..formats.imatrix_file import ImatrixInput
+
+    targets = parse_targets(text)
+    inv = read_inventory(model)
+    extra_kv = ImatrixInput.from_file(config.imatrix).kv() if config.imatrix and any(
+        t.kind == "bytes" for t in targets) else None
+    return sorted({*config.target_bpw, *(t.value if t.kind == "bpw" else round(bpw_at_file_bytes(inv, t.value, extra_kv), 4)
+                                         for t in targets)})
 
 
 def _warn_text_overlap(config: StudyConfig) -> None:

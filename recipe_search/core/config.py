@@ -27,6 +27,9 @@ class SpaceConfig(BaseModel):
     # (``[0, 1, 5]`` on 6 blocks: block 0, blocks 1-4, block 5), so first and last blocks can be parameters of their own
     bands: dict[str, int | list[int]] = Field(default_factory=dict)
     unmatched: str = "Q8_0"
+    # the routed experts' (*_exps) first blocks, a band of their own unless `bands` splits them otherwise: the
+    # first blocks' experts are the ones hand-made recipes protect; 0: no such band
+    expert_first_blocks: int = Field(2, ge=0)
 
     @field_validator("ladders")
     @classmethod
@@ -119,13 +122,14 @@ class StudyConfig(BaseModel):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
     prune: bool = True
-    # recipes from the sensitivity surrogate enqueued at start, spread over the size range
-    surrogate_seeds: int = Field(0, ge=0, le=1000)
+    # recipes from the sensitivity surrogate enqueued at start, spread over the size range (and one at the size
+    # band's upper edge, and one at each target); 0 with refit_every 0 and no targets: no sweep, TPE from the start
+    surrogate_seeds: int = Field(8, ge=0, le=1000)
     # sizes (bits per weight) the surrogate's allocation is enqueued at, and that refitted proposals revisit
     target_bpw: list[float] = Field(default_factory=list)
     # after the enqueued trials, every `refit_every`-th trial is the allocation of the surrogate refitted to the
     # measured trials (at a target, or where the frontier has its widest gap); 0: TPE proposes every trial
-    refit_every: int = Field(0, ge=0, le=1000)
+    refit_every: int = Field(2, ge=0, le=1000)
     seeds: list[str] = Field(default_factory=list)  # recipe files (any dialect `import` reads) enqueued first
     # the sensitivity table the surrogate comes from; None: the study sweeps its own space on `sweep_chunks` chunks
     sensitivity: str | None = None

@@ -81,6 +81,12 @@ def predict_size(resolution: Resolution, inv: Inventory, extra_kv: dict[str, str
     return SizePrediction(meta + data, meta, sum(t.bytes for t in rows), sum(t.n_elements for t in rows), rows)
 
 
+def bpw_at_file_bytes(inv: Inventory, file_bytes: float, extra_kv: dict[str, str | int] | None = None) -> float:
+    """The bits per weight of a recipe whose file is ``file_bytes``: the metadata does not depend on the
+    types, so what is left of the file is tensor data (alignment padding counted as data)."""
+    return (file_bytes - metadata_bytes(inv, extra_kv)) * 8 / inv.n_elements
+
+
 def human_bytes(n: float) -> str:
     """``123 B``, ``1.50 KiB``, ``20.31 GiB``: binary units, two decimals."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

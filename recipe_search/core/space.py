@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
-from .config import StudyConfig
+from .config import SpaceConfig, StudyConfig
 from .inventory import Inventory
 from .recipe import Recipe, Rule, Unmatched, preset_recipe
 
@@ -105,13 +105,24 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool,
                 ladder.append(t)
         if not ladder:
             raise RecipeSearchError(f"no ladder type fits tensor type {kind}")
-        parts = block_bands(kind, sc.bands.get(kind, 1), quantizable[kinds[0]].blocks)
+        parts = block_bands(kind, _bands(sc, kinds, quantizable[kinds[0]].blocks), quantizable[kinds[0]].blocks)
         if len(parts) > 1:
             params += [Parameter(f"{'+'.join(kinds)}@{part[0]}-{part[-1]}", kinds, part, tuple(ladder)) for part in parts]
         else:
             params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
     fixed = {k: parse_type(t) for k, t in sc.fixed.items()}
     return SearchSpace(tuple(params), fixed, parse_type(sc.unmatched), removed)
+
+
+def _bands(sc: SpaceConfig, kinds: tuple[str, ...], blocks: Sequence[int]) -> int | list[int]:
+    """The bands a parameter's tensor types are split into: the config's, else, for routed experts with more
+    blocks than twice `expert_first_blocks`, their first blocks apart from the rest."""
+    if kinds[0] in sc.bands:
+        return sc.bands[kinds[0]]
+    first = sc.expert_first_blocks
+    if first and all(k.endswith("_exps") for k in kinds) and len(blocks) > 2 * first:
+        return [blocks[0], blocks[first]]
+    return 1
 
 
 def seed_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> list[tuple[Recipe, dict[str, int]]]:

@@ -293,9 +293,9 @@ def _band(config: StudyConfig, allocator: Allocator, unit: Literal["bytes", "bpw
 
 def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
                      extra_kv: dict[str, str | int] | None = None, table_dir: Path | None = None) -> list[Allocation]:
-    """The surrogate-optimal recipes at each of ``config.target_bpw``, then at ``config.surrogate_seeds`` size
-    targets spread evenly over the ladders' size range (inside the study's size band); the table is
-    ``table_dir`` or the config's ``sensitivity``.
+    """The surrogate-optimal recipes at each of ``config.target_bpw``, at the size band's upper edge when the
+    study has one, then at ``config.surrogate_seeds`` size targets spread evenly over the ladders' size range
+    (inside the study's size band); the table is ``table_dir`` or the config's ``sensitivity``.
 
     They minimise the predicted mean KLD whatever the study's objective: the summed mean ranks measured
     recipes' tails better than the summed per-token tails do (see experiments/reports/sensitivity.md).
@@ -305,6 +305,8 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
     lo, hi = _band(config, allocator, unit)
     n = config.surrogate_seeds
     sizes: list[tuple[float, Literal["bytes", "bpw"]]] = [(t, "bpw") for t in config.target_bpw]
+    if n and (config.max_bpw is not None or config.max_bytes is not None):
+        sizes.append((hi, unit))  # the band's upper edge: where a budget-bound user picks
     sizes += [(lo + (hi - lo) * (i + 1) / (n + 1), unit) for i in range(n)]
     out, seen = [], set()
     for target, target_unit in sizes:

@@ -257,6 +257,7 @@ def test_bad_study_config(tmp_path, config, words) -> None:
 
 
 
+@pytest.mark.llama  # imports the study, which loads llama.cpp
 def test_command_line_overrides_are_validated_as_the_config(tmp_path, capsys, monkeypatch, dense_model) -> None:
     """`search --gpu-layers -5` was applied with pydantic's model_copy(update=...), which validates nothing: the
     study opened with a value the config refuses. Overrides go through the config's own validation."""
@@ -416,6 +417,7 @@ def test_many_warnings_are_summarised(tmp_path, capsys, dense_model) -> None:
     assert code == 0 and err.count("\n") <= 11 and "2990 more" in err
 
 
+@pytest.mark.llama  # imports the sweep, which loads llama.cpp
 def test_unknown_sensitivity_metric_is_refused_first(tmp_path, capsys, monkeypatch, dense_model) -> None:
     """`sensitivity --metric unknown` printed its plan and ran the whole sweep before refusing the metric."""
     from recipe_search.sensitivity import sweep
