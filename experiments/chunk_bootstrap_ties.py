@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,4 +83,4 @@ def run_smoke() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_smoke() if sys.argv[1:] == ["--smoke"] else main())
+    smoke.entry(main, run_smoke)

@@ -164,4 +164,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--markdown"]:
         print(markdown(json.loads(Path(sys.argv[2]).read_text())))
         sys.exit(0)
-    sys.exit(run_smoke() if sys.argv[1:] == ["--smoke"] else main())
+    smoke.entry(main, run_smoke)

@@ -12,7 +12,6 @@ and `compare --model` read it like the real model. Keep it outside the repositor
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,7 +45,4 @@ def run_smoke() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--smoke"]:
-        run_smoke()
-    else:
-        main()
+    smoke.entry(main, run_smoke)

@@ -94,7 +94,4 @@ def run_smoke() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--smoke"]:
-        run_smoke()
-    else:
-        main()
+    smoke.entry(main, run_smoke)

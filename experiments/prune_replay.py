@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,4 @@ def run_smoke() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--smoke"]:
-        run_smoke()
-    else:
-        main()
+    smoke.entry(main, run_smoke)

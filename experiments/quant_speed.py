@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -80,7 +79,4 @@ def run_smoke() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--smoke"]:
-        run_smoke()
-    else:
-        main()
+    smoke.entry(main, run_smoke)

@@ -161,4 +161,4 @@ def run_smoke() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_smoke() if sys.argv[1:] == ["--smoke"] else main())
+    smoke.entry(main, run_smoke)

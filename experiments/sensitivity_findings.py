@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,4 +95,4 @@ def run_smoke() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_smoke() if sys.argv[1:] == ["--smoke"] else main())
+    smoke.entry(main, run_smoke)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 #: every script's help ends with it
@@ -21,6 +22,12 @@ EPILOG = ("--smoke (alone) runs this script's smoke mode: its code path end to e
           "directory, in seconds; its numbers are not results")
 #: the generated text's length, enough for the few chunks of every smoke mode's ranges of it
 TEXT_CHARS = 40_000
+
+
+def entry(main: Callable[[], int | None], run_smoke: Callable[[], int | None]) -> NoReturn:
+    """A script's entry point: its smoke mode when ``--smoke`` is its only argument, else its main; the exit
+    status is what the one run returns (None: 0)."""
+    sys.exit(run_smoke() if sys.argv[1:] == ["--smoke"] else main())
 
 
 @contextmanager

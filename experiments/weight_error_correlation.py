@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -141,7 +140,4 @@ def run_smoke() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--smoke"]:
-        run_smoke()
-    else:
-        main()
+    smoke.entry(main, run_smoke)
