@@ -25,6 +25,11 @@ Without --tools, llama-quantize and llama-perplexity are built once (cmake, Rele
 ~/.cache/recipe-search/llama.cpp-tools/ from `pip download --no-binary :all: llama-cpp-python==VERSION`.
 If that build fails, their side is the naive in-process loop (llama_cpp.Llama with logits_all=True,
 a dense float16 log-probability file as reference) and the report says why.
+
+    python experiments/bench_trial.py --smoke   # our side only (--ours-only), on a generated tiny model
+
+The smoke mode neither builds nor runs llama.cpp's tools: it runs the --ours-only benchmark (every child of
+our side, the score process, the report) on a tiny model, one trial, into a temporary directory.
 """
 
 from __future__ import annotations
@@ -43,11 +48,14 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import smoke
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # benchmark this checkout's recipe_search, whatever is installed
-DEFAULT_TEXT = Path("/work/shared/data/wikitext-2-raw/wiki.test.raw")
+DEFAULT_TEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 TOOLS_CACHE = Path.home() / ".cache" / "recipe-search" / "llama.cpp-tools"
 TARGETS = ("llama-quantize", "llama-perplexity")
 MIX_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
@@ -208,7 +216,7 @@ def theirs_reference(bin_dir: Path, a: argparse.Namespace, base_file: Path, log:
 
 def theirs_trial(bin_dir: Path, a: argparse.Namespace, recipe, base_file: Path, work: Path, i: int,
                  timer: Path) -> dict:
-    from recipe_search.core.export import quantize_args, tensor_type_file
+    from recipe_search.core import quantize_args, tensor_type_file
 
     ttf = work / f"trial-{i}.tensor-types.txt"
     ttf.write_text(tensor_type_file(recipe))
@@ -236,8 +244,7 @@ def theirs_trial(bin_dir: Path, a: argparse.Namespace, recipe, base_file: Path, 
 
 
 def _settings(spec: dict):
-    from recipe_search.core.text import TextSource
-    from recipe_search.engine.score import ScoreSettings
+    from recipe_search.core import ScoreSettings, TextSource
 
     return ScoreSettings(text=TextSource(Path(spec["text"])), ctx=spec["ctx"], chunks=spec["chunks"],
                          threads=spec["threads"], n_seq=spec["n_seq"])
@@ -245,7 +252,7 @@ def _settings(spec: dict):
 
 def child_reference(spec: dict) -> dict:
     """Build the sparse reference into an empty cache directory."""
-    from recipe_search.engine.score import get_reference
+    from recipe_search.engine import get_reference
 
     start = time.perf_counter()
     ref, cached = get_reference(Path(spec["model"]), _settings(spec), Path(spec["cache"]))
@@ -261,9 +268,8 @@ def child_trial(spec: dict) -> dict:
 
     ``mode``: cold (the tensor cache emptied first), warm (every tensor of the recipe cached by its cold run),
     plain (no tensor cache: llama_model_quantize writes the whole model)."""
-    from recipe_search.core.recipe import recipe_from_dict
-    from recipe_search.engine.tensor_cache import TensorCache
-    from recipe_search.engine.worker import Worker
+    from recipe_search.core import recipe_from_dict
+    from recipe_search.engine import TensorCache, Worker
 
     mode = spec.get("mode", "cold")
     worker = Worker(Path(spec["model"]), _settings(spec), Path(spec["cache"]), Path(spec["work"]),
@@ -328,9 +334,8 @@ def child_naive_reference(spec: dict) -> dict:
     """Base log-probabilities of every scored position, float16, from Llama(logits_all=True) chunk by chunk."""
     import numpy as np
 
-    from recipe_search.core.kld import log_softmax
-    from recipe_search.core.text import TextSource
-    from recipe_search.engine.llama import chunk_tokens, scored_range
+    from recipe_search.core import TextSource, log_softmax
+    from recipe_search.engine import chunk_tokens, scored_range
 
     start = time.perf_counter()
     llm = _naive_llama(spec["model"], spec)
@@ -351,9 +356,8 @@ def child_naive_trial(spec: dict) -> dict:
     """Quantize with llama.cpp's quantizer, then score with Llama(logits_all=True) chunk by chunk."""
     import numpy as np
 
-    from recipe_search.core.kld import TokenStats, summarize, token_stats_from_logprobs
-    from recipe_search.core.recipe import recipe_from_dict
-    from recipe_search.engine.quantize import quantize_model
+    from recipe_search.core import TokenStats, recipe_from_dict, summarize, token_stats_from_logprobs
+    from recipe_search.engine import quantize_model
 
     start = time.perf_counter()
     quant = Path(spec["work"]) / "naive.gguf"
@@ -392,7 +396,7 @@ CHILDREN = {"reference": child_reference, "trial": child_trial, "naive-reference
 
 def random_mix(inventory, rng, name: str):
     """Every quantizable tensor type gets a random type it takes without a fallback."""
-    from recipe_search.core.recipe import Recipe, Rule, Unmatched
+    from recipe_search.core import Recipe, Rule, Unmatched
 
     rules = []
     for kind in inventory.kinds.values():
@@ -406,8 +410,8 @@ def median_phases(runs: list[dict]) -> dict[str, float]:
     return {k: statistics.median(r["phases"][k] for r in runs) for k in runs[0]["phases"]}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=smoke.EPILOG)
     p.add_argument("--model", type=Path, help="F16 GGUF (default: the demo model)")
     p.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     p.add_argument("--ctx", type=int, default=512)
@@ -428,7 +432,7 @@ def main() -> None:
     p.add_argument("--ours-only", action="store_true",
                    help="no llama.cpp tools: the baseline is recipe-search without the tensor cache (one reference)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.child:
         print(json.dumps(CHILDREN[a.child[0]](json.loads(a.child[1]))))
         return
@@ -436,8 +440,8 @@ def main() -> None:
     import llama_cpp
     import numpy as np
 
-    from recipe_search.core.inventory import read_inventory
-    from recipe_search.engine.demo import demo_model_path
+    from recipe_search import read_inventory
+    from recipe_search.engine import demo_model_path
 
     a.model = (a.model or demo_model_path()).resolve()
     version = llama_cpp.__version__
@@ -588,5 +592,13 @@ def report(info: dict, refs_ours: list, refs_theirs: list, trials_ours: list, tr
     print(f"\nwrote {out}")
 
 
+def run_smoke() -> None:
+    print("smoke: our side only (--ours-only); llama-quantize and llama-perplexity are neither built nor run", flush=True)
+    with smoke.directory("bench_trial") as tmp:
+        main(["--model", str(smoke.dense_model(tmp)), "--text", str(smoke.text_file(tmp)), "--ctx", "128", "--chunks",
+              "2", "--runs", "1", "--ours-only", "--seed", "0", "--max-load", "inf", "--work", str(tmp),
+              "--out", str(tmp / "bench_trial.json")])
+
+
 if __name__ == "__main__":
-    main()
+    smoke.entry(main, run_smoke)

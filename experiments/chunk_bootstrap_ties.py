@@ -8,6 +8,7 @@ ways.
 
     python experiments/chunk_bootstrap_ties.py experiments/results/sensitivity-demo \\
         experiments/results/sensitivity-tiny-qwen35moe-imatrix --json experiments/results/chunk-bootstrap-ties.json
+    python experiments/chunk_bootstrap_ties.py --smoke  # the tiny-qwen35moe sweep, 20 resamples, into a temporary file
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import smoke
 
-from recipe_search.core.kld import bootstrap_quantile_ci, paired_bootstrap, scored_per_chunk
-from recipe_search.core.metrics import statistic_of
-from recipe_search.formats.files import atomic_write_text
-from recipe_search.sensitivity.table import SensitivityTable
+from recipe_search.core import bootstrap_quantile_ci, paired_bootstrap, scored_per_chunk, statistic_of
+from recipe_search.formats import atomic_write_text
+from recipe_search.sensitivity import SensitivityTable
 
 METRICS = ("kld_p99", "kld_p999")
 
@@ -57,12 +58,12 @@ def sweep_ties(directory: Path, n_boot: int) -> dict:
                                                      "min": float(np.min(widths)), "max": float(np.max(widths))}}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     ap.add_argument("sweeps", nargs="+", type=Path)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     out = [sweep_ties(d, a.n_boot) for d in a.sweeps]
     for r in out:
         w = r["p999_interval_width_chunk_over_token"]
@@ -75,5 +76,11 @@ def main() -> int:
     return 0
 
 
+def run_smoke() -> int:
+    with smoke.directory("chunk_bootstrap_ties") as tmp:
+        return main([str(smoke.ROOT / "experiments" / "results" / "sensitivity-tiny-qwen35moe"), "--n-boot", "20",
+                     "--json", str(tmp / "ties.json")])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    smoke.entry(main, run_smoke)

@@ -3,6 +3,8 @@
 # the `plain` seeding arm is the TPE sampler study of the same seed, so it costs no measurement.
 # Scored on the first 40% of wiki.test.raw, ctx 512 x 4 chunks, as experiments/results/sensitivity-demo was.
 # Usage: sh experiments/demo_search_comparisons.sh [WIKI_TEST_RAW] [WORK_DIR]
+# No smoke mode of its own: it only chains seeding.py, samplers.py and prune_replay.py, whose smoke modes
+# tests/test_experiments.py runs.
 set -eu
 text="${1:-../shared/data/wikitext-2-raw/wiki.test.raw}[0:0.4]"
 work="${2:-/tmp/demo-comparisons}"

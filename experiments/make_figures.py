@@ -5,27 +5,29 @@
         --sensitivity-metric kld_mean --sensitivity-metric kld_p999
 
 Each PNG must stay under 200 KB (they are committed); the command fails when one does not.
+
+    python experiments/make_figures.py --smoke  # the tests' synthetic study and a committed sweep, into a temporary directory
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from recipe_search.core.pareto import parse_targets
-from recipe_search.errors import RecipeSearchError
-from recipe_search.report.page import read_sensitivity, sensitivity_csvs, sensitivity_metric
-from recipe_search.report.plots import plot_frontier, plot_sensitivity
-from recipe_search.study._selection import select
-from recipe_search.study._storage import load_study, storage_url
+import smoke
+
+from recipe_search import RecipeSearchError, load_study, parse_targets, select
+from recipe_search.report import plot_frontier, plot_sensitivity, read_sensitivity, sensitivity_csvs, sensitivity_metric
+from recipe_search.study import storage_url
 
 MAX_BYTES = 200_000
 FIGURES = Path(__file__).resolve().parent / "figures"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     p.add_argument("--storage", help="the study's Optuna storage URL")
     p.add_argument("--study", help="study name (default: the only one in the storage)")
     p.add_argument("--dir", help="study directory holding study.db")
@@ -36,7 +38,7 @@ def main() -> int:
                    help="metric of the sensitivity charts, one chart each (default: kld_p999)")
     p.add_argument("--name", help="file name of the frontier plot, without .png (default: frontier-<study>)")
     p.add_argument("--out", type=Path, default=FIGURES)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     written = []
     try:
         if a.storage or a.dir or a.study:
@@ -66,5 +68,12 @@ def main() -> int:
     return 0
 
 
+def run_smoke() -> int:
+    with smoke.directory("make_figures") as tmp:
+        return main(["--dir", str(smoke.synthetic_study(tmp)), "--targets", "5.0bpw,900KB", "--sensitivity",
+                     str(FIGURES.parent / "results" / "sensitivity-tiny-qwen35moe"), "--sensitivity-metric", "kld_mean",
+                     "--out", str(tmp / "figures")])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    smoke.entry(main, run_smoke)

@@ -7,6 +7,7 @@ evaluation of a few chunks; default and passive alternate, first idle, then with
 process per core beside them. The script prints median seconds and the passive / default ratio.
 
     python experiments/omp_wait_policy.py [demo] [--chunks 2] [--rounds 3]
+    python experiments/omp_wait_policy.py --smoke   # one round on a generated tiny model
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+import smoke
 
 CHILD = """
 import sys, time
-from recipe_search.engine.llama import LlamaModel, chunk_tokens, evaluate
-from recipe_search.core.text import TextSource
+from recipe_search.core import TextSource
+from recipe_search.engine import LlamaModel, chunk_tokens, evaluate
 model, ctx, chunks, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 with LlamaModel(model, n_threads=threads, n_ctx=ctx) as lm:
     tokens = chunk_tokens(lm.tokenize(TextSource.parse(None).read()), ctx, chunks, lm.add_bos, lm.bos_id)
@@ -48,17 +52,17 @@ def one_run(model: Path, policy: str | None, ctx: int, chunks: int, threads: int
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    from recipe_search.engine.demo import resolve_model_arg
+def main(argv: Sequence[str] | None = None) -> None:
+    from recipe_search.engine import resolve_model_arg
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     p.add_argument("model", nargs="?", default="demo")
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--chunks", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="experiments/results/omp_wait_policy.json")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     model = resolve_model_arg(a.model)
     result = {"model": model.name, "ctx": a.ctx, "chunks": a.chunks, "threads": a.threads, "rounds": a.rounds}
     for condition in ("idle", "busy"):
@@ -83,5 +87,11 @@ def main() -> None:
     Path(a.out).write_text(json.dumps(result, indent=1))
 
 
+def run_smoke() -> None:
+    with smoke.directory("omp_wait_policy") as tmp:
+        main([str(smoke.dense_model(tmp)), "--ctx", "128", "--chunks", "1", "--rounds", "1",
+              "--out", str(tmp / "omp_wait_policy.json")])
+
+
 if __name__ == "__main__":
-    main()
+    smoke.entry(main, run_smoke)

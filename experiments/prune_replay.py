@@ -7,6 +7,7 @@ The script reports which trials the rule would have stopped, after how many chun
 of them is on the study's final frontier (which would mean the rule loses good recipes). Usage:
 
     python experiments/prune_replay.py --storage sqlite:///studies/NAME/study.db --study NAME [--out FILE]
+    python experiments/prune_replay.py --smoke  # on the tests' synthetic study of the dense tiny model
 """
 
 from __future__ import annotations
@@ -14,16 +15,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+import smoke
 
-from recipe_search.core.config import StudyConfig
-from recipe_search.study._early_stopping import MIN_CHUNKS_BEFORE_PRUNING, FinishedPoint, finished_point, prune_decision
-from recipe_search.study._records import TrialRecord
-from recipe_search.study._storage import storage_for
-from recipe_search.study._summary import frontier_records
+from recipe_search.core import StudyConfig
+from recipe_search.study import (
+    MIN_CHUNKS_BEFORE_PRUNING,
+    FinishedPoint,
+    TrialRecord,
+    finished_point,
+    frontier_records,
+    prune_decision,
+    storage_for,
+)
 
 
 def replay(study: optuna.Study) -> dict:
@@ -50,12 +58,12 @@ def replay(study: optuna.Study) -> dict:
             "chunks_saved": chunks_saved, "chunks_total": len(trials) * config.chunks}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     p.add_argument("--storage", required=True)
     p.add_argument("--study", required=True)
     p.add_argument("--out")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     result = replay(optuna.load_study(study_name=a.study, storage=storage_for(a.storage)))
     print(f"{result['measured']} measured trials, {len(result['frontier'])} on the frontier")
     print(f"the rule would stop {len(result['would_stop'])} trials, saving {result['chunks_saved']} of "
@@ -66,5 +74,11 @@ def main() -> None:
         Path(a.out).write_text(json.dumps(result, indent=2))
 
 
+def run_smoke() -> None:
+    with smoke.directory("prune_replay") as tmp:
+        study = smoke.synthetic_study(tmp)
+        main(["--storage", f"sqlite:///{study / 'study.db'}", "--study", "dense", "--out", str(tmp / "replay.json")])
+
+
 if __name__ == "__main__":
-    main()
+    smoke.entry(main, run_smoke)

@@ -7,6 +7,7 @@ I-quant / partner ratios. Models load without llama.cpp's repacked CPU buffers (
 scores them), so repacking kernels are not part of the comparison. Usage:
 
     python experiments/quant_speed.py ../shared/data/tiny-qwen35moe/model-bf16.gguf demo [--rounds 5]
+    python experiments/quant_speed.py --smoke   # one round on a generated tiny model
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import json
 import statistics
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
-from recipe_search.core.recipe import uniform_recipe
-from recipe_search.engine.demo import resolve_model_arg
-from recipe_search.engine.quantize import quantize_model
-from recipe_search.engine.worker import speed_of
+import smoke
+
+from recipe_search.core import uniform_recipe
+from recipe_search.engine import quantize_model, resolve_model_arg, speed_of
 
 PAIRS = [("IQ4_XS", "Q4_K"), ("IQ4_NL", "Q4_0"), ("IQ3_S", "Q3_K")]
 
@@ -46,13 +48,13 @@ def measure(model: Path, rounds: int, threads: int) -> dict:
             "ratios": ratios, "runs": runs}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     p.add_argument("models", nargs="+")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="experiments/results/quant_speed.json")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     results = []
     for name in a.models:
         r = measure(resolve_model_arg(name), a.rounds, a.threads)
@@ -71,5 +73,10 @@ def main() -> None:
     Path(a.out).write_text(json.dumps(results, indent=1))
 
 
+def run_smoke() -> None:
+    with smoke.directory("quant_speed") as tmp:
+        main([str(smoke.dense_model(tmp)), "--rounds", "1", "--out", str(tmp / "quant_speed.json")])
+
+
 if __name__ == "__main__":
-    main()
+    smoke.entry(main, run_smoke)

@@ -9,6 +9,8 @@ common reference point. Usage:
 
 With --keep-dir each study is kept and a rerun resumes it; measurements come from the measurement
 cache when another study (or `seeding.py`) measured the same resolved recipe before.
+
+    python experiments/samplers.py --smoke      # two samplers, two seeds, a few trials on a generated tiny model
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ import json
 import math
 import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import smoke
 
-from recipe_search.core.config import StudyConfig, load_study_config
-from recipe_search.core.locations import cache_dir, shareable
-from recipe_search.core.pareto import hypervolume_2d
-from recipe_search.engine.demo import resolve_model_arg
-from recipe_search.study._summary import measured_records
-from recipe_search.study.study import Study
+from recipe_search.core import StudyConfig, cache_dir, hypervolume_2d, load_study_config, shareable
+from recipe_search.engine import resolve_model_arg
+from recipe_search.study import Study, measured_records
 
 #: arguments that are paths: committed results keep them relative or by name
 SHARED_PATHS = ("model", "config", "text", "keep_dir", "out")
@@ -43,8 +44,8 @@ def run_one(model: Path, config: StudyConfig, trials: int, cache: Path, keep: Pa
         return [(t.measured_values[0], t.measured_values[1]) for t in measured_records(study.optuna_study)]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     p.add_argument("model")
     p.add_argument("--config")
     p.add_argument("--text")
@@ -56,7 +57,7 @@ def main() -> None:
     p.add_argument("--no-prune", action="store_true", help="measure every trial in full (for prune_replay.py)")
     p.add_argument("--keep-dir", help="keep each study's database here (default: discarded)")
     p.add_argument("--out", required=True)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     model = resolve_model_arg(a.model)
     base = load_study_config(a.config).model_copy(update={"text": a.text, "ctx": a.ctx, "chunks": a.chunks,
                                                           "prune": not a.no_prune})
@@ -85,5 +86,12 @@ def main() -> None:
     out.write_text(json.dumps({"args": args, "reference_point": ref.tolist(), "samplers": table}, indent=2))
 
 
+def run_smoke() -> None:
+    with smoke.directory("samplers") as tmp:
+        main([str(smoke.dense_model(tmp)), "--text", str(smoke.text_file(tmp)), "--ctx", "64", "--chunks", "4",
+              "--trials", "3", "--seeds", "0", "1", "--samplers", "tpe", "random", "--keep-dir", str(tmp / "studies"),
+              "--out", str(tmp / "samplers.json")])
+
+
 if __name__ == "__main__":
-    main()
+    smoke.entry(main, run_smoke)

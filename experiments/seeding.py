@@ -13,6 +13,8 @@ Each study is stored under --dir and resumes if rerun.
 With the same --config, --no-prune and cache directory as `samplers.py`, the `plain` arm proposes
 exactly what that script's TPE study of the same seed proposed, so its measurements come from the
 measurement cache.
+
+    python experiments/seeding.py --smoke       # a two-type space on a generated tiny model, its table swept first
 """
 
 from __future__ import annotations
@@ -22,17 +24,16 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import smoke
 
-from recipe_search.core.config import ReferenceConfig, StudyConfig, load_study_config
-from recipe_search.core.locations import shareable
-from recipe_search.core.pareto import hypervolume_2d, non_dominated
-from recipe_search.engine.demo import resolve_model_arg
-from recipe_search.study._summary import measured_records
-from recipe_search.study.study import Study
+from recipe_search.core import ReferenceConfig, StudyConfig, hypervolume_2d, load_study_config, non_dominated, shareable
+from recipe_search.engine import resolve_model_arg
+from recipe_search.study import Study, measured_records
 
 ARMS = ("plain", "seeded")
 
@@ -71,8 +72,8 @@ def frontier_stats(points: list[list], ref: np.ndarray, checkpoints: list[int], 
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     ap.add_argument("model")
     ap.add_argument("--table", required=True, help="sensitivity table directory (for the seeded arm)")
     ap.add_argument("--text", required=True, help="scoring text, as the table was measured on")
@@ -88,7 +89,7 @@ def main() -> int:
     ap.add_argument("--dir", default="/tmp/rs-seeding")
     ap.add_argument("--cache-dir", default="/tmp/rs-cache")
     ap.add_argument("--json", required=True)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     model = resolve_model_arg(a.model)
     if a.config:
         a.objective = load_study_config(a.config).objectives[1]
@@ -132,5 +133,32 @@ def main() -> int:
     return 0
 
 
+#: the smoke mode's study config: every tensor type over two types, so that its table is a few cells
+SMOKE_CONFIG = """\
+objectives: [size, kld_p99]
+space: {ladder: [Q8_0, Q4_0], unmatched: Q8_0}
+references: {uniform: ladder, presets: []}
+"""
+
+
+def run_smoke() -> int:
+    """The sensitivity table of SMOKE_CONFIG's space swept first, on the text, context and chunks of the arms."""
+    from recipe_search.core import ScoreSettings, TextSource, build_space
+    from recipe_search.engine import Worker
+    from recipe_search.sensitivity import run_sweep, space_ladders
+
+    with smoke.directory("seeding") as tmp:
+        model, text = smoke.dense_model(tmp), smoke.text_file(tmp)
+        config = tmp / "study.yaml"
+        config.write_text(SMOKE_CONFIG)
+        settings = ScoreSettings(TextSource.parse(str(text)), ctx=64, chunks=4, threads=2)
+        worker = Worker(model, settings, tmp / "cache", tmp / "work")
+        space = build_space(load_study_config(str(config)), worker.inventory, has_imatrix=False)
+        run_sweep(worker, tmp / "table", ladders=space_ladders(space))
+        return main([str(model), "--table", str(tmp / "table"), "--text", str(text), "--ctx", "64", "--chunks", "4",
+                     "--config", str(config), "--trials", "4", "--seeds", "0", "--surrogate-seeds", "2",
+                     "--dir", str(tmp / "studies"), "--cache-dir", str(tmp / "cache"), "--json", str(tmp / "seeding.json")])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    smoke.entry(main, run_smoke)

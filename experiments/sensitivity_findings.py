@@ -5,6 +5,8 @@ alone costs at a few widths, that cost per megabyte saved (the ranking is by it)
     python experiments/sensitivity_findings.py TABLE.csv [--imatrix-table TABLE.csv] [--json OUT.json]
 
 (TABLE.csv: a sweep directory's sensitivity.csv; the per-token vectors are not needed here.)
+
+    python experiments/sensitivity_findings.py --smoke  # the committed tiny-qwen35moe sweeps, into a temporary file
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from recipe_search.formats.ggml_types import bits_per_weight, parse_type
+import smoke
+
+from recipe_search.formats import bits_per_weight, parse_type
 
 WIDTHS = ("Q6_K", "Q4_K", "Q3_K", "Q2_K")
 
@@ -44,12 +48,12 @@ def per_type(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     ap.add_argument("table")
     ap.add_argument("--imatrix-table")
     ap.add_argument("--json")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     types = per_type(read_rows(a.table))
     total = sum(d["n_elements"] for d in types.values())
     ranked = sorted(types.items(), key=lambda kv: -kv[1].get("mean_per_mb_q3k", 0))
@@ -82,5 +86,13 @@ def main() -> int:
     return 0
 
 
+def run_smoke() -> int:
+    results = smoke.ROOT / "experiments" / "results"
+    with smoke.directory("sensitivity_findings") as tmp:
+        return main([str(results / "sensitivity-tiny-qwen35moe" / "sensitivity.csv"), "--imatrix-table",
+                     str(results / "sensitivity-tiny-qwen35moe-imatrix" / "sensitivity.csv"), "--json",
+                     str(tmp / "findings.json")])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    smoke.entry(main, run_smoke)

@@ -11,6 +11,7 @@ the 99.9% KLD are measured and compared with the random recipes they should domi
 Measurements are saved after each one, so a rerun resumes.
 
     python experiments/surrogate_accuracy.py MODEL --table DIR --json OUT.json [--recipes 30] [--targets 6]
+    python experiments/surrogate_accuracy.py --smoke    # a two-type table swept first on a generated tiny model
 """
 
 from __future__ import annotations
@@ -18,22 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
+import smoke
 from scipy.stats import spearmanr
 
-from recipe_search.core.config import SpaceConfig, StudyConfig
-from recipe_search.core.locations import shareable
-from recipe_search.core.metrics import SURROGATE_METRICS
-from recipe_search.core.space import SearchSpace, build_space
-from recipe_search.core.text import TextSource
-from recipe_search.engine.demo import resolve_model_arg
-from recipe_search.engine.score import ScoreSettings
-from recipe_search.engine.worker import Worker
-from recipe_search.formats.imatrix_file import ImatrixInput
-from recipe_search.sensitivity.surrogate import Allocator, Surrogate
-from recipe_search.sensitivity.table import SensitivityTable
+from recipe_search.core import (
+    SURROGATE_METRICS,
+    ScoreSettings,
+    SearchSpace,
+    SpaceConfig,
+    StudyConfig,
+    TextSource,
+    build_space,
+    shareable,
+)
+from recipe_search.engine import Worker, resolve_model_arg
+from recipe_search.formats import ImatrixInput
+from recipe_search.sensitivity import Allocator, SensitivityTable, Surrogate
 
 
 def random_choices(space: SearchSpace, n: int, seed: int, jitter: float) -> list[dict[str, int]]:
@@ -77,8 +83,8 @@ def measure(worker: Worker, surrogate: Surrogate, recipe) -> dict:
             "actual": {k: m.metrics[k] for k in SURROGATE_METRICS}}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     ap.add_argument("model")
     ap.add_argument("--table", required=True, help="sensitivity table directory")
     ap.add_argument("--json", required=True, help="results file (read back to resume)")
@@ -88,7 +94,7 @@ def main() -> int:
     ap.add_argument("--jitter", type=float, default=0.25, help="per-tensor-type spread, in ladder lengths")
     ap.add_argument("--cache-dir", default="/tmp/rs-cache")
     ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     table = SensitivityTable.load(a.table)
     meta = table.meta
@@ -160,5 +166,18 @@ def _save(out: Path, a: argparse.Namespace, meta: dict, rows: list[dict], picks:
     out.write_text(json.dumps(data, indent=1))
 
 
+def run_smoke() -> int:
+    """The table swept first (every tensor type at Q8_0 and Q4_0), from inside the temporary directory, since a
+    table records its text relative to the working directory."""
+    from recipe_search.sensitivity import run_sweep
+
+    with smoke.directory("surrogate_accuracy") as tmp, chdir(tmp):
+        model, text = smoke.dense_model(tmp), smoke.text_file(tmp)
+        settings = ScoreSettings(TextSource.parse(text.name), ctx=64, chunks=4, threads=2)
+        run_sweep(Worker(model, settings, tmp / "cache", tmp / "cache" / "work"), tmp / "table", types=["Q8_0", "Q4_0"])
+        return main([str(model), "--table", str(tmp / "table"), "--json", str(tmp / "accuracy.json"), "--recipes", "4",
+                     "--targets", "1", "--cache-dir", str(tmp / "cache")])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    smoke.entry(main, run_smoke)

@@ -6,6 +6,7 @@ a type llama.cpp refuses, such as IQ2_XXS for a token_embd without imatrix data,
 Measurements are saved after each one, so a rerun resumes.
 
     python experiments/uniform_imatrix.py MODEL --imatrix FILE --text FILE[0:0.4] --json OUT.json
+    python experiments/uniform_imatrix.py --smoke   # three types on a generated tiny model, its imatrix collected first
 """
 
 from __future__ import annotations
@@ -13,23 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from recipe_search.core.locations import shareable
-from recipe_search.core.recipe import uniform_recipe
-from recipe_search.core.text import TextSource
-from recipe_search.engine.demo import resolve_model_arg
-from recipe_search.engine.score import ScoreSettings
-from recipe_search.engine.worker import Worker
-from recipe_search.errors import RecipeSearchError
-from recipe_search.formats.ggml_types import DEFAULT_LADDER, IMATRIX_REQUIRED
-from recipe_search.formats.imatrix_file import ImatrixInput
+import smoke
+
+from recipe_search import RecipeSearchError
+from recipe_search.core import ScoreSettings, TextSource, shareable, uniform_recipe
+from recipe_search.engine import Worker, resolve_model_arg
+from recipe_search.formats import DEFAULT_LADDER, IMATRIX_REQUIRED, ImatrixInput, parse_type
 
 METRICS = ("kld_mean", "kld_p99", "kld_p999", "ppl_ratio", "same_top")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     ap.add_argument("model")
     ap.add_argument("--imatrix", required=True)
     ap.add_argument("--text", required=True)
@@ -38,7 +37,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", default="/tmp/rs-cache")
     ap.add_argument("--json", required=True)
-    a = ap.parse_args()
+    ap.add_argument("--types", nargs="+", type=parse_type, default=list(DEFAULT_LADDER),
+                    help="the ggml types to quantize to (default: the default ladder)")
+    a = ap.parse_args(argv)
     settings = ScoreSettings(text=TextSource.parse(a.text), ctx=a.ctx, chunks=a.chunks, threads=a.threads)
     cache = Path(a.cache_dir)
     model = resolve_model_arg(a.model)
@@ -48,7 +49,7 @@ def main() -> int:
     out = Path(a.json)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     done = {(r["type"], r["imatrix"]) for r in rows}
-    for t in DEFAULT_LADDER:
+    for t in a.types:
         for with_imatrix in (False, True):
             if (t.name, with_imatrix) in done or (t in IMATRIX_REQUIRED and not with_imatrix):
                 continue
@@ -66,7 +67,7 @@ def main() -> int:
                                        "ctx": a.ctx, "chunks": a.chunks, "rows": rows}, indent=1))
     by = {(r["type"], r["imatrix"]): r for r in rows}
     print(f"{'type':<9}{'bpw':>6}{'mean KLD':>11}{'+imatrix':>11}{'99.9% KLD':>11}{'+imatrix':>11}{'mean gain':>11}")
-    for t in DEFAULT_LADDER:
+    for t in a.types:
         plain, im = by.get((t.name, False)), by.get((t.name, True))
         ref = im or plain
         if ref is None:
@@ -78,5 +79,20 @@ def main() -> int:
     return 0
 
 
+def run_smoke() -> int:
+    """Q8_0, Q4_0 and an imatrix-only type, the imatrix collected first on the text the quants are scored on."""
+    from recipe_search.engine import collect_imatrix
+    from recipe_search.formats import save_imatrix_gguf
+
+    with smoke.directory("uniform_imatrix") as tmp:
+        model, text = smoke.dense_model(tmp), smoke.text_file(tmp)
+        source = TextSource.parse(str(text))
+        save_imatrix_gguf(collect_imatrix(model, source.read(), ctx=64, n_chunks=8, dataset=source.label),
+                          tmp / "imatrix.gguf")
+        return main([str(model), "--imatrix", str(tmp / "imatrix.gguf"), "--text", str(text), "--ctx", "64", "--chunks",
+                     "4", "--cache-dir", str(tmp / "cache"), "--json", str(tmp / "uniform.json"),
+                     "--types", "Q8_0", "Q4_0", "IQ2_XXS"])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    smoke.entry(main, run_smoke)

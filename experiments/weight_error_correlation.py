@@ -11,6 +11,7 @@ sweep's findings describe (`wiki.test.raw[0.2:0.4]`, 64 chunks of 256, --process
 checked against the table's.
 
     python experiments/weight_error_correlation.py [--cases demo ...] [--out experiments/results/weight-error-correlation.json]
+    python experiments/weight_error_correlation.py --smoke  # both cases on a generated tiny model, its sweep measured first
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import smoke
 from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parent
@@ -33,6 +36,8 @@ CASES = [
     ("tiny-qwen35moe-imatrix", str(TINY), ROOT / "results" / "sensitivity-tiny-qwen35moe-imatrix", True),
     ("demo", "demo", ROOT / "results" / "sensitivity-demo", False),
 ]
+#: the imatrix of the imatrix sweep, as the sweep's findings describe it: its text and chunks of 256 tokens
+IMATRIX_TEXT, IMATRIX_CHUNKS = f"{WIKI}[0.2:0.4]", 64
 
 
 def _rho(x: list[float], y: list[float]) -> float | None:
@@ -55,23 +60,22 @@ def correlations(kld: dict[tuple[str, str], float], proxy: dict[tuple[str, str],
     return out
 
 
-def run_case(name: str, model_arg: str, table_dir: Path, with_imatrix: bool, cache: Path, work: Path) -> dict:
-    from recipe_search.core.text import TextSource
-    from recipe_search.engine.demo import resolve_model_arg
-    from recipe_search.engine.imatrix_collect import collect_imatrix
-    from recipe_search.engine.score import ScoreSettings
-    from recipe_search.engine.worker import Worker
-    from recipe_search.formats.imatrix_file import ImatrixInput, save_imatrix_gguf
-    from recipe_search.sensitivity.table import SensitivityTable
-    from recipe_search.sensitivity.weight_error import run_weight_error
+def run_case(name: str, model_arg: str, table_dir: Path, with_imatrix: bool, cache: Path, work: Path,
+             imatrix_text: str = IMATRIX_TEXT, imatrix_chunks: int = IMATRIX_CHUNKS) -> dict:
+    from recipe_search.core import ScoreSettings, TextSource
+    from recipe_search.engine import Worker, collect_imatrix, resolve_model_arg
+    from recipe_search.formats import ImatrixInput, save_imatrix_gguf
+    from recipe_search.sensitivity import SensitivityTable, run_weight_error
 
     measured = SensitivityTable.load(table_dir)
     model = resolve_model_arg(model_arg)
     imatrix = None
-    info: dict = {"table": str(table_dir.relative_to(ROOT.parent))}
+    info: dict = {"table": str(table_dir.relative_to(ROOT.parent)) if table_dir.is_relative_to(ROOT.parent)
+                  else str(table_dir)}
     if with_imatrix:
-        im = collect_imatrix(model, TextSource.parse(f"{WIKI}[0.2:0.4]").read(), ctx=256, n_chunks=64,
-                             process_output=True, dataset="wiki.test.raw[0.2:0.4]")
+        text = TextSource.parse(imatrix_text)
+        im = collect_imatrix(model, text.read(), ctx=256, n_chunks=imatrix_chunks, process_output=True,
+                             dataset=text.label)
         save_imatrix_gguf(im, work / f"{name}.imatrix.gguf")
         imatrix = ImatrixInput.from_file(work / f"{name}.imatrix.gguf")
         info["imatrix_digest_matches_table"] = imatrix.digest == measured.meta["imatrix"]
@@ -89,19 +93,21 @@ def run_case(name: str, model_arg: str, table_dir: Path, with_imatrix: bool, cac
     return info
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, cases: Sequence[tuple[str, str, Path, bool]] = CASES,
+         imatrix_text: str = IMATRIX_TEXT, imatrix_chunks: int = IMATRIX_CHUNKS) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=smoke.EPILOG)
     p.add_argument("--cache-dir", type=Path, help="recipe-search cache (default: a temporary one, so every "
                                                   "tensor is quantized here and the time is the proxy's full cost)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "weight-error-correlation.json")
-    p.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES], default=[c[0] for c in CASES])
-    a = p.parse_args()
+    p.add_argument("--cases", nargs="+", choices=[c[0] for c in cases], default=[c[0] for c in cases])
+    a = p.parse_args(argv)
     results = json.loads(a.out.read_text()) if a.out.exists() else {}  # cases not run now are kept
     with tempfile.TemporaryDirectory(prefix="weight-error-") as tmp:
         work = Path(tmp)
         cache = a.cache_dir or work / "cache"
-        for name, model_arg, table_dir, with_imatrix in (c for c in CASES if c[0] in a.cases):
-            r = results[name] = run_case(name, model_arg, table_dir, with_imatrix, cache, work)
+        for name, model_arg, table_dir, with_imatrix in (c for c in cases if c[0] in a.cases):
+            r = results[name] = run_case(name, model_arg, table_dir, with_imatrix, cache, work, imatrix_text,
+                                         imatrix_chunks)
             for measure in ("weighted_squared_error", "relative_error"):
                 c = r[measure]
                 print(f"{name:24s} {measure:24s} cells {c['cells']:3d}  overall {c['overall']:.3f}  "
@@ -116,5 +122,22 @@ def main() -> None:
     print(f"wrote {a.out}")
 
 
+def run_smoke() -> None:
+    """A KLD sweep of three tensor types over three types measured first; the proxy against it without and with
+    an imatrix (collected on the text's second fifth, 4 chunks)."""
+    from recipe_search.core import ScoreSettings, TextSource
+    from recipe_search.engine import Worker
+    from recipe_search.sensitivity import run_sweep
+
+    with smoke.directory("weight_error_correlation") as tmp:
+        model, text = smoke.dense_model(tmp), smoke.text_file(tmp)
+        worker = Worker(model, ScoreSettings(TextSource.parse(str(text)), ctx=64, chunks=4), tmp / "cache",
+                        tmp / "cache" / "work")
+        run_sweep(worker, tmp / "sweep", tensor_types=["attn_q", "ffn_up", "ffn_down"], types=["Q8_0", "Q4_0", "Q3_K"])
+        main(["--cache-dir", str(tmp / "cache"), "--out", str(tmp / "correlation.json")],
+             [("smoke", str(model), tmp / "sweep", False), ("smoke-imatrix", str(model), tmp / "sweep", True)],
+             f"{text}[0.2:0.4]", 4)
+
+
 if __name__ == "__main__":
-    main()
+    smoke.entry(main, run_smoke)

@@ -62,6 +62,7 @@ _API = {
     "neighbour_tests": "pareto",
     "non_dominated": "pareto",
     "parse_targets": "pareto",
+    "pick_at_target": "pareto",
     "spearman": "pareto",
     "ModelRef": "recipe",
     "Recipe": "recipe",
@@ -147,6 +148,7 @@ if TYPE_CHECKING:
     from .pareto import neighbour_tests as neighbour_tests
     from .pareto import non_dominated as non_dominated
     from .pareto import parse_targets as parse_targets
+    from .pareto import pick_at_target as pick_at_target
     from .pareto import spearman as spearman
     from .recipe import ModelRef as ModelRef
     from .recipe import Recipe as Recipe
