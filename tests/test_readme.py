@@ -178,8 +178,11 @@ def test_documents_name_no_absolute_paths() -> None:
 def test_every_experiment_script_and_report_is_indexed() -> None:
     index = (EXPERIMENTS / "README.md").read_text(encoding="utf-8")
     readme = README.read_text(encoding="utf-8")
-    scripts = sorted(p.name for p in [*EXPERIMENTS.glob("*.py"), *EXPERIMENTS.glob("*.sh")])
+    scripts = sorted(p.name for p in [*EXPERIMENTS.glob("*.py"), *EXPERIMENTS.glob("*.sh")]
+                     if p.suffix == ".sh" or 'if __name__ == "__main__":' in p.read_text(encoding="utf-8"))
     assert scripts and [s for s in scripts if f"]({s})" not in index] == []
+    modules = sorted(p.name for p in EXPERIMENTS.glob("*.py") if p.name not in scripts)  # the scripts' shared parts
+    assert [m for m in modules if f"]({m})" not in index] == []
     reports = sorted(p.name for p in (EXPERIMENTS / "reports").glob("*.md"))
     assert reports and [r for r in reports if f"](reports/{r}" not in index] == []
     assert [r for r in reports if f"](experiments/reports/{r}" not in readme] == [], "each report: one line and a link"
