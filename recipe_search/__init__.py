@@ -31,7 +31,7 @@ _API = {
     "Inventory": "core.inventory", "read_inventory": "core.inventory",
     "Recipe": "core.recipe", "load_recipe": "core.recipe", "uniform_recipe": "core.recipe",
     "preset_recipe": "core.recipe",
-    "resolve": "core.resolve",
+    "resolve": "core.resolution",
     "predict_size": "core.size",
     "TextSource": "core.text", "ScoreSettings": "core.text",
     "StudyConfig": "core.config", "load_study_config": "core.config",
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .core.recipe import load_recipe as load_recipe
     from .core.recipe import preset_recipe as preset_recipe
     from .core.recipe import uniform_recipe as uniform_recipe
-    from .core.resolve import resolve as resolve
+    from .core.resolution import resolve as resolve
     from .core.size import predict_size as predict_size
     from .core.text import ScoreSettings as ScoreSettings
     from .core.text import TextSource as TextSource

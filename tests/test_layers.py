@@ -170,3 +170,15 @@ def test_pareto_on_a_finished_study_loads_no_libllama(synthetic_study, tmp_path)
     """)
     assert list(out.glob("*.yaml"))
     assert "llama_cpp" not in loaded
+
+
+def test_no_public_name_is_also_a_module_of_its_folder() -> None:
+    """Importing ``recipe_search.core.resolve`` (a module) set the package's attribute ``resolve`` to the module,
+    so ``from recipe_search.core import resolve`` returned the module and never the function."""
+    clashes = []
+    for layer in LAYERS[1:-2]:
+        init = MODULES[f"recipe_search.{layer}"].read_text(encoding="utf-8")
+        names = set(ast.literal_eval(init.split("_API = ", 1)[1].split("\n}", 1)[0] + "\n}"))
+        modules = {m.rsplit(".", 1)[1] for m in MODULES if m.startswith(f"recipe_search.{layer}.")}
+        clashes += [f"recipe_search.{layer}.{n}" for n in sorted(names & modules)]
+    assert clashes == []

@@ -189,8 +189,8 @@ def compare_args(p: argparse.ArgumentParser) -> None:
 
 @command("compare", "recipes or quantized GGUFs side by side per tensor type; --model maps them onto another model")
 def compare(a: argparse.Namespace) -> int:
-    from ..core.compare import SCORE_METRICS, format_table
-    from ..core.compare import compare as run_compare
+    from ..core.comparison import SCORE_METRICS, format_table
+    from ..core.comparison import compare as run_compare
     from ..errors import RecipeSearchError
     from . import _dry_run, _imatrix_input, _model, _recipe_options
 

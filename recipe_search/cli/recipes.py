@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..core import limits
 from ..core.dialects import Dialect
-from ..core.export import EXPORTABLE
 from ..core.size import human_bytes
+from ..core.tool_formats import EXPORTABLE
 from . import _dry_run, _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
@@ -74,7 +74,7 @@ def size_args(p: argparse.ArgumentParser) -> None:
 @command("size", "predict the exact output size of a recipe without quantizing")
 def size(a: argparse.Namespace) -> int:
     from ..core.inventory import read_inventory
-    from ..core.resolve import resolve
+    from ..core.resolution import resolve
     from ..core.rule_coverage import lint
     from ..core.size import predict_size
 
@@ -112,7 +112,7 @@ def export_cmd_args(p: argparse.ArgumentParser) -> None:
 
 @command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
 def export_cmd(a: argparse.Namespace) -> int:
-    from ..core.export import export
+    from ..core.tool_formats import export
     from ..formats.files import atomic_write_text, check_output_file
 
     if a.output:

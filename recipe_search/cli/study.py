@@ -246,7 +246,7 @@ def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> i
 
     from ..core.inventory import read_inventory
     from ..core.space import build_space
-    from ..engine.estimate import estimate, measure_rates
+    from ..engine.trial_cost import estimate, measure_rates
 
     inv = read_inventory(model)
     space = build_space(config, inv, has_imatrix=config.imatrix is not None)

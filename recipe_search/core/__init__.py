@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _API = {
-    "SCORE_METRICS": "compare",
-    "compare": "compare",
-    "format_table": "compare",
+    "SCORE_METRICS": "comparison",
+    "compare": "comparison",
+    "format_table": "comparison",
     "ReferenceConfig": "config",
     "SpaceConfig": "config",
     "StudyConfig": "config",
@@ -19,10 +19,10 @@ _API = {
     "load_any_recipe": "dialects",
     "parse_substitutions": "dialects",
     "read_source": "dialects",
-    "EXPORTABLE": "export",
-    "export": "export",
-    "quantize_args": "export",
-    "tensor_type_file": "export",
+    "EXPORTABLE": "tool_formats",
+    "export": "tool_formats",
+    "quantize_args": "tool_formats",
+    "tensor_type_file": "tool_formats",
     "import_recipe": "importer",
     "Inventory": "inventory",
     "Tensor": "inventory",
@@ -72,9 +72,9 @@ _API = {
     "preset_recipe": "recipe",
     "recipe_from_dict": "recipe",
     "uniform_recipe": "recipe",
-    "Resolution": "resolve",
-    "ResolvedTensor": "resolve",
-    "resolve": "resolve",
+    "Resolution": "resolution",
+    "ResolvedTensor": "resolution",
+    "resolve": "resolution",
     "coverage": "rule_coverage",
     "lint": "rule_coverage",
     "SizePrediction": "size",
@@ -94,9 +94,9 @@ __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
-    from .compare import SCORE_METRICS as SCORE_METRICS
-    from .compare import compare as compare
-    from .compare import format_table as format_table
+    from .comparison import SCORE_METRICS as SCORE_METRICS
+    from .comparison import compare as compare
+    from .comparison import format_table as format_table
     from .config import ReferenceConfig as ReferenceConfig
     from .config import SpaceConfig as SpaceConfig
     from .config import StudyConfig as StudyConfig
@@ -105,10 +105,6 @@ if TYPE_CHECKING:
     from .dialects import load_any_recipe as load_any_recipe
     from .dialects import parse_substitutions as parse_substitutions
     from .dialects import read_source as read_source
-    from .export import EXPORTABLE as EXPORTABLE
-    from .export import export as export
-    from .export import quantize_args as quantize_args
-    from .export import tensor_type_file as tensor_type_file
     from .importer import import_recipe as import_recipe
     from .inventory import Inventory as Inventory
     from .inventory import Tensor as Tensor
@@ -158,9 +154,9 @@ if TYPE_CHECKING:
     from .recipe import preset_recipe as preset_recipe
     from .recipe import recipe_from_dict as recipe_from_dict
     from .recipe import uniform_recipe as uniform_recipe
-    from .resolve import Resolution as Resolution
-    from .resolve import ResolvedTensor as ResolvedTensor
-    from .resolve import resolve as resolve
+    from .resolution import Resolution as Resolution
+    from .resolution import ResolvedTensor as ResolvedTensor
+    from .resolution import resolve as resolve
     from .rule_coverage import coverage as coverage
     from .rule_coverage import lint as lint
     from .size import SizePrediction as SizePrediction
@@ -175,3 +171,7 @@ if TYPE_CHECKING:
     from .text import TextSource as TextSource
     from .text import overlapping as overlapping
     from .text import text_sha256 as text_sha256
+    from .tool_formats import EXPORTABLE as EXPORTABLE
+    from .tool_formats import export as export
+    from .tool_formats import quantize_args as quantize_args
+    from .tool_formats import tensor_type_file as tensor_type_file

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..formats.ggml_types import tensor_bytes
 from ..formats.gguf_header import DEFAULT_ALIGNMENT, ggml_n_dims
 from .inventory import Inventory
-from .resolve import Resolution
+from .resolution import Resolution
 
 _REMOVED_KEYS = ("split.no", "split.count", "split.tensors.count")
 _SET_U32_KEYS = ("general.quantization_version", "general.file_type")

@@ -131,7 +131,7 @@ def seed_recipes(config: StudyConfig, space: SearchSpace, inv: Inventory) -> lis
     from collections import Counter
 
     from .dialects import load_any_recipe
-    from .resolve import resolve
+    from .resolution import resolve
 
     out = []
     for path in config.seeds:

@@ -11,8 +11,8 @@ _API = {
     "cache_dir": "demo",
     "demo_model_path": "demo",
     "resolve_model_arg": "demo",
-    "estimate": "estimate",
-    "measure_rates": "estimate",
+    "estimate": "trial_cost",
+    "measure_rates": "trial_cost",
     "collect_imatrix": "imatrix_collect",
     "TRIAL_PREFIX": "leftovers",
     "clean_workdir": "leftovers",
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from .demo import cache_dir as cache_dir
     from .demo import demo_model_path as demo_model_path
     from .demo import resolve_model_arg as resolve_model_arg
-    from .estimate import estimate as estimate
-    from .estimate import measure_rates as measure_rates
     from .imatrix_collect import collect_imatrix as collect_imatrix
     from .leftovers import TRIAL_PREFIX as TRIAL_PREFIX
     from .leftovers import clean_workdir as clean_workdir
@@ -64,6 +62,8 @@ if TYPE_CHECKING:
     from .score import score_quant as score_quant
     from .score import write_base_file as write_base_file
     from .tensor_cache import TensorCache as TensorCache
+    from .trial_cost import estimate as estimate
+    from .trial_cost import measure_rates as measure_rates
     from .worker import Worker as Worker
     from .worker import speed_of as speed_of
     from .worker import tool_versions as tool_versions

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.resolve import Resolution
+from ..core.resolution import Resolution
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGMLType
 from ..formats.gguf_write import TensorInfo, header_bytes, loader_order, pad, quantized_kv, split_kv, split_path

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..core.inventory import Inventory, read_inventory
 from ..core.recipe import Recipe
-from ..core.resolve import Resolution, resolve
+from ..core.resolution import Resolution, resolve
 from ..core.size import predict_size
 from ..errors import RecipeSearchError
 from ..formats.files import check_output_file, refuse_non_regular

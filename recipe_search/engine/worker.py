@@ -27,7 +27,7 @@ import numpy as np
 from ..core.inventory import Inventory, model_fingerprint, read_inventory
 from ..core.kld import TokenStats
 from ..core.recipe import Recipe
-from ..core.resolve import Resolution, resolve
+from ..core.resolution import Resolution, resolve
 from ..core.size import predict_size
 from ..errors import RecipeSearchError
 from ..formats.files import atomic_write_text

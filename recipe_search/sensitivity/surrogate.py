@@ -25,7 +25,7 @@ from ..core.inventory import Inventory, model_fingerprint
 from ..core.kld import percentile
 from ..core.metrics import BY_NAME, SURROGATE_METRICS
 from ..core.recipe import Recipe
-from ..core.resolve import Resolution, ResolvedTensor, resolve
+from ..core.resolution import Resolution, ResolvedTensor, resolve
 from ..core.size import predict_size
 from ..core.space import Parameter, SearchSpace
 from ..errors import RecipeSearchError

@@ -23,7 +23,7 @@ from ..core.config import SpaceConfig, StudyConfig
 from ..core.inventory import Inventory
 from ..core.kld import KLDSummary
 from ..core.recipe import Recipe, Rule, Unmatched
-from ..core.resolve import Resolution, resolve
+from ..core.resolution import Resolution, resolve
 from ..core.space import SearchSpace, build_space
 from ..errors import RecipeSearchError
 from ..formats.files import atomic_write_bytes, atomic_write_text

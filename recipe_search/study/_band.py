@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..core.config import StudyConfig
 from ..core.inventory import Inventory
-from ..core.resolve import resolve
+from ..core.resolution import resolve
 from ..core.size import predict_size
 from ..core.space import SearchSpace
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..core.config import StudyConfig
 from ..core.kld import MIN_TOKENS, default_max_entries, scored_per_chunk
-from ..core.resolve import resolve
+from ..core.resolution import resolve
 from ..core.size import SizePrediction, predict_size
 from ..core.space import SearchSpace, reference_recipes
 from ..engine.worker import Worker

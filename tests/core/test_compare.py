@@ -10,11 +10,11 @@ import yaml
 from paths import QWEN_TABLES
 
 from recipe_search.cli import main
-from recipe_search.core.compare import compare, format_table
+from recipe_search.core.comparison import compare, format_table
 from recipe_search.core.importer import import_recipe
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.recipe import load_recipe, recipe_from_dict
-from recipe_search.core.resolve import resolve
+from recipe_search.core.resolution import resolve
 from recipe_search.core.size import predict_size
 from recipe_search.engine.quantize import quantize_model
 from recipe_search.errors import RecipeSearchError

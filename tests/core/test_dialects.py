@@ -12,11 +12,11 @@ from paths import QWEN_TABLES, REPO
 
 from recipe_search.cli import main
 from recipe_search.core.dialects import Dialect, detect, load_any_recipe, parse_substitutions, read_source
-from recipe_search.core.export import export
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.recipe import recipe_from_dict
-from recipe_search.core.resolve import resolve
+from recipe_search.core.resolution import resolve
 from recipe_search.core.rule_coverage import coverage
+from recipe_search.core.tool_formats import export
 from recipe_search.errors import RecipeSearchError
 from recipe_search.formats.tensor_map import read_map, write_header_only
 

@@ -9,7 +9,7 @@ from paths import QWEN_TABLES
 
 from recipe_search.core.importer import recipe_from_inventory
 from recipe_search.core.inventory import inventory_rows, read_inventory
-from recipe_search.core.resolve import resolve
+from recipe_search.core.resolution import resolve
 from recipe_search.core.size import predict_size
 from recipe_search.errors import RecipeSearchError
 from recipe_search.formats.tensor_map import read_map, write_header_only

@@ -7,10 +7,10 @@ import re
 import pytest
 from exported import llama_quantize_reads
 
-from recipe_search.core.export import custom_q, quantize_args, tensor_type_file
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.recipe import kind_pattern, load_recipe, recipe_from_dict, uniform_recipe
 from recipe_search.core.rule_coverage import lint
+from recipe_search.core.tool_formats import custom_q, quantize_args, tensor_type_file
 from recipe_search.errors import RecipeSearchError
 
 GOOD = {"name": "r", "unmatched": {"type": "Q8_0"}, "rules": [

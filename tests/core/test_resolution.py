@@ -7,12 +7,12 @@ import re
 import pytest
 from exported import llama_quantize_reads
 
-from recipe_search.core.export import tensor_type_file
 from recipe_search.core.importer import import_recipe
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.recipe import Recipe, Rule, Unmatched, preset_recipe, recipe_from_dict, uniform_recipe
-from recipe_search.core.resolve import resolve
+from recipe_search.core.resolution import resolve
 from recipe_search.core.size import predict_size
+from recipe_search.core.tool_formats import tensor_type_file
 from recipe_search.engine.quantize import dry_run_types, quantize_model
 from recipe_search.errors import RecipeSearchError
 

@@ -259,7 +259,7 @@ def test_estimate_from_rates(qwen35_model) -> None:
     """The cost model: phases from rates, and the cache's nights between no cache and every tensor cached."""
     from recipe_search.core.config import StudyConfig
     from recipe_search.core.space import build_space
-    from recipe_search.engine.estimate import NIGHT_S, Rates, estimate
+    from recipe_search.engine.trial_cost import NIGHT_S, Rates, estimate
 
     inv = read_inventory(qwen35_model)
     space = build_space(StudyConfig(), inv, has_imatrix=False)

@@ -14,7 +14,7 @@ from recipe_search.cli import main
 from recipe_search.core.config import StudyConfig
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.recipe import uniform_recipe
-from recipe_search.core.resolve import resolve
+from recipe_search.core.resolution import resolve
 from recipe_search.core.size import predict_size
 from recipe_search.core.space import build_space
 from recipe_search.engine.score import ScoreSettings

@@ -8,7 +8,7 @@ import pytest
 
 from recipe_search.core.config import StudyConfig
 from recipe_search.core.inventory import read_inventory
-from recipe_search.core.resolve import resolve
+from recipe_search.core.resolution import resolve
 from recipe_search.core.size import predict_size
 from recipe_search.core.space import block_bands, build_space
 from recipe_search.errors import RecipeSearchError

@@ -17,7 +17,7 @@ from ..errors import RecipeSearchError
 from ..formats.ggml_types import bits_per_weight, is_quantized, parse_type
 from .inventory import Inventory, _compact_ranges, read_inventory
 from .recipe import Recipe, Rule
-from .resolve import MixtureOracle, Resolution, Source, resolve
+from .resolution import MixtureOracle, Resolution, Source, resolve
 from .rule_coverage import missing_rules
 from .size import SizePrediction, human_bytes, predict_size
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..core.inventory import Inventory, Tensor
 from ..core.recipe import uniform_recipe
-from ..core.resolve import resolve
+from ..core.resolution import resolve
 from ..core.size import predict_size
 from ..core.space import SearchSpace
 from ..formats.ggml_types import GGMLType, fallback, is_quantized, tensor_bytes
