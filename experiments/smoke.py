@@ -64,6 +64,11 @@ def dense_model(where: Path) -> Path:
     return _tiny_models().write_dense(where / "dense-f16.gguf")
 
 
+def moe_model(where: Path) -> Path:
+    """A tiny qwen2moe model with a shared expert, F32 (tests/tiny_models.py's ``write_moe``)."""
+    return _tiny_models().write_moe(where / "moe-f32.gguf")
+
+
 def text_file(where: Path) -> Path:
     """Deterministic English-like prose (tests/tiny_models.py's ``english_text``) as a file."""
     path = where / "text.txt"

@@ -54,6 +54,7 @@ _API = {
     "MAXIMISE": "metrics",
     "SIZE_OBJECTIVES": "metrics",
     "SURROGATE_METRICS": "metrics",
+    "TAIL_STATISTICS": "metrics",
     "statistic_of": "metrics",
     "NeighbourTest": "pareto",
     "Target": "pareto",
@@ -136,6 +137,7 @@ if TYPE_CHECKING:
     from .metrics import MAXIMISE as MAXIMISE
     from .metrics import SIZE_OBJECTIVES as SIZE_OBJECTIVES
     from .metrics import SURROGATE_METRICS as SURROGATE_METRICS
+    from .metrics import TAIL_STATISTICS as TAIL_STATISTICS
     from .metrics import statistic_of as statistic_of
     from .pareto import NeighbourTest as NeighbourTest
     from .pareto import Target as Target

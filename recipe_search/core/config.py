@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import DEFAULT_LADDER, parse_file_type, parse_type
 from . import limits
+from .kld import MIN_TOKENS, scored_per_chunk
 from .metrics import OBJECTIVES, SIZE_OBJECTIVES
 from .text import ScoreSettings, TextSource
 from .yaml_file import load_yaml
@@ -165,8 +166,12 @@ class StudyConfig(BaseModel):
     def sweep_chunk_count(self) -> int:
         """Chunks per cell of the study's own sweep: `sweep_chunks`, else a tenth of `chunks` (at least 2), so the
         sweep's fidelity follows the trials': a sweep on too few tokens misorders the small differences between
-        the high-precision types (on tiny-qwen35moe, 2 chunks put token_embd at Q6_K below Q8_0; 6 did not)."""
-        return self.sweep_chunks if self.sweep_chunks is not None else max(2, self.chunks // 10)
+        the high-precision types (on tiny-qwen35moe, 2 chunks put token_embd at Q6_K below Q8_0; 6 did not), and
+        never fewer than the KLD statistics need at this ctx."""
+        if self.sweep_chunks is not None:
+            return self.sweep_chunks
+        enough = -(-MIN_TOKENS // scored_per_chunk(self.ctx))  # the fewest chunks KLD statistics accept
+        return max(2, self.chunks // 10, enough)
 
 
     def score_settings(self) -> ScoreSettings:

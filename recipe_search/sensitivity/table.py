@@ -189,3 +189,15 @@ def space_ladders(space: SearchSpace) -> dict[str, tuple[GGMLType, ...]]:
         for kind in p.kinds:
             out[kind] = tuple(dict.fromkeys([*out.get(kind, ()), *p.ladder]))
     return out
+
+
+def surrogate_ladders(space: SearchSpace, inv: Inventory) -> dict[str, tuple[GGMLType, ...]]:
+    """The cells a surrogate of ``space`` needs: each parameter's ladder, and for every tensor type the space
+    does not search (fixed, or left to ``unmatched``), the one type every recipe of the space gives it where
+    that changes it (a study whose space searches a few tensor types still has the others quantized)."""
+    out = space_ladders(space)
+    same = resolve(space.recipe({p.name: 0 for p in space.parameters}), inv)
+    for r in same.tensors:
+        if r.tensor.kind not in out and r.ggml_type != r.tensor.ggml_type:
+            out[r.tensor.kind] = tuple(dict.fromkeys([*out.get(r.tensor.kind, ()), r.ggml_type]))
+    return out

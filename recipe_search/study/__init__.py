@@ -27,6 +27,7 @@ _API = {
     "worker_seed": "_storage",
     "frontier_records": "_summary",
     "measured_records": "_summary",
+    "searched_trials_done": "_summary",
     "Study": "study",
 }
 __all__ = list(_API)  # noqa: PLE0604
@@ -52,4 +53,5 @@ if TYPE_CHECKING:
     from ._storage import worker_seed as worker_seed
     from ._summary import frontier_records as frontier_records
     from ._summary import measured_records as measured_records
+    from ._summary import searched_trials_done as searched_trials_done
     from .study import Study as Study

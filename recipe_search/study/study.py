@@ -36,7 +36,7 @@ from ..formats.files import check_output_dir
 from ..formats.imatrix_file import ImatrixInput
 from ..sensitivity.surrogate import Allocator, refit_allocation, seed_allocations, table_allocator
 from ..sensitivity.sweep import run_sweep
-from ..sensitivity.table import space_ladders
+from ..sensitivity.table import surrogate_ladders
 from ._checks import check_disk, check_study_inputs
 from ._interrupts import AbandonGuard
 from ._objective import Objective, trial_values
@@ -164,7 +164,7 @@ class Study:
         w = self.worker
         sweeper = Worker(w.model, dataclasses.replace(w.settings, chunks=config.sweep_chunk_count), w.cache_dir, w.workdir,
                          imatrix=w.imatrix, tensor_cache=w.tensor_cache)
-        table = run_sweep(sweeper, out, ladders=space_ladders(self.space), log=log)
+        table = run_sweep(sweeper, out, ladders=surrogate_ladders(self.space, self.worker.inventory), log=log)
         if "sweep_seconds" not in self.optuna_study.user_attrs:
             seconds = sweeper.reference_seconds * (not sweeper.reference_was_cached)
             seconds += sum(float(r.get("seconds") or 0.0) for r in table.rows)

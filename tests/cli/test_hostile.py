@@ -274,6 +274,7 @@ def test_command_line_overrides_are_validated_as_the_config(tmp_path, capsys, mo
 def test_the_sweep_follows_the_trials_fidelity_unless_told() -> None:
     assert [StudyConfig(chunks=n).sweep_chunk_count for n in (1, 8, 20, 29, 60, 200)] == [2, 2, 2, 2, 6, 20]
     assert StudyConfig(chunks=60, sweep_chunks=3).sweep_chunk_count == 3
+    assert StudyConfig(ctx=64).sweep_chunk_count == 4  # 31 scored tokens a chunk: 4 chunks reach the 100 KLD needs
 
 def test_space_errors_against_the_model(dense_model) -> None:
     inv = read_inventory(dense_model)
@@ -290,7 +291,7 @@ def test_space_errors_against_the_model(dense_model) -> None:
     ({"imatrix": "missing.imatrix"}, "missing.imatrix"),
     ({"surrogate_seeds": 2, "sensitivity": "no-such-table"}, "no-such-table"),
     ({"target_bpw": [1.0]}, "target_bpw 1.0 is below the smallest recipe"),
-    ({"refit_every": 2, "ctx": 16, "chunks": 20}, "sweep_chunks 2 at ctx 16 scores 14 tokens"),
+    ({"refit_every": 2, "ctx": 16, "chunks": 20, "sweep_chunks": 2}, "sweep_chunks 2 at ctx 16 scores 14 tokens"),
     ({"space": {"tied": [["ffn_up", "no_such_type"]]}}, "no_such_type"),
     ({"text": "GARBAGE"}, "byte offset"),
     ({"text": "missing.txt"}, "missing.txt"),
@@ -559,6 +560,7 @@ def test_second_ctrl_c_requeues_the_abandoned_trial(tmp_path, dense_model) -> No
 
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
+                                      "surrogate_seeds": 0, "refit_every": 0,
                                       "space": {"tensor_types": ["ffn_up", "ffn_down"], "ladder": ["Q8_0", "Q4_0"]},
                                       "references": {"uniform": ["Q8_0", "Q4_0"], "presets": []}}))
     # without the tensor cache a trial quantizes in a child process: long enough to be caught in flight

@@ -385,7 +385,7 @@ def test_study_seeds_are_carried_onto_the_space(qwen35_model, tmp_path) -> None:
 
     seed = _write(tmp_path / "their.recipe", "## Quant mix recipe\n^blk\\.0\\.ffn_down_exps\\.weight$=q4_k\n"
                                              "ffn_down_exps=q6_k\nffn_(up|gate)_exps=iq4_nl\nattn_qkv=q2_k\n")
-    config = StudyConfig(seeds=[str(seed)], references={"uniform": ["Q8_0"], "presets": []},
+    config = StudyConfig(seeds=[str(seed)], references={"uniform": ["Q8_0"], "presets": []}, surrogate_seeds=0, refit_every=0,
                          space={"tensor_types": ["ffn_down_exps", "ffn_up_exps", "ffn_gate_exps", "attn_qkv"],
                                 "tied": [["ffn_up_exps", "ffn_gate_exps"]], "bands": {"ffn_down_exps": 3},
                                 "ladder": ["Q8_0", "Q6_K", "Q4_K", "IQ4_XS", "Q3_K"]})

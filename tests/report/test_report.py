@@ -20,7 +20,7 @@ from recipe_search.study._storage import load_study, storage_url
 
 pytestmark = pytest.mark.llama  # quantizes or evaluates with llama.cpp
 
-CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"],
+CONFIG = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"], "surrogate_seeds": 0, "refit_every": 0,
           "space": {"tensor_types": ["ffn_up", "ffn_gate", "ffn_down", "attn_q", "attn_output"],
                     "ladder": ["Q8_0", "Q5_0", "Q4_0", "Q3_K", "Q2_K"], "tied": [["ffn_up", "ffn_gate"]]},
           "references": {"uniform": ["Q8_0", "Q4_0", "Q2_K"], "presets": ["Q4_K_M"]}}

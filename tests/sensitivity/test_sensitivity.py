@@ -216,7 +216,8 @@ def test_frontier_gaps_widest_first() -> None:
 def test_a_study_sweeps_its_own_space_seeds_its_targets_and_refits(dense_model, tmp_path) -> None:
     cache = tmp_path / "cache"
     wide = {**SPACE, "ladder": ["Q8_0", "Q6_K", "Q5_0", "Q4_0", "Q3_K", "Q2_K"]}
-    base = StudyConfig(ctx=128, chunks=2, space=wide, references={"uniform": ["Q8_0", "Q2_K"], "presets": []})
+    base = StudyConfig(ctx=128, chunks=2, space=wide, references={"uniform": ["Q8_0", "Q2_K"], "presets": []},
+                       surrogate_seeds=0, refit_every=0)
     probe = Study.open(dense_model, base, name="probe", directory=tmp_path / "probe", cache=cache)
     assert probe.sensitivity_table() is None  # no surrogate option: no sweep
     inv = probe.worker.inventory
@@ -232,8 +233,12 @@ def test_a_study_sweeps_its_own_space_seeds_its_targets_and_refits(dense_model, 
     study = Study.open(dense_model, config, name="own", directory=tmp_path / "own", cache=cache)
     assert study.prepare().enqueued == 3
     table = SensitivityTable.load(tmp_path / "own" / "sweep")
-    assert {(r["tensor_type"], r["ggml_type"]) for r in table.rows} == \
-        {(k, t.name) for p in study.space.parameters for k in p.kinds for t in p.ladder}
+    searched = {(k, t.name) for p in study.space.parameters for k in p.kinds for t in p.ladder}
+    kinds = {k for p in study.space.parameters for k in p.kinds}
+    others = {(k.name, study.space.fixed.get(k.name, study.space.unmatched).name)  # what the space does not search
+              for k in inv.kinds.values() if k.quantizable and k.name not in kinds
+              and study.space.fixed.get(k.name, study.space.unmatched).name not in k.ggml_types}
+    assert {(r["tensor_type"], r["ggml_type"]) for r in table.rows} == searched | others
     assert table.meta["chunks"] == 2 and study.optuna_study.user_attrs["sweep_seconds"] > 0
     assert study.propose_refit() is None  # the enqueued trials come first
     study.config = config.model_copy(update={"refit_every": 0})  # run just the enqueued ones
