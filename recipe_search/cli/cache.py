@@ -1,4 +1,4 @@
-"""Commands on the quantized-tensor cache: cache info, cache clear."""
+"""Commands on the quantized-tensor cache: cache info, cache verify, cache clear."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from . import _print_json, command
 
 
 def cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["info", "clear"], help="info: entries, bytes, hit rate; clear: remove them all")
+    p.add_argument("action", choices=["info", "verify", "clear"],
+                   help="info: entries, bytes, hit rate; verify: check every entry against its digest and remove "
+                        "the damaged ones; clear: remove them all")
     p.add_argument("--cache-dir", help="default: $RECIPE_SEARCH_CACHE or ~/.cache/recipe-search")
     p.add_argument("--json", action="store_true")
 
 
-@command("cache", "the quantized-tensor cache: what it holds (info) or empty it (clear)")
+@command("cache", "the quantized-tensor cache: what it holds (info), check it (verify) or empty it (clear)")
 def cache(a: argparse.Namespace) -> int:
     from ..engine.demo import cache_dir
     from ..engine.tensor_cache import TensorCache
@@ -23,6 +25,20 @@ def cache(a: argparse.Namespace) -> int:
     if a.action == "clear":
         n = tc.clear()
         print(f"removed {n} cached tensors from {tc.root}")
+        return 0
+    if a.action == "verify":
+        from ..engine.tensor_cache import NO_DIGEST
+
+        checked, bad = tc.verify()
+        if a.json:
+            _print_json({"path": str(tc.root), "checked": checked,
+                         "removed": [{"path": str(p), "problem": why} for p, why in bad]})
+            return 0
+        for path, why in bad:
+            print(f"removed {path}: {'cannot be checked' if why == NO_DIGEST else 'damaged'} ({why})")
+        old = sum(why == NO_DIGEST for _, why in bad)
+        print(f"tensor cache {tc.root}: {checked} entries checked, {len(bad) - old} damaged (removed)"
+              + (f", {old} without a digest (removed; quantized again when used)" if old else ""))
         return 0
     info = tc.info()
     if a.json:

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import QUANTIZABLE_TYPES, GGMLType, bits_per_weight, fallback, tensor_bytes
 from ..formats.gguf_header import GGUFHeader, block_index, ggml_n_dims, read_header
+from .rule_match import NameIndex
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -168,6 +169,11 @@ class Inventory:
     @cached_property
     def by_name(self) -> dict[str, Tensor]:
         return {t.name: t for t in self.tensors}
+
+    @cached_property
+    def name_index(self) -> NameIndex:
+        """The tensor names, for matching many rules at once (`rule_match`)."""
+        return NameIndex([t.name for t in self.tensors])
 
     @cached_property
     def kinds(self) -> dict[str, TensorKind]:

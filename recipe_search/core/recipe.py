@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import RecipeSearchError
 from ..formats.files import atomic_write_text, check_output_file
 from ..formats.ggml_types import FileType, GGMLType, is_quantized, parse_file_type, parse_type, pure_file_type
+from .rule_match import SIMPLE
 from .yaml_file import load_yaml
 
 SCHEMA_VERSION = 1
@@ -23,19 +25,32 @@ _NON_PORTABLE = (
 )
 
 
+_SPACE_OR_EQUALS = re.compile(r"[\s=]")  # \s of a str pattern: what str.isspace() calls whitespace
+
+
 def check_pattern(pattern: str) -> None:
     """Raise ValueError when ``pattern`` is not a regex both Python and llama.cpp read the same way."""
+    if SIMPLE.fullmatch(pattern):  # literal text, escaped dots, anchors: nothing to check (a recipe may hold 300k)
+        return
+    problem = _pattern_problem(pattern)
+    if problem:
+        raise ValueError(problem)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _pattern_problem(pattern: str) -> str | None:
     if not pattern:
-        raise ValueError("empty pattern")
+        return "empty pattern"
     for rx, why in _NON_PORTABLE:
         if rx.search(pattern):
-            raise ValueError(f"pattern {pattern!r} uses {why}")
-    if any(c.isspace() for c in pattern) or "=" in pattern:
-        raise ValueError(f"pattern {pattern!r} contains whitespace or '=', which --tensor-type-file cannot carry")
+            return f"pattern {pattern!r} uses {why}"
+    if _SPACE_OR_EQUALS.search(pattern):
+        return f"pattern {pattern!r} contains whitespace or '=', which --tensor-type-file cannot carry"
     try:
         re.compile(pattern)
     except re.error as err:
-        raise ValueError(f"invalid regex {pattern!r}: {err}") from None
+        return f"invalid regex {pattern!r}: {err}"
+    return None
 
 
 def kind_pattern(kind: str, blocks: list[int] | None = None) -> str:
@@ -44,6 +59,11 @@ def kind_pattern(kind: str, blocks: list[int] | None = None) -> str:
     ``ffn_up`` must not catch ``ffn_up_exps`` and ``attn_q`` must not catch ``attn_qkv``, under
     Python's ``re.search``, llama.cpp's ``std::regex_search`` and llama-quantize's lower-casing alike.
     """
+    return _kind_pattern(kind, tuple(blocks) if blocks else None)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _kind_pattern(kind: str, blocks: tuple[int, ...] | None) -> str:
     body = re.escape(kind) + r"\.weight$"
     if blocks:
         return r"^blk\.(" + "|".join(str(b) for b in sorted(set(blocks))) + r")\." + body

@@ -8,7 +8,6 @@ A llama.cpp mixture (a file type without ``pure``) is resolved by llama.cpp itse
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGMLType, fallback, is_quantized, parse_type
 from .inventory import Inventory, Tensor
 from .recipe import Recipe
+from .rule_match import first_matches
 
 
 class Source(str, Enum):
@@ -87,32 +87,35 @@ def resolve(recipe: Recipe, inv: Inventory, mixture: MixtureOracle | None = None
             raise RecipeSearchError(f"recipe {recipe.name!r} asks for llama.cpp's own {recipe.file_type.name} mixture, "
                                     "which only llama.cpp's dry run can resolve")
         oracle = mixture(inv.path, recipe)
-    rules = [(re.compile(rx), t) for rx, t in recipe.overrides()]
+    rules = recipe.overrides()
+    first = first_matches([rx for rx, _ in rules], inv.name_index)
     n_named = len(recipe.rules)
     default = recipe.file_type.default_type
     tok_type = parse_type(recipe.token_embedding_type) if recipe.token_embedding_type else None
     out_type = parse_type(recipe.output_tensor_type) if recipe.output_tensor_type else None
     resolved = []
-    for t in inv.tensors:
-        resolved.append(_resolve_one(t, rules, n_named, default, tok_type, out_type, oracle))
+    for t, rule in zip(inv.tensors, first):
+        resolved.append(_resolve_one(t, rules, rule, n_named, default, tok_type, out_type, oracle))
     return Resolution(recipe, resolved)
 
 
-def _resolve_one(t: Tensor, rules, n_named: int, default: GGMLType, tok_type, out_type, oracle) -> ResolvedTensor:
+def _resolve_one(t: Tensor, rules: list[tuple[str, GGMLType]], first: int | None, n_named: int, default: GGMLType,
+                 tok_type, out_type, oracle) -> ResolvedTensor:
+    """``first``: the first of ``rules`` whose regex matches the tensor's name (`rule_match.first_matches`)."""
     if not t.quantizable:
         return ResolvedTensor(t, t.ggml_type, t.ggml_type, Source.KEPT)
     if tok_type is not None and _is_token_embd(t.name):
-        named = t.name == "per_layer_token_embd.weight" and any(rx.search(t.name) for rx, _ in rules)
+        named = t.name == "per_layer_token_embd.weight" and first is not None
         if not named:
             return ResolvedTensor(t, tok_type, tok_type, Source.TOKEN_EMBEDDING)
     if out_type is not None and t.name == "output.weight":
         return ResolvedTensor(t, out_type, out_type, Source.OUTPUT)
     if not is_quantized(default):
         return ResolvedTensor(t, default, default, Source.UNMATCHED)
-    for i, (rx, rule_type) in enumerate(rules):
-        if rx.search(t.name):
-            return ResolvedTensor(t, rule_type, fallback(rule_type, t.row_length), Source.RULE,
-                                  i if i < n_named else None)
+    if first is not None:
+        rule_type = rules[first][1]
+        return ResolvedTensor(t, rule_type, fallback(rule_type, t.row_length), Source.RULE,
+                              first if first < n_named else None)
     if oracle is not None:
         final = oracle[t.name]
         return ResolvedTensor(t, final, final, Source.MIXTURE)

@@ -5,7 +5,6 @@ tensor's rows do not fit, and tensor types no rule names. `lint`, `Coverage.line
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -65,15 +64,23 @@ def rule_label(recipe: Recipe, i: int) -> str:
 def coverage(recipe: Recipe, inv: Inventory) -> Coverage:
     claimed: set[str] = set()
     uses = []
+    index = inv.name_index
+    seen: dict[str, tuple[list[Tensor], list[Tensor]]] = {}  # regex -> its hits, the quantizable ones
     for i, rule in enumerate(recipe.rules):
-        rx = re.compile(rule.regex)
-        hits = [t for t in inv.tensors if rx.search(t.name)]
+        regex = rule.regex
+        if regex in seen:  # a repeated regex: whatever it matches an earlier rule took
+            hits, quantizable = seen[regex]
+            uses.append(RuleUse(i, hits, quantizable, []))
+            continue
+        hits = [inv.tensors[j] for j in index.matches(regex)]
         quantizable = [t for t in hits if t.quantizable]
+        seen[regex] = hits, quantizable
         fresh = [t for t in quantizable if t.name not in claimed]
-        claimed.update(t.name for t in quantizable)
+        claimed.update(t.name for t in fresh)
         fell: dict[str, list[Tensor]] = defaultdict(list)
+        t_rule = rule.ggml_type
         for t in fresh:
-            if fallback(rule.ggml_type, t.row_length) != rule.ggml_type:
+            if fallback(t_rule, t.row_length) != t_rule:
                 fell[t.kind].append(t)
         uses.append(RuleUse(i, hits, quantizable, fresh, dict(fell)))
     for name, override in (("token_embd.weight", recipe.token_embedding_type),

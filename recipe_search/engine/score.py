@@ -2,7 +2,8 @@
 
 The base model's distributions over the scored tokens (the *reference*) are computed once per
 (model, text, ctx, chunks) and cached on disk in a sparse form (`kld.SparseReference`), written
-atomically and read back memory-mapped, chunk by chunk.
+atomically and read back memory-mapped, chunk by chunk. Its meta.json records the digest of every
+file and its own; a reference whose bytes changed on disk is computed again, with one warning line.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..core.text import ScoreSettings, text_sha256
 from ..errors import RecipeSearchError
 from ..formats.gguf_header import ggml_n_dims
 from ..version import __version__
+from .digest import file_digest, json_digest, warn
 from .llama import LlamaModel, chunk_tokens, evaluate, scored_range
 
 REFERENCE_FORMAT = 2
@@ -87,13 +89,33 @@ class Stopwatch:
         self._mark = now
 
 
+class NoDigest(RecipeSearchError):
+    """A cached reference without digests (an older version wrote it): it cannot be checked."""
+
+
+def _files() -> list[str]:
+    return [f"{name}.bin" for name in (*_PER_TOKEN, *_PER_ENTRY, "offsets", "tokens")]
+
+
 def load_reference(path: Path, fingerprint: str | None = None) -> Reference:
-    """Open a cached reference (memory-mapped); refuse one made from another model."""
+    """Open a cached reference (memory-mapped) after checking its files against the digests it records;
+    refuse one made from another model."""
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError) as err:
         raise RecipeSearchError(f"unreadable reference cache ({err})", path) from None
     _check_meta(meta, path)
+    if not isinstance(meta.get("digest"), str) or not isinstance(meta.get("digests"), dict):
+        raise NoDigest("reference cache without digests (an older version wrote it)", path)
+    if json_digest(meta) != meta["digest"]:
+        raise RecipeSearchError("damaged reference cache (meta.json does not match its digest)", path)
+    for name in _files():
+        try:
+            same = file_digest(path / name) == meta["digests"].get(name)
+        except OSError as err:
+            raise RecipeSearchError(f"damaged reference cache ({name}: {err.strerror})", path) from None
+        if not same:
+            raise RecipeSearchError(f"damaged reference cache ({name} does not match its digest)", path)
     if fingerprint is not None and meta.get("model_fingerprint") != fingerprint:
         raise RecipeSearchError(f"reference cache belongs to another model ({meta.get('model_name')})", path)
     n_tok, n_ent = int(meta["n_tokens"]), int(meta["n_entries"])
@@ -176,7 +198,9 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
                     "add_bos": lm.add_bos, "text": settings.text.label, "text_sha256": text_sha256(text),
                     "n_text_tokens": len(tokens), "ctx": settings.ctx, "n_chunks": len(chunks),
                     "first": first, "n_tokens": n_tokens, "n_entries": n_entries,
-                    "tensor_table": _tensor_table(inv), "seconds": clock.seconds}
+                    "tensor_table": _tensor_table(inv), "seconds": clock.seconds,
+                    "digests": {name: file_digest(tmp / name) for name in _files()}}
+        meta["digest"] = json_digest(meta)
         (tmp / "meta.json").write_text(json.dumps(meta))
         if out.exists():
             shutil.rmtree(out)
@@ -206,8 +230,10 @@ def get_reference(model: Path, settings: ScoreSettings, cache_dir: Path,
     if (path / "meta.json").exists():
         try:
             return load_reference(path, fingerprint), True
-        except RecipeSearchError:
-            pass  # damaged (a disk error, a hand edit): computed again below, replacing it
+        except NoDigest:
+            pass  # written by an older version: computed again below, replacing it
+        except RecipeSearchError as err:  # damaged (a disk error, a hand edit): computed again, replacing it
+            warn(f"{err}; computing it again")
     return build_reference(model, inv, settings, path, fingerprint, text), False
 
 

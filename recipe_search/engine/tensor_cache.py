@@ -17,7 +17,9 @@ sensitivity signal. Entries are keyed by the model's fingerprint, the tensor, it
 the type, the imatrix digest and the build of libggml-base that quantizes (the quantizers are
 compiled code whose floating-point contraction depends on the compiler and its flags, so a hash of
 the library file and the machine architecture stand for "this build"). Writes are atomic; the
-cache is bounded, least recently used first out.
+cache is bounded, least recently used first out. Each entry's record holds the digest of its shard
+(`digest`) and its own (`record_digest`), checked on the shard's first use in a process: an entry whose
+bytes changed on disk is removed and quantized again, with one warning line, never linked into a trial.
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ from ..formats.ggml_types import GGMLType, is_quantized, tensor_bytes
 from ..formats.gguf_header import read_header
 from ..formats.gguf_write import TensorInfo, header_bytes, pad, split_kv
 from . import libggml
+from .digest import digest_of, file_digest, json_digest, warn_damaged
 
 SHARD_ALIGNMENT = 32
+#: shards found intact in this process (path, device, inode): each is checked once, on its first use
+_CHECKED: set[tuple[str, int, int]] = set()
+#: what `entry_problem` says of a record without a digest (an older version wrote it): quantized again, silently
+NO_DIGEST = "no digest recorded (an older version wrote it)"
 DEFAULT_MAX_BYTES = 64 << 30
 #: floats converted and quantized at a time (llama.cpp's slabs stay under LLAMA_QUANT_MAX_BUF_SIZE too)
 _SLAB_ELEMENTS = 1 << 22
@@ -238,6 +245,55 @@ class TensorCache:
         return removed
 
 
+    def verify(self) -> tuple[int, list[tuple[Path, str]]]:
+        """Check every entry's shard against the digest in its record; remove the damaged ones (and those
+        without a digest, which cannot be checked). Returns (entries checked, [(shard, problem)])."""
+        entries = self._entries()
+        bad = []
+        for p in entries:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile (evicted by another process)
+                problem = entry_problem(p, p.stat().st_size, None)
+                if problem:
+                    bad.append((p, problem))
+        with self._locked():
+            for p, _ in bad:
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
+            for record in self.root.glob("*/*.json"):  # records whose shard was never written (a killed fill)
+                if not record.with_suffix(".gguf").exists():
+                    record.unlink(missing_ok=True)
+        return len(entries), bad
+
+
+def entry_problem(path: Path, size: int, expected: int | None) -> str | None:
+    """What is wrong with the cached shard at ``path`` (of ``size`` bytes; ``expected``: the size it must have,
+    if known), or None when its bytes have the digest its record holds."""
+    if expected is not None and size != expected:
+        return f"{size} bytes, {expected} expected"
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+    except FileNotFoundError:
+        return "its record is missing"
+    except (OSError, ValueError):
+        return "its record is unreadable"
+    problem = record_problem(record)
+    if problem is not None:
+        return problem
+    got, want = file_digest(path), record["digest"]
+    return None if got == want else f"digest {got.split(':')[-1]}, recorded {want.split(':')[-1]}"
+
+
+def record_problem(record: object) -> str | None:
+    """What is wrong with an entry's record (its JSON, parsed), or None when it matches its own digest."""
+    if not isinstance(record, dict):
+        return "its record is unreadable"
+    if not isinstance(record.get("digest"), str) or not isinstance(record.get("record_digest"), str):
+        return NO_DIGEST
+    if json_digest(record, "record_digest") != record["record_digest"]:
+        return "its record does not match its digest"
+    return None
+
+
 def write_atomically(path: Path, parts: Iterable[bytes | memoryview]) -> None:
     """Stream ``parts`` into a temporary file beside ``path``, then rename it (large files: no fsync, no copy
     in memory)."""
@@ -279,32 +335,59 @@ class ModelTensors:
                             SHARD_ALIGNMENT)
 
     def shard(self, tensor: Tensor, ggml_type: GGMLType) -> Path:
-        """The cached shard of ``tensor`` at ``ggml_type``, quantized now if it is not there (or if the file
-        there has not the size it must have)."""
+        """The cached shard of ``tensor`` at ``ggml_type``, quantized now if it is not there. A shard used for
+        the first time in this process is checked (its size, and its digest against its record); a damaged one
+        is removed and quantized again, with one warning line."""
         path = self.path(tensor, ggml_type)
         expected = len(self._shard_header(tensor, ggml_type)) + pad(tensor_bytes(ggml_type, tensor.shape),
                                                                      SHARD_ALIGNMENT)
         try:
-            if path.stat().st_size == expected:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            checked = (str(path), st.st_dev, st.st_ino)
+            problem = None if checked in _CHECKED and st.st_size == expected else entry_problem(path, st.st_size,
+                                                                                               expected)
+            if problem is None:
+                _CHECKED.add(checked)
                 os.utime(path)  # marks it recently used
                 self.hits += 1
                 return path
-        except FileNotFoundError:
-            pass
+            if problem != NO_DIGEST:
+                warn_damaged(path, f"the cached {tensor.name} at {ggml_type.name}", problem,
+                             "removed, quantizing it again")
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
         self.misses += 1
         self._fill(tensor, ggml_type, path)
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            _CHECKED.add((str(path), st.st_dev, st.st_ino))
         return path
 
     def weight_error(self, tensor: Tensor, ggml_type: GGMLType) -> WeightError:
         """The recorded weight error of ``tensor`` at ``ggml_type`` (quantizing it first if needed)."""
-        meta = self.path(tensor, ggml_type).with_suffix(".json")
+        path = self.path(tensor, ggml_type)
+        meta = path.with_suffix(".json")
         for _ in range(2):
+            problem: str | None = NO_DIGEST
             try:
                 d = json.loads(meta.read_text())
-                return WeightError(float(d["sq_error"]), float(d["sq_source"]), bool(d["weighted"]),
-                                   tuple(d["per_expert"]))
+                problem = record_problem(d)
+                if problem is None:
+                    return WeightError(float(d["sq_error"]), float(d["sq_source"]), bool(d["weighted"]),
+                                       tuple(d["per_expert"]))
+            except FileNotFoundError:
+                pass  # not quantized yet
             except (OSError, ValueError, KeyError, TypeError):
-                self.shard(tensor, ggml_type)
+                problem = "its record is unreadable"
+            if problem is not None and problem != NO_DIGEST:
+                warn_damaged(path, f"the cached {tensor.name} at {ggml_type.name}", problem,
+                             "removed, quantizing it again")
+            path.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            self.shard(tensor, ggml_type)
         raise RecipeSearchError(f"no weight error recorded for {tensor.name} at {ggml_type.name}", meta)
 
     def _source(self, tensor: Tensor) -> np.ndarray:
@@ -328,11 +411,13 @@ class ModelTensors:
                                     f"{tensor_bytes(ggml_type, tensor.shape)} expected")
         head = self._shard_header(tensor, ggml_type)
         tail = bytes(pad(n_bytes, SHARD_ALIGNMENT) - n_bytes)
-        atomic_write_text(path.with_suffix(".json"), json.dumps(
-            {"tensor": tensor.name, "type": ggml_type.name, "bytes": n_bytes, "sq_error": err.sq_error,
-             "sq_source": err.sq_source, "weighted": err.weighted, "per_expert": err.per_expert,
-             "created": time.time()}))
-        write_atomically(path, [head, *[d.data for d in data], tail])
+        parts: list[bytes | memoryview] = [head, *[d.data for d in data], tail]
+        record = {"tensor": tensor.name, "type": ggml_type.name, "bytes": n_bytes, "sq_error": err.sq_error,
+                  "sq_source": err.sq_source, "weighted": err.weighted, "per_expert": list(err.per_expert),
+                  "digest": digest_of(parts), "created": time.time()}
+        record["record_digest"] = json_digest(record, "record_digest")
+        atomic_write_text(path.with_suffix(".json"), json.dumps(record))
+        write_atomically(path, parts)
 
 
 def shard_data(path: Path) -> tuple[int, int]:

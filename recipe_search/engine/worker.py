@@ -3,7 +3,8 @@
 It resolves the recipe, predicts the file size exactly, quantizes into a work directory with
 llama.cpp's quantizer, scores the result against the cached reference, and removes the temporary GGUF.
 Finished measurements are kept in the cache directory by their result key, so a recipe that resolves
-to the same file is measured once across studies.
+to the same file is measured once across studies; each carries its digest, and a damaged one is measured
+again with one warning line. A measurement with a NaN or infinite metric is an error naming the recipe.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ctypes
 import functools
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -34,6 +36,7 @@ from ..formats.files import atomic_write_text
 from ..formats.imatrix_file import ImatrixInput
 from ..version import __version__
 from .assemble import assemble, can_split, write_single_file
+from .digest import json_digest, warn_damaged
 from .leftovers import TRIAL_PREFIX
 from .libggml import lib_dir
 from .llama import LlamaModel
@@ -135,15 +138,43 @@ class Worker:
         return self.cache_dir / "measurements" / f"{key}.json"
 
     def cached(self, resolution: Resolution, speed: bool = False) -> Measurement | None:
-        """The stored measurement of this resolved recipe, if a finished one is in the cache."""
+        """The stored measurement of this resolved recipe, if a finished one is in the cache. A damaged one
+        (unreadable, or not matching its digest) is measured again, with one warning line; one without a
+        digest (an older version wrote it) is measured again silently."""
+        path = self._cache_path(self.result_key(resolution))
         try:
-            m = Measurement.from_dict(json.loads(self._cache_path(self.result_key(resolution)).read_text()), cached=True)
-        except (OSError, ValueError, KeyError, TypeError, zlib.error):
-            return None  # absent, or unreadable: measure again (and overwrite it atomically)
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            warn_damaged(path, "the cached measurement", err.strerror or str(err), "measuring it again")
+            return None
+        try:
+            d = json.loads(text)
+        except ValueError:
+            d = None
+        if isinstance(d, dict) and "digest" not in d:
+            return None  # written by an older version: measured again, replacing it
+        problem = None
+        if not isinstance(d, dict):
+            problem = "not a JSON object"
+        elif d["digest"] != json_digest(d):
+            problem = "it does not match its digest"
+        else:
+            try:
+                m = Measurement.from_dict(d, cached=True)
+                _check_finite(m, resolution.recipe.name)
+            except (ValueError, KeyError, TypeError, zlib.error, RecipeSearchError) as err:
+                problem = str(err) or type(err).__name__
+        if problem is not None:
+            warn_damaged(path, "the cached measurement", problem, "measuring it again")
+            return None
         return None if speed and not m.speed else m
 
     def _store(self, resolution: Resolution, m: Measurement) -> None:
-        atomic_write_text(self._cache_path(self.result_key(resolution)), json.dumps(m.to_dict()))
+        d = m.to_dict()
+        d["digest"] = json_digest(d)
+        atomic_write_text(self._cache_path(self.result_key(resolution)), json.dumps(d))
 
     def measure(self, recipe: Recipe | Resolution, on_chunk: Callable[[int, TokenStats], None] | None = None,
                 speed: bool = False, out: Path | None = None, use_cache: bool = True) -> Measurement:
@@ -172,6 +203,7 @@ class Worker:
                 path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
         metrics = scored.summary.to_dict()
         metrics["ppl_ratio"] = float(np.exp(metrics["ln_ppl_ratio"]))
+        _check_finite_metrics(metrics, resolution.recipe.name)
         m = Measurement(
             file_bytes=built.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
             kld_tokens=scored.stats.kld.astype(np.float32),
@@ -180,3 +212,17 @@ class Worker:
             speed=speed_numbers)
         self._store(resolution, m)
         return m
+
+
+def _check_finite_metrics(metrics: dict[str, float], recipe: str) -> None:
+    """A NaN or infinite metric (a broken quant, a damaged file) never reaches a study: an error naming the recipe."""
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise RecipeSearchError(f"recipe {recipe!r} measured {', '.join(f'{k} = {metrics[k]}' for k in bad[:3])}"
+                                f"{' and more' if len(bad) > 3 else ''}: not a finite number")
+
+
+def _check_finite(m: Measurement, recipe: str) -> None:
+    _check_finite_metrics(m.metrics, recipe)
+    if not np.isfinite(m.kld_tokens).all():
+        raise RecipeSearchError(f"recipe {recipe!r}: a per-token KLD is not a finite number")

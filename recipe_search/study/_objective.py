@@ -15,10 +15,18 @@ from ..core.size import predict_size
 from ..core.space import SearchSpace
 from ..engine.measurement import Measurement
 from ..engine.worker import Worker
-from ..errors import StopScoring
+from ..errors import RecipeSearchError, StopScoring
 from ._band import BandSteer
 from ._early_stopping import chunk_pruner
-from ._records import TrialRecord, record_duplicate, record_measurement, record_pruned, record_resolution, record_steered
+from ._records import (
+    TrialRecord,
+    record_duplicate,
+    record_failed,
+    record_measurement,
+    record_pruned,
+    record_resolution,
+    record_steered,
+)
 
 
 def trial_values(config: StudyConfig, m: Measurement) -> list[float]:
@@ -108,6 +116,9 @@ class Objective:
             m = worker.measure(resolution, on_chunk=on_chunk, speed="speed" in config.objectives)
         except StopScoring as stop:
             raise optuna.TrialPruned(str(stop)) from None
+        except RecipeSearchError as err:  # the study records the trial as failed, with the reason
+            record_failed(trial, str(err))
+            raise
         record_measurement(trial, recipe, m)
         return trial_values(config, m)
 

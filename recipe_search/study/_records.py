@@ -160,6 +160,11 @@ def measured_choice(trial: _SearchedTrial) -> dict[str, int]:
     return dict(trial.user_attrs.get("steered_to") or trial.params)
 
 
+def record_failed(trial: _LiveTrial, why: str) -> None:
+    """The trial failed (a RecipeSearchError while measuring it): why, in one line."""
+    trial.set_user_attr("failed", why)
+
+
 def record_pruned(trial: _LiveTrial, why: str, partial_kld_mean: float | None = None) -> None:
     trial.set_user_attr("pruned", why)
     if partial_kld_mean is not None:
