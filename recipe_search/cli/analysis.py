@@ -117,6 +117,10 @@ def pareto(a: argparse.Namespace) -> int:
         print(f"  {pick.target.label:>10}  trial {c.number} ({c.name}): {c.bpw:.3f} bpw, {human_bytes(c.file_bytes)}, "
               f"{sel.objective} {c.metrics[sel.objective]:.4g}, {sel.status(point) if point else 'off the frontier'}"
               f" -> {written[i]}")
+        ties = sel.ties(pick)
+        if ties:
+            print(f"  {'':>10}  cannot be told apart (95% paired chunk bootstrap of {sel.objective}) from: "
+                  + ", ".join(f"trial {t['trial']} ({t['bpw']:.3f} bpw)" for t in ties))
         if i in holdout:
             h = holdout[i]
             print(f"  {'':>10}  held-out {h['text']}: {sel.objective} " + (

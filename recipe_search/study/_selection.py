@@ -15,8 +15,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ..core.config import StudyConfig
-from ..core.kld import bootstrap_ci, scored_per_chunk
-from ..core.metrics import MAXIMISE, TAIL_STATISTICS, statistic_of
+from ..core.kld import bootstrap_ci, paired_bootstrap, scored_per_chunk
+from ..core.metrics import MAXIMISE, TAIL_STATISTICS, TOKEN_STATISTICS, statistic_of
 from ..core.pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
 from ..core.recipe import ModelRef, Recipe
 from ..core.text import TextSource, text_sha256
@@ -65,6 +65,29 @@ class Selection:
 
     def point_of(self, candidate: int) -> FrontierPoint | None:
         return next((p for p in self.frontier if p.candidate == candidate), None)
+
+    def ties(self, pick: Pick, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+        """The frontier recipes within the pick's target that it cannot be told apart from: the 95% paired chunk
+        bootstrap of the objective (pick minus other) contains 0. The decision's noise, for the picked recipe."""
+        if pick.candidate is None:
+            return []
+        c = self.candidates[pick.candidate]
+        per_chunk = scored_per_chunk(self.config.ctx)
+        if c.kld_tokens is None or len(c.kld_tokens) < 2 * per_chunk or self.objective not in TOKEN_STATISTICS:
+            return []
+        out = []
+        for point in self.frontier:
+            o = self.candidates[point.candidate]
+            size = o.bpw if pick.target.kind == "bpw" else o.file_bytes
+            if point.candidate == pick.candidate or size > pick.target.value or o.kld_tokens is None \
+                    or len(o.kld_tokens) != len(c.kld_tokens):
+                continue
+            lo, hi = paired_bootstrap(c.kld_tokens.astype(np.float64), o.kld_tokens.astype(np.float64),
+                                      statistic_of(self.objective), per_chunk, n_boot=n_boot, seed=seed)
+            if lo <= 0.0 <= hi:
+                out.append({"trial": o.number, "name": o.name, "bpw": o.bpw, "file_bytes": o.file_bytes,
+                            self.objective: float(o.metrics[self.objective]), "difference_ci95": [lo, hi]})
+        return out
 
     def status(self, point: FrontierPoint, trial: str = "#") -> str:
         """How a frontier point stands against its smaller neighbour, in words (``trial`` prefixes trial numbers)."""
@@ -161,7 +184,8 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
         "study": {"name": sel.study, "storage": storage_label(sel.storage), "trial": c.number, "trial_name": c.name,
                   "objective": sel.objective, "target": pick.target.label,
                   "frontier": f"{how} (95% paired chunk bootstrap of {sel.objective} against the next smaller "
-                              "frontier point)"},
+                              "frontier point)",
+                  "ties": sel.ties(pick)},
         "scoring": {"model": sel.model.name, **text_ref(cfg.text), "ctx": cfg.ctx, "chunks": cfg.chunks,
                     "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None},
         "tools": versions,

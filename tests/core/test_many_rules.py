@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import QWEN_TABLES
 
 from recipe_search.core import yaml_file
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.recipe import load_recipe, recipe_from_dict
-from recipe_search.core.resolve import ResolvedTensor, Source, resolve
+from recipe_search.core.resolution import ResolvedTensor, Source, resolve
 from recipe_search.core.rule_match import NameIndex, first_matches, required_literals
 from recipe_search.core.size import predict_size
 from recipe_search.formats.ggml_types import fallback, is_quantized, parse_type
 from recipe_search.formats.tensor_map import read_map, write_header_only
 
-QWEN_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3.5-35b-a3b"
 TYPES = ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "IQ4_XS", "Q4_0"]
 
 
