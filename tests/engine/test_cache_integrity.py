@@ -180,6 +180,7 @@ def test_non_finite_metric_fails_the_trial(tmp_path, monkeypatch, dense_model) -
 
     _nan_scores(monkeypatch)
     config = StudyConfig.model_validate({"ctx": 128, "chunks": 2, "objectives": ["size", "kld_p99"],
+                                         "surrogate_seeds": 0, "refit_every": 0,  # one trial, no sweep
                                          "space": {"tensor_types": ["ffn_up"], "ladder": ["Q8_0", "Q4_0"]},
                                          "references": {"uniform": ["Q4_0"], "presets": []}})
     study = Study.open(dense_model, config, name="s", storage=f"sqlite:///{tmp_path / 'study.db'}",
