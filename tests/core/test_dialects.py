@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
-from paths import QWEN_TABLES, REPO
+from paths import REPO
 
 from recipe_search.cli import main
 from recipe_search.core.dialects import Dialect, detect, load_any_recipe, parse_substitutions, read_source
@@ -18,17 +18,8 @@ from recipe_search.core.resolution import resolve
 from recipe_search.core.rule_coverage import coverage
 from recipe_search.core.tool_formats import export
 from recipe_search.errors import RecipeSearchError
-from recipe_search.formats.tensor_map import read_map, write_header_only
 
 T = GGMLQuantizationType
-
-
-@pytest.fixture(scope="module")
-def qwen_35b(tmp_path_factory) -> Path:
-    if not (QWEN_TABLES / "tensors.bf16.map").exists():
-        pytest.skip(f"Qwen3.5-35B-A3B tables not found under {QWEN_TABLES}")
-    rows = read_map(QWEN_TABLES / "tensors.bf16.map")
-    return write_header_only(tmp_path_factory.mktemp("q35") / "qwen3.5-35b-a3b-bf16.gguf", "qwen35moe", rows)
 
 
 # -- the tools' own reading, written out here independently of the code under test -------------------

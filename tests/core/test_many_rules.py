@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from paths import QWEN_TABLES
 
 from recipe_search.core import yaml_file
 from recipe_search.core.inventory import read_inventory
@@ -22,17 +21,8 @@ from recipe_search.core.resolution import ResolvedTensor, Source, resolve
 from recipe_search.core.rule_match import NameIndex, first_matches, required_literals
 from recipe_search.core.size import predict_size
 from recipe_search.formats.ggml_types import fallback, is_quantized, parse_type
-from recipe_search.formats.tensor_map import read_map, write_header_only
 
 TYPES = ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "IQ4_XS", "Q4_0"]
-
-
-@pytest.fixture(scope="module")
-def qwen_35b(tmp_path_factory) -> Path:
-    if not (QWEN_TABLES / "tensors.bf16.map").exists():
-        pytest.skip(f"Qwen3.5-35B-A3B tables not found under {QWEN_TABLES}")
-    rows = read_map(QWEN_TABLES / "tensors.bf16.map")
-    return write_header_only(tmp_path_factory.mktemp("q35") / "qwen3.5-35b-a3b-bf16.gguf", "qwen35moe", rows)
 
 
 def generated_rules(kinds: list[str], n: int, seed: int = 0, whole_kinds: bool = True) -> list[dict]:
