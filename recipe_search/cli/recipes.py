@@ -152,6 +152,50 @@ def _import_sources(args: list[str]) -> list[Path]:
     return out
 
 
+def carry_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a recipe made for the source model (any dialect `import` reads)")
+    p.add_argument("--from", dest="source", required=True, help="the model the recipe was made for (or `demo`)")
+    p.add_argument("--onto", required=True, help="the model to carry it onto (a header-only GGUF will do)")
+    p.add_argument("-o", "--output", help="write the carried recipe here")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--json", action="store_true")
+
+
+@command("carry", "carry a recipe onto a model of another family: each tensor gets the type its role had in the "
+                  "source at the same depth")
+def carry_cmd(a: argparse.Namespace) -> int:
+    from ..core.dialects import load_any_recipe
+    from ..core.inventory import read_inventory
+    from ..core.resolution import resolve
+    from ..core.roles import carry
+    from ..core.size import predict_size
+    from ..formats.files import check_output_file
+
+    if a.output:
+        check_output_file(a.output)
+    source, target = read_inventory(_model(a.source)), read_inventory(_model(a.onto))
+    recipe = load_any_recipe(a.recipe)
+    carried = carry(recipe, source, target)
+    size = predict_size(resolve(carried.recipe, target), target)
+    before = predict_size(resolve(recipe, source), source).bits_per_weight
+    _warn([f"{kind}: no counterpart in the {source.arch} recipe; it gets the recipe's unmatched type"
+           for kind in carried.no_counterpart])
+    if a.output:
+        carried.recipe.save(Path(a.output), overwrite=a.force)
+    if a.json:
+        _print_json({"counterparts": carried.counterparts, "no_counterpart": carried.no_counterpart,
+                     "source_bpw": before, "prediction": size.to_dict() | {"tensors": None},
+                     "recipe": carried.recipe.model_dump(exclude_none=True)})
+        return 0
+    print(f"{recipe.name}: {before:.3f} bpw on {source.arch} ({_model(a.source).name}) -> {size.bits_per_weight:.3f} bpw "
+          f"on {target.arch} ({_model(a.onto).name}), {human_bytes(size.file_bytes)}")
+    for kind, came_from in carried.counterparts.items():
+        print(f"  {kind:<22} <- {came_from}")
+    if not a.output:
+        sys.stdout.write(carried.recipe.to_yaml())
+    return 0
+
+
 @command("import", "read recipes people publish (text dialects, or the recipe of a quantized GGUF) as recipe YAML")
 def import_cmd(a: argparse.Namespace) -> int:
     from ..core.dialects import read_source

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _API = {
+    "Role": "roles",
+    "carry": "roles",
+    "role_of": "roles",
     "SCORE_METRICS": "comparison",
     "compare": "comparison",
     "format_table": "comparison",
@@ -159,6 +162,9 @@ if TYPE_CHECKING:
     from .resolution import Resolution as Resolution
     from .resolution import ResolvedTensor as ResolvedTensor
     from .resolution import resolve as resolve
+    from .roles import Role as Role
+    from .roles import carry as carry
+    from .roles import role_of as role_of
     from .rule_coverage import coverage as coverage
     from .rule_coverage import lint as lint
     from .size import SizePrediction as SizePrediction
