@@ -1,4 +1,4 @@
-"""Commands that run studies: search, worker."""
+"""Commands that run and watch studies: search, worker, status."""
 
 from __future__ import annotations
 
@@ -302,3 +302,69 @@ def worker(a: argparse.Namespace) -> int:
     study = Study.open(None, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
                        worker_seed=worker_seed(), tensor_cache=not a.no_tensor_cache)
     return _run_study(study, a)
+
+
+# -- status ----------------------------------------------------------------------------------------
+def status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default: the SQLite database in --dir)")
+    p.add_argument("--dir", help="study directory holding study.db (default: studies/<study>)")
+    p.add_argument("--grace", type=_int_in((1, 10**7)),
+                   help="seconds without a heartbeat before a running trial is stale (default: $RECIPE_SEARCH_GRACE "
+                        "or 120, as the workers)")
+    p.add_argument("--cache-dir", help="also show this cache's tensor-cache hit rate and disk use")
+    p.add_argument("--json", action="store_true")
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+@command("status", "a study as it runs, from its storage alone: trials by state and why they failed, the running "
+                   "trials' heartbeats, the pace, the frontier at a few sizes")
+def status(a: argparse.Namespace) -> int:
+    from ..study._status import cache_stats, study_status
+    from ..study._storage import load_study, storage_url
+
+    st = study_status(load_study(storage_url(a.storage, a.dir, a.study), a.study), grace=a.grace)
+    if a.cache_dir:
+        st["tensor_cache"] = cache_stats(a.cache_dir)
+    if a.json:
+        _print_json(st)
+        return 0
+    n = st["trials"]
+    print(f"study {st['study']} ({' x '.join(st['objectives'])}): {n['done']} done ({st['measured']} measured, "
+          f"{st['duplicates']} duplicate(s)), {n['running']} running, {n['failed']} failed, {n['pruned']} pruned, "
+          f"{n['waiting']} waiting")
+    for title, rows in (("failed", st["failures"]), ("pruned", st["pruned_reasons"])):
+        if rows:
+            print(f"{title}:")
+        for row in rows[:8]:
+            print(f"  {row['trials']:>4} x {row['reason']}")
+        if len(rows) > 8:
+            print(f"  ... and {len(rows) - 8} other reason(s) (--json lists them all)")
+    for r in st["running"]:
+        beat = ("no heartbeat recorded" if r["seconds_since_heartbeat"] is None
+                else f"last heartbeat {_ago(r['seconds_since_heartbeat'])} ago")
+        stale = (f"  STALE (past the {st['grace_seconds']}s grace: the next worker to start a trial fails and "
+                 "retries it)" if r["stale"] else "")
+        print(f"running: trial {r['trial']} ({r['name']}) for {_ago(r['seconds_running'])}, {beat}{stale}")
+    mean = st["mean_seconds_per_measured_trial"]
+    print(f"pace: {st['trials_last_hour']} trial(s) finished in the last hour"
+          + (f", {mean:.0f}s per measured trial on average" if mean is not None else "")
+          + " (no ETA: each worker's --trials/--timeout is its own)")
+    if st["frontier"]:
+        print("frontier (the best measured at or under each quartile of the measured size range):")
+        for f in st["frontier"]:
+            values = ", ".join(f"{k} {v:.4g}" for k, v in f["values"].items() if k != "size")
+            print(f"  <= {human_bytes(f['at_most_bytes']):>10}  trial {f['trial']} ({f['name']}): "
+                  f"{human_bytes(f['file_bytes'])}, {f['bpw']:.3f} bpw, {values}")
+    tc = st.get("tensor_cache")
+    if tc:
+        rate = "no lookups yet" if tc["hit_rate"] is None else f"hit rate {100 * tc['hit_rate']:.1f}%"
+        print(f"tensor cache {tc['path']}: {tc['entries']} entries, {human_bytes(tc['bytes'])}; {tc['hits']} hits, "
+              f"{tc['misses']} misses, {rate} (over the cache's life, all studies)")
+    return 0

@@ -88,11 +88,20 @@ def storage_for(url: str, heartbeat: int | None = None, grace: int | None = None
     ``grace`` seconds ($RECIPE_SEARCH_GRACE, 120) is failed and retried."""
     quiet_optuna()
     heartbeat = heartbeat or int(os.environ.get("RECIPE_SEARCH_HEARTBEAT", "30"))
-    grace = grace or int(os.environ.get("RECIPE_SEARCH_GRACE", "120"))
+    grace = grace or grace_period()
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     return _opened(url, lambda: RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                                            grace_period=grace,
                                            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3)))
+
+
+def grace_period() -> int:
+    """Seconds a running trial may stay silent before it is failed and retried ($RECIPE_SEARCH_GRACE, 120)."""
+    text = os.environ.get("RECIPE_SEARCH_GRACE", "120")
+    try:
+        return int(text)
+    except ValueError:
+        raise RecipeSearchError(f"RECIPE_SEARCH_GRACE is not a whole number of seconds: {text!r}") from None
 
 
 def _opened(url: str, open_: Callable[[], T]) -> T:

@@ -115,6 +115,8 @@ class Study:
         check_study_inputs(config, worker, space)  # before the study exists: a bad config leaves nothing behind
         study = optuna.create_study(storage=rdb, study_name=name, directions=directions(config),
                                     sampler=make_sampler(config, worker_seed), load_if_exists=True)
+        if study.metric_names != list(config.objectives):  # optuna-dashboard labels the axes with them
+            study.set_metric_names(list(config.objectives))
         if "config" not in study.user_attrs:
             study.set_user_attr("config", config.model_dump_json())
             study.set_user_attr("model", str(model_path.resolve()))
