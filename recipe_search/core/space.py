@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, GGMLType, bits_per_weight, fallback, parse_type
@@ -37,12 +37,13 @@ class SearchSpace:
     fixed: dict[str, GGMLType]
     unmatched: GGMLType
     removed: dict[str, list[str]]  # tensor type -> ladder entries dropped (and why), for the report
+    #: tensor type -> (the types left out, the first of its tensors the imatrix has no data for, how many more)
+    lacking_imatrix: dict[str, tuple[list[str], str, int]] = field(default_factory=dict)
 
     def imatrix_note(self) -> str | None:
         """One line naming the types left out of the space because the imatrix lacks data ggml needs for them."""
-        lacking = {k: [r for r in why if "the imatrix has no data" in r] for k, why in self.removed.items()}
-        parts = [f"{k}: {', '.join(r.split(' (')[0] for r in rs)} ({rs[0].split('(', 1)[1]}"
-                 for k, rs in lacking.items() if rs]
+        parts = [f"{k}: {', '.join(types)} (the imatrix has no data for {first}{f' and {more} more' if more else ''})"
+                 for k, (types, first, more) in self.lacking_imatrix.items()]
         return "left out of the space, for lack of imatrix data: " + "; ".join(parts) if parts else None
 
     def recipe(self, choice: dict[str, int], name: str = "trial") -> Recipe:
@@ -82,6 +83,7 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool,
     group_of = {k: tuple(g) for g in sc.tied for k in g}
     params = []
     removed: dict[str, list[str]] = {}
+    lacking_imatrix: dict[str, tuple[list[str], str, int]] = {}
     seen: set[str] = set()
     for kind in searched:
         if kind in seen:
@@ -99,8 +101,8 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool,
                 removed.setdefault(kind, []).append(f"{name} (needs an imatrix)")
             elif t in GGML_IMATRIX_REQUIRED and imatrix_tensors is not None and (lacking := [
                     x.name for k in kinds for x in quantizable[k].tensors if x.name not in imatrix_tensors]):
-                removed.setdefault(kind, []).append(f"{name} (the imatrix has no data for {lacking[0]}"
-                                                    f"{f' and {len(lacking) - 1} more' if len(lacking) > 1 else ''})")
+                removed.setdefault(kind, []).append(f"{name} (the imatrix has no data for {lacking[0]})")
+                lacking_imatrix.setdefault(kind, ([], lacking[0], len(lacking) - 1))[0].append(name)
             else:
                 ladder.append(t)
         if not ladder:
@@ -111,7 +113,7 @@ def build_space(config: StudyConfig, inv: Inventory, has_imatrix: bool,
         else:
             params.append(Parameter("+".join(kinds), kinds, None, tuple(ladder)))
     fixed = {k: parse_type(t) for k, t in sc.fixed.items()}
-    return SearchSpace(tuple(params), fixed, parse_type(sc.unmatched), removed)
+    return SearchSpace(tuple(params), fixed, parse_type(sc.unmatched), removed, lacking_imatrix)
 
 
 def _bands(sc: SpaceConfig, kinds: tuple[str, ...], blocks: Sequence[int]) -> int | list[int]:
