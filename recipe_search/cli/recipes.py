@@ -196,6 +196,42 @@ def carry_cmd(a: argparse.Namespace) -> int:
     return 0
 
 
+def roles_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", nargs=2, action="append", metavar=("MODEL", "RECIPE"), required=True,
+                   help="a recipe and the model it is for (`demo`, a GGUF, a header-only GGUF); repeat it")
+    p.add_argument("--plot", help="draw bits per weight against relative depth, per role group, into this PNG")
+    p.add_argument("--json", action="store_true")
+
+
+@command("roles", "recipes of any families side by side by tensor role and depth (first, middle, last third)")
+def roles_cmd(a: argparse.Namespace) -> int:
+    from ..core.dialects import load_any_recipe
+    from ..core.inventory import read_inventory
+    from ..core.roles import BANDS, role_profile
+
+    profiles = {}
+    for model, path in a.recipe:
+        recipe = load_any_recipe(path)
+        profiles[f"{recipe.name} ({read_inventory(_model(model)).arch})"] = role_profile(recipe, read_inventory(_model(model)))
+    bands = {label: p.bands() for label, p in profiles.items()}
+    if a.plot:
+        from ..formats.files import check_output_file
+        from ..report.plots import plot_role_profiles
+
+        plot_role_profiles(profiles, check_output_file(a.plot))
+    if a.json:
+        _print_json(bands)
+        return 0
+    groups = sorted({g for b in bands.values() for g in b})
+    print(f"{'bits per weight':<24}" + "".join(f"{label[:30]:>32}" for label in bands))
+    for group in groups:
+        for band in BANDS:
+            cells = [b.get(group, {}).get(band) for b in bands.values()]
+            if any(c is not None for c in cells):
+                print(f"{group + ' ' + band:<24}" + "".join(f"{'-' if c is None else f'{c:.2f}':>32}" for c in cells))
+    return 0
+
+
 @command("import", "read recipes people publish (text dialects, or the recipe of a quantized GGUF) as recipe YAML")
 def import_cmd(a: argparse.Namespace) -> int:
     from ..core.dialects import read_source

@@ -198,3 +198,60 @@ def _as_recipe(recipe: Recipe, source: Inventory, target: Inventory, chosen: dic
     return Recipe(name=f"{recipe.name}-carried-to-{target.arch}", unmatched=recipe.unmatched, rules=rules,
                   provenance={"carried_from": {"recipe": recipe.name, "architecture": source.arch,
                                                "blocks": _n_blocks(source)}})
+
+
+#: the roles a profile groups tensors by: the kinds of one family's role
+_ROLE_GROUP: dict[Role, str] = {
+    Role.EMBEDDING: "embedding", Role.OUTPUT: "output",
+    Role.ATTN_Q: "attention", Role.ATTN_K: "attention", Role.ATTN_V: "attention", Role.ATTN_QKV: "attention",
+    Role.ATTN_OUTPUT: "attention", Role.ATTN_GATE: "attention", Role.ATTN_LOW_RANK: "attention",
+    Role.SSM_IN: "ssm", Role.SSM_OUT: "ssm", Role.SSM_SMALL: "ssm",
+    Role.FFN_UP: "ffn up/gate", Role.FFN_GATE: "ffn up/gate", Role.FFN_DOWN: "ffn down",
+    Role.EXPERTS_UP: "ffn up/gate", Role.EXPERTS_GATE: "ffn up/gate", Role.EXPERTS_DOWN: "ffn down",
+    Role.SHARED_UP: "ffn up/gate", Role.SHARED_GATE: "ffn up/gate", Role.SHARED_DOWN: "ffn down",
+}
+BANDS = ("first", "middle", "last")
+
+
+@dataclass(frozen=True)
+class RoleProfile:
+    """A recipe on a model, by role group and relative depth: per group, (depth in [0, 1], bits, elements)
+    of each block's tensors at their resolved types; a tensor outside the blocks (embedding, output) sits at
+    depth 0 or 1."""
+
+    points: dict[str, list[tuple[float, float, int]]]
+
+    def curve(self, group: str) -> list[tuple[float, float]]:
+        """(depth, bits per weight) of the group's tensors, one point per block, elements weighting each."""
+        by_depth: dict[float, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for depth, bits, n in self.points.get(group, []):
+            by_depth[depth][0] += bits
+            by_depth[depth][1] += n
+        return [(d, b / n) for d, (b, n) in sorted(by_depth.items())]
+
+    def bands(self) -> dict[str, dict[str, float]]:
+        """Per group, bits per weight in the first, middle and last third of the depth."""
+        out: dict[str, dict[str, float]] = {}
+        for group, points in self.points.items():
+            acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+            for depth, bits, n in points:
+                band = BANDS[min(2, int(depth * 3))]
+                acc[band][0] += bits
+                acc[band][1] += n
+            out[group] = {band: b / n for band, (b, n) in acc.items()}
+        return out
+
+
+def role_profile(recipe: Recipe, inv: Inventory) -> RoleProfile:
+    n = _n_blocks(inv)
+    points: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    for r in resolve(recipe, inv).tensors:
+        group = _ROLE_GROUP.get(role_of(r.tensor.kind))
+        if group is None or not r.tensor.quantizable:
+            continue
+        if r.tensor.block is None:
+            depth = 1.0 if role_of(r.tensor.kind) is Role.OUTPUT else 0.0
+        else:
+            depth = r.tensor.block / (n - 1) if n > 1 else 0.0
+        points[group].append((depth, bits_per_weight(r.ggml_type) * r.tensor.n_elements, r.tensor.n_elements))
+    return RoleProfile(dict(points))

@@ -16,6 +16,7 @@ from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Bbox
 
 from ..core.metrics import LABELS, MAXIMISE
+from ..core.roles import RoleProfile
 from ..errors import RecipeSearchError
 from ..study._selection import Selection
 
@@ -198,5 +199,33 @@ def plot_sensitivity(rows: list[dict], path: Path | None = None, metric: str = "
     ax.grid(True, which="both", color="0.92", lw=0.6)
     ax.set_title(title or f"sensitivity: {metric} with one tensor type quantized", fontsize=10)
     ax.legend(title="tensor type", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7.5, title_fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_role_profiles(profiles: dict[str, RoleProfile], path: Path | None = None) -> Figure:
+    """Bits per weight against relative depth, one panel per role group, one line per recipe (recipes of
+    different model families in one plot)."""
+    groups = sorted({g for p in profiles.values() for g in p.points})
+    if not groups:
+        raise RecipeSearchError("no recipe has a quantized tensor of a known role")
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig = _new_figure(4.2 * cols, 3.0 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, group in zip(axes.flat, groups):
+        for i, (label, profile) in enumerate(profiles.items()):  # one colour per recipe in every panel
+            curve = profile.curve(group)
+            if curve:
+                xs, ys = zip(*curve)
+                ax.plot(xs, ys, marker="o", markersize=3, label=label, color=f"C{i}")
+        ax.set_title(group)
+        ax.set_xlabel("relative depth (block / blocks)")
+        ax.set_ylabel("bits per weight")
+        ax.set_xlim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", fontsize=7)
     _save(fig, path)
     return fig

@@ -84,3 +84,29 @@ def test_carry_command(dense_model, qwen35_model, tmp_path, capsys) -> None:
     assert main(["carry", str(recipe), "--from", str(dense_model), "--onto", str(qwen35_model), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 2 and "nope.gguf" in err[0] and "exists already" in err[-1]
+
+
+def test_role_profile_by_depth_band(dense_model) -> None:
+    from recipe_search.core.roles import role_profile
+
+    inv = read_inventory(dense_model)
+    recipe = recipe_from_dict({"name": "r", "unmatched": {"type": "Q8_0"}, "rules": [
+        {"tensors": "ffn_down", "blocks": [0], "type": "Q4_0"}, {"tensors": "ffn_down", "type": "Q6_K"}]})
+    bands = role_profile(recipe, inv).bands()
+    assert bands["ffn down"]["first"] == bits_per_weight(resolve(recipe, inv).types()["blk.0.ffn_down.weight"])
+    assert bands["ffn down"]["last"] == bits_per_weight(resolve(recipe, inv).types()[
+        f"blk.{max(t.block for t in inv.tensors if t.block is not None)}.ffn_down.weight"])
+    assert set(bands["ffn up/gate"].values()) == {8.5}  # Q8_0 everywhere
+
+
+def test_roles_command_tables_and_draws_two_families(dense_model, qwen35_model, tmp_path, capsys) -> None:
+    from recipe_search.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nunmatched: {type: Q8_0}\nrules:\n- {tensors: ffn_down, type: Q4_0}\n")
+    png = tmp_path / "roles.png"
+    assert main(["roles", "--recipe", str(dense_model), str(recipe), "--recipe", str(qwen35_model), str(recipe),
+                 "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "ffn down first" in out and "r (llama)" in out and "r (qwen35moe)" in out and "ssm first" in out
+    assert png.stat().st_size > 10_000
