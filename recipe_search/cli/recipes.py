@@ -223,7 +223,7 @@ def roles_cmd(a: argparse.Namespace) -> int:
         _print_json(bands)
         return 0
     groups = sorted({g for b in bands.values() for g in b})
-    print(f"{'bits per weight':<24}" + "".join(f"{label[:30]:>32}" for label in bands))
+    print(f"{'bits per weight':<24}" + "".join(f"{label[-30:]:>32}" for label in bands))  # names end apart
     for group in groups:
         for band in BANDS:
             cells = [b.get(group, {}).get(band) for b in bands.values()]
