@@ -1,0 +1,55 @@
+"""The bytes a search space needs in the quantized-tensor cache, and the warning when the cache cannot keep them."""
+
+from __future__ import annotations
+
+from recipe_search.core.cache_need import SHARD_ALIGNMENT, cache_need_warning, disk_share_bound, space_cache_need
+from recipe_search.core.config import StudyConfig
+from recipe_search.core.inventory import read_inventory
+from recipe_search.core.space import build_space
+from recipe_search.formats.ggml_types import fallback, tensor_bytes
+
+EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+
+
+def test_35b_expert_types_need_hundreds_of_gb(qwen_35b) -> None:
+    """Qwen3.5-35B-A3B (header only), the default ladder: the three routed-expert types over the ladder need what
+    tensor_bytes says they do (plus a small header and padding per shard), hundreds of GB."""
+    inv = read_inventory(qwen_35b)
+    space = build_space(StudyConfig(), inv, has_imatrix=False)
+    need = space_cache_need(space, inv)
+    ladder = {k: p.ladder for p in space.parameters for k in p.kinds}
+    direct = n_shards = 0
+    for t in inv.tensors:
+        if t.kind in EXPERTS:
+            types = {fallback(q, t.row_length) for q in ladder[t.kind]}
+            direct += sum(tensor_bytes(q, t.shape) for q in types)
+            n_shards += len(types)
+    got = sum(need.by_kind[k] for k in EXPERTS)
+    assert direct <= got <= direct + n_shards * (1024 + SHARD_ALIGNMENT)  # a shard's header is well under 1 KiB
+    assert 100e9 < got < 1000e9, got
+    assert got < need.bytes and need.largest(3).split()[0] in EXPERTS
+    assert len(need.pairs) == len({(n, q) for n, q in need.pairs})
+
+
+def test_every_tensor_is_counted_at_its_fixed_or_kept_type(qwen_35b) -> None:
+    inv = read_inventory(qwen_35b)
+    space = build_space(StudyConfig(), inv, has_imatrix=False)
+    names = {n for n, _ in space_cache_need(space, inv).pairs}
+    assert names == {t.name for t in inv.tensors}
+
+
+def test_warning_when_the_bound_or_the_disk_is_smaller() -> None:
+    assert cache_need_warning(100, bound=200, free=300) is None
+    low_bound = cache_need_warning(100 << 30, bound=64 << 30, free=1 << 40)
+    assert low_bound is not None and "bound 64.00 GiB" in low_bound and "disk" not in low_bound.split(":")[1]
+    assert "\n" not in low_bound and low_bound.startswith("warning:")
+    low_disk = cache_need_warning(100 << 30, bound=1 << 40, free=50 << 30, held=10 << 30)
+    assert low_disk is not None and "disk it can use 60.00 GiB" in low_disk and "bound" not in low_disk.split(":")[1]
+    both = cache_need_warning(100 << 30, bound=30 << 30, free=50 << 30)
+    assert both is not None and "bound" in both and "disk" in both.split(":")[1]
+    assert cache_need_warning(100, bound=100, free=100) is None
+
+
+def test_default_bound_is_a_share_of_the_usable_disk() -> None:
+    assert disk_share_bound(free=600, held=400) == 500
+    assert disk_share_bound(free=600, held=400, share=0.25) == 250
