@@ -78,13 +78,13 @@ def disk_share_bound(free: int, held: int, share: float = DEFAULT_DISK_SHARE) ->
 
 
 def cache_need_warning(need: int, bound: int, free: int, held: int = 0) -> str | None:
-    """One line when the cache cannot keep what the space needs: its bound, or the disk it can use (``free``
-    plus the bytes it ``held``), smaller than ``need``; None when both suffice."""
+    """One warning line (without ``warning:``) when the cache cannot keep what the space needs: its bound, or
+    the disk it can use (``free`` plus the bytes it ``held``), smaller than ``need``; None when both suffice."""
     short = [f"the cache's bound {human_bytes(bound)}" if bound < need else "",
              f"the disk it can use {human_bytes(free + held)}" if free + held < need else ""]
     short = [s for s in short if s]
     if not short:
         return None
-    return (f"warning: the space's tensors need {human_bytes(need)} in the tensor cache, more than "
+    return (f"the space's tensors need {human_bytes(need)} in the tensor cache, more than "
             f"{' and '.join(short)}: a study that explores evicts and quantizes them again "
             "(raise $RECIPE_SEARCH_TENSOR_CACHE_GB or free disk under the cache directory)")

@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.cache_need import SHARD_ALIGNMENT, disk_share_bound, shard_header
+from ..core.cache_need import SHARD_ALIGNMENT, CacheNeed, cache_need_warning, disk_share_bound, shard_header
 from ..core.inventory import Inventory, Tensor
+from ..core.size import human_bytes
 from ..errors import RecipeSearchError
 from ..formats.files import atomic_write_text
 from ..formats.ggml_types import GGMLType, is_quantized, tensor_bytes
@@ -169,6 +170,19 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+@dataclass(frozen=True)
+class NeedReport:
+    """What a space needs in the cache against what the cache may keep: bytes, and the lines that say it."""
+
+    need: int
+    pairs: int
+    bound: int
+    held: int
+    free: int
+    line: str
+    warning: str | None
+
+
 class TensorCache:
     """Quantized tensors of any model, as split-GGUF shards under ``root``: at most ``max_bytes``, or, when it is
     None, `DEFAULT_DISK_SHARE` of the disk the cache can use (free bytes plus the bytes it holds, at each eviction)."""
@@ -192,6 +206,17 @@ class TensorCache:
     def bound(self, held: int) -> int:
         """The bound in bytes while the cache holds ``held`` bytes."""
         return self.max_bytes if self.max_bytes is not None else disk_share_bound(free_bytes(self.root), held)
+
+    def need_report(self, need: CacheNeed) -> NeedReport:
+        """``need`` (`core.cache_need.space_cache_need`) against this cache's bound and the disk under it."""
+        info = self.info()
+        free = free_bytes(self.root)
+        line = (f"tensor cache: the space's {len(need.pairs)} (tensor, type) pairs need {human_bytes(need.bytes)} "
+                f"(most: {need.largest()}); bound {human_bytes(info.max_bytes)}"
+                f"{'' if self.max_bytes is not None else ' (half the disk it can use)'}, holding "
+                f"{human_bytes(info.bytes)}, {human_bytes(free)} free under {self.root}")
+        return NeedReport(need.bytes, len(need.pairs), info.max_bytes, info.bytes, free, line,
+                          cache_need_warning(need.bytes, info.max_bytes, free, info.bytes))
 
     def _entries(self) -> list[Path]:
         return list(self.root.glob("*/*.gguf")) if self.root.exists() else []

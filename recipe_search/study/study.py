@@ -25,11 +25,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..core.cache_need import space_cache_need
 from ..core.config import StudyConfig
 from ..core.kld import scored_per_chunk
 from ..core.locations import cache_dir as default_cache_dir
 from ..core.space import SearchSpace, build_space, reference_recipes, seed_recipes
+from ..engine.digest import warn
 from ..engine.leftovers import clean_workdir
+from ..engine.tensor_cache import NeedReport
 from ..engine.worker import Worker, tool_versions
 from ..errors import RecipeSearchError
 from ..formats.files import check_output_dir
@@ -57,6 +60,7 @@ class Preparation:
     enqueued: int
     presets_measured: int
     presets_seconds: float
+    tensor_cache: NeedReport | None = None  # the space's need against the cache's bound (None: no tensor cache)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class Study:
         """Check the disk, compute (or read) the reference, enqueue the references and surrogate seeds
         once per study, and measure the llama.cpp presets that are not measured yet."""
         disk = check_disk(self.worker, self.config, self.space, self.scored_tokens_per_trial, self.directory)
+        need = self.tensor_cache_need(log)
         removed = clean_workdir(self.worker.workdir)
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by a killed worker")
@@ -144,7 +149,18 @@ class Study:
         start = time.perf_counter()
         presets = self.add_presets(log)
         return Preparation(disk, self.worker.reference_seconds, bool(self.worker.reference_was_cached), enqueued,
-                           presets, time.perf_counter() - start)
+                           presets, time.perf_counter() - start, need)
+
+    def tensor_cache_need(self, log: Callable[[str], None] = lambda msg: None) -> NeedReport | None:
+        """The bytes the space's (tensor, type) pairs take in the tensor cache against its bound and the disk
+        under it: logged, and one warning line on stderr when either is smaller. None without the tensor cache."""
+        if not self.worker.tensor_cache:
+            return None
+        report = self.worker.tensors.cache.need_report(space_cache_need(self.space, self.worker.inventory))
+        log(report.line)
+        if report.warning:
+            warn(report.warning)
+        return report
 
     @property
     def table_directory(self) -> Path | None:

@@ -41,15 +41,39 @@ def test_every_tensor_is_counted_at_its_fixed_or_kept_type(qwen_35b) -> None:
 def test_warning_when_the_bound_or_the_disk_is_smaller() -> None:
     assert cache_need_warning(100, bound=200, free=300) is None
     low_bound = cache_need_warning(100 << 30, bound=64 << 30, free=1 << 40)
-    assert low_bound is not None and "bound 64.00 GiB" in low_bound and "disk" not in low_bound.split(":")[1]
-    assert "\n" not in low_bound and low_bound.startswith("warning:")
+    assert low_bound is not None and "bound 64.00 GiB" in low_bound and "disk" not in low_bound.split(":")[0]
+    assert "\n" not in low_bound and low_bound.startswith("the space's tensors need 100.00 GiB")
     low_disk = cache_need_warning(100 << 30, bound=1 << 40, free=50 << 30, held=10 << 30)
-    assert low_disk is not None and "disk it can use 60.00 GiB" in low_disk and "bound" not in low_disk.split(":")[1]
+    assert low_disk is not None and "disk it can use 60.00 GiB" in low_disk and "bound" not in low_disk.split(":")[0]
     both = cache_need_warning(100 << 30, bound=30 << 30, free=50 << 30)
-    assert both is not None and "bound" in both and "disk" in both.split(":")[1]
+    assert both is not None and "bound" in both and "disk" in both.split(":")[0]
     assert cache_need_warning(100, bound=100, free=100) is None
 
 
 def test_default_bound_is_a_share_of_the_usable_disk() -> None:
     assert disk_share_bound(free=600, held=400) == 500
     assert disk_share_bound(free=600, held=400, share=0.25) == 250
+
+
+def test_estimate_prints_the_need_and_warns_below_it(qwen_35b, tmp_path, monkeypatch, capsys) -> None:
+    """`search --estimate` on the 35B header: the need line, and the one warning line under a 64 GiB bound (no
+    rates measured: they are stubbed)."""
+    from recipe_search.cli import main
+    from recipe_search.engine import trial_cost
+
+    def rates(inv, where, threads, types):
+        return trial_cost.Rates({t.name: 1e8 for t in types}, 1e9, 1e10, 1e-5, 1e12, "stub")
+
+    monkeypatch.setattr(trial_cost, "measure_rates", rates)
+    monkeypatch.setenv("RECIPE_SEARCH_TENSOR_CACHE_GB", "64")
+    assert main(["search", str(qwen_35b), "--estimate", "--cache-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    need = space_cache_need(build_space(StudyConfig(), read_inventory(qwen_35b), has_imatrix=False),
+                            read_inventory(qwen_35b))
+    assert f"pairs need {need.bytes / 2**30:.2f} GiB" in out and "bound 64.00 GiB" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning: the space's tensors need")]
+    assert len(warnings) == 1 and "the cache's bound 64.00 GiB" in warnings[0]
+    monkeypatch.setenv("RECIPE_SEARCH_TENSOR_CACHE_GB", "100000")
+    assert main(["search", str(qwen_35b), "--estimate", "--cache-dir", str(tmp_path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "the cache's bound" not in err and '"need": ' + str(need.bytes) in out
