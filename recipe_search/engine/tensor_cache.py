@@ -361,6 +361,13 @@ class ModelTensors:
         self.imatrix, self.imatrix_digest, self.threads = imatrix, imatrix_digest, threads
         self.index = {t.name: i + 1 for i, t in enumerate(inventory.tensors)}
         self.hits = self.misses = 0
+        #: entries that evictions after this model's assemblies keep (a study pins its current frontier's)
+        self.pinned: frozenset[Path] = frozenset()
+
+    def pin(self, pairs: Iterable[tuple[Tensor, GGMLType]]) -> None:
+        """Keep these (tensor, type) entries through the evictions after this model's assemblies (replacing the
+        pins before); a bound too small for them all is then exceeded rather than the pinned entries removed."""
+        self.pinned = frozenset(self.path(t, q) for t, q in pairs)
 
     def key(self, tensor: Tensor, ggml_type: GGMLType) -> str:
         blob = json.dumps({"model": self.fingerprint, "tensor": tensor.name, "shard": self.index[tensor.name],

@@ -274,3 +274,19 @@ def test_estimate_from_rates(qwen35_model) -> None:
     assert n["without_cache"] == pytest.approx(NIGHT_S / (cpu["quantize_cold"] + cpu["load"] + cpu["evaluation"]))
     assert n["without_cache"] <= n["with_cache"] <= n["all_warm"]
     assert est.active_params == pytest.approx(inv.n_elements)  # the test model has 2 experts, both used
+
+
+def test_pinned_entries_survive_eviction(dense_model, tmp_path) -> None:
+    """The study pins its frontier's entries: an eviction that would remove them (least recently used) keeps them."""
+    worker = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work")
+    tensors = worker.tensors
+    q8 = worker.resolve(recipe_from_dict({"name": "a", "unmatched": {"type": "Q8_0"}}))
+    q4 = worker.resolve(recipe_from_dict({"name": "b", "unmatched": {"type": "Q4_0"}}))
+    assemble(tensors, q8, tmp_path / "a")
+    tensors.cache.max_bytes = tensors.cache.info().bytes + 1000  # room for one recipe's tensors, not two
+    tensors.pin((r.tensor, r.ggml_type) for r in q8.tensors)
+    assemble(tensors, q4, tmp_path / "b")
+    assert all(tensors.path(r.tensor, r.ggml_type).exists() for r in [*q8.tensors, *q4.tensors])
+    tensors.pin(())
+    assemble(tensors, q4, tmp_path / "c")
+    assert not all(tensors.path(r.tensor, r.ggml_type).exists() for r in q8.tensors)

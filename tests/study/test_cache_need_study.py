@@ -40,3 +40,25 @@ def report_pairs(study: Study):
     from recipe_search.core.cache_need import space_cache_need
 
     return space_cache_need(study.space, study.worker.inventory).pairs
+
+
+def test_the_study_pins_its_frontier(dense_model, tmp_path) -> None:
+    """After trials, the frontier's (tensor, type) entries are pinned in the cache; a dominated recipe's are not."""
+    import numpy as np
+    from tiny_studies import ffn_attn_recipe, measured_trial
+
+    from recipe_search.core.resolution import resolve
+
+    config = StudyConfig.model_validate({"ctx": 128, "chunks": 2, "objectives": ["size", "kld_p999"],
+                                         "references": {"uniform": ["Q8_0"], "presets": []}})
+    study = Study.open(dense_model, config, directory=tmp_path / "study", cache=tmp_path / "cache")
+    tokens = np.full(100, 0.1, np.float32)
+    small, big, dominated = (ffn_attn_recipe("small", "Q4_0", "Q4_0"), ffn_attn_recipe("big", "Q8_0", "Q8_0"),
+                             ffn_attn_recipe("dominated", "Q5_0", "Q5_0"))
+    for recipe, size, kld in ((small, 1000, 0.5), (big, 2000, 0.1), (dominated, 3000, 1.0)):
+        study.optuna_study.add_trial(measured_trial(recipe, size, 4.0, tokens * kld / 0.1))
+    assert study.pin_frontier() > 0
+    tensors, inv = study.worker.tensors, study.worker.inventory
+    want = {tensors.path(r.tensor, r.ggml_type) for rec in (small, big) for r in resolve(rec, inv).tensors}
+    assert tensors.pinned == want
+    assert not {tensors.path(r.tensor, r.ggml_type) for r in resolve(dominated, inv).tensors} <= want
