@@ -290,3 +290,18 @@ def test_pinned_entries_survive_eviction(dense_model, tmp_path) -> None:
     tensors.pin(())
     assemble(tensors, q4, tmp_path / "c")
     assert not all(tensors.path(r.tensor, r.ggml_type).exists() for r in q8.tensors)
+
+
+def test_estimate_without_an_evaluation_rate_ends(qwen35_model) -> None:
+    """No demo model, so no CPU evaluation rate: the CPU night with the cache is unknown (it looped forever)."""
+    import math
+
+    from recipe_search.core.config import StudyConfig
+    from recipe_search.core.space import build_space
+    from recipe_search.engine.trial_cost import Rates, estimate
+
+    inv = read_inventory(qwen35_model)
+    space = build_space(StudyConfig(), inv, has_imatrix=False)
+    rates = Rates({t.name: 1e3 for p in space.parameters for t in p.ladder}, 1e6, 1e7, 1e-4, None, "no demo")
+    est = estimate(inv, rates, 4096, space, experts_used=2)
+    assert math.isnan(est.trials_per_night["cpu"]["with_cache"]) and est.trials_per_night["gpu"]["with_cache"] > 0
