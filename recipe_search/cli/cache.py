@@ -47,6 +47,7 @@ def cache(a: argparse.Namespace) -> int:
         return 0
     print(f"tensor cache: {tc.root}")
     print(f"entries: {info.entries}, {human_bytes(info.bytes)} of at most {human_bytes(info.max_bytes)} "
-          "($RECIPE_SEARCH_TENSOR_CACHE_GB)")
+          + ("($RECIPE_SEARCH_TENSOR_CACHE_GB)" if tc.max_bytes is not None else
+             "(half the disk it can use; $RECIPE_SEARCH_TENSOR_CACHE_GB sets it)"))
     print(f"hits: {info.hits}, misses: {info.misses}, hit rate {100 * info.hit_rate:.1f}%")
     return 0

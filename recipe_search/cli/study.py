@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..core import limits
 from ..core.size import human_bytes
 from ..errors import RecipeSearchError
-from . import _int_in, _log, _model, _print_json, _warn_text_overlaps, command
+from . import _int_in, _log, _model, _print_json, _warn, _warn_text_overlaps, command
 
 if TYPE_CHECKING:
     import optuna
@@ -244,19 +244,22 @@ def parse_duration(text: str) -> float:
 def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> int:
     from dataclasses import asdict
 
+    from ..core.cache_need import space_cache_need
     from ..core.inventory import read_inventory
     from ..core.space import build_space
+    from ..engine.tensor_cache import TensorCache
     from ..engine.trial_cost import estimate, measure_rates
 
     inv = read_inventory(model)
     space = build_space(config, inv, has_imatrix=config.imatrix is not None)
+    need = TensorCache.under(cache).need_report(space_cache_need(space, inv))
     ladder = list(dict.fromkeys(t for p in space.parameters for t in p.ladder))
     rates = measure_rates(inv, cache, config.threads, ladder)
     arch = inv.headers[0].get("general.architecture")
     used = inv.headers[0].get(f"{arch}.expert_used_count")
     est = estimate(inv, rates, config.chunks * config.ctx, space, None if used is None else int(used))
     if as_json:
-        _print_json({"rates": asdict(rates), "estimate": asdict(est)})
+        _print_json({"rates": asdict(rates), "estimate": asdict(est), "tensor_cache": asdict(need)})
         return 0
     print(f"{model.name}: {len(inv.tensors)} tensors, {inv.n_elements / 1e9:.2f}B parameters, "
           f"{est.active_params / 1e9:.2f}B active per token; trial recipe {est.recipe} "
@@ -279,6 +282,9 @@ def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> i
         print(f"{label:<34}{n['cpu'][key]:>10.0f}{n['gpu'][key]:>14.0f}")
     print(f"{'of which quantizing (min)':<34}{n['cpu']['with_cache_quantize_s'] / 60:>10.0f}"
           f"{n['gpu']['with_cache_quantize_s'] / 60:>14.0f}")
+    print(f"\n{need.line}")
+    if need.warning:
+        _warn([need.warning])
     return 0
 
 

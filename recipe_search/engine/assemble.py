@@ -104,7 +104,7 @@ def assemble(tensors: ModelTensors, resolution: Resolution, prefix: Path,
     out = Assembled(first, files, tensors.hits - hits0, tensors.misses - misses0,
                     {"quantize": filled - start, "assemble": time.perf_counter() - filled})
     tensors.cache.count(out.hits, out.misses)
-    tensors.cache.evict(keep=set(shards.values()))
+    tensors.cache.evict(keep=set(shards.values()) | tensors.pinned)
     return out
 
 
@@ -143,5 +143,5 @@ def write_single_file(tensors: ModelTensors, resolution: Resolution, out: Path,
     result = Assembled(out, [out], tensors.hits - hits0, tensors.misses - misses0,
                        {"quantize": filled - start, "assemble": time.perf_counter() - filled})
     tensors.cache.count(result.hits, result.misses)
-    tensors.cache.evict(keep=set(shards.values()))
+    tensors.cache.evict(keep=set(shards.values()) | tensors.pinned)
     return result

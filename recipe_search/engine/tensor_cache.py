@@ -17,7 +17,8 @@ sensitivity signal. Entries are keyed by the model's fingerprint, the tensor, it
 the type, the imatrix digest and the build of libggml-base that quantizes (the quantizers are
 compiled code whose floating-point contraction depends on the compiler and its flags, so a hash of
 the library file and the machine architecture stand for "this build"). Writes are atomic; the
-cache is bounded, least recently used first out. Each entry's record holds the digest of its shard
+cache is bounded (`$RECIPE_SEARCH_TENSOR_CACHE_GB`, else `DEFAULT_DISK_SHARE` of the disk it can use: the free
+bytes under its directory plus those it holds), least recently used first out. Each entry's record holds the digest of its shard
 (`digest`) and its own (`record_digest`), checked on the shard's first use in a process: an entry whose
 bytes changed on disk is removed and quantized again, with one warning line, never linked into a trial.
 """
@@ -33,6 +34,7 @@ import json
 import mmap
 import os
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator
@@ -42,21 +44,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.cache_need import SHARD_ALIGNMENT, CacheNeed, cache_need_warning, disk_share_bound, shard_header
 from ..core.inventory import Inventory, Tensor
+from ..core.size import human_bytes
 from ..errors import RecipeSearchError
 from ..formats.files import atomic_write_text
 from ..formats.ggml_types import GGMLType, is_quantized, tensor_bytes
 from ..formats.gguf_header import read_header
-from ..formats.gguf_write import TensorInfo, header_bytes, pad, split_kv
+from ..formats.gguf_write import pad
 from . import libggml
 from .digest import digest_of, file_digest, json_digest, warn_damaged
 
-SHARD_ALIGNMENT = 32
 #: shards found intact in this process (path, device, inode): each is checked once, on its first use
 _CHECKED: set[tuple[str, int, int]] = set()
 #: what `entry_problem` says of a record without a digest (an older version wrote it): quantized again, silently
 NO_DIGEST = "no digest recorded (an older version wrote it)"
-DEFAULT_MAX_BYTES = 64 << 30
 #: floats converted and quantized at a time (llama.cpp's slabs stay under LLAMA_QUANT_MAX_BUF_SIZE too)
 _SLAB_ELEMENTS = 1 << 22
 
@@ -160,10 +162,32 @@ class CacheInfo:
         return self.hits / total if total else 0.0
 
 
-class TensorCache:
-    """Quantized tensors of any model, as split-GGUF shards under ``root`` (at most ``max_bytes``)."""
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system of ``path`` (of its nearest existing folder)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+
+@dataclass(frozen=True)
+class NeedReport:
+    """What a space needs in the cache against what the cache may keep: bytes, and the lines that say it."""
+
+    need: int
+    pairs: int
+    bound: int
+    held: int
+    free: int
+    line: str
+    warning: str | None
+
+
+class TensorCache:
+    """Quantized tensors of any model, as split-GGUF shards under ``root``: at most ``max_bytes``, or, when it is
+    None, `DEFAULT_DISK_SHARE` of the disk the cache can use (free bytes plus the bytes it holds, at each eviction)."""
+
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
 
@@ -172,10 +196,27 @@ class TensorCache:
         """The cache in recipe-search's cache directory; ``$RECIPE_SEARCH_TENSOR_CACHE_GB`` sets the bound."""
         gb = os.environ.get("RECIPE_SEARCH_TENSOR_CACHE_GB")
         try:
-            max_bytes = int(float(gb) * (1 << 30)) if gb else DEFAULT_MAX_BYTES
+            max_bytes = int(float(gb) * (1 << 30)) if gb else None
         except ValueError:
             raise RecipeSearchError(f"RECIPE_SEARCH_TENSOR_CACHE_GB is not a number: {gb!r}") from None
+        if max_bytes is not None and max_bytes < 0:
+            raise RecipeSearchError(f"RECIPE_SEARCH_TENSOR_CACHE_GB is negative: {gb!r}")
         return cls(Path(cache_dir) / "tensors", max_bytes)
+
+    def bound(self, held: int) -> int:
+        """The bound in bytes while the cache holds ``held`` bytes."""
+        return self.max_bytes if self.max_bytes is not None else disk_share_bound(free_bytes(self.root), held)
+
+    def need_report(self, need: CacheNeed) -> NeedReport:
+        """``need`` (`core.cache_need.space_cache_need`) against this cache's bound and the disk under it."""
+        info = self.info()
+        free = free_bytes(self.root)
+        line = (f"tensor cache: the space's {len(need.pairs)} (tensor, type) pairs need {human_bytes(need.bytes)} "
+                f"(most: {need.largest()}); bound {human_bytes(info.max_bytes)}"
+                f"{'' if self.max_bytes is not None else ' (half the disk it can use)'}, holding "
+                f"{human_bytes(info.bytes)}, {human_bytes(free)} free under {self.root}")
+        return NeedReport(need.bytes, len(need.pairs), info.max_bytes, info.bytes, free, line,
+                          cache_need_warning(need.bytes, info.max_bytes, free, info.bytes))
 
     def _entries(self) -> list[Path]:
         return list(self.root.glob("*/*.gguf")) if self.root.exists() else []
@@ -211,7 +252,7 @@ class TensorCache:
             with contextlib.suppress(OSError):
                 size += p.stat().st_size
         s = self._stats()
-        return CacheInfo(len(entries), size, self.max_bytes, s["hits"], s["misses"])
+        return CacheInfo(len(entries), size, self.bound(size), s["hits"], s["misses"])
 
     def clear(self) -> int:
         """Remove every entry and the counters; returns the number of entries removed."""
@@ -232,9 +273,10 @@ class TensorCache:
                     st = p.stat()
                     stamped.append((st.st_mtime, st.st_size, p))
             total = sum(s for _, s, _ in stamped)
+            bound = self.bound(total)
             removed = 0
             for _, size, p in sorted(stamped, key=lambda e: e[0]):
-                if total <= self.max_bytes:
+                if total <= bound:
                     break
                 if p in keep:
                     continue
@@ -319,6 +361,13 @@ class ModelTensors:
         self.imatrix, self.imatrix_digest, self.threads = imatrix, imatrix_digest, threads
         self.index = {t.name: i + 1 for i, t in enumerate(inventory.tensors)}
         self.hits = self.misses = 0
+        #: entries that evictions after this model's assemblies keep (a study pins its current frontier's)
+        self.pinned: frozenset[Path] = frozenset()
+
+    def pin(self, pairs: Iterable[tuple[Tensor, GGMLType]]) -> None:
+        """Keep these (tensor, type) entries through the evictions after this model's assemblies (replacing the
+        pins before); a bound too small for them all is then exceeded rather than the pinned entries removed."""
+        self.pinned = frozenset(self.path(t, q) for t, q in pairs)
 
     def key(self, tensor: Tensor, ggml_type: GGMLType) -> str:
         blob = json.dumps({"model": self.fingerprint, "tensor": tensor.name, "shard": self.index[tensor.name],
@@ -330,9 +379,7 @@ class ModelTensors:
         return self.cache.root / key[:2] / f"{key}.gguf"
 
     def _shard_header(self, tensor: Tensor, ggml_type: GGMLType) -> bytes:
-        return header_bytes(split_kv(self.index[tensor.name]),
-                            [TensorInfo(tensor.name, tensor.shape, ggml_type, tensor_bytes(ggml_type, tensor.shape))],
-                            SHARD_ALIGNMENT)
+        return shard_header(self.index[tensor.name], tensor, ggml_type)
 
     def shard(self, tensor: Tensor, ggml_type: GGMLType) -> Path:
         """The cached shard of ``tensor`` at ``ggml_type``, quantized now if it is not there. A shard used for

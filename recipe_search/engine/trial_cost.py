@@ -19,6 +19,7 @@ host-to-device bandwidth. The phases:
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -151,9 +152,12 @@ class Estimate:
 
 
 def _night_with_cache(space: SearchSpace, cost: dict[tuple[str, str], float], warm_s: float,
-                      seed: int = 0) -> tuple[int, float]:
+                      seed: int = 0) -> tuple[float, float]:
     """(trials in 8 hours, seconds spent quantizing) when every trial draws each parameter's ladder index
-    uniformly at random and pays the quantization of each (parameter, type) it meets for the first time."""
+    uniformly at random and pays the quantization of each (parameter, type) it meets for the first time;
+    both NaN when a warm trial's cost is unknown (no CPU evaluation rate: the loop would never end)."""
+    if not math.isfinite(warm_s):
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     seen: set[tuple[str, str]] = set()
     spent = filling = 0.0

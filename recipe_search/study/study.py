@@ -25,14 +25,19 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..core.cache_need import space_cache_need
 from ..core.config import StudyConfig
 from ..core.kld import scored_per_chunk
 from ..core.locations import cache_dir as default_cache_dir
+from ..core.resolution import resolve
 from ..core.space import SearchSpace, build_space, reference_recipes, seed_recipes
+from ..engine.digest import warn
 from ..engine.leftovers import clean_workdir
+from ..engine.tensor_cache import NeedReport
 from ..engine.worker import Worker, tool_versions
 from ..errors import RecipeSearchError
 from ..formats.files import check_output_dir
+from ..formats.ggml_types import GGMLType
 from ..formats.imatrix_file import ImatrixInput
 from ..sensitivity.surrogate import Allocator, refit_allocation, seed_allocations, table_allocator
 from ..sensitivity.sweep import run_sweep
@@ -42,7 +47,7 @@ from ._interrupts import AbandonGuard
 from ._objective import Objective, trial_values
 from ._records import TrialRecord, measured_choice, role_attrs
 from ._storage import check_study_name, directions, make_sampler, storage_for
-from ._summary import searched_trials_done, study_summary
+from ._summary import frontier_records, measured_records, searched_trials_done, study_summary
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -57,6 +62,7 @@ class Preparation:
     enqueued: int
     presets_measured: int
     presets_seconds: float
+    tensor_cache: NeedReport | None = None  # the space's need against the cache's bound (None: no tensor cache)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class Study:
         self._stop_requested = False
         self._guard: AbandonGuard | None = None  # the running `run`'s, which knows the trial in flight
         self._refit_base: Allocator | None = None  # the surrogate the refitted proposals rescale, read once
+        self._frontier_pairs: dict[int, tuple[tuple[str, GGMLType], ...]] = {}  # trial number -> its (tensor, type)s
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -137,6 +144,7 @@ class Study:
         """Check the disk, compute (or read) the reference, enqueue the references and surrogate seeds
         once per study, and measure the llama.cpp presets that are not measured yet."""
         disk = check_disk(self.worker, self.config, self.space, self.scored_tokens_per_trial, self.directory)
+        need = self.tensor_cache_need(log)
         removed = clean_workdir(self.worker.workdir)
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by a killed worker")
@@ -146,7 +154,18 @@ class Study:
         start = time.perf_counter()
         presets = self.add_presets(log)
         return Preparation(disk, self.worker.reference_seconds, bool(self.worker.reference_was_cached), enqueued,
-                           presets, time.perf_counter() - start)
+                           presets, time.perf_counter() - start, need)
+
+    def tensor_cache_need(self, log: Callable[[str], None] = lambda msg: None) -> NeedReport | None:
+        """The bytes the space's (tensor, type) pairs take in the tensor cache against its bound and the disk
+        under it: logged, and one warning line on stderr when either is smaller. None without the tensor cache."""
+        if not self.worker.tensor_cache:
+            return None
+        report = self.worker.tensors.cache.need_report(space_cache_need(self.space, self.worker.inventory))
+        log(report.line)
+        if report.warning:
+            warn(report.warning)
+        return report
 
     @property
     def table_directory(self) -> Path | None:
@@ -248,11 +267,13 @@ class Study:
 
         def count_and_stop(study: optuna.Study, trial: FrozenTrial) -> None:
             counted[0] += 1
+            self.pin_frontier()
             if self._stop_requested:
                 study.stop()
             else:
                 self.propose_refit()
 
+        self.pin_frontier()
         guard = self._guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no traceback, the trial queued again
         with guard:
             objective = Objective(self.space, self.config, self.worker, self.optuna_study, on_trial_start)
@@ -260,6 +281,23 @@ class Study:
                                        callbacks=[*callbacks, count_and_stop],
                                        catch=(RecipeSearchError, OSError, MemoryError))
         return RunOutcome(counted[0], self._stop_requested)
+
+    def pin_frontier(self) -> int:
+        """Pin the tensor-cache entries of the current frontier's recipes, so that the evictions after each trial
+        keep them (llama.cpp mixtures, the presets, are left out: resolving them takes a llama.cpp dry run).
+        Returns the number of entries pinned (0 without the tensor cache)."""
+        if not self.worker.tensor_cache:
+            return 0
+        inv = self.worker.inventory
+        pairs: set[tuple[str, GGMLType]] = set()
+        for r in frontier_records(measured_records(self.optuna_study), self.optuna_study.directions):
+            if r.number not in self._frontier_pairs:
+                recipe = r.recipe if r.recipe_yaml is not None else None
+                self._frontier_pairs[r.number] = () if recipe is None or recipe.uses_mixture else tuple(
+                    (x.tensor.name, x.ggml_type) for x in resolve(recipe, inv).tensors)
+            pairs.update(self._frontier_pairs[r.number])
+        self.worker.tensors.pin((inv.by_name[name], t) for name, t in pairs)
+        return len(pairs)
 
     def run_to(self, total_trials: int) -> RunOutcome:
         """Run until the search itself has finished ``total_trials`` (a resumed study counts what it did)."""

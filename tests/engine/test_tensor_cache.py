@@ -274,3 +274,34 @@ def test_estimate_from_rates(qwen35_model) -> None:
     assert n["without_cache"] == pytest.approx(NIGHT_S / (cpu["quantize_cold"] + cpu["load"] + cpu["evaluation"]))
     assert n["without_cache"] <= n["with_cache"] <= n["all_warm"]
     assert est.active_params == pytest.approx(inv.n_elements)  # the test model has 2 experts, both used
+
+
+def test_pinned_entries_survive_eviction(dense_model, tmp_path) -> None:
+    """The study pins its frontier's entries: an eviction that would remove them (least recently used) keeps them."""
+    worker = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work")
+    tensors = worker.tensors
+    q8 = worker.resolve(recipe_from_dict({"name": "a", "unmatched": {"type": "Q8_0"}}))
+    q4 = worker.resolve(recipe_from_dict({"name": "b", "unmatched": {"type": "Q4_0"}}))
+    assemble(tensors, q8, tmp_path / "a")
+    tensors.cache.max_bytes = tensors.cache.info().bytes + 1000  # room for one recipe's tensors, not two
+    tensors.pin((r.tensor, r.ggml_type) for r in q8.tensors)
+    assemble(tensors, q4, tmp_path / "b")
+    assert all(tensors.path(r.tensor, r.ggml_type).exists() for r in [*q8.tensors, *q4.tensors])
+    tensors.pin(())
+    assemble(tensors, q4, tmp_path / "c")
+    assert not all(tensors.path(r.tensor, r.ggml_type).exists() for r in q8.tensors)
+
+
+def test_estimate_without_an_evaluation_rate_ends(qwen35_model) -> None:
+    """No demo model, so no CPU evaluation rate: the CPU night with the cache is unknown (it looped forever)."""
+    import math
+
+    from recipe_search.core.config import StudyConfig
+    from recipe_search.core.space import build_space
+    from recipe_search.engine.trial_cost import Rates, estimate
+
+    inv = read_inventory(qwen35_model)
+    space = build_space(StudyConfig(), inv, has_imatrix=False)
+    rates = Rates({t.name: 1e3 for p in space.parameters for t in p.ladder}, 1e6, 1e7, 1e-4, None, "no demo")
+    est = estimate(inv, rates, 4096, space, experts_used=2)
+    assert math.isnan(est.trials_per_night["cpu"]["with_cache"]) and est.trials_per_night["gpu"]["with_cache"] > 0
