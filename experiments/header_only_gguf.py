@@ -1,7 +1,7 @@
 """Write a header-only GGUF (tensor table, sparse data) from a ``tensors.<qtype>.map`` listing.
 
     python experiments/header_only_gguf.py ../shared/data/qwen3.5-35b-a3b/tensors.bf16.map \
-        /tmp/qwen3.5-35b-a3b-bf16.gguf --arch qwen35moe
+        q35.gguf --arch qwen35moe
 
 The file takes a few hundred KiB on disk however large the model; `recipe-search inspect`, `size`
 and `compare --model` read it like the real model. Keep it outside the repository.

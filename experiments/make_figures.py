@@ -1,6 +1,6 @@
 """Regenerate the reports' figures into experiments/figures/: a study's frontier, sensitivity charts.
 
-    python experiments/make_figures.py --dir /tmp/st-pareto --name frontier-tiny-qwen35moe \
+    python experiments/make_figures.py --dir ../rs-work/st-pareto --name frontier-tiny-qwen35moe \
         --targets 3.5bpw,4.0bpw,9MiB --sensitivity experiments/results/sensitivity-tiny-qwen35moe \
         --sensitivity-metric kld_mean --sensitivity-metric kld_p999
 

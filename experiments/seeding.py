@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--surrogate-seeds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dir", default="/tmp/rs-seeding")
-    ap.add_argument("--cache-dir", default="/tmp/rs-cache")
+    ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "rs-seeding"))
+    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "rs-cache"))
     ap.add_argument("--json", required=True)
     a = ap.parse_args(argv)
     model = resolve_model_arg(a.model)

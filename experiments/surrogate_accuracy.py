@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from contextlib import chdir
 from pathlib import Path
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--targets", type=int, default=6, help="size targets of the allocator's picks")
     ap.add_argument("--jitter", type=float, default=0.25, help="per-tensor-type spread, in ladder lengths")
-    ap.add_argument("--cache-dir", default="/tmp/rs-cache")
+    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "rs-cache"))
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cache-dir", default="/tmp/rs-cache")
+    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "rs-cache"))
     ap.add_argument("--json", required=True)
     ap.add_argument("--types", nargs="+", type=parse_type, default=list(DEFAULT_LADDER),
                     help="the ggml types to quantize to (default: the default ladder)")
