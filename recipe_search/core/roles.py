@@ -53,6 +53,7 @@ class Role(str, Enum):
     SHARED_GATE = "shared.gate"
     SHARED_DOWN = "shared.down"
     ROUTER = "router"
+    MTP = "mtp"  # a multi-token-prediction layer's own projection (GLM's nextn)
     NORM = "norm"
     OTHER = "other"
 
@@ -69,6 +70,7 @@ _BY_TENSOR: dict[gguf.MODEL_TENSOR, Role] = {
     _T.FFN_UP_EXP: Role.EXPERTS_UP, _T.FFN_GATE_EXP: Role.EXPERTS_GATE, _T.FFN_DOWN_EXP: Role.EXPERTS_DOWN,
     _T.FFN_UP_SHEXP: Role.SHARED_UP, _T.FFN_GATE_SHEXP: Role.SHARED_GATE, _T.FFN_DOWN_SHEXP: Role.SHARED_DOWN,
     _T.FFN_GATE_INP: Role.ROUTER, _T.FFN_GATE_INP_SHEXP: Role.ROUTER,
+    _T.NEXTN_EMBED_TOKENS: Role.EMBEDDING, _T.NEXTN_SHARED_HEAD_HEAD: Role.OUTPUT, _T.NEXTN_EH_PROJ: Role.MTP,
 }
 _SSM_SMALL_PREFIX = "SSM_"  # every other SSM_* tensor: convolutions, dt, A, D, alpha, beta, their norms
 

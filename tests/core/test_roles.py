@@ -110,3 +110,32 @@ def test_roles_command_tables_and_draws_two_families(dense_model, qwen35_model, 
     out = capsys.readouterr().out
     assert "ffn down first" in out and "r (llama)" in out and "r (qwen35moe)" in out and "ssm first" in out
     assert png.stat().st_size > 10_000
+
+
+def test_a_generated_glm4moe_has_roles(tmp_path) -> None:
+    """GLM-4.5's layout: a dense first block, routed and shared experts after it, a multi-token-prediction
+    (nextn) layer at the end; a header-only GGUF generated from the gguf package's own tensor list."""
+    import gguf
+
+    from recipe_search.formats.ggml_types import GGMLType, tensor_bytes
+    from recipe_search.formats.tensor_map import write_header_only
+
+    names = [gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GLM4_MOE]]
+    rows = []
+    for block in range(3):
+        for name in names:
+            if "{bid}" not in name and block:
+                continue
+            name = name.format(bid=block)
+            dense, nextn = ("ffn_up." in name + "." or "ffn_gate." in name + "." or "ffn_down." in name + "."), "nextn" in name
+            if (dense and block != 0) or (("_exps" in name or "_shexp" in name or "gate_inp" in name or "exp_probs" in name)
+                                          and block == 0) or (nextn and block != 2):
+                continue
+            shape = (256, 4, 256) if "_exps" in name else (4,) if "norm" in name or "exp_probs" in name else (256, 256)
+            rows.append((f"{name}.weight" if not name.endswith("exp_probs_b") else f"{name}.bias", shape, GGMLType.F32,
+                         tensor_bytes(GGMLType.F32, shape)))
+    inv = read_inventory(write_header_only(tmp_path / "glm4moe.gguf", "glm4moe", rows))
+    assert inv.arch == "glm4moe" and {"ffn_up", "ffn_up_exps", "ffn_up_shexp", "nextn.eh_proj"} <= set(inv.kinds)
+    assert [k for k, t in inv.kinds.items() if t.quantizable and role_of(k) is Role.OTHER] == []
+    assert role_of("nextn.eh_proj") is Role.MTP and role_of("nextn.shared_head_head") is Role.OUTPUT
+    assert role_of("ffn_up") is Role.FFN_UP and role_of("ffn_up_exps") is Role.EXPERTS_UP
