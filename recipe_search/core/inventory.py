@@ -10,10 +10,9 @@ from pathlib import Path
 
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import QUANTIZABLE_TYPES, GGMLType, bits_per_weight, fallback, tensor_bytes
-from ..formats.gguf_header import GGUFHeader, block_index, ggml_n_dims, read_header
+from ..formats.gguf_header import BLOCK_PREFIX, GGUFHeader, block_index, ggml_n_dims, read_header
 from .rule_match import NameIndex
 
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 # tensor_allows_quantization (src/llama-quant.cpp): substrings that keep a tensor at its source type
@@ -36,7 +35,7 @@ _GLM5_NEXT_SUBSTRINGS = (
 
 def tensor_kind(name: str) -> str:
     """The tensor type: the name with ``blk.N.`` and ``.weight`` stripped (``ffn_up_exps``, ``output``)."""
-    return _BLOCK.sub("", name).removesuffix(".weight")
+    return BLOCK_PREFIX.sub("", name).removesuffix(".weight")
 
 
 def allows_quantization(name: str, shape: tuple[int, ...], arch: str) -> bool:

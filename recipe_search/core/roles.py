@@ -139,10 +139,6 @@ def _source_block(block: int, n_target: int, n_source: int) -> int:
     return max(n_source - 1 - from_end, rel)
 
 
-def _n_blocks(inv: Inventory) -> int:
-    return max((t.block for t in inv.tensors if t.block is not None), default=-1) + 1
-
-
 def carry(recipe: Recipe, source: Inventory, target: Inventory) -> Carried:
     """``recipe`` (made for ``source``) carried onto ``target`` by role and depth; see the module docstring.
     The carried types are the source's intended types (before its own row-size fallbacks); the result
@@ -155,7 +151,7 @@ def carry(recipe: Recipe, source: Inventory, target: Inventory) -> Carried:
             role = role_of(r.tensor.kind)
             by_role[role][r.tensor.block].append(r.requested)  # the intended type: the target applies its own fallbacks
             kinds_of_role[role].add(r.tensor.kind)
-    n_source, n_target = _n_blocks(source), _n_blocks(target)
+    n_source, n_target = source.n_blocks, target.n_blocks
     chosen: dict[str, GGMLType] = {}
     counterparts: dict[str, str] = {}
     missing: list[str] = []
@@ -199,7 +195,7 @@ def _as_recipe(recipe: Recipe, source: Inventory, target: Inventory, chosen: dic
         rules.append(Rule(tensors=kind, type=t.name, blocks=None if every or not numbered else numbered))
     return Recipe(name=f"{recipe.name}-carried-to-{target.arch}", unmatched=recipe.unmatched, rules=rules,
                   provenance={"carried_from": {"recipe": recipe.name, "architecture": source.arch,
-                                               "blocks": _n_blocks(source)}})
+                                               "blocks": source.n_blocks}})
 
 
 #: the roles a profile groups tensors by: the kinds of one family's role
@@ -245,7 +241,7 @@ class RoleProfile:
 
 
 def role_profile(recipe: Recipe, inv: Inventory) -> RoleProfile:
-    n = _n_blocks(inv)
+    n = inv.n_blocks
     points: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     for r in resolve(recipe, inv).tensors:
         group = _ROLE_GROUP.get(role_of(r.tensor.kind))

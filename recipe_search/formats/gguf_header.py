@@ -217,11 +217,12 @@ def _check_extent(header: GGUFHeader, file_size: int) -> None:
             raise RecipeSearchError(f"truncated GGUF (tensor {t.name} runs past the end of the file)", header.path)
 
 
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
+#: the ``blk.N.`` prefix of a block's tensor names
+BLOCK_PREFIX = re.compile(r"^blk\.(\d+)\.")
 
 
 def block_index(name: str) -> int | None:
-    m = _BLOCK.match(name)
+    m = BLOCK_PREFIX.match(name)
     return int(m.group(1)) if m else None
 
 

@@ -7,7 +7,7 @@ the picked recipes (with their measurements and provenance) as YAML.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ class Selection:
     frontier: list[FrontierPoint]
     picks: list[Pick]
     tools: dict[str, str]  # the versions that measured the study
+    _ties: dict[Pick, list[dict]] = field(default_factory=dict, repr=False)  # `ties`, by pick
 
     def quality(self, c: TrialRecord) -> float:
         return float(c.metrics[self.objective])
@@ -68,7 +69,13 @@ class Selection:
 
     def ties(self, pick: Pick, n_boot: int = 1000, seed: int = 0) -> list[dict]:
         """The frontier recipes within the pick's target that it cannot be told apart from: the 95% paired chunk
-        bootstrap of the objective (pick minus other) contains 0. The decision's noise, for the picked recipe."""
+        bootstrap of the objective (pick minus other) contains 0. The decision's noise, for the picked recipe
+        (computed once per pick: `pareto` prints it and writes it into the recipe)."""
+        if pick not in self._ties:
+            self._ties[pick] = self._tied_with(pick, n_boot, seed)
+        return self._ties[pick]
+
+    def _tied_with(self, pick: Pick, n_boot: int, seed: int) -> list[dict]:
         if pick.candidate is None:
             return []
         c = self.candidates[pick.candidate]
