@@ -24,7 +24,8 @@ from ..core.resolution import Resolution
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGMLType
 from ..formats.gguf_write import TensorInfo, header_bytes, loader_order, pad, quantized_kv, split_kv, split_path
-from .tensor_cache import ModelTensors, shard_data, write_atomically
+from .tensor_cache import ModelTensors, shard_data
+from .tensor_fill import write_atomically
 
 MAX_SPLITS = 65535  # split.count is a u16
 

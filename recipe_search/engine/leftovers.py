@@ -1,7 +1,8 @@
 """Leftovers of killed runs: temporary GGUFs and half-built references whose process is gone.
 
 Every command removes them from the cache when it starts; a study's worker also cleans its own work
-directory. A leftover names its process (``trial-PID-...``, ``references/.KEY.PID.xxxx``), so files of
+directory. A leftover names its process (``trial-PID-...``, ``references/.KEY.PID.xxxx``,
+``tensors/XX/.NAME.PID-xxxx.tmp``), so files of
 a run that is still going are kept.
 """
 
@@ -44,9 +45,22 @@ def clean_references(references: Path) -> list[Path]:
     return removed
 
 
+def clean_tensor_cache(tensors: Path) -> list[Path]:
+    """Remove the tensor cache's temporary files (``.NAME.PID-RANDOM.tmp``) of dead processes."""
+    removed: list[Path] = []
+    for path in tensors.glob("*/.*.tmp") if tensors.is_dir() else ():
+        pid = path.name.removesuffix(".tmp").rpartition(".")[2].split("-")[0]
+        if pid.isdigit() and (not _alive(int(pid)) or int(pid) == os.getpid()):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def remove_stale(cache: Path) -> list[Path]:
-    """What killed runs left in the cache directory: trial GGUFs in work/, temporary references."""
-    return clean_workdir(cache / "work") + clean_references(cache / "references")
+    """What killed runs left in the cache directory: trial GGUFs in work/, temporary references, the tensor
+    cache's half-written entries."""
+    return (clean_workdir(cache / "work") + clean_references(cache / "references")
+            + clean_tensor_cache(cache / "tensors"))
 
 
 def _alive(pid: int) -> bool:

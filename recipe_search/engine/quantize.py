@@ -13,13 +13,10 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +32,9 @@ from ..errors import RecipeSearchError
 from ..formats.files import check_output_file, refuse_non_regular
 from ..formats.ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, FileType, GGMLType, is_quantized, parse_type
 from ..formats.imatrix_file import ImatrixInput
-from . import llama_log
+from . import child, llama_log
 
 PARTIAL_SUFFIX = ".partial"
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 @dataclass
 class QuantizeResult:
@@ -165,31 +161,11 @@ def _run(inp: Path, out: Path | None, params: _Params) -> str:
     return text
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``), so a SIGKILLed
-    worker leaves no orphan writing a file nobody waits for; exit now if the parent is already gone."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-#: the quantizing child's program: a fresh interpreter that takes the parent's sys.path, then its work, from stdin.
-#: Not multiprocessing's spawn, which runs the parent's __main__ again in the child: a script without an
-#: ``if __name__ == "__main__":`` guard quantized again there (and failed, a child cannot start one while bootstrapping)
-_CHILD_PROGRAM = ("import pickle, sys\n"
-                  "sys.path[:] = pickle.load(sys.stdin.buffer)\n"
-                  "from recipe_search.engine.quantize import _child_main\n"
-                  "_child_main()\n")
-
-
 def _child_main() -> None:
     """Quantize in a child process: a GGML_ASSERT there aborts the child, not the study. Its stderr is a log file
     (ggml_abort writes its message there); the outcome goes back pickled through the pipe the parent named."""
     inp, out, recipe, threads, imatrix, parent, result_fd = pickle.load(sys.stdin.buffer)
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    child.die_with_parent(parent)
     reply: tuple[str, str]
     try:
         reply = ("ok", _run(inp, out, _Params(recipe, threads, imatrix, dry_run=False)))
@@ -199,37 +175,21 @@ def _child_main() -> None:
         pickle.dump(reply, fh)
 
 
-def _start_ignoring_sigint(start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
-    """Start a process with SIGINT ignored from its first instruction (an ignored signal stays ignored
-    across exec), so a Ctrl-C while it imports cannot kill it. The parent blocks SIGINT meanwhile:
-    one that arrives then stays pending and reaches the parent's own handler afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        return start()
-    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return start()
-    finally:
-        signal.signal(signal.SIGINT, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
-
-
 def _run_isolated(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: ImatrixInput | None) -> None:
     """Run llama_model_quantize in a fresh process and turn any abort into a one-line error."""
-    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # ggml would otherwise fork a debugger and wait on it
     with tempfile.NamedTemporaryFile(prefix="recipe-search-quantize-", suffix=".log") as log:
         read_fd, write_fd = os.pipe()
         with os.fdopen(read_fd, "rb") as results:
             try:
-                proc = _start_ignoring_sigint(lambda: subprocess.Popen(
-                    [sys.executable, "-c", _CHILD_PROGRAM], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                proc = child.start_ignoring_sigint(lambda: subprocess.Popen(
+                    child.program(__name__, "_child_main"), stdin=subprocess.PIPE, stdout=log, stderr=log,
                     pass_fds=(write_fd,)))
             finally:
                 os.close(write_fd)
             try:
                 assert proc.stdin is not None
                 try:
-                    pickle.dump([p for p in sys.path if isinstance(p, str)], proc.stdin)
+                    pickle.dump(child.parent_path(), proc.stdin)
                     pickle.dump((inp, out, recipe, threads, imatrix, os.getpid(), write_fd), proc.stdin)
                     proc.stdin.close()
                 except BrokenPipeError:  # the child died before it read its work: its log says why
@@ -246,10 +206,8 @@ def _run_isolated(inp: Path, out: Path, recipe: Recipe, threads: int, imatrix: I
             return
         if status == "error":
             raise RecipeSearchError(message.removeprefix(f"{inp}: "), inp)
-        lines = [ln.strip() for ln in Path(log.name).read_text(errors="replace").splitlines() if ln.strip()]
-        why = next((ln for ln in reversed(lines) if "GGML_ASSERT" in ln or "error" in ln.lower()),
-                   lines[-1] if lines else f"exit code {proc.returncode}")
-        raise RecipeSearchError(f"llama.cpp aborted while quantizing: {why}", inp)
+        raise RecipeSearchError(f"llama.cpp aborted while quantizing: {child.abort_reason(Path(log.name), proc.returncode)}",
+                                inp)
 
 
 _TENSOR_LINE = re.compile(

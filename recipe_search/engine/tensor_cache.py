@@ -1,13 +1,8 @@
 """The quantized-tensor cache: each (model, tensor, ggml type, imatrix, build) quantized once.
 
-A tensor is quantized exactly as `llama_model_quantize_impl` / `llama_tensor_quantize_impl`
-(src/llama-quant.cpp) do it: the source rows converted to float by the source type's `to_float`
-(F16/BF16 row conversion; an F32 source is used as it is), `ggml_quantize_chunk` over runs of rows
-that never cross an expert boundary, each expert of a 3-D `*_exps` tensor with its own slice of
-the imatrix entry (`n_per_row` floats per expert), `ggml_validate_row_data` on the result. Rows are
-quantized independently, so how they are cut into chunks and threads does not change the bytes.
-A tensor whose type does not change is copied. The type is the one `resolve` computed (row-size
-fallbacks included).
+A miss is quantized as llama.cpp quantizes it (`tensor_fill`), in a child process by default
+(`fill_process`: an abort there fails one pair, not the run). The type is the one `resolve` computed
+(row-size fallbacks included).
 
 Each entry is stored as a ready split-GGUF shard (see `assemble`): a header holding only
 `split.no` (the tensor's fixed shard number) and the tensor, so a trial links the entries it needs
@@ -29,16 +24,11 @@ import contextlib
 import fcntl
 import functools
 import hashlib
-import itertools
 import json
-import mmap
 import os
 import platform
 import shutil
-import time
-import uuid
 from collections.abc import Collection, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +43,14 @@ from ..formats.ggml_types import GGMLType, is_quantized, tensor_bytes
 from ..formats.gguf_header import read_header
 from ..formats.gguf_write import pad
 from . import libggml
-from .digest import digest_of, file_digest, json_digest, warn_damaged
+from .digest import file_digest, json_digest, warn_damaged
+from .fill_process import fill_in_child
+from .tensor_fill import FillJob, WeightError, fill
 
 #: shards found intact in this process (path, device, inode): each is checked once, on its first use
 _CHECKED: set[tuple[str, int, int]] = set()
 #: what `entry_problem` says of a record without a digest (an older version wrote it): quantized again, silently
 NO_DIGEST = "no digest recorded (an older version wrote it)"
-#: floats converted and quantized at a time (llama.cpp's slabs stay under LLAMA_QUANT_MAX_BUF_SIZE too)
-_SLAB_ELEMENTS = 1 << 22
 
 
 @functools.cache
@@ -73,20 +63,6 @@ def build_id() -> str:
     return h.hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class WeightError:
-    """Squared quantization error of one tensor, imatrix-weighted per column (unweighted without one)."""
-
-    sq_error: float  # sum over elements of w_col * (dequantized - source)^2
-    sq_source: float  # sum over elements of w_col * source^2
-    weighted: bool
-    per_expert: tuple[float, ...] = ()  # sq_error of each expert of a 3-D tensor (one value for a 2-D one)
-
-    @property
-    def relative(self) -> float:
-        return self.sq_error / self.sq_source if self.sq_source > 0 else 0.0
-
-
 def _imatrix_for(tensor: Tensor, arrays: dict[str, np.ndarray] | None) -> np.ndarray | None:
     """The imatrix entry llama.cpp would use: present and of n_per_row * n_expert floats, else none
     (quantize.check_imatrix has already refused the sizes llama.cpp refuses)."""
@@ -95,57 +71,6 @@ def _imatrix_for(tensor: Tensor, arrays: dict[str, np.ndarray] | None) -> np.nda
     arr = np.ascontiguousarray(arrays[tensor.name], dtype=np.float32).ravel()
     n_expert = tensor.shape[2] if len(tensor.shape) > 2 else 1
     return arr if arr.size == tensor.shape[0] * n_expert else None
-
-
-def quantize_tensor(raw: np.ndarray, tensor: Tensor, new_type: GGMLType, imatrix: np.ndarray | None,
-                    threads: int) -> tuple[list[np.ndarray], WeightError]:
-    """Quantize one source tensor (``raw``: its bytes) to ``new_type``; returns the data in row slabs and
-    the weight error."""
-    n_per_row = tensor.shape[0]
-    rows_per_expert = tensor.shape[1] if len(tensor.shape) > 1 else 1
-    n_rows = tensor.n_elements // n_per_row
-    src_row = libggml.row_size(int(tensor.ggml_type), n_per_row)
-    dst_row = libggml.row_size(int(new_type), n_per_row)
-    if libggml.requires_imatrix(int(new_type)) and imatrix is None:
-        raise RecipeSearchError(f"ggml cannot quantize {tensor.name} to {new_type.name} without imatrix data")
-    slab_rows = max(1, min(rows_per_expert, _SLAB_ELEMENTS // n_per_row))
-    out: list[np.ndarray] = []
-    errors = np.zeros(max(1, n_rows // rows_per_expert))
-    ref = 0.0
-    first = 0
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        while first < n_rows:
-            expert = first // rows_per_expert
-            n = min(slab_rows, n_rows - first, rows_per_expert - first % rows_per_expert)
-            src = raw[first * src_row:(first + n) * src_row]
-            if tensor.ggml_type == GGMLType.F32:
-                x = src.view(np.float32).reshape(n, n_per_row)
-            else:
-                x = libggml.to_float(int(tensor.ggml_type), src, n * n_per_row).reshape(n, n_per_row)
-            w = None if imatrix is None else imatrix[expert * n_per_row:(expert + 1) * n_per_row]
-            q = np.empty((n, dst_row), dtype=np.uint8)
-            cuts = np.linspace(0, n, min(threads, n) + 1, dtype=int)
-            jobs = [pool.submit(libggml.quantize_rows, int(new_type), x[a:b], q[a:b], w)
-                    for a, b in itertools.pairwise(cuts) if b > a]
-            if not all(j.result() for j in jobs):
-                raise RecipeSearchError(f"quantized data validation failed for {tensor.name} ({new_type.name})")
-            out.append(q.reshape(-1))
-            e, r = _slab_error(x, q, new_type, w)
-            errors[expert] += e
-            ref += r
-            first += n
-    return out, WeightError(float(errors.sum()), ref, imatrix is not None, tuple(float(e) for e in errors))
-
-
-def _slab_error(x: np.ndarray, q: np.ndarray, new_type: GGMLType, w: np.ndarray | None) -> tuple[float, float]:
-    f32 = new_type == GGMLType.F32
-    d = np.zeros_like(x) if f32 else libggml.to_float(int(new_type), q, x.size).reshape(x.shape) - x
-    col_err = np.einsum("ij,ij->j", d, d).astype(np.float64)  # per column over the slab's rows, in float32
-    col_ref = np.einsum("ij,ij->j", x, x).astype(np.float64)
-    if w is None:
-        return float(col_err.sum()), float(col_ref.sum())
-    w64 = w.astype(np.float64)
-    return float(col_err @ w64), float(col_ref @ w64)
 
 
 @dataclass(frozen=True)
@@ -336,19 +261,6 @@ def record_problem(record: object) -> str | None:
     return None
 
 
-def write_atomically(path: Path, parts: Iterable[bytes | memoryview]) -> None:
-    """Stream ``parts`` into a temporary file beside ``path``, then rename it (large files: no fsync, no copy
-    in memory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.writelines(parts)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class ModelTensors:
     """One model's view of the cache: its tensors, each as a shard at its fixed split number.
 
@@ -356,9 +268,12 @@ class ModelTensors:
     """
 
     def __init__(self, cache: TensorCache, inventory: Inventory, fingerprint: str,
-                 imatrix: dict[str, np.ndarray] | None, imatrix_digest: str, threads: int = 2) -> None:
+                 imatrix: dict[str, np.ndarray] | None, imatrix_digest: str, threads: int = 2,
+                 isolated: bool = True) -> None:
         self.cache, self.inventory, self.fingerprint = cache, inventory, fingerprint
         self.imatrix, self.imatrix_digest, self.threads = imatrix, imatrix_digest, threads
+        #: quantize misses in a child process (`fill_process`), so that a GGML_ASSERT fails one trial, not the run
+        self.isolated = isolated
         self.index = {t.name: i + 1 for i, t in enumerate(inventory.tensors)}
         self.hits = self.misses = 0
         #: entries that evictions after this model's assemblies keep (a study pins its current frontier's)
@@ -437,34 +352,16 @@ class ModelTensors:
             self.shard(tensor, ggml_type)
         raise RecipeSearchError(f"no weight error recorded for {tensor.name} at {ggml_type.name}", meta)
 
-    def _source(self, tensor: Tensor) -> np.ndarray:
-        path = self.inventory.paths[tensor.file_index]
-        with open(path, "rb") as fh:
-            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        return np.frombuffer(buf, dtype=np.uint8, count=tensor.n_bytes, offset=tensor.data_offset)
-
     def _fill(self, tensor: Tensor, ggml_type: GGMLType, path: Path) -> None:
-        raw = self._source(tensor)
-        if ggml_type == tensor.ggml_type:
-            data, err = [raw], WeightError(0.0, 0.0, self.imatrix is not None)
-        elif is_quantized(tensor.ggml_type):
+        if ggml_type != tensor.ggml_type and is_quantized(tensor.ggml_type):
             raise RecipeSearchError(f"requantizing from type {tensor.ggml_type.name} is disabled ({tensor.name})",
                                     self.inventory.paths[tensor.file_index])
+        job = FillJob(self.inventory.paths[tensor.file_index], tensor, ggml_type, _imatrix_for(tensor, self.imatrix),
+                      self.imatrix is not None, self.threads, self._shard_header(tensor, ggml_type), path)
+        if self.isolated and ggml_type != tensor.ggml_type:
+            fill_in_child(job)
         else:
-            data, err = quantize_tensor(raw, tensor, ggml_type, _imatrix_for(tensor, self.imatrix), self.threads)
-        n_bytes = sum(d.nbytes for d in data)
-        if n_bytes != tensor_bytes(ggml_type, tensor.shape):
-            raise RecipeSearchError(f"{tensor.name} at {ggml_type.name}: {n_bytes} bytes quantized, "
-                                    f"{tensor_bytes(ggml_type, tensor.shape)} expected")
-        head = self._shard_header(tensor, ggml_type)
-        tail = bytes(pad(n_bytes, SHARD_ALIGNMENT) - n_bytes)
-        parts: list[bytes | memoryview] = [head, *[d.data for d in data], tail]
-        record = {"tensor": tensor.name, "type": ggml_type.name, "bytes": n_bytes, "sq_error": err.sq_error,
-                  "sq_source": err.sq_source, "weighted": err.weighted, "per_expert": list(err.per_expert),
-                  "digest": digest_of(parts), "created": time.time()}
-        record["record_digest"] = json_digest(record, "record_digest")
-        atomic_write_text(path.with_suffix(".json"), json.dumps(record))
-        write_atomically(path, parts)
+            fill(job)
 
 
 def shard_data(path: Path) -> tuple[int, int]:

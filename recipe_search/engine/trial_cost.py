@@ -34,7 +34,7 @@ from ..core.resolution import resolve
 from ..core.size import predict_size
 from ..core.space import SearchSpace
 from ..formats.ggml_types import GGMLType, fallback, is_quantized, tensor_bytes
-from .tensor_cache import quantize_tensor
+from .tensor_fill import quantize_tensor
 
 NIGHT_S = 8 * 3600
 #: assumed: a datacenter GPU's prompt-processing rate for a ~3B-active MoE at 4-5 bpw, and PCIe 5 x16
