@@ -81,6 +81,8 @@ _API = {
     "resolve": "resolution",
     "coverage": "rule_coverage",
     "lint": "rule_coverage",
+    "Placement": "placement",
+    "TensorPlace": "placement",
     "SizePrediction": "size",
     "human_bytes": "size",
     "predict_size": "size",
@@ -151,6 +153,8 @@ if TYPE_CHECKING:
     from .pareto import parse_targets as parse_targets
     from .pareto import pick_at_target as pick_at_target
     from .pareto import spearman as spearman
+    from .placement import Placement as Placement
+    from .placement import TensorPlace as TensorPlace
     from .recipe import ModelRef as ModelRef
     from .recipe import Recipe as Recipe
     from .recipe import Rule as Rule

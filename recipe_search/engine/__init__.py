@@ -18,6 +18,9 @@ _API = {
     "clean_workdir": "leftovers",
     "remove_stale": "leftovers",
     "LlamaModel": "llama",
+    "LoadedPlacement": "placement_check",
+    "gpu_offload_supported": "placement_check",
+    "load_placement": "placement_check",
     "chunk_tokens": "llama",
     "evaluate": "llama",
     "scored_range": "llama",
@@ -53,6 +56,9 @@ if TYPE_CHECKING:
     from .llama import scored_range as scored_range
     from .measurement import Measurement as Measurement
     from .measurement import StoredMeasurement as StoredMeasurement
+    from .placement_check import LoadedPlacement as LoadedPlacement
+    from .placement_check import gpu_offload_supported as gpu_offload_supported
+    from .placement_check import load_placement as load_placement
     from .quantize import ImatrixInput as ImatrixInput
     from .quantize import dry_run_types as dry_run_types
     from .quantize import quantize_model as quantize_model
