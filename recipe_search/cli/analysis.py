@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.size import human_bytes
-from . import _print_json, _recipe_args, _warn, _warn_text_overlaps, command
+from . import _device_args, _print_json, _recipe_args, _warn, _warn_text_overlaps, command
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -188,6 +188,7 @@ def compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix", help="with --score: the imatrix to quantize with")
     _add_scoring_args(p)
     _recipe_args(p)
+    _device_args(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -216,7 +217,17 @@ def compare(a: argparse.Namespace) -> int:
             return {**{k: m.metrics[k] for k in SCORE_METRICS}, "n_tokens": m.metrics["n_tokens"],
                     "file_bytes": m.file_bytes}
 
-    result = run_compare(a.recipes, model, measure, _dry_run, _recipe_options(a))
+    placement = settings = None
+    if a.placement is not None or a.run_ctx is not None:
+        from ..core.placement import Placement
+        from ..core.run_memory import ContextSettings
+
+        if model is None:
+            raise RecipeSearchError("--placement and --run-ctx need --model (the model the recipes are sized on)")
+        placement = Placement.parse(a.placement)
+        if a.run_ctx is not None:
+            settings = ContextSettings(a.run_ctx, a.parallel, a.ubatch, a.cache_type_k, a.cache_type_v)
+    result = run_compare(a.recipes, model, measure, _dry_run, _recipe_options(a), placement, settings)
     if a.json:
         _print_json(result.to_dict())
     else:

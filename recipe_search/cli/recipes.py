@@ -10,7 +10,19 @@ from ..core import limits
 from ..core.dialects import Dialect
 from ..core.size import human_bytes
 from ..core.tool_formats import EXPORTABLE
-from . import _dry_run, _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
+from . import (
+    _device_args,
+    _device_memory,
+    _dry_run,
+    _imatrix_input,
+    _int_in,
+    _load_recipe,
+    _model,
+    _print_json,
+    _recipe_args,
+    _warn,
+    command,
+)
 
 
 # -- demo-model ------------------------------------------------------------------------------------
@@ -69,9 +81,10 @@ def size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix", help="imatrix file the quantization will use (adds its metadata keys)")
     p.add_argument("--json", action="store_true")
     _recipe_args(p)
+    _device_args(p)
 
 
-@command("size", "predict the exact output size of a recipe without quantizing")
+@command("size", "predict the exact output size of a recipe without quantizing; per device with --placement/--run-ctx")
 def size(a: argparse.Namespace) -> int:
     from ..core.inventory import read_inventory
     from ..core.resolution import resolve
@@ -84,8 +97,10 @@ def size(a: argparse.Namespace) -> int:
     resolution = resolve(recipe, inv, _dry_run)
     extra = _imatrix_input(a.imatrix).kv() if a.imatrix else None
     pred = predict_size(resolution, inv, extra)
+    devices = _device_memory(a, pred, inv)
     if a.json:
-        _print_json({**pred.to_dict(), "fallbacks": {k: dict(v) for k, v in resolution.fallbacks().items()}})
+        _print_json({**pred.to_dict(), "fallbacks": {k: dict(v) for k, v in resolution.fallbacks().items()},
+                     **({"devices": devices.to_dict()} if devices else {})})
         return 0
     by_kind: dict[str, list] = {}
     for t in pred.tensors:
@@ -99,6 +114,8 @@ def size(a: argparse.Namespace) -> int:
         print(f"fallback: {kind}: " + ", ".join(f"{n} x {m}" for m, n in moves.items()))
     print(f"\nfile: {pred.file_bytes:,} bytes ({human_bytes(pred.file_bytes)}), metadata {pred.metadata_bytes:,} bytes, "
           f"{pred.bits_per_weight:.3f} bits per weight")
+    if devices:
+        print("\n" + "\n".join(devices.lines()))
     return 0
 
 

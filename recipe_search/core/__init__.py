@@ -81,6 +81,12 @@ _API = {
     "resolve": "resolution",
     "coverage": "rule_coverage",
     "lint": "rule_coverage",
+    "ContextMemory": "run_memory",
+    "ContextSettings": "run_memory",
+    "compute_estimate": "run_memory",
+    "context_memory": "run_memory",
+    "DeviceMemory": "devices",
+    "device_memory": "devices",
     "Placement": "placement",
     "TensorPlace": "placement",
     "SizePrediction": "size",
@@ -107,6 +113,8 @@ if TYPE_CHECKING:
     from .config import SpaceConfig as SpaceConfig
     from .config import StudyConfig as StudyConfig
     from .config import load_study_config as load_study_config
+    from .devices import DeviceMemory as DeviceMemory
+    from .devices import device_memory as device_memory
     from .dialects import Dialect as Dialect
     from .dialects import load_any_recipe as load_any_recipe
     from .dialects import parse_substitutions as parse_substitutions
@@ -171,6 +179,10 @@ if TYPE_CHECKING:
     from .roles import role_of as role_of
     from .rule_coverage import coverage as coverage
     from .rule_coverage import lint as lint
+    from .run_memory import ContextMemory as ContextMemory
+    from .run_memory import ContextSettings as ContextSettings
+    from .run_memory import compute_estimate as compute_estimate
+    from .run_memory import context_memory as context_memory
     from .size import SizePrediction as SizePrediction
     from .size import human_bytes as human_bytes
     from .size import predict_size as predict_size

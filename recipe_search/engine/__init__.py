@@ -18,9 +18,11 @@ _API = {
     "clean_workdir": "leftovers",
     "remove_stale": "leftovers",
     "LlamaModel": "llama",
-    "LoadedPlacement": "placement_check",
-    "gpu_offload_supported": "placement_check",
-    "load_placement": "placement_check",
+    "ContextAllocation": "allocation",
+    "LoadedPlacement": "allocation",
+    "context_allocation": "allocation",
+    "gpu_offload_supported": "allocation",
+    "load_placement": "allocation",
     "chunk_tokens": "llama",
     "evaluate": "llama",
     "scored_range": "llama",
@@ -43,6 +45,11 @@ __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
+    from .allocation import ContextAllocation as ContextAllocation
+    from .allocation import LoadedPlacement as LoadedPlacement
+    from .allocation import context_allocation as context_allocation
+    from .allocation import gpu_offload_supported as gpu_offload_supported
+    from .allocation import load_placement as load_placement
     from .demo import cache_dir as cache_dir
     from .demo import demo_model_path as demo_model_path
     from .demo import resolve_model_arg as resolve_model_arg
@@ -56,9 +63,6 @@ if TYPE_CHECKING:
     from .llama import scored_range as scored_range
     from .measurement import Measurement as Measurement
     from .measurement import StoredMeasurement as StoredMeasurement
-    from .placement_check import LoadedPlacement as LoadedPlacement
-    from .placement_check import gpu_offload_supported as gpu_offload_supported
-    from .placement_check import load_placement as load_placement
     from .quantize import ImatrixInput as ImatrixInput
     from .quantize import dry_run_types as dry_run_types
     from .quantize import quantize_model as quantize_model

@@ -87,7 +87,7 @@ def test_pattern_matching_nothing_is_an_error(dense_model: Path) -> None:
 ])
 def test_llama_cpp_overrides_the_same_tensors(model: str, flags: str, request: pytest.FixtureRequest) -> None:
     """llama.cpp's loader logs each tensor an override placed; ours must be the same list (duplicates included)."""
-    from recipe_search.engine.placement_check import load_placement
+    from recipe_search.engine.allocation import load_placement
 
     path = request.getfixturevalue(model)
     placement = Placement.parse(flags)

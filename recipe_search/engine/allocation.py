@@ -1,7 +1,8 @@
-"""What llama.cpp itself places: load a model with buffer overrides and read its loader's log.
+"""What llama.cpp itself places and allocates, read from its log.
 
-On a CPU-only build every override target is the CPU buffer, so this checks which tensors the
-override patterns catch (``std::regex_search``, first match, the duplicated output), not ``-ngl``.
+`load_placement` loads a model with buffer overrides: on a CPU-only build every override target is the
+CPU buffer, so it checks which tensors the patterns catch (``std::regex_search``, first match, the
+duplicated output), not ``-ngl``. `context_allocation` reads the buffers a context was given.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from .llama import _init_backend
 
 _OVERRIDDEN = re.compile(r"tensor (\S+) \(\d+ MiB \w+\) buffer type overridden to (\S+)")
 _MODEL_BUFFER = re.compile(r"load_tensors: +(\S+) model buffer size = +([\d.]+) MiB")
+_CACHE = re.compile(r"(llama_kv_cache|llama_memory_recurrent): size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers")
+_COMPUTE = re.compile(r"(\S+) compute buffer size = +([\d.]+) MiB")
+_OUTPUT = re.compile(r"(\S+) +output buffer size = +([\d.]+) MiB")
 
 
 class _Override(ctypes.Structure):
@@ -71,3 +75,22 @@ def load_placement(path: str | Path, placement: Placement) -> LoadedPlacement:
     text = "".join(log)
     return LoadedPlacement([m[1] for m in _OVERRIDDEN.finditer(text)],
                            {m[1]: float(m[2]) for m in _MODEL_BUFFER.finditer(text)}, size, gpu_offload_supported())
+
+
+@dataclass(frozen=True)
+class ContextAllocation:
+    """A context's buffers as llama.cpp logged them, in MiB (two decimals)."""
+
+    kv: list[tuple[float, int, int]]  # (MiB, cells, layers) per KV cache (two for a sliding-window model)
+    recurrent: list[tuple[float, int, int]]  # (MiB, rows, layers)
+    compute_mib: float
+    output_mib: float
+
+
+def context_allocation(log: str) -> ContextAllocation:
+    """Read `LlamaModel.context_log`."""
+    caches = [(m[1], (float(m[2]), int(m[3]), int(m[4]))) for m in _CACHE.finditer(log)]
+    return ContextAllocation([c for kind, c in caches if kind == "llama_kv_cache"],
+                             [c for kind, c in caches if kind == "llama_memory_recurrent"],
+                             sum(float(m[2]) for m in _COMPUTE.finditer(log)),
+                             sum(float(m[2]) for m in _OUTPUT.finditer(log)))
