@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .inventory import Inventory
-from .placement import CPU, GPU, Placement
+from .placement import CPU, GPU, Placement, TensorPlace
 from .run_memory import ContextSettings, compute_estimate, context_memory
 from .size import SizePrediction, human_bytes
 
@@ -50,11 +50,10 @@ class DeviceMemory:
         return out
 
 
-def weight_bytes(prediction: SizePrediction, inv: Inventory, placement: Placement) -> dict[str, int]:
-    """Each device's weight bytes. A tensor loaded twice (a tied output) costs again unless both copies are
-    on the CPU, where they share the mapped file."""
+def weight_bytes(prediction: SizePrediction, places: list[TensorPlace]) -> dict[str, int]:
+    """Each device's weight bytes (``places``: `Placement.place`). A tensor loaded twice (a tied output) costs
+    again unless both copies are on the CPU, where they share the mapped file."""
     size = {t.name: t.bytes for t in prediction.tensors}
-    places = placement.place(inv)
     first = {p.name: p.device for p in places if not p.duplicate}
     out = dict.fromkeys(DEVICES, 0)
     for p in places:
@@ -67,7 +66,13 @@ def device_memory(prediction: SizePrediction, inv: Inventory, placement: Placeme
                   settings: ContextSettings | None = None) -> DeviceMemory:
     """Weights of ``prediction`` placed by ``placement``; with ``settings``, the context's memory too."""
     parts = {p: dict.fromkeys(DEVICES, 0) for p in PARTS}
-    parts["weights"] = weight_bytes(prediction, inv, placement)
+    parts["weights"] = weight_bytes(prediction, placement.place(inv))
+    parts.update(_context_parts(inv, placement, settings))
+    return DeviceMemory(placement, settings, parts)
+
+
+def _context_parts(inv: Inventory, placement: Placement, settings: ContextSettings | None) -> dict[str, dict[str, int]]:
+    parts = {p: dict.fromkeys(DEVICES, 0) for p in PARTS[1:]}
     if settings is not None:
         n_layer_all = inv.n_blocks
         memory = context_memory(inv, settings)
@@ -75,4 +80,26 @@ def device_memory(prediction: SizePrediction, inv: Inventory, placement: Placeme
             parts[m.kind][GPU if placement.layer_on_gpu(m.layer, n_layer_all) else CPU] += m.bytes
         out_dev = GPU if placement.layer_on_gpu(n_layer_all, n_layer_all) else CPU
         parts["compute"][out_dev] += compute_estimate(inv, settings, memory)
-    return DeviceMemory(placement, settings, parts)
+    return parts
+
+
+class DeviceBudget:
+    """Per-device totals of many recipes for one model, placement and run context (placed once), and the
+    limits they are held to."""
+
+    def __init__(self, inv: Inventory, placement: Placement, settings: ContextSettings | None,
+                 limits: dict[str, int | None]) -> None:
+        self.places = placement.place(inv)
+        context = _context_parts(inv, placement, settings)
+        self.context = {d: sum(part[d] for part in context.values()) for d in DEVICES}
+        self.limits = {d: v for d, v in limits.items() if v is not None}
+
+    def totals(self, prediction: SizePrediction) -> dict[str, int]:
+        weights = weight_bytes(prediction, self.places)
+        return {d: weights[d] + self.context[d] for d in DEVICES}
+
+    def excess(self, totals: dict[str, int]) -> str | None:
+        """Why ``totals`` do not fit, or None."""
+        over = [f"{human_bytes(totals[d])} on the {d.upper()} > max_{d}_bytes {human_bytes(limit)}"
+                for d, limit in self.limits.items() if totals[d] > limit]
+        return "; ".join(over) or None
