@@ -9,7 +9,7 @@ from pathlib import Path
 from ..core import limits
 from ..core.dialects import Dialect
 from ..core.size import human_bytes
-from ..core.tool_formats import EXPORTABLE
+from ..core.tool_formats import EXPORT_FORMATS
 from . import (
     _device_args,
     _device_memory,
@@ -122,24 +122,46 @@ def size(a: argparse.Namespace) -> int:
 # -- export / import -------------------------------------------------------------------------------
 def export_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
-    p.add_argument("--format", choices=[d.value for d in EXPORTABLE], default=Dialect.TENSOR_TYPE_FILE.value)
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=Dialect.TENSOR_TYPE_FILE.value,
+                   help="run: the llama-quantize command and the llama-server flags that pin the placement "
+                        "(--placement, else the one a picked recipe was budgeted for; -ngl explicit, -fit off)")
     p.add_argument("-o", "--output", help="write here instead of standard output")
     _recipe_args(p)
+    _device_args(p)
 
 
-@command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
+@command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, --custom-q, or with the "
+                   "run flags of its placement")
 def export_cmd(a: argparse.Namespace) -> int:
-    from ..core.tool_formats import export
+    from ..core.tool_formats import RUN, export
     from ..formats.files import atomic_write_text, check_output_file
 
     if a.output:
         check_output_file(a.output)
-    text = export(_load_recipe(a, a.recipe), a.format)
+    recipe = _load_recipe(a, a.recipe)
+    text = export(recipe, a.format, **(_run_placement(a, recipe) if a.format == RUN else {}))
     if a.output:
         atomic_write_text(Path(a.output), text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _run_placement(a: argparse.Namespace, recipe) -> dict:
+    """The placement and run context to pin: the command line's, else those a picked recipe was budgeted for."""
+    from ..core.placement import Placement
+    from ..core.run_memory import ContextSettings
+
+    budgeted = (recipe.provenance or {}).get("devices") or {}
+    flags = a.placement if a.placement is not None else budgeted.get("placement")
+    ctx = a.run_ctx if a.run_ctx is not None else budgeted.get("ctx")
+    settings: ContextSettings | None = None
+    if a.run_ctx is None and ctx is not None:  # the budgeted context whole, as the study had it
+        settings = ContextSettings(int(ctx), int(budgeted["parallel"]), int(budgeted["ubatch"]),
+                                   str(budgeted["cache_type_k"]), str(budgeted["cache_type_v"]))
+    elif ctx is not None:
+        settings = ContextSettings(ctx, a.parallel, a.ubatch, a.cache_type_k, a.cache_type_v)
+    return {"placement": Placement.parse(flags), "settings": settings}
 
 
 def import_cmd_args(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ _API = {
     "compare": "comparison",
     "format_table": "comparison",
     "ReferenceConfig": "config",
+    "RunConfig": "config",
     "SpaceConfig": "config",
     "StudyConfig": "config",
     "load_study_config": "config",
@@ -23,6 +24,8 @@ _API = {
     "parse_substitutions": "dialects",
     "read_source": "dialects",
     "EXPORTABLE": "tool_formats",
+    "EXPORT_FORMATS": "tool_formats",
+    "run_command": "tool_formats",
     "export": "tool_formats",
     "quantize_args": "tool_formats",
     "tensor_type_file": "tool_formats",
@@ -66,6 +69,7 @@ _API = {
     "neighbour_tests": "pareto",
     "non_dominated": "pareto",
     "parse_targets": "pareto",
+    "parse_byte_size": "pareto",
     "pick_at_target": "pareto",
     "spearman": "pareto",
     "ModelRef": "recipe",
@@ -85,6 +89,7 @@ _API = {
     "ContextSettings": "run_memory",
     "compute_estimate": "run_memory",
     "context_memory": "run_memory",
+    "DeviceBudget": "devices",
     "DeviceMemory": "devices",
     "device_memory": "devices",
     "Placement": "placement",
@@ -110,9 +115,11 @@ if TYPE_CHECKING:
     from .comparison import compare as compare
     from .comparison import format_table as format_table
     from .config import ReferenceConfig as ReferenceConfig
+    from .config import RunConfig as RunConfig
     from .config import SpaceConfig as SpaceConfig
     from .config import StudyConfig as StudyConfig
     from .config import load_study_config as load_study_config
+    from .devices import DeviceBudget as DeviceBudget
     from .devices import DeviceMemory as DeviceMemory
     from .devices import device_memory as device_memory
     from .dialects import Dialect as Dialect
@@ -158,6 +165,7 @@ if TYPE_CHECKING:
     from .pareto import hypervolume_2d as hypervolume_2d
     from .pareto import neighbour_tests as neighbour_tests
     from .pareto import non_dominated as non_dominated
+    from .pareto import parse_byte_size as parse_byte_size
     from .pareto import parse_targets as parse_targets
     from .pareto import pick_at_target as pick_at_target
     from .pareto import spearman as spearman
@@ -195,7 +203,9 @@ if TYPE_CHECKING:
     from .text import TextSource as TextSource
     from .text import overlapping as overlapping
     from .text import text_sha256 as text_sha256
+    from .tool_formats import EXPORT_FORMATS as EXPORT_FORMATS
     from .tool_formats import EXPORTABLE as EXPORTABLE
     from .tool_formats import export as export
     from .tool_formats import quantize_args as quantize_args
+    from .tool_formats import run_command as run_command
     from .tool_formats import tensor_type_file as tensor_type_file

@@ -95,3 +95,33 @@ def test_llama_cpp_overrides_the_same_tensors(model: str, flags: str, request: p
     ours = [t.name for t in placement.place(read_inventory(path)) if t.override]
     assert loaded.overridden and sorted(loaded.overridden) == sorted(ours)
     assert loaded.model_bytes == read_inventory(path).n_bytes
+
+
+def test_run_export_pins_the_placement(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`export --format run`: the quantize command as `args` writes it, then -ot, an explicit -ngl and -fit off
+    (``-fit [on|off]`` in the vendored common/arg.cpp); a picked recipe brings the placement it was budgeted for."""
+    import shlex
+
+    import yaml
+
+    from recipe_search.cli import main
+    from recipe_search.core.recipe import load_recipe
+    from recipe_search.core.tool_formats import export
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nunmatched: {type: Q4_K}\nrules: [{tensors: ffn_down_exps, type: Q3_K}]\n")
+    assert main(["export", str(path), "--format", "run", "--placement", "--n-cpu-moe 2 -ngl 30", "--run-ctx", "4096"]) == 0
+    quantize, run = capsys.readouterr().out.splitlines()
+    assert quantize == export(load_recipe(path), "args").strip()
+    words = shlex.split(run)
+    assert words[words.index("-ngl") + 1] == "30" and words[words.index("-fit") + 1] == "off"
+    assert words[words.index("-c") + 1] == "4096" and words[words.index("-ctk") + 1] == "f16"
+    pinned = Placement.parse(shlex.join(words[3:7]))  # -ot ... -ngl 30, read back
+    assert [o.pattern for o in pinned.overrides] == [o.pattern for o in Placement.parse("--n-cpu-moe 2").overrides]
+    picked = yaml.safe_load(path.read_text())
+    picked["provenance"] = {"devices": {"placement": "-ot exps=CPU -ngl all", "ctx": 8192, "parallel": 2, "ubatch": 256,
+                                        "cache_type_k": "q8_0", "cache_type_v": "f16", "gpu_bytes": 1, "cpu_bytes": 2}}
+    path.write_text(yaml.safe_dump(picked))
+    assert main(["export", str(path), "--format", "run"]) == 0
+    run = capsys.readouterr().out.splitlines()[1]
+    assert "-ot exps=CPU -ngl all -fit off -c 8192 -np 2 -ub 256 -ctk q8_0 -ctv f16" in run
