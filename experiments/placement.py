@@ -94,10 +94,11 @@ def check_model(path: Path, override: str, contexts: Sequence[tuple[int, int]]) 
     loaded = load_placement(path, placement)
     ours = [p for p in placement.place(inv) if p.override]
     cpu = device_memory(_as_loaded(inv), inv, placement).parts["weights"]["cpu"]
+    rows: list[dict] = []
     out = {"model": path.name, "arch": inv.arch, "override": override,
            "overridden_same": sorted(loaded.overridden) == sorted(p.name for p in ours),
            "overridden": len(loaded.overridden), "weights_cpu": cpu, "llama_model_size": loaded.model_bytes,
-           "mapped_buffer_mib": loaded.model_buffers_mib, "contexts": []}
+           "mapped_buffer_mib": loaded.model_buffers_mib, "contexts": rows}
     for n_ctx, n_seq in contexts:
         with LlamaModel(path, n_ctx=n_ctx, n_seq=n_seq) as m:
             got = context_allocation(m.context_log)
@@ -105,12 +106,12 @@ def check_model(path: Path, override: str, contexts: Sequence[tuple[int, int]]) 
         mem = context_memory(inv, settings)
         estimate = compute_estimate(inv, settings, mem) / MIB
         measured = got.compute_mib + got.output_mib
-        out["contexts"].append({
+        rows.append({
             "n_ctx": n_ctx * n_seq, "n_seq": n_seq,
             "kv_mib": {"ours": mem.total("kv") / MIB, "llama.cpp": sum(c[0] for c in got.kv)},
             "recurrent_mib": {"ours": mem.total("recurrent") / MIB, "llama.cpp": sum(c[0] for c in got.recurrent)},
             "compute_mib": {"estimate": estimate, "llama.cpp": measured, "error": estimate / measured - 1}})
-    c = out["contexts"]
+    c = rows
     print(f"{path.name:<28} override {override!r}: {out['overridden']} tensors, same as llama.cpp: "
           f"{out['overridden_same']}; weights {cpu:,} B, llama_model_size {loaded.model_bytes:,} B; "
           + "; ".join(f"ctx {x['n_ctx']} ({x['n_seq']} seq): KV {x['kv_mib']['ours']:.2f}/{x['kv_mib']['llama.cpp']:.2f} "
@@ -133,13 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "demo-q4_k_m: the demo package's quantized original)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
+    checks: list[dict] = []
     result = {"part_one": part_one(a.map, a.source, a.pick, resolve_model_arg(a.pick_model),
-                                   ContextSettings(a.run_ctx), PLACEMENTS, a.arch), "part_two": []}
+                                   ContextSettings(a.run_ctx), PLACEMENTS, a.arch), "part_two": checks}
     for spec in a.check:
         model, _, pattern = spec.partition("=")
         path = original_path() if model == "demo-q4_k_m" else resolve_model_arg(model)
         pattern = pattern or ("exps" if any("_exps" in t.name for t in read_inventory(path).tensors) else "ffn_")
-        result["part_two"].append(check_model(path, pattern, [(512, 1), (1000, 2)]))
+        checks.append(check_model(path, pattern, [(512, 1), (1000, 2)]))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
