@@ -121,7 +121,7 @@ def test_search_and_pareto_at_a_device_target(tmp_path, dense_model) -> None:
     config = {"ctx": 128, "chunks": 4, "objectives": ["size", "kld_p99"], "surrogate_seeds": 0, "refit_every": 0,
               "placement": "-ngl 2", "run": {"ctx": 256},
               "space": {"ladder": ["Q8_0", "Q5_0", "Q4_0"], "unmatched": "Q4_0"},
-              "references": {"uniform": ["Q8_0", "Q5_0", "Q4_0"], "presets": []}}
+              "references": {"uniform": ["Q8_0", "Q5_0", "Q4_0"], "presets": ["Q4_K_M"]}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
     inv = read_inventory(dense_model)
     budget_config = StudyConfig.model_validate(config)
@@ -143,8 +143,10 @@ def test_search_and_pareto_at_a_device_target(tmp_path, dense_model) -> None:
     assert "cannot offload to a GPU" in run.stderr  # this CPU-only build only budgets the placement
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
     records = [TrialRecord.from_trial(t) for t in study.trials]
-    measured = [r for r in records if r.measured]
+    measured = [r for r in records if r.measured and r.reference != "preset-Q4_K_M"]
     assert measured and all(r.device_bytes["gpu"] <= gpu and r.device_bytes["cpu"] <= cpu for r in measured)
+    preset = next(r for r in records if r.reference == "preset-Q4_K_M")  # measured at the start, its bytes recorded
+    assert preset.measured and preset.device_bytes is not None
     refused = {r.reference for r in records if r.pruned and "max_gpu_bytes" in r.pruned}
     assert refused == over
     pareto = subprocess.run([*cli, "pareto", "--dir", str(tmp_path / "study"), "--study", "s", "--targets",
