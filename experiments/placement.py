@@ -27,19 +27,27 @@ from pathlib import Path
 
 import smoke
 
-from recipe_search.core.devices import DEVICES, device_memory
-from recipe_search.core.importer import recipe_from_inventory
-from recipe_search.core.inventory import Inventory, read_inventory
-from recipe_search.core.placement import Placement
-from recipe_search.core.recipe import Recipe, load_recipe, preset_recipe
-from recipe_search.core.resolution import resolve
-from recipe_search.core.roles import carry
-from recipe_search.core.run_memory import ContextSettings, compute_estimate, context_memory
-from recipe_search.core.size import SizePrediction, TensorSize, human_bytes, predict_size
-from recipe_search.engine.allocation import context_allocation, load_placement
-from recipe_search.engine.demo import original_path, resolve_model_arg
-from recipe_search.engine.llama import LlamaModel
-from recipe_search.engine.quantize import dry_run_types
+from recipe_search.core import (
+    DEVICES,
+    ContextSettings,
+    Inventory,
+    Placement,
+    Recipe,
+    SizePrediction,
+    TensorSize,
+    carry,
+    compute_estimate,
+    context_memory,
+    device_memory,
+    human_bytes,
+    load_recipe,
+    predict_size,
+    preset_recipe,
+    read_inventory,
+    recipe_from_inventory,
+    resolve,
+)
+from recipe_search.engine import LlamaModel, context_allocation, dry_run_types, load_placement, original_path, resolve_model_arg
 from recipe_search.formats import read_map, write_header_only
 
 PLACEMENTS = ("", "-ot exps=CPU", "--n-cpu-moe 20")

@@ -30,6 +30,7 @@ _API = {
     "quantize_args": "tool_formats",
     "tensor_type_file": "tool_formats",
     "import_recipe": "importer",
+    "recipe_from_inventory": "importer",
     "Inventory": "inventory",
     "Tensor": "inventory",
     "inventory_rows": "inventory",
@@ -89,12 +90,14 @@ _API = {
     "ContextSettings": "run_memory",
     "compute_estimate": "run_memory",
     "context_memory": "run_memory",
+    "DEVICES": "devices",
     "DeviceBudget": "devices",
     "DeviceMemory": "devices",
     "device_memory": "devices",
     "Placement": "placement",
     "TensorPlace": "placement",
     "SizePrediction": "size",
+    "TensorSize": "size",
     "human_bytes": "size",
     "predict_size": "size",
     "Parameter": "space",
@@ -119,6 +122,7 @@ if TYPE_CHECKING:
     from .config import SpaceConfig as SpaceConfig
     from .config import StudyConfig as StudyConfig
     from .config import load_study_config as load_study_config
+    from .devices import DEVICES as DEVICES
     from .devices import DeviceBudget as DeviceBudget
     from .devices import DeviceMemory as DeviceMemory
     from .devices import device_memory as device_memory
@@ -127,6 +131,7 @@ if TYPE_CHECKING:
     from .dialects import parse_substitutions as parse_substitutions
     from .dialects import read_source as read_source
     from .importer import import_recipe as import_recipe
+    from .importer import recipe_from_inventory as recipe_from_inventory
     from .inventory import Inventory as Inventory
     from .inventory import Tensor as Tensor
     from .inventory import inventory_rows as inventory_rows
@@ -192,6 +197,7 @@ if TYPE_CHECKING:
     from .run_memory import compute_estimate as compute_estimate
     from .run_memory import context_memory as context_memory
     from .size import SizePrediction as SizePrediction
+    from .size import TensorSize as TensorSize
     from .size import human_bytes as human_bytes
     from .size import predict_size as predict_size
     from .space import Parameter as Parameter

@@ -11,6 +11,7 @@ _API = {
     "cache_dir": "demo",
     "demo_model_path": "demo",
     "resolve_model_arg": "demo",
+    "original_path": "demo",
     "estimate": "trial_cost",
     "measure_rates": "trial_cost",
     "collect_imatrix": "imatrix_collect",
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from .allocation import load_placement as load_placement
     from .demo import cache_dir as cache_dir
     from .demo import demo_model_path as demo_model_path
+    from .demo import original_path as original_path
     from .demo import resolve_model_arg as resolve_model_arg
     from .imatrix_collect import collect_imatrix as collect_imatrix
     from .leftovers import TRIAL_PREFIX as TRIAL_PREFIX
