@@ -80,3 +80,9 @@ def synthetic_study(where: Path) -> Path:
     """A finished study on the dense tiny model, written by hand (tests/tiny_studies.py's ``write_synthetic_study``):
     its directory, whose ``study.db`` holds the study ``dense``."""
     return _tests_module("tiny_studies").write_synthetic_study(where / "study", dense_model(where))
+
+
+def qwen35_model(where: Path) -> Path:
+    """A tiny qwen35moe hybrid (linear and full attention, routed and shared experts), F32 (tests/tiny_models.py's
+    ``write_qwen35moe``)."""
+    return _tiny_models().write_qwen35moe(where / "qwen35moe-f32.gguf")

@@ -80,6 +80,31 @@ def _warn_text_overlaps(texts: dict[str, TextSource], imatrix: str | None) -> No
     _warn(text_overlap_warnings(texts, load_imatrix(imatrix).datasets if imatrix else ()))
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    """Where llama.cpp will run the recipe: its placement flags and the context it will allocate."""
+    p.add_argument("--placement", metavar="FLAGS",
+                   help="llama.cpp's placement flags, quoted: '-ot exps=CPU', '--cpu-moe', '--n-cpu-moe 20', '-ngl 30' "
+                        "(default: every layer on the GPU)")
+    p.add_argument("--run-ctx", type=_int_in((1, 1 << 24)), help="the context llama.cpp will run with (its -c, all "
+                   "sequences together): adds the KV cache, the recurrent state and the compute estimate")
+    p.add_argument("--parallel", type=_int_in((1, 4096)), default=1, help="sequences (llama.cpp's -np; default 1)")
+    p.add_argument("--ubatch", type=_int_in((1, 1 << 20)), default=512, help="llama.cpp's -ub (default 512)")
+    p.add_argument("--cache-type-k", default="f16", help="llama.cpp's -ctk (default f16)")
+    p.add_argument("--cache-type-v", default="f16", help="llama.cpp's -ctv (default f16)")
+
+
+def _device_memory(a: argparse.Namespace, prediction, inv):
+    """The per-device bytes of a sized recipe, or None when neither --placement nor --run-ctx was given."""
+    from ..core.devices import device_memory
+    from ..core.placement import Placement
+    from ..core.run_memory import ContextSettings
+
+    if a.placement is None and a.run_ctx is None:
+        return None
+    settings = None if a.run_ctx is None else ContextSettings(a.run_ctx, a.parallel, a.ubatch, a.cache_type_k, a.cache_type_v)
+    return device_memory(prediction, inv, Placement.parse(a.placement), settings)
+
+
 def _imatrix_input(path: str):
     from ..formats.imatrix_file import ImatrixInput
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.size import human_bytes
-from . import _print_json, _recipe_args, _warn, _warn_text_overlaps, command
+from . import _device_args, _print_json, _recipe_args, _warn, _warn_text_overlaps, command
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", help="study directory holding study.db (default: studies/<study>)")
     p.add_argument("--objective", help="quality metric to rank by (default: the study's first quality objective; "
                                        "any measured metric, e.g. kld_p99, kld_mean, same_top)")
-    p.add_argument("--targets", help="comma-separated size targets: 3.0bpw, 20GiB, 900MiB or bytes")
+    p.add_argument("--targets", help="comma-separated size targets: 3.0bpw, 20GiB, 900MiB or bytes, or bytes per device "
+                                     "under the study's placement: 24GiB-gpu+64GiB-cpu")
 
 
 def _selection(a: argparse.Namespace):
@@ -27,6 +28,20 @@ def _selection(a: argparse.Namespace):
     url = storage_url(a.storage, a.dir, a.study)
     targets = parse_targets(a.targets) if a.targets else []
     return select(load_study(url, a.study), url, a.objective, targets)
+
+
+def _nothing_fits(sel, target) -> str:
+    """Why a target has no pick: the smallest measured recipe, in the target's terms."""
+    if target.kind != "devices":
+        smallest = min(sel.candidates, key=lambda c: c.bpw if target.kind == "bpw" else c.file_bytes)
+        return (f"nothing measured fits (smallest: {smallest.name}, {smallest.bpw:.3f} bpw, "
+                f"{human_bytes(smallest.file_bytes)})")
+    placed = [c for c in sel.candidates if c.device_bytes]
+    if not placed:
+        return "the study recorded no per-device bytes (made before placements were recorded)"
+    where = sel.config.placement or "every layer on the GPU"
+    return "nothing measured fits under the study's placement (" + where + "); smallest per device: " + ", ".join(
+        f"{human_bytes(min(c.device_bytes[d] for c in placed))} {d.upper()}" for d, _ in target.devices)
 
 
 def _objective_columns(sel) -> list[str]:
@@ -48,7 +63,7 @@ def _selection_json(sel, written: dict[int, Path]) -> dict:
     for i, pick in enumerate(sel.picks):
         c = None if pick.candidate is None else sel.candidates[pick.candidate]
         picks.append({"target": pick.target.label, "trial": c and c.number, "name": c and c.name,
-                      "file_bytes": c and c.file_bytes, "bpw": c and c.bpw,
+                      "file_bytes": c and c.file_bytes, "bpw": c and c.bpw, "device_bytes": c and c.device_bytes,
                       sel.objective: c and c.metrics[sel.objective],
                       "recipe": str(written[i]) if i in written else None})
     return {"study": sel.study, "storage": sel.storage, "model": str(sel.model), "objective": sel.objective,
@@ -108,13 +123,14 @@ def pareto(a: argparse.Namespace) -> int:
         print(f"\npicks (the best measured {sel.objective} at or under each target):")
     for i, pick in enumerate(sel.picks):
         if pick.candidate is None:
-            smallest = min(sel.candidates, key=lambda c: c.bpw if pick.target.kind == "bpw" else c.file_bytes)
-            print(f"  {pick.target.label:>10}  nothing measured fits (smallest: {smallest.name}, {smallest.bpw:.3f} bpw, "
-                  f"{human_bytes(smallest.file_bytes)})")
+            print(f"  {pick.target.label:>10}  {_nothing_fits(sel, pick.target)}")
             continue
         c = sel.candidates[pick.candidate]
         point = sel.point_of(pick.candidate)
-        print(f"  {pick.target.label:>10}  trial {c.number} ({c.name}): {c.bpw:.3f} bpw, {human_bytes(c.file_bytes)}, "
+        devices = "".join(f", {human_bytes(c.device_bytes[d])} {d.upper()}" for d, _ in pick.target.devices
+                          if c.device_bytes)
+        print(f"  {pick.target.label:>10}  trial {c.number} ({c.name}): {c.bpw:.3f} bpw, {human_bytes(c.file_bytes)}"
+              f"{devices}, "
               f"{sel.objective} {c.metrics[sel.objective]:.4g}, {sel.status(point) if point else 'off the frontier'}"
               f" -> {written[i]}")
         ties = sel.ties(pick)
@@ -188,6 +204,7 @@ def compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix", help="with --score: the imatrix to quantize with")
     _add_scoring_args(p)
     _recipe_args(p)
+    _device_args(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -216,7 +233,17 @@ def compare(a: argparse.Namespace) -> int:
             return {**{k: m.metrics[k] for k in SCORE_METRICS}, "n_tokens": m.metrics["n_tokens"],
                     "file_bytes": m.file_bytes}
 
-    result = run_compare(a.recipes, model, measure, _dry_run, _recipe_options(a))
+    placement = settings = None
+    if a.placement is not None or a.run_ctx is not None:
+        from ..core.placement import Placement
+        from ..core.run_memory import ContextSettings
+
+        if model is None:
+            raise RecipeSearchError("--placement and --run-ctx need --model (the model the recipes are sized on)")
+        placement = Placement.parse(a.placement)
+        if a.run_ctx is not None:
+            settings = ContextSettings(a.run_ctx, a.parallel, a.ubatch, a.cache_type_k, a.cache_type_v)
+    result = run_compare(a.recipes, model, measure, _dry_run, _recipe_options(a), placement, settings)
     if a.json:
         _print_json(result.to_dict())
     else:

@@ -9,8 +9,20 @@ from pathlib import Path
 from ..core import limits
 from ..core.dialects import Dialect
 from ..core.size import human_bytes
-from ..core.tool_formats import EXPORTABLE
-from . import _dry_run, _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
+from ..core.tool_formats import EXPORT_FORMATS
+from . import (
+    _device_args,
+    _device_memory,
+    _dry_run,
+    _imatrix_input,
+    _int_in,
+    _load_recipe,
+    _model,
+    _print_json,
+    _recipe_args,
+    _warn,
+    command,
+)
 
 
 # -- demo-model ------------------------------------------------------------------------------------
@@ -69,9 +81,10 @@ def size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix", help="imatrix file the quantization will use (adds its metadata keys)")
     p.add_argument("--json", action="store_true")
     _recipe_args(p)
+    _device_args(p)
 
 
-@command("size", "predict the exact output size of a recipe without quantizing")
+@command("size", "predict the exact output size of a recipe without quantizing; per device with --placement/--run-ctx")
 def size(a: argparse.Namespace) -> int:
     from ..core.inventory import read_inventory
     from ..core.resolution import resolve
@@ -84,8 +97,10 @@ def size(a: argparse.Namespace) -> int:
     resolution = resolve(recipe, inv, _dry_run)
     extra = _imatrix_input(a.imatrix).kv() if a.imatrix else None
     pred = predict_size(resolution, inv, extra)
+    devices = _device_memory(a, pred, inv)
     if a.json:
-        _print_json({**pred.to_dict(), "fallbacks": {k: dict(v) for k, v in resolution.fallbacks().items()}})
+        _print_json({**pred.to_dict(), "fallbacks": {k: dict(v) for k, v in resolution.fallbacks().items()},
+                     **({"devices": devices.to_dict()} if devices else {})})
         return 0
     by_kind: dict[str, list] = {}
     for t in pred.tensors:
@@ -99,30 +114,54 @@ def size(a: argparse.Namespace) -> int:
         print(f"fallback: {kind}: " + ", ".join(f"{n} x {m}" for m, n in moves.items()))
     print(f"\nfile: {pred.file_bytes:,} bytes ({human_bytes(pred.file_bytes)}), metadata {pred.metadata_bytes:,} bytes, "
           f"{pred.bits_per_weight:.3f} bits per weight")
+    if devices:
+        print("\n" + "\n".join(devices.lines()))
     return 0
 
 
 # -- export / import -------------------------------------------------------------------------------
 def export_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
-    p.add_argument("--format", choices=[d.value for d in EXPORTABLE], default=Dialect.TENSOR_TYPE_FILE.value)
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=Dialect.TENSOR_TYPE_FILE.value,
+                   help="run: the llama-quantize command and the llama-server flags that pin the placement "
+                        "(--placement, else the one a picked recipe was budgeted for; -ngl explicit, -fit off)")
     p.add_argument("-o", "--output", help="write here instead of standard output")
     _recipe_args(p)
+    _device_args(p)
 
 
-@command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, or --custom-q")
+@command("export", "write a recipe as llama-quantize's --tensor-type-file, its command line, --custom-q, or with the "
+                   "run flags of its placement")
 def export_cmd(a: argparse.Namespace) -> int:
-    from ..core.tool_formats import export
+    from ..core.tool_formats import RUN, export
     from ..formats.files import atomic_write_text, check_output_file
 
     if a.output:
         check_output_file(a.output)
-    text = export(_load_recipe(a, a.recipe), a.format)
+    recipe = _load_recipe(a, a.recipe)
+    text = export(recipe, a.format, **(_run_placement(a, recipe) if a.format == RUN else {}))
     if a.output:
         atomic_write_text(Path(a.output), text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _run_placement(a: argparse.Namespace, recipe) -> dict:
+    """The placement and run context to pin: the command line's, else those a picked recipe was budgeted for."""
+    from ..core.placement import Placement
+    from ..core.run_memory import ContextSettings
+
+    budgeted = (recipe.provenance or {}).get("devices") or {}
+    flags = a.placement if a.placement is not None else budgeted.get("placement")
+    ctx = a.run_ctx if a.run_ctx is not None else budgeted.get("ctx")
+    settings: ContextSettings | None = None
+    if a.run_ctx is None and ctx is not None:  # the budgeted context whole, as the study had it
+        settings = ContextSettings(int(ctx), int(budgeted["parallel"]), int(budgeted["ubatch"]),
+                                   str(budgeted["cache_type_k"]), str(budgeted["cache_type_v"]))
+    elif ctx is not None:
+        settings = ContextSettings(ctx, a.parallel, a.ubatch, a.cache_type_k, a.cache_type_v)
+    return {"placement": Placement.parse(flags), "settings": settings}
 
 
 def import_cmd_args(p: argparse.ArgumentParser) -> None:

@@ -46,7 +46,8 @@ def search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all; default 0; needs a GPU build "
                                                   "of llama-cpp-python)")
     p.add_argument("--targets", help="size targets, as pareto takes them (4.5bpw,20GiB): the surrogate's allocation "
-                                     "at each is measured first, and refitted proposals come back to them")
+                                     "at each is measured first, and refitted proposals come back to them; a device "
+                                     "target (24GiB-gpu+64GiB-cpu) sets the study's device budget")
     p.add_argument("--cache-dir")
     _add_tensor_cache_arg(p)
     p.add_argument("--quiet", action="store_true")
@@ -72,31 +73,57 @@ def search(a: argparse.Namespace) -> int:
     overrides = {k: getattr(a, k) for k in ("text", "holdout_text", "ctx", "chunks", "imatrix", "seed", "sampler",
                                             "threads", "gpu_layers") if getattr(a, k) is not None}
     if a.targets:
-        overrides["target_bpw"] = _targets_bpw(model, config, a.targets)
+        overrides.update(_target_overrides(model, config, a.targets))
     config = with_overrides(config, overrides)
     if a.estimate:
         from ..core.locations import cache_dir
 
         return _estimate(model, config, cache_dir(a.cache_dir), a.json)
     _warn_text_overlap(config)
+    _warn_cpu_only(config)
     study = Study.open(model, config, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
                        tensor_cache=not a.no_tensor_cache)
     return _run_study(study, a)
 
 
-def _targets_bpw(model: Path, config: StudyConfig, text: str) -> list[float]:
-    """The config's target_bpw and the command line's targets, a file size as the bits per weight it leaves."""
-    from ..core.inventory import read_inventory
+def _target_overrides(model: Path, config: StudyConfig, text: str) -> dict:
+    """The command line's targets as config keys: size targets join target_bpw (a file size as the bits per
+    weight it leaves), a device target (24GiB-gpu+64GiB-cpu) becomes the device budget."""
     from ..core.pareto import parse_targets
+    from ..errors import RecipeSearchError
+
+    targets = parse_targets(text)
+    devices = [t for t in targets if t.kind == "devices"]
+    if len(devices) > 1:
+        raise RecipeSearchError(f"--targets: search takes one device target (the study's device budget), not "
+                                f"{', '.join(t.label for t in devices)}")
+    out: dict = {f"max_{d}_bytes": int(v) for t in devices for d, v in t.devices}
+    sizes = [t for t in targets if t.kind != "devices"]
+    if sizes:
+        out["target_bpw"] = _targets_bpw(model, config, sizes)
+    return out
+
+
+def _targets_bpw(model: Path, config: StudyConfig, targets: list) -> list[float]:
+    """The config's target_bpw and size targets, a file size as the bits per weight it leaves."""
+    from ..core.inventory import read_inventory
     from ..core.size import bpw_at_file_bytes
     from ..formats.imatrix_file import ImatrixInput
 
-    targets = parse_targets(text)
     inv = read_inventory(model)
     extra_kv = ImatrixInput.from_file(config.imatrix).kv() if config.imatrix and any(
         t.kind == "bytes" for t in targets) else None
     return sorted({*config.target_bpw, *(t.value if t.kind == "bpw" else round(bpw_at_file_bytes(inv, t.value, extra_kv), 4)
                                          for t in targets)})
+
+
+def _warn_cpu_only(config: StudyConfig) -> None:
+    """A GPU budget or placement on a build that cannot offload: the recipes are budgeted, not run, that way."""
+    from ..engine.allocation import gpu_offload_supported
+
+    if (config.max_gpu_bytes is not None or config.placement) and not gpu_offload_supported():
+        _warn(["this llama.cpp build cannot offload to a GPU: the study budgets and records bytes for the placement "
+               "given, and measures every trial on the CPU"])
 
 
 def _warn_text_overlap(config: StudyConfig) -> None:

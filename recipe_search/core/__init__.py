@@ -15,6 +15,7 @@ _API = {
     "compare": "comparison",
     "format_table": "comparison",
     "ReferenceConfig": "config",
+    "RunConfig": "config",
     "SpaceConfig": "config",
     "StudyConfig": "config",
     "load_study_config": "config",
@@ -23,10 +24,13 @@ _API = {
     "parse_substitutions": "dialects",
     "read_source": "dialects",
     "EXPORTABLE": "tool_formats",
+    "EXPORT_FORMATS": "tool_formats",
+    "run_command": "tool_formats",
     "export": "tool_formats",
     "quantize_args": "tool_formats",
     "tensor_type_file": "tool_formats",
     "import_recipe": "importer",
+    "recipe_from_inventory": "importer",
     "Inventory": "inventory",
     "Tensor": "inventory",
     "inventory_rows": "inventory",
@@ -66,6 +70,7 @@ _API = {
     "neighbour_tests": "pareto",
     "non_dominated": "pareto",
     "parse_targets": "pareto",
+    "parse_byte_size": "pareto",
     "pick_at_target": "pareto",
     "spearman": "pareto",
     "ModelRef": "recipe",
@@ -81,7 +86,18 @@ _API = {
     "resolve": "resolution",
     "coverage": "rule_coverage",
     "lint": "rule_coverage",
+    "ContextMemory": "run_memory",
+    "ContextSettings": "run_memory",
+    "compute_estimate": "run_memory",
+    "context_memory": "run_memory",
+    "DEVICES": "devices",
+    "DeviceBudget": "devices",
+    "DeviceMemory": "devices",
+    "device_memory": "devices",
+    "Placement": "placement",
+    "TensorPlace": "placement",
     "SizePrediction": "size",
+    "TensorSize": "size",
     "human_bytes": "size",
     "predict_size": "size",
     "Parameter": "space",
@@ -102,14 +118,20 @@ if TYPE_CHECKING:
     from .comparison import compare as compare
     from .comparison import format_table as format_table
     from .config import ReferenceConfig as ReferenceConfig
+    from .config import RunConfig as RunConfig
     from .config import SpaceConfig as SpaceConfig
     from .config import StudyConfig as StudyConfig
     from .config import load_study_config as load_study_config
+    from .devices import DEVICES as DEVICES
+    from .devices import DeviceBudget as DeviceBudget
+    from .devices import DeviceMemory as DeviceMemory
+    from .devices import device_memory as device_memory
     from .dialects import Dialect as Dialect
     from .dialects import load_any_recipe as load_any_recipe
     from .dialects import parse_substitutions as parse_substitutions
     from .dialects import read_source as read_source
     from .importer import import_recipe as import_recipe
+    from .importer import recipe_from_inventory as recipe_from_inventory
     from .inventory import Inventory as Inventory
     from .inventory import Tensor as Tensor
     from .inventory import inventory_rows as inventory_rows
@@ -148,9 +170,12 @@ if TYPE_CHECKING:
     from .pareto import hypervolume_2d as hypervolume_2d
     from .pareto import neighbour_tests as neighbour_tests
     from .pareto import non_dominated as non_dominated
+    from .pareto import parse_byte_size as parse_byte_size
     from .pareto import parse_targets as parse_targets
     from .pareto import pick_at_target as pick_at_target
     from .pareto import spearman as spearman
+    from .placement import Placement as Placement
+    from .placement import TensorPlace as TensorPlace
     from .recipe import ModelRef as ModelRef
     from .recipe import Recipe as Recipe
     from .recipe import Rule as Rule
@@ -167,7 +192,12 @@ if TYPE_CHECKING:
     from .roles import role_of as role_of
     from .rule_coverage import coverage as coverage
     from .rule_coverage import lint as lint
+    from .run_memory import ContextMemory as ContextMemory
+    from .run_memory import ContextSettings as ContextSettings
+    from .run_memory import compute_estimate as compute_estimate
+    from .run_memory import context_memory as context_memory
     from .size import SizePrediction as SizePrediction
+    from .size import TensorSize as TensorSize
     from .size import human_bytes as human_bytes
     from .size import predict_size as predict_size
     from .space import Parameter as Parameter
@@ -179,7 +209,9 @@ if TYPE_CHECKING:
     from .text import TextSource as TextSource
     from .text import overlapping as overlapping
     from .text import text_sha256 as text_sha256
+    from .tool_formats import EXPORT_FORMATS as EXPORT_FORMATS
     from .tool_formats import EXPORTABLE as EXPORTABLE
     from .tool_formats import export as export
     from .tool_formats import quantize_args as quantize_args
+    from .tool_formats import run_command as run_command
     from .tool_formats import tensor_type_file as tensor_type_file

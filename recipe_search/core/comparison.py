@@ -15,10 +15,13 @@ from pathlib import Path
 
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import bits_per_weight, is_quantized, parse_type
+from .devices import DEVICES, device_memory
 from .inventory import Inventory, _compact_ranges, read_inventory
+from .placement import Placement
 from .recipe import Recipe, Rule
 from .resolution import MixtureOracle, Resolution, Source, resolve
 from .rule_coverage import missing_rules
+from .run_memory import ContextSettings
 from .size import SizePrediction, human_bytes, predict_size
 
 #: the measured numbers a scored column shows
@@ -47,6 +50,7 @@ class Column:
     uncovered: list[str] = field(default_factory=list)  # mapped: tensor types (partly) left to `unmatched`
     fallbacks: dict[str, dict[str, int]] = field(default_factory=dict)
     score: dict[str, float | str] | None = None  # SCORE_METRICS, or {"error": why}
+    devices: dict | None = None  # mapped with a placement: DeviceMemory.to_dict()
 
 
 @dataclass
@@ -189,6 +193,14 @@ def format_table(cmp: Comparison) -> str:
                                                                                                        widths)))
     lines.append(f"{'overall':<{name_w}}" + "".join(
         f"{(_size_text(c) or '-'):<{w}}{(f'{c.bpw:.3f}' if c.bpw else ''):>7}  " for c, w in zip(cmp.columns, widths)))
+    if any(c.devices for c in cmp.columns):
+        for device in DEVICES:
+            lines.append(f"{device + ' bytes':<{name_w}}" + "".join(
+                f"{(human_bytes(c.devices['total'][device]) if c.devices else '-'):<{w}}{'':>7}  "
+                for c, w in zip(cmp.columns, widths)))
+        lines.append(f"{'placement':<{name_w}}{cmp.columns[0].devices['placement'] if cmp.columns[0].devices else '-'}"
+                     + ("" if not cmp.columns[0].devices or cmp.columns[0].devices["context"] is None else
+                        " (weights, KV cache, recurrent state, compute estimate)"))
     if any(c.score for c in cmp.columns):
         for m in SCORE_METRICS:
             lines.append(f"{m:<{name_w}}" + "".join(
@@ -241,10 +253,12 @@ def load_source(path: str | Path, recipe_options: dict | None = None) -> Loaded:
 
 def compare(paths: Sequence[str | Path], model: Path | None = None,
             measure: Callable[[Recipe], dict[str, float | str]] | None = None,
-            mixture: MixtureOracle | None = None, recipe_options: dict | None = None) -> Comparison:
+            mixture: MixtureOracle | None = None, recipe_options: dict | None = None,
+            placement: Placement | None = None, settings: ContextSettings | None = None) -> Comparison:
     """The comparison of ``paths``; with ``model`` each is resolved there (``mixture`` resolves recipes that
-    ask for llama.cpp's own mixture) and, with ``measure``, scored. ``recipe_options``:
-    ``unmatched``/``substitutions`` for recipes in another tool's dialect."""
+    ask for llama.cpp's own mixture), with ``placement`` sized per device (``settings``: the context too)
+    and, with ``measure``, scored. ``recipe_options``: ``unmatched``/``substitutions`` for recipes in another
+    tool's dialect."""
     sources = [load_source(p, recipe_options) for p in paths]
     if len({s.label for s in sources}) < len(sources):
         sources = [Loaded(str(p), s.recipe, s.quant, s.file_bytes) for p, s in zip(paths, sources)]
@@ -258,7 +272,10 @@ def compare(paths: Sequence[str | Path], model: Path | None = None,
     cols = []
     for s in sources:
         resolution = resolve(s.recipe, inv, mixture)
-        col = mapped_column(s.label, s.recipe, inv, resolution, predict_size(resolution, inv))
+        prediction = predict_size(resolution, inv)
+        col = mapped_column(s.label, s.recipe, inv, resolution, prediction)
+        if placement is not None:
+            col.devices = device_memory(prediction, inv, placement, settings).to_dict()
         if measure is not None:
             try:
                 col.score = measure(s.recipe)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -10,8 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import DEFAULT_LADDER, parse_file_type, parse_type
 from . import limits
+from .devices import DeviceBudget
+from .inventory import Inventory
 from .kld import MIN_TOKENS, scored_per_chunk
 from .metrics import OBJECTIVES, SIZE_OBJECTIVES
+from .pareto import parse_byte_size
+from .placement import Placement
+from .run_memory import ContextSettings
 from .text import ScoreSettings, TextSource
 from .yaml_file import load_yaml
 
@@ -100,6 +106,37 @@ class ReferenceConfig(BaseModel):
         return v
 
 
+def _as_value_error(check: Callable[[], object]) -> object:
+    """A check's RecipeSearchError as the ValueError pydantic reports with the field's name."""
+    try:
+        return check()
+    except RecipeSearchError as err:
+        raise ValueError(str(err)) from None
+
+
+class RunConfig(BaseModel):
+    """The context llama.cpp will run the recipes with: the device budgets count its KV cache, recurrent state
+    and compute estimate beside the weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ctx: int | None = Field(None, ge=1, le=1 << 24)  # llama.cpp's -c (all sequences); None: weights only
+    parallel: int = Field(1, ge=1, le=4096)  # -np
+    ubatch: int = Field(512, ge=1, le=1 << 20)  # -ub
+    cache_type_k: str = "f16"  # -ctk
+    cache_type_v: str = "f16"  # -ctv
+
+    @model_validator(mode="after")
+    def _types(self) -> RunConfig:
+        _as_value_error(self.settings)
+        return self
+
+    def settings(self) -> ContextSettings | None:
+        if self.ctx is None:
+            return None
+        return ContextSettings(self.ctx, self.parallel, self.ubatch, self.cache_type_k, self.cache_type_v)
+
+
 class StudyConfig(BaseModel):
     """Everything a study needs besides the model; stored in the study so workers can join it."""
 
@@ -117,6 +154,12 @@ class StudyConfig(BaseModel):
     max_bpw: float | None = Field(None, gt=0)
     min_bpw: float | None = Field(None, ge=0)
     max_bytes: int | None = Field(None, gt=0)
+    # where llama.cpp will run the recipes, in its own flags ('-ot exps=CPU', '--n-cpu-moe 20', '-ngl 30');
+    # None: every layer on the GPU. Each trial records its bytes per device under it
+    placement: str | None = None
+    max_gpu_bytes: int | None = Field(None, gt=0)  # bytes or a size (24GiB): weights plus the `run` context
+    max_cpu_bytes: int | None = Field(None, gt=0)
+    run: RunConfig = Field(default_factory=RunConfig)
     band: Literal["steer", "prune"] = "steer"  # a proposal outside the size band is moved into it, or pruned
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
@@ -147,6 +190,30 @@ class StudyConfig(BaseModel):
         if len(set(v)) < len(v):
             raise ValueError(f"objectives name one twice: {v}")
         return v
+
+    @field_validator("max_gpu_bytes", "max_cpu_bytes", mode="before")
+    @classmethod
+    def _byte_size(cls, v):
+        return _as_value_error(lambda: parse_byte_size(v)) if isinstance(v, str) else v
+
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, v: str | None) -> str | None:
+        if v is not None:
+            _as_value_error(lambda: Placement.parse(v))
+        return v
+
+    def run_placement(self) -> Placement:
+        return Placement.parse(self.placement)
+
+    def device_budget(self, inv: Inventory) -> DeviceBudget:
+        """Per-device totals under this config's placement and run context, held to its device budgets."""
+        return DeviceBudget(inv, self.run_placement(), self.run.settings(),
+                            {"gpu": self.max_gpu_bytes, "cpu": self.max_cpu_bytes})
+
+    @property
+    def has_device_budget(self) -> bool:
+        return self.max_gpu_bytes is not None or self.max_cpu_bytes is not None
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:

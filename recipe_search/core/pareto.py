@@ -87,19 +87,43 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 # -- targets ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
-    """A size budget: bits per weight (``4.0bpw``) or bytes (``20GiB``, ``900MiB``, ``123456789``)."""
+    """A size budget: bits per weight (``4.0bpw``), bytes (``20GiB``, ``900MiB``, ``123456789``), or bytes per
+    device (``24GiB-gpu+64GiB-cpu``: ``devices`` holds each device's limit, ``value`` their sum)."""
 
-    kind: Literal["bpw", "bytes"]
+    kind: Literal["bpw", "bytes", "devices"]
     value: float
-    label: str  # as file names carry it: ``4.00bpw``, ``20GiB``, ``123456789B``
+    label: str  # as file names carry it: ``4.00bpw``, ``20GiB``, ``123456789B``, ``24GiB-gpu+64GiB-cpu``
+    devices: tuple[tuple[str, float], ...] = ()
 
-    def pick(self, bpw: Sequence[float], file_bytes: Sequence[float], quality: Sequence[float]) -> int | None:
+    def fits(self, bpw: float, file_bytes: float, device_bytes: dict[str, int] | None = None) -> bool:
+        """Whether a recipe of this size is at or under the budget (without per-device bytes, no device budget fits)."""
+        if self.kind == "devices":
+            return device_bytes is not None and all(device_bytes[d] <= limit for d, limit in self.devices)
+        return (bpw if self.kind == "bpw" else file_bytes) <= self.value
+
+    def pick(self, bpw: Sequence[float], file_bytes: Sequence[float], quality: Sequence[float],
+             device_bytes: Sequence[dict[str, int] | None] | None = None) -> int | None:
         """The best (lowest) quality at or under this budget."""
-        return pick_at_target(bpw if self.kind == "bpw" else file_bytes, quality, self.value)
+        if self.kind != "devices":
+            return pick_at_target(bpw if self.kind == "bpw" else file_bytes, quality, self.value)
+        devices = device_bytes or [None] * len(quality)
+        fitting = [i for i in range(len(quality)) if self.fits(bpw[i], file_bytes[i], devices[i])]
+        return min(fitting, key=lambda i: (quality[i], file_bytes[i]), default=None)
+
+
+def parse_byte_size(text: str) -> int:
+    """``24GiB``, ``900MiB``, ``1.5GB`` or a whole byte count, as bytes."""
+    target = parse_target(text)
+    if target.kind != "bytes":
+        raise RecipeSearchError(f"{text!r} is not a byte size (use e.g. 24GiB, 900MiB or a byte count)")
+    return int(target.value)
 
 
 def parse_target(text: str) -> Target:
-    """``4.0bpw`` -> bits per weight; ``20GiB``/``900MiB``/``1.5GB``/``123456789`` (an integer) -> bytes."""
+    """``4.0bpw`` -> bits per weight; ``20GiB``/``900MiB``/``1.5GB``/``123456789`` (an integer) -> bytes;
+    ``24GiB-gpu+64GiB-cpu`` (either part alone too) -> bytes per device."""
+    if "-" in text:
+        return _device_target(text)
     m = _TARGET.match(text)
     unit = m["unit"].lower() if m else ""
     if not m or (unit and unit != "bpw" and unit not in _BYTE_UNITS):
@@ -116,6 +140,21 @@ def parse_target(text: str) -> Target:
     canonical = {"b": "B", "kb": "KB", "mb": "MB", "gb": "GB", "tb": "TB",
                  "kib": "KiB", "mib": "MiB", "gib": "GiB", "tib": "TiB"}[unit]
     return Target("bytes", number * _BYTE_UNITS[unit], f"{number:g}{canonical}")
+
+
+def _device_target(text: str) -> Target:
+    limits: dict[str, float] = {}
+    labels = []
+    for part in text.split("+"):
+        size, _, device = part.strip().rpartition("-")
+        if device.lower() not in ("gpu", "cpu") or not size or device.lower() in limits:
+            raise RecipeSearchError(f"bad device target {text!r} (use e.g. 24GiB-gpu+64GiB-cpu, or one of the two)")
+        t = parse_target(size)
+        if t.kind != "bytes":
+            raise RecipeSearchError(f"device target {text!r}: {size!r} is not a byte size")
+        limits[device.lower()] = t.value
+        labels.append(f"{t.label}-{device.lower()}")
+    return Target("devices", sum(limits.values()), "+".join(labels), tuple(limits.items()))
 
 
 def parse_targets(text: str) -> list[Target]:

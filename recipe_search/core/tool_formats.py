@@ -1,4 +1,5 @@
-"""Recipes in the forms other tools read: llama-quantize's --tensor-type-file and command line, ik_llama.cpp's --custom-q."""
+"""Recipes in the forms other tools read: llama-quantize's --tensor-type-file and command line, ik_llama.cpp's
+--custom-q, and the quantize command with the run flags that pin a placement (``run``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from typing import Any
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGMLType
 from .dialects import Dialect
+from .placement import Placement
 from .recipe import Recipe
+from .run_memory import ContextSettings
 
 #: the dialects a recipe can be written in (every dialect can be read: `dialects`)
 EXPORTABLE = (Dialect.TENSOR_TYPE_FILE, Dialect.ARGS, Dialect.CUSTOM_Q)
+#: the formats `export` writes: the dialects, and ``run`` (quantize, then run with the placement pinned)
+RUN = "run"
+EXPORT_FORMATS = (*(d.value for d in EXPORTABLE), RUN)
 
 
 def _type_name(t: GGMLType) -> str:
@@ -64,7 +70,25 @@ def custom_q(recipe: Recipe) -> str:
     return ",".join(toks)
 
 
+def run_command(recipe: Recipe, placement: Placement, settings: ContextSettings | None = None,
+                model: str = "MODEL-F16.gguf", out: str = "OUT.gguf") -> str:
+    """The llama-quantize command, then the llama-server flags that run the result as it was budgeted: the
+    placement's ``-ot`` overrides, an explicit ``-ngl`` and ``-fit off`` (llama.cpp's ``--fit``, on by default,
+    would otherwise move layers and context to fit the free memory), and the run context."""
+    bad = [o.pattern for o in placement.overrides if "," in o.pattern]
+    if bad:
+        raise RecipeSearchError(f"placement pattern {bad[0]!r} has a comma, which -ot would split")
+    run = ["llama-server", "-m", out, *placement.args(), "-fit", "off"]
+    if settings is not None:
+        run += ["-c", str(settings.n_ctx), "-np", str(settings.n_seq), "-ub", str(settings.n_ubatch),
+                "-ctk", settings.type_k.lower(), "-ctv", settings.type_v.lower()]
+    return quantize_args(recipe, model, out) + "\n" + " ".join(shlex.quote(a) for a in run) + "\n"
+
+
 def export(recipe: Recipe, fmt: Dialect | str, **kwargs: Any) -> str:
+    """``recipe`` as ``fmt``; ``run`` takes ``placement`` (and optionally ``settings``) as keyword arguments."""
+    if fmt == RUN:
+        return run_command(recipe, **kwargs)
     fmt = Dialect(fmt)
     if fmt not in EXPORTABLE:
         raise RecipeSearchError(f"a recipe is written as {', '.join(d.value for d in EXPORTABLE)}, not {fmt.value}")

@@ -11,6 +11,7 @@ _API = {
     "cache_dir": "demo",
     "demo_model_path": "demo",
     "resolve_model_arg": "demo",
+    "original_path": "demo",
     "estimate": "trial_cost",
     "measure_rates": "trial_cost",
     "collect_imatrix": "imatrix_collect",
@@ -18,6 +19,11 @@ _API = {
     "clean_workdir": "leftovers",
     "remove_stale": "leftovers",
     "LlamaModel": "llama",
+    "ContextAllocation": "allocation",
+    "LoadedPlacement": "allocation",
+    "context_allocation": "allocation",
+    "gpu_offload_supported": "allocation",
+    "load_placement": "allocation",
     "chunk_tokens": "llama",
     "evaluate": "llama",
     "scored_range": "llama",
@@ -40,8 +46,14 @@ __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
+    from .allocation import ContextAllocation as ContextAllocation
+    from .allocation import LoadedPlacement as LoadedPlacement
+    from .allocation import context_allocation as context_allocation
+    from .allocation import gpu_offload_supported as gpu_offload_supported
+    from .allocation import load_placement as load_placement
     from .demo import cache_dir as cache_dir
     from .demo import demo_model_path as demo_model_path
+    from .demo import original_path as original_path
     from .demo import resolve_model_arg as resolve_model_arg
     from .imatrix_collect import collect_imatrix as collect_imatrix
     from .leftovers import TRIAL_PREFIX as TRIAL_PREFIX

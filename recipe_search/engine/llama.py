@@ -145,6 +145,7 @@ class LlamaModel:
         cparams.swa_full = False
         with llama_log.captured() as log:
             self._ctx = llama_cpp.llama_init_from_model(self._model, cparams) or None
+        self.context_log = "".join(log)  #: what llama.cpp logged making the context (its buffers' sizes)
         if self._ctx is None:
             self.close()
             raise RecipeSearchError(f"llama.cpp cannot make a context for it: {_load_error(log)}", self.path)

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from ..core.config import StudyConfig
+from ..core.devices import DEVICES, DeviceBudget
 from ..core.inventory import Inventory, model_fingerprint
 from ..core.kld import percentile
 from ..core.metrics import BY_NAME, SURROGATE_METRICS
@@ -33,6 +34,8 @@ from .table import SensitivityTable, cell_key
 
 #: size bins of the dynamic programme
 DP_BINS = 2000
+#: bins per budget of the two-budget knapsack (its table is DP2_BINS² per parameter)
+DP2_BINS = 160
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class _Option:
     tensor_bytes: int
     mean: float
     tokens: np.ndarray
+    devices: tuple[int, ...] = ()  # GPU and CPU bytes relative to index 0, with a device budget
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class Allocation:
     file_bytes: int
     bpw: float
     prediction: Prediction
+    device_bytes: dict[str, int] | None = None  # with a device budget: the totals under its placement
 
 
 def _covers(p: Parameter, r: ResolvedTensor) -> bool:
@@ -133,12 +138,14 @@ class Allocator:
     the space.
     """
 
-    def __init__(self, surrogate: Surrogate, space: SearchSpace, extra_kv: dict[str, str | int] | None = None) -> None:
-        self.surrogate, self.space, self.extra_kv = surrogate, space, extra_kv
+    def __init__(self, surrogate: Surrogate, space: SearchSpace, extra_kv: dict[str, str | int] | None = None,
+                 budget: DeviceBudget | None = None) -> None:
+        self.surrogate, self.space, self.extra_kv, self.budget = surrogate, space, extra_kv, budget
         inv = surrogate.inv
         first = {p.name: 0 for p in space.parameters}
         base_resolution = resolve(space.recipe(first), inv)
         base = predict_size(base_resolution, inv, extra_kv)
+        self.base_devices = budget.totals(base) if budget else {}
         self.base_bytes, self.base_tensor_bytes, self.n_elements = base.file_bytes, base.tensor_bytes, base.n_elements
         fixed = [r for r in base_resolution.tensors if not any(_covers(p, r) for p in space.parameters)]
         self.fixed_mean, self.fixed_tokens = surrogate.contribution(fixed)
@@ -152,8 +159,9 @@ class Allocator:
                     continue
                 size = predict_size(resolution, inv, extra_kv)
                 mean, tokens = surrogate.contribution(own)
+                totals = budget.totals(size) if budget else {}
                 options.append(_Option(j, size.file_bytes - self.base_bytes, size.tensor_bytes - self.base_tensor_bytes,
-                                       mean, tokens))
+                                       mean, tokens, tuple(totals[d] - self.base_devices[d] for d in DEVICES if totals)))
             if not options:
                 raise RecipeSearchError(f"no ladder type of {p.name} has a cell in the sensitivity table",
                                         surrogate.table.directory)
@@ -194,22 +202,42 @@ class Allocator:
         if picks is None:
             lo, _ = self.size_range(unit)
             raise RecipeSearchError(f"size target {target:g} is below the smallest recipe of the ladders ({lo:g})")
-        picks = self._improve(picks, costs, cap, metric)
+        picks = self._improve(picks, [[(c,) for c in cs] for cs in costs], (cap,), metric)
+        return self._allocation(picks, f"surrogate-{target:.3f}bpw" if unit == "bpw" else f"surrogate-{int(target)}B")
+
+    def allocate_devices(self, metric: str = "kld_mean") -> Allocation:
+        """The surrogate's best recipe inside the device budget (a knapsack with a GPU and a CPU capacity)."""
+        if self.budget is None or not self.budget.limits:
+            raise RecipeSearchError("allocating by devices needs a device budget (max_gpu_bytes, max_cpu_bytes)")
+        caps = tuple(self.budget.limits.get(d, 1 << 62) - self.base_devices[d] for d in DEVICES)
+        costs = [[o.devices for o in opts] for opts in self.options]
+        picks = _knapsack2(costs, [[o.mean for o in opts] for opts in self.options], caps)
+        if picks is None:
+            raise RecipeSearchError("no recipe of the ladders fits the device budget")
+        picks = self._improve(picks, costs, caps, metric)
+        label = "+".join(f"{v}B-{d}" for d, v in self.budget.limits.items())
+        return self._allocation(picks, f"surrogate-{label}")
+
+    def _allocation(self, picks: list[int], name: str) -> Allocation:
         choice = {p.name: self.options[i][k].index for i, (p, k) in enumerate(zip(self.space.parameters, picks))}
-        recipe = self.space.recipe(choice, name=f"surrogate-{target:.3f}bpw" if unit == "bpw" else f"surrogate-{int(target)}B")
+        recipe = self.space.recipe(choice, name=name)
         resolution = resolve(recipe, self.surrogate.inv)
         size = predict_size(resolution, self.surrogate.inv, self.extra_kv)
-        return Allocation(choice, recipe, size.file_bytes, size.bits_per_weight, self.surrogate.predict(resolution))
+        return Allocation(choice, recipe, size.file_bytes, size.bits_per_weight, self.surrogate.predict(resolution),
+                          self.budget.totals(size) if self.budget else None)
 
-    def _improve(self, picks: list[int], costs: list[list[int]], cap: int, metric: str) -> list[int]:
-        """Hill-climb ``metric`` within the size cap: one parameter to any type, or one up and another down a
-        step (this also spends the room the DP's rounded-up costs left)."""
+    def _improve(self, picks: list[int], costs: list[list[tuple[int, ...]]], caps: tuple[int, ...],
+                 metric: str) -> list[int]:
+        """Hill-climb ``metric`` within the caps (one cost per cap: the size, or each device's bytes): one
+        parameter to any type, or one up and another down a step (this also spends the room the DP's
+        rounded-up costs left)."""
         picks = list(picks)
         opts = self.options
         mean = sum(opts[i][k].mean for i, k in enumerate(picks))
         tokens = self.fixed_tokens + sum(opts[i][k].tokens for i, k in enumerate(picks))
-        used = sum(costs[i][k] for i, k in enumerate(picks))
-        by_cost = [sorted(range(len(c)), key=c.__getitem__) for c in costs]
+        used = np.sum([costs[i][k] for i, k in enumerate(picks)], axis=0)
+        cap = np.array(caps)
+        by_cost = [sorted(range(len(c)), key=[sum(x) for x in c].__getitem__) for c in costs]
 
         def value(m: float, t: np.ndarray) -> float:
             return m if metric == "kld_mean" else tail_metric(t, metric)
@@ -223,7 +251,8 @@ class Allocator:
                     moves.append([(i, by_cost[i][up]), (j, by_cost[j][down])])
             best, best_value = None, current
             for move in moves:
-                if used + sum(costs[i][k] - costs[i][picks[i]] for i, k in move) > cap:
+                change = np.sum([np.subtract(costs[i][k], costs[i][picks[i]]) for i, k in move], axis=0)
+                if np.any(used + change > cap):
                     continue
                 v = value(mean + sum(opts[i][k].mean - opts[i][picks[i]].mean for i, k in move),
                           tokens + sum(opts[i][k].tokens - opts[i][picks[i]].tokens for i, k in move))
@@ -234,7 +263,7 @@ class Allocator:
             for i, k in best:
                 mean += opts[i][k].mean - opts[i][picks[i]].mean
                 tokens = tokens + opts[i][k].tokens - opts[i][picks[i]].tokens
-                used += costs[i][k] - costs[i][picks[i]]
+                used = used + np.subtract(costs[i][k], costs[i][picks[i]])
                 picks[i] = k
             current = best_value
 
@@ -273,13 +302,48 @@ def _knapsack(costs: list[list[int]], values: list[list[float]], cap: int) -> li
     return picks[::-1]
 
 
+def _knapsack2(costs: list[list[tuple[int, ...]]], values: list[list[float]], caps: tuple[int, ...]) -> list[int] | None:
+    """The multiple-choice knapsack of `_knapsack` under two capacities (GPU and CPU bytes): each cost rounded up
+    onto DP2_BINS bins of its dimension's spare room, so every answer fits both. None when nothing fits."""
+    floor = [tuple(min(c[d] for c in cs) for d in range(2)) for cs in costs]
+    spare = [caps[d] - sum(f[d] for f in floor) for d in range(2)]
+    if min(spare) < 0:
+        return None
+    n = [DP2_BINS if spare[d] > 0 else 0 for d in range(2)]
+
+    def to_bins(c: int, f: int, d: int) -> int:
+        return 0 if c == f else (-(-(c - f) * n[d] // spare[d]) if spare[d] else n[d] + 1)
+
+    bins = [[tuple(to_bins(c[d], f[d], d) for d in range(2)) for c in cs] for cs, f in zip(costs, floor)]
+    best = np.zeros((n[0] + 1, n[1] + 1))
+    taken = np.zeros((len(costs), n[0] + 1, n[1] + 1), dtype=np.int32)
+    for g, (bs, vs) in enumerate(zip(bins, values)):
+        new = np.full_like(best, np.inf)
+        for k, ((b0, b1), v) in enumerate(zip(bs, vs)):
+            if b0 > n[0] or b1 > n[1]:
+                continue
+            candidate = np.full_like(best, np.inf)
+            candidate[b0:, b1:] = best[:n[0] + 1 - b0, :n[1] + 1 - b1] + v
+            better = candidate < new
+            new[better] = candidate[better]
+            taken[g, better] = k
+        best = new
+    picks, room = [], list(n)
+    for g in range(len(costs) - 1, -1, -1):
+        k = int(taken[g, room[0], room[1]])
+        picks.append(k)
+        room = [room[d] - bins[g][k][d] for d in range(2)]
+    return picks[::-1]
+
+
 def table_allocator(config: StudyConfig, space: SearchSpace, inv: Inventory, table_dir: Path | None,
                     extra_kv: dict[str, str | int] | None) -> Allocator:
     """The allocator over ``space`` from the sensitivity table at ``table_dir`` (or the config's `sensitivity`)."""
     directory = table_dir if table_dir is not None else Path(config.sensitivity) if config.sensitivity else None
     if directory is None:
         raise RecipeSearchError("the surrogate needs a sensitivity table (`sensitivity`, or the study's own sweep)")
-    return Allocator(Surrogate(SensitivityTable.load(directory), inv), space, extra_kv)
+    budget = config.device_budget(inv) if config.has_device_budget else None
+    return Allocator(Surrogate(SensitivityTable.load(directory), inv), space, extra_kv, budget)
 
 
 def _band(config: StudyConfig, allocator: Allocator, unit: Literal["bytes", "bpw"]) -> tuple[float, float]:
@@ -309,6 +373,10 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
         sizes.append((hi, unit))  # the band's upper edge: where a budget-bound user picks
     sizes += [(lo + (hi - lo) * (i + 1) / (n + 1), unit) for i in range(n)]
     out, seen = [], set()
+    if config.has_device_budget:  # the device budget's corner: where a user with that machine picks
+        a = allocator.allocate_devices("kld_mean")
+        seen.add(tuple(sorted(a.choice.items())))
+        out.append(a)
     for target, target_unit in sizes:
         a = allocator.allocate(target, target_unit, "kld_mean")
         key = tuple(sorted(a.choice.items()))

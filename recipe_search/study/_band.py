@@ -1,9 +1,10 @@
-"""Steering proposals into the study's size band instead of throwing them away.
+"""Steering proposals into the study's size band and device budgets instead of throwing them away.
 
 A proposal above ``max_bpw``/``max_bytes`` (or below ``min_bpw``) is moved into the band one ladder step at a
 time: each step takes the parameter whose next step (smaller, or larger) changes the file the most, which
-shrinks (or grows) the largest tensors first and keeps the rest of the proposal as it was. Sizes are exact and
-additive over tensors, so every parameter's size at every ladder index is computed once.
+shrinks (or grows) the largest tensors first and keeps the rest of the proposal as it was. Over a device
+budget (``max_gpu_bytes``/``max_cpu_bytes``), each step shrinks what changes that device's bytes the most.
+Sizes are exact and additive over tensors, so every parameter's size at every ladder index is computed once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class _Sizes:
     n_elements: int
     file_delta: tuple[tuple[int, ...], ...]  # per parameter, per ladder index: file bytes relative to index 0
     tensor_delta: tuple[tuple[int, ...], ...]
+    base_devices: dict[str, int]  # per-device totals at index 0 (empty without a device budget)
+    device_delta: dict[str, tuple[tuple[int, ...], ...]]
 
 
 class BandSteer:
@@ -32,20 +35,28 @@ class BandSteer:
     def __init__(self, space: SearchSpace, inv: Inventory, config: StudyConfig,
                  extra_kv: dict[str, str | int] | None = None) -> None:
         self.space, self.config = space, config
+        self.budget = config.device_budget(inv) if config.has_device_budget else None
         first = {p.name: 0 for p in space.parameters}
         base = predict_size(resolve(space.recipe(first), inv), inv, extra_kv)
+        base_devices = self.budget.totals(base) if self.budget else {}
         file_delta, tensor_delta = [], []
+        device_delta: dict[str, list[tuple[int, ...]]] = {d: [] for d in base_devices}
         for p in space.parameters:
             sizes = [predict_size(resolve(space.recipe({**first, p.name: j}), inv), inv, extra_kv)
                      for j in range(len(p.ladder))]
             file_delta.append(tuple(s.file_bytes - base.file_bytes for s in sizes))
             tensor_delta.append(tuple(s.tensor_bytes - base.tensor_bytes for s in sizes))
-        self.sizes = _Sizes(base.file_bytes, base.tensor_bytes, base.n_elements, tuple(file_delta), tuple(tensor_delta))
+            if self.budget:
+                totals = [self.budget.totals(s) for s in sizes]
+                for d in device_delta:
+                    device_delta[d].append(tuple(t[d] - base_devices[d] for t in totals))
+        self.sizes = _Sizes(base.file_bytes, base.tensor_bytes, base.n_elements, tuple(file_delta), tuple(tensor_delta),
+                            base_devices, {d: tuple(v) for d, v in device_delta.items()})
 
     @property
     def active(self) -> bool:
         c = self.config
-        return c.max_bytes is not None or c.max_bpw is not None or c.min_bpw is not None
+        return c.max_bytes is not None or c.max_bpw is not None or c.min_bpw is not None or self.budget is not None
 
     def size(self, choice: dict[str, int]) -> tuple[int, float]:
         """(file bytes, bits per weight) of a choice."""
@@ -55,10 +66,27 @@ class BandSteer:
         tensor_bytes = s.base_tensor_bytes + sum(d[i] for d, i in zip(s.tensor_delta, idx))
         return file_bytes, tensor_bytes * 8 / s.n_elements
 
-    def _too_big(self, choice: dict[str, int]) -> bool:
+    def devices(self, choice: dict[str, int]) -> dict[str, int]:
+        """Per-device totals of a choice (empty without a device budget)."""
+        idx = [choice[p.name] for p in self.space.parameters]
+        return {d: base + sum(delta[i] for delta, i in zip(self.sizes.device_delta[d], idx))
+                for d, base in self.sizes.base_devices.items()}
+
+    def _over(self, choice: dict[str, int]) -> tuple[tuple[int, ...], ...] | None:
+        """The per-parameter deltas of the first limit ``choice`` exceeds (file size first, then a device), or None."""
         nbytes, bpw = self.size(choice)
         c = self.config
-        return (c.max_bytes is not None and nbytes > c.max_bytes) or (c.max_bpw is not None and bpw > c.max_bpw)
+        if (c.max_bytes is not None and nbytes > c.max_bytes) or (c.max_bpw is not None and bpw > c.max_bpw):
+            return self.sizes.file_delta
+        if self.budget:
+            totals = self.devices(choice)
+            for d, limit in self.budget.limits.items():
+                if totals[d] > limit:
+                    return self.sizes.device_delta[d]
+        return None
+
+    def _too_big(self, choice: dict[str, int]) -> bool:
+        return self._over(choice) is not None
 
     def _too_small(self, choice: dict[str, int]) -> bool:
         return self.config.min_bpw is not None and self.size(choice)[1] < self.config.min_bpw
@@ -70,11 +98,12 @@ class BandSteer:
         out = dict(choice)
         for too_far, overshoots, step in ((self._too_big, self._too_small, 1), (self._too_small, self._too_big, -1)):
             while too_far(out):
+                table = (self._over(out) if step == 1 else None) or self.sizes.file_delta
                 moves = []
                 for k, p in enumerate(self.space.parameters):
                     j = out[p.name] + step
                     if 0 <= j < len(p.ladder):
-                        delta = self.sizes.file_delta[k]
+                        delta = table[k]
                         if delta[j] != delta[out[p.name]]:
                             moves.append((abs(delta[j] - delta[out[p.name]]), k, j))
                 if not moves:

@@ -40,6 +40,10 @@ def check_study_inputs(config: StudyConfig, worker: Worker, space: SearchSpace) 
     if config.min_bpw is not None and largest.bits_per_weight < config.min_bpw:
         raise RecipeSearchError(f"min_bpw {config.min_bpw} is above the largest recipe of the space "
                                 f"({largest.bits_per_weight:.3f} bpw): every trial would be pruned")
+    budget = config.device_budget(inv)  # a placement pattern that matches no tensor fails here
+    over = budget.excess(budget.totals(smallest))
+    if over:
+        raise RecipeSearchError(f"no recipe of the space fits the device budget: the smallest needs {over}")
     below = [t for t in config.target_bpw if t < smallest.bits_per_weight]
     if below:
         raise RecipeSearchError(f"target_bpw {below[0]} is below the smallest recipe of the space "

@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..core.config import StudyConfig
+from ..core.devices import DeviceBudget
 from ..core.metrics import BY_NAME, FORECAST
 from ..core.size import predict_size
 from ..core.space import SearchSpace
@@ -70,6 +71,7 @@ class Objective:
         self.space, self.config, self.worker, self.study = space, config, worker, study
         self.on_trial_start = on_trial_start
         self._steer: BandSteer | None = None
+        self._budget: DeviceBudget | None = None
 
     def _steered(self, trial: optuna.Trial, choice: dict[str, int]) -> dict[str, int]:
         """The proposal moved into the size band (see `band`); a moved one records where it went."""
@@ -92,8 +94,11 @@ class Objective:
         resolution = worker.resolve(recipe)
         key = worker.result_key(resolution)
         predicted = predict_size(resolution, worker.inventory, worker.imatrix.kv() if worker.imatrix else None)
-        record_resolution(trial, key, predicted.file_bytes)
-        band = _outside_band(config, predicted.file_bytes, predicted.bits_per_weight)
+        if self._budget is None:
+            self._budget = config.device_budget(worker.inventory)
+        devices = self._budget.totals(predicted)
+        record_resolution(trial, key, predicted.file_bytes, devices)
+        band = _outside_band(config, predicted.file_bytes, predicted.bits_per_weight) or self._budget.excess(devices)
         if band:
             record_pruned(trial, band)
             raise optuna.TrialPruned(band)

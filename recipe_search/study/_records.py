@@ -46,6 +46,7 @@ class TrialRecord:
     refit: str | None = None  # the allocation of the surrogate refitted to measured trials it was enqueued from
     result_key: str | None = None  # identifies the resolved recipe and scoring setup (see Worker.result_key)
     predicted_bytes: int | None = None
+    device_bytes: dict[str, int] | None = None  # GPU and CPU bytes under the study's placement and run context
     recipe_yaml: str | None = None
     measurement: Measurement | None = None
     duplicate_of: int | None = None  # the trial whose measurement this one repeats
@@ -96,8 +97,8 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         """The ``user_attrs`` form (only the fields that are set)."""
         attrs: dict[str, Any] = {}
-        for key in ("reference", "seed", "surrogate_seed", "refit", "result_key", "predicted_bytes", "duplicate_of", "pruned",
-                    "partial_kld_mean"):
+        for key in ("reference", "seed", "surrogate_seed", "refit", "result_key", "predicted_bytes", "device_bytes",
+                    "duplicate_of", "pruned", "partial_kld_mean"):
             if getattr(self, key) is not None:
                 attrs[key] = getattr(self, key)
         if self.cached_measurement:
@@ -121,15 +122,19 @@ class TrialRecord:
         return cls(number=trial.number, values=list(values) if values else None, reference=a.get("reference"),
                    seed=a.get("seed"), surrogate_seed=a.get("surrogate_seed"), refit=a.get("refit"),
                    result_key=a.get("result_key"),
-                   predicted_bytes=a.get("predicted_bytes"), recipe_yaml=a.get("recipe"), measurement=measurement,
+                   predicted_bytes=a.get("predicted_bytes"), device_bytes=a.get("device_bytes"),
+                   recipe_yaml=a.get("recipe"), measurement=measurement,
                    duplicate_of=a.get("duplicate_of"), cached_measurement=bool(a.get("cached_measurement")),
                    pruned=a.get("pruned"), partial_kld_mean=a.get("partial_kld_mean"))
 
 
 # -- writing a live trial --------------------------------------------------------------------------
-def record_resolution(trial: _LiveTrial, result_key: str, predicted_bytes: int) -> None:
+def record_resolution(trial: _LiveTrial, result_key: str, predicted_bytes: int,
+                      device_bytes: dict[str, int] | None = None) -> None:
     trial.set_user_attr("result_key", result_key)
     trial.set_user_attr("predicted_bytes", predicted_bytes)
+    if device_bytes is not None:
+        trial.set_user_attr("device_bytes", device_bytes)
 
 
 def record_measurement(trial: _LiveTrial, recipe: Recipe, m: Measurement) -> None:

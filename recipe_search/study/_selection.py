@@ -85,8 +85,8 @@ class Selection:
         out = []
         for point in self.frontier:
             o = self.candidates[point.candidate]
-            size = o.bpw if pick.target.kind == "bpw" else o.file_bytes
-            if point.candidate == pick.candidate or size > pick.target.value or o.kld_tokens is None \
+            if point.candidate == pick.candidate or not pick.target.fits(o.bpw, o.file_bytes, o.device_bytes) \
+                    or o.kld_tokens is None \
                     or len(o.kld_tokens) != len(c.kld_tokens):
                 continue
             lo, hi = paired_bootstrap(c.kld_tokens.astype(np.float64), o.kld_tokens.astype(np.float64),
@@ -127,7 +127,8 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     tests = neighbour_tests(order, [c.kld_tokens for c in candidates], objective, scored_per_chunk(config.ctx),
                             n_boot=n_boot, seed=seed)
     frontier = [FrontierPoint(i, test) for i, test in zip(order, [None, *tests])]
-    picks = [Pick(t, t.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality))
+    picks = [Pick(t, t.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality,
+                            [c.device_bytes for c in candidates]))
              for t in targets]
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
@@ -197,6 +198,9 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
                     "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None},
         "tools": versions,
     }
+    if c.device_bytes:  # the bytes per device under the study's placement and run context (`export --format run`)
+        provenance["devices"] = {"placement": cfg.run_placement().describe(), **cfg.run.model_dump(),
+                                 **{f"{d}_bytes": n for d, n in c.device_bytes.items()}}
     return c.recipe.model_copy(update={
         "name": Path(recipe_file_name(sel, pick)).stem, "model": model,
         "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None,

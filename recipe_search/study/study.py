@@ -30,6 +30,7 @@ from ..core.config import StudyConfig
 from ..core.kld import scored_per_chunk
 from ..core.locations import cache_dir as default_cache_dir
 from ..core.resolution import resolve
+from ..core.size import predict_size
 from ..core.space import SearchSpace, build_space, reference_recipes, seed_recipes
 from ..engine.digest import warn
 from ..engine.leftovers import clean_workdir
@@ -225,8 +226,12 @@ class Study:
                 continue
             log(f"measuring reference {recipe.name}")
             m = self.worker.measure(recipe, speed="speed" in self.config.objectives)
+            resolution = self.worker.resolve(recipe)
+            extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
+            predicted = predict_size(resolution, self.worker.inventory, extra_kv)
             record = TrialRecord(-1, reference=recipe.name, recipe_yaml=recipe.to_yaml(), measurement=m,
-                                 result_key=self.worker.result_key(self.worker.resolve(recipe)))
+                                 result_key=self.worker.result_key(resolution),
+                                 device_bytes=self.config.device_budget(self.worker.inventory).totals(predicted))
             self.optuna_study.add_trial(optuna.trial.create_trial(
                 values=trial_values(self.config, m), params={}, distributions={}, user_attrs=record.to_attrs()))
             n += 1

@@ -33,13 +33,14 @@ def test_types_ggml_cannot_quantize_without_data_leave_tensor_types_the_imatrix_
 def test_size_targets_on_the_command_line_become_bits_per_weight(dense_model) -> None:
     """`search --targets 5bpw,SIZE`: a file size is the bits per weight its tensors can take after the metadata."""
     from recipe_search.cli.study import _targets_bpw
+    from recipe_search.core.pareto import parse_targets
     from recipe_search.core.recipe import uniform_recipe
     from recipe_search.core.resolution import resolve
     from recipe_search.core.size import predict_size
 
     inv = read_inventory(dense_model)
     q4 = predict_size(resolve(uniform_recipe("Q4_0"), inv), inv)
-    bpw = _targets_bpw(dense_model, StudyConfig(target_bpw=[6.0]), f"5bpw,{q4.file_bytes}")
+    bpw = _targets_bpw(dense_model, StudyConfig(target_bpw=[6.0]), parse_targets(f"5bpw,{q4.file_bytes}"))
     [from_size] = [b for b in bpw if b not in (5.0, 6.0)]
     assert bpw == sorted(bpw) and len(bpw) == 3
     assert abs(from_size - q4.bits_per_weight) < 0.01  # the uniform Q4_0 file's size gives (about) its bpw

@@ -171,6 +171,45 @@ def test_allocator_fits_the_target_and_honours_ties_and_fixed_types(sweep) -> No
         allocator.allocate(lo - 1)
 
 
+def test_allocator_under_two_device_budgets(sweep) -> None:
+    """The two-budget knapsack against every recipe of the space: inside both budgets, and the best mean KLD
+    among those that are (the attention on the CPU, the rest on the GPU: each budget binds other tensors)."""
+    from recipe_search.core.devices import device_memory
+    from recipe_search.core.placement import Placement
+
+    worker, out, _ = sweep
+    inv = worker.inventory
+    placement = "-ot attn=CPU"
+    surrogate = Surrogate(SensitivityTable.load(out), inv)
+    free = build_space(StudyConfig(space=SPACE), inv, has_imatrix=False)
+    combos = [dict(zip([p.name for p in free.parameters], c))
+              for c in itertools.product(*(range(len(p.ladder)) for p in free.parameters))]
+    devices = {tuple(c.values()): device_memory(predict_size(resolve(free.recipe(c), inv), inv), inv,
+                                                Placement.parse(placement)).parts["weights"] for c in combos}
+    gpu_all, cpu_all = sorted(d["gpu"] for d in devices.values()), sorted(d["cpu"] for d in devices.values())
+    allocated = 0
+    for q_gpu, q_cpu in ((0.3, 0.7), (0.7, 0.3), (0.5, 0.5), (0.99, 0.2)):
+        gpu, cpu = gpu_all[int(q_gpu * (len(combos) - 1))], cpu_all[int(q_cpu * (len(combos) - 1))]
+        config = StudyConfig(space=SPACE, placement=placement, max_gpu_bytes=gpu, max_cpu_bytes=cpu)
+        space = build_space(config, inv, has_imatrix=False)
+        allocator = Allocator(surrogate, space, budget=config.device_budget(inv))
+        fits = [c for c in combos if devices[tuple(c.values())]["gpu"] <= gpu and devices[tuple(c.values())]["cpu"] <= cpu]
+        if not fits:
+            with pytest.raises(RecipeSearchError, match="fits the device budget"):
+                allocator.allocate_devices()
+            continue
+        a, allocated = allocator.allocate_devices(), allocated + 1
+        assert a.device_bytes is not None and a.device_bytes["gpu"] <= gpu and a.device_bytes["cpu"] <= cpu
+        assert a.device_bytes == devices[tuple(a.choice[p.name] for p in space.parameters)]
+        assert a.prediction.kld_mean == pytest.approx(min(surrogate.predict_recipe(space.recipe(c)).kld_mean for c in fits))
+    assert allocated >= 3
+    config = StudyConfig(space=SPACE, placement=placement, max_gpu_bytes=gpu, max_cpu_bytes=cpu, sensitivity=str(out),
+                         surrogate_seeds=2)
+    first = seed_allocations(config, build_space(config, inv, has_imatrix=False), inv)[0]  # the budget's corner first
+    assert first.recipe.name.startswith("surrogate-") and first.recipe.name.endswith("-cpu")
+    assert first.device_bytes is not None and first.device_bytes["gpu"] <= gpu and first.device_bytes["cpu"] <= cpu
+
+
 def test_seeding_enqueues_surrogate_recipes(sweep, tmp_path) -> None:
     worker, out, _ = sweep
     config = StudyConfig(ctx=128, chunks=2, space=SPACE, references={"uniform": ["Q8_0"], "presets": []},

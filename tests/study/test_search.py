@@ -19,7 +19,7 @@ import pytest
 import yaml
 from paths import REPO
 
-from recipe_search.core.config import SpaceConfig, StudyConfig
+from recipe_search.core.config import RunConfig, SpaceConfig, StudyConfig
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.pareto import non_dominated
 from recipe_search.core.recipe import Recipe, Unmatched
@@ -236,6 +236,8 @@ def test_documented_study_config_is_valid(qwen35_model) -> None:
     shown = set(re.findall(r"^(?:# )?(\w+):", documented, re.M))  # min_bpw and max_bytes are shown commented out
     assert set(StudyConfig.model_fields) <= shown, set(StudyConfig.model_fields) - shown
     assert set(SpaceConfig.model_fields) <= set(re.findall(r"^  (\w+):", documented, re.M))
+    assert set(RunConfig.model_fields) <= set(re.findall(r"^  (\w+):", documented, re.M))
+    assert config.max_gpu_bytes == 24 << 30 and config.run.settings() is not None
     space = build_space(config, read_inventory(qwen35_model), has_imatrix=True)
     names = {p.name for p in space.parameters}
     assert "token_embd" not in names and "token_embd" in space.fixed
