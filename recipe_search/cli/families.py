@@ -56,11 +56,11 @@ def carry_cmd(a: argparse.Namespace) -> int:
     carried = carry(recipe, source, target, _dry_run)
     out = carried.recipe
     before = predict_size(resolve(recipe, source, _dry_run), source).bits_per_weight
-    _warn([f"{kind}: no counterpart in the {source.arch} recipe; it gets the recipe's unmatched type"
-           for kind in carried.no_counterpart] +
+    _warn([f"rule {rule}: names no tensor of the {source.arch} model; not carried" for rule in carried.unused_rules] +
           [f"{kind}: a tensor type of no role llama.cpp names in the {source.arch} model; not carried"
            for kind in carried.no_role] +
-          [f"rule {rule}: names no tensor of the {source.arch} model; not carried" for rule in carried.unused_rules])
+          [f"{kind}: no counterpart in the {source.arch} recipe; it gets the recipe's unmatched type"
+           for kind in carried.no_counterpart])
     report: dict = {"counterparts": carried.counterparts, "no_counterpart": carried.no_counterpart,
                     "no_role": carried.no_role, "unused_rules": carried.unused_rules, "source_bpw": before}
     size = predict_size(resolve(out, target), target)
