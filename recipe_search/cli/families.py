@@ -133,9 +133,9 @@ def _score(a: argparse.Namespace, onto: Path, carried, against: list, table_text
     lines.append(f"{'recipe':<44}{'size':>11}{'bpw':>7}" + "".join(f"{m + ' [95%]':>30}" for m in shown))
     for r in results:
         lines.append(f"{r.name[-43:]:<44}{human_bytes(r.file_bytes):>11}{r.bpw:>7.3f}" + "".join(
-            f"{r.holdout_metrics[m]:>10.4g} [{r.intervals[m][0]:.4g}, {r.intervals[m][1]:.4g}]".rjust(30) for m in shown))
+            f"{r.holdout_metrics[m]:.3g} [{r.intervals[m][0]:.3g}, {r.intervals[m][1]:.3g}]".rjust(30) for m in shown))
     for name, d in diffs.items():
-        lines.append(f"{'carried - ' + name[-34:]:<62}" + "".join(f"[{d[m][0]:+.4g}, {d[m][1]:+.4g}]".rjust(30)
+        lines.append(f"{'carried - ' + name[-34:]:<62}" + "".join(f"[{d[m][0]:+.3g}, {d[m][1]:+.3g}]".rjust(30)
                                                                    for m in shown))
     return {"holdout_text": settings.text.label, "ctx": a.ctx, "chunks": a.chunks,
             "recipes": [r.to_dict() for r in results],
