@@ -10,6 +10,7 @@ from .._lazy import lazy_exports
 _API = {
     "Role": "roles",
     "carry": "roles",
+    "recipe_of_types": "roles",
     "role_of": "roles",
     "SCORE_METRICS": "comparison",
     "compare": "comparison",
@@ -99,6 +100,7 @@ _API = {
     "SizePrediction": "size",
     "TensorSize": "size",
     "human_bytes": "size",
+    "padded_bytes": "size",
     "predict_size": "size",
     "Parameter": "space",
     "SearchSpace": "space",
@@ -189,6 +191,7 @@ if TYPE_CHECKING:
     from .resolution import resolve as resolve
     from .roles import Role as Role
     from .roles import carry as carry
+    from .roles import recipe_of_types as recipe_of_types
     from .roles import role_of as role_of
     from .rule_coverage import coverage as coverage
     from .rule_coverage import lint as lint
@@ -199,6 +202,7 @@ if TYPE_CHECKING:
     from .size import SizePrediction as SizePrediction
     from .size import TensorSize as TensorSize
     from .size import human_bytes as human_bytes
+    from .size import padded_bytes as padded_bytes
     from .size import predict_size as predict_size
     from .space import Parameter as Parameter
     from .space import SearchSpace as SearchSpace

@@ -24,10 +24,11 @@ from enum import Enum
 
 import gguf
 
+from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGMLType, bits_per_weight
 from .inventory import Inventory, Tensor
-from .recipe import Recipe, Rule
-from .resolution import resolve
+from .recipe import Recipe, Rule, Unmatched
+from .resolution import MixtureOracle, resolve
 
 
 class Role(str, Enum):
@@ -125,6 +126,8 @@ class Carried:
     recipe: Recipe
     counterparts: dict[str, str]  # target tensor type -> where its types came from (e.g. "ffn_down")
     no_counterpart: list[str]  # target tensor types left to the source recipe's unmatched type
+    no_role: list[str]  # source tensor types of no role llama.cpp names: not carried
+    unused_rules: list[str]  # the recipe's rules that name no tensor of the source model
 
 
 def _source_block(block: int, n_target: int, n_source: int) -> int:
@@ -139,11 +142,18 @@ def _source_block(block: int, n_target: int, n_source: int) -> int:
     return max(n_source - 1 - from_end, rel)
 
 
-def carry(recipe: Recipe, source: Inventory, target: Inventory) -> Carried:
+def carry(recipe: Recipe, source: Inventory, target: Inventory, mixture: MixtureOracle | None = None) -> Carried:
     """``recipe`` (made for ``source``) carried onto ``target`` by role and depth; see the module docstring.
     The carried types are the source's intended types (before its own row-size fallbacks); the result
-    resolves on the target with the target's fallbacks."""
-    resolved = resolve(recipe, source)
+    resolves on the target with the target's fallbacks. A recipe of llama.cpp's own mixture is resolved on the
+    source by ``mixture`` (its dry run); what has no counterpart gets the mixture's default type."""
+    resolved = resolve(recipe, source, mixture)
+    used = {r.rule for r in resolved.tensors if r.rule is not None}
+    if recipe.rules and not used:
+        raise RecipeSearchError(f"recipe {recipe.name!r}: no rule names a tensor of this {source.arch} model "
+                                "(a recipe for another model?)", source.path)
+    unused = [f"{rule.tensors}" + (f" (blocks {rule.blocks})" if rule.blocks else "")
+              for i, rule in enumerate(recipe.rules) if i not in used]
     by_role: dict[Role, dict[int | None, list[GGMLType]]] = defaultdict(lambda: defaultdict(list))
     kinds_of_role: dict[Role, set[str]] = defaultdict(set)
     for r in resolved.tensors:
@@ -168,7 +178,11 @@ def carry(recipe: Recipe, source: Inventory, target: Inventory) -> Carried:
         counterparts[kind] = ", ".join(sorted(k for r in use for k in kinds_of_role[r]))
         for t in k.tensors:
             chosen[t.name] = max((_type_at(by_role[r], t, n_target, n_source) for r in use), key=bits_per_weight)
-    return Carried(_as_recipe(recipe, source, target, chosen), counterparts, missing)
+    provenance = {"carried_from": {"recipe": recipe.name, "architecture": source.arch, "blocks": source.n_blocks}}
+    unmatched = Unmatched(type=recipe.file_type.default_type.name) if recipe.uses_mixture else recipe.unmatched
+    no_role = sorted({k for k in kinds_of_role[Role.OTHER]})
+    return Carried(recipe_of_types(f"{recipe.name}-carried-to-{target.arch}", unmatched, target, chosen, provenance),
+                   counterparts, missing, no_role, unused)
 
 
 def _type_at(blocks: dict[int | None, list[GGMLType]], t: Tensor, n_target: int, n_source: int) -> GGMLType:
@@ -182,20 +196,20 @@ def _type_at(blocks: dict[int | None, list[GGMLType]], t: Tensor, n_target: int,
     return max(set(types), key=types.count)
 
 
-def _as_recipe(recipe: Recipe, source: Inventory, target: Inventory, chosen: dict[str, GGMLType]) -> Recipe:
-    """One rule per (tensor type, ggml type) of ``chosen``, its blocks listed where a type covers only some."""
+def recipe_of_types(name: str, unmatched: Unmatched, inv: Inventory, chosen: dict[str, GGMLType],
+                    provenance: dict | None = None) -> Recipe:
+    """A recipe giving each tensor named in ``chosen`` its type: one rule per (tensor type, ggml type), its
+    blocks listed where a type covers only some; every other tensor gets ``unmatched``."""
     groups: dict[tuple[str, GGMLType], list[int | None]] = defaultdict(list)
-    for name, t in chosen.items():
-        tensor = target.by_name[name]
+    for tensor_name, t in chosen.items():
+        tensor = inv.by_name[tensor_name]
         groups[(tensor.kind, t)].append(tensor.block)
     rules = []
     for (kind, t), blocks in sorted(groups.items(), key=lambda kv: (kv[0][0], -bits_per_weight(kv[0][1]))):
-        every = len(blocks) == target.kinds[kind].count
+        every = len(blocks) == inv.kinds[kind].count
         numbered = sorted(b for b in blocks if b is not None)
         rules.append(Rule(tensors=kind, type=t.name, blocks=None if every or not numbered else numbered))
-    return Recipe(name=f"{recipe.name}-carried-to-{target.arch}", unmatched=recipe.unmatched, rules=rules,
-                  provenance={"carried_from": {"recipe": recipe.name, "architecture": source.arch,
-                                               "blocks": source.n_blocks}})
+    return Recipe(name=name, unmatched=unmatched, rules=rules, provenance=provenance)
 
 
 #: the roles a profile groups tensors by: the kinds of one family's role

@@ -71,13 +71,17 @@ def _alignment(inv: Inventory) -> int:
     return int(inv.headers[0].get("general.alignment", DEFAULT_ALIGNMENT))
 
 
+def padded_bytes(inv: Inventory, n_bytes: int) -> int:
+    """What a tensor of ``n_bytes`` takes in ``inv``'s quantized file: padded to the alignment."""
+    return _pad(n_bytes, _alignment(inv))
+
+
 def predict_size(resolution: Resolution, inv: Inventory, extra_kv: dict[str, str | int] | None = None) -> SizePrediction:
     """Predict the output file of quantizing ``inv`` by ``resolution`` (``extra_kv``: the imatrix keys)."""
-    align = _alignment(inv)
     rows = [TensorSize(r.tensor.name, r.tensor.kind, r.ggml_type.name, r.tensor.n_elements,
                        tensor_bytes(r.ggml_type, r.tensor.shape)) for r in resolution.tensors]
     meta = metadata_bytes(inv, extra_kv)
-    data = sum(_pad(t.bytes, align) for t in rows)
+    data = sum(padded_bytes(inv, t.bytes) for t in rows)
     return SizePrediction(meta + data, meta, sum(t.bytes for t in rows), sum(t.n_elements for t in rows), rows)
 
 

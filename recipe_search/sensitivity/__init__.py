@@ -13,6 +13,8 @@ _API = {
     "refit_allocation": "surrogate",
     "seed_allocations": "surrogate",
     "table_allocator": "surrogate",
+    "Rescaled": "rescaling",
+    "rescale": "rescaling",
     "default_out": "sweep",
     "run_sweep": "sweep",
     "SensitivityTable": "table",
@@ -23,6 +25,8 @@ __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
+    from .rescaling import Rescaled as Rescaled
+    from .rescaling import rescale as rescale
     from .surrogate import Allocator as Allocator
     from .surrogate import Surrogate as Surrogate
     from .surrogate import refit_allocation as refit_allocation

@@ -14,6 +14,7 @@ _API = {
     "prune_decision": "_early_stopping",
     "Chosen": "_holdout",
     "holdout_record": "_holdout",
+    "paired_differences": "_holdout",
     "rank_agreement": "_holdout",
     "text_overlap_warnings": "_holdout",
     "validate": "_holdout",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from ._early_stopping import prune_decision as prune_decision
     from ._holdout import Chosen as Chosen
     from ._holdout import holdout_record as holdout_record
+    from ._holdout import paired_differences as paired_differences
     from ._holdout import rank_agreement as rank_agreement
     from ._holdout import text_overlap_warnings as text_overlap_warnings
     from ._holdout import validate as validate

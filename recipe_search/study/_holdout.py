@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.kld import bootstrap_ci
+from ..core.kld import bootstrap_ci, paired_bootstrap
 from ..core.metrics import TAIL_STATISTICS, statistic_of
 from ..core.pareto import spearman
 from ..core.recipe import Recipe
@@ -76,6 +76,17 @@ def validate(worker: Worker, chosen: Sequence[Chosen], n_boot: int = 1000, seed:
         out.append(Validated(c.name, m.file_bytes, m.bpw, c.search_metrics, m.metrics, intervals,
                              m.kld_tokens, m.cached))
     return out
+
+
+def paired_differences(a: Validated, b: Validated, chunk_tokens: int, n_boot: int = 1000,
+                       seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Per statistic, the 95% interval of a's minus b's, the same held-out chunks resampled for both
+    (an interval above 0: ``a`` is worse)."""
+    if len(a.kld_tokens) != len(b.kld_tokens):
+        raise RecipeSearchError(f"{a.name} and {b.name} were measured on different tokens")
+    return {name: paired_bootstrap(np.asarray(a.kld_tokens, np.float64), np.asarray(b.kld_tokens, np.float64),
+                                   statistic_of(name), chunk_tokens, n_boot=n_boot, seed=seed)
+            for name in VALIDATED_METRICS}
 
 
 def rank_agreement(results: Sequence[Validated]) -> dict[str, float | None]:

@@ -139,3 +139,32 @@ def test_a_generated_glm4moe_has_roles(tmp_path) -> None:
     assert [k for k, t in inv.kinds.items() if t.quantizable and role_of(k) is Role.OTHER] == []
     assert role_of("nextn.eh_proj") is Role.MTP and role_of("nextn.shared_head_head") is Role.OUTPUT
     assert role_of("ffn_up") is Role.FFN_UP and role_of("ffn_up_exps") is Role.EXPERTS_UP
+
+
+@pytest.mark.parametrize("onto", ["qwen_35b", "tiny_qwen35moe_real"])
+def test_the_demo_pick_carried_onto_the_hybrid_moe_models(request, demo_model, onto: str) -> None:
+    """The Done-when of issue 26 on the real models: routed and shared experts within 0.25 bpw of the demo's
+    dense FFN of the same kind, every role present in both within 0.25 bpw of the demo's, before fallbacks."""
+    from pathlib import Path
+
+    from recipe_search.core.recipe import load_recipe
+
+    demo, target = read_inventory(demo_model), read_inventory(request.getfixturevalue(onto))
+    pick = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "gemma-3-270m-f16-5.00bpw-kld_p99.yaml")
+    carried = carry(pick, demo, target)
+
+    def bpw_by_role(recipe, inv) -> dict[Role, set[float]]:
+        out: dict[Role, set[float]] = {}
+        for r in resolve(recipe, inv).tensors:
+            if r.tensor.quantizable:
+                out.setdefault(role_of(r.tensor.kind), set()).add(bits_per_weight(r.requested))
+        return out
+
+    source, got = bpw_by_role(pick, demo), bpw_by_role(carried.recipe, target)
+    kinds = {Role.FFN_UP: (Role.EXPERTS_UP, Role.SHARED_UP), Role.FFN_GATE: (Role.EXPERTS_GATE, Role.SHARED_GATE),
+             Role.FFN_DOWN: (Role.EXPERTS_DOWN, Role.SHARED_DOWN)}
+    pairs = [(dense, moe) for dense, moes in kinds.items() for moe in moes]
+    pairs += [(role, role) for role in set(source) & set(got)]
+    assert len(pairs) >= 10
+    for from_role, to_role in pairs:
+        assert all(abs(b - a) <= 0.25 for a in source[from_role] for b in got[to_role]), (from_role, to_role)
