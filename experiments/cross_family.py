@@ -14,10 +14,9 @@ with the same ``--work`` reuses what is there.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shlex
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -26,7 +25,6 @@ from pathlib import Path
 import smoke
 
 import recipe_search as rs
-from recipe_search.cli import main as cli
 from recipe_search.engine import dry_run_types, resolve_model_arg
 from recipe_search.formats import atomic_write_text
 
@@ -36,12 +34,11 @@ WIKI = "../shared/data/wikitext-2-raw/wiki.test.raw"
 def _run(args: list[str], json_out: bool = False) -> dict | None:
     """One `recipe-search` command, printed; its JSON when asked for."""
     print("recipe-search " + shlex.join(args), file=sys.stderr, flush=True)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf if json_out else sys.stderr):
-        code = cli([*args, "--json"] if json_out else args)
-    if code:
-        raise SystemExit(f"recipe-search {args[0]} exited {code}")
-    return json.loads(buf.getvalue()) if json_out else None
+    run = subprocess.run([sys.executable, "-m", "recipe_search.cli", *args, *(["--json"] if json_out else [])],
+                         stdout=subprocess.PIPE if json_out else sys.stderr, text=True)
+    if run.returncode:
+        raise SystemExit(f"recipe-search {args[0]} exited {run.returncode}")
+    return json.loads(run.stdout) if json_out else None
 
 
 def tiny_pick(a: argparse.Namespace, work: Path) -> Path:
