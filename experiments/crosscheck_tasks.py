@@ -8,7 +8,7 @@ accuracies side by side, with how many tasks the two call the same way. llama-pe
 -f as its documentation does, WinoGrande and multiple-choice with -bf (-f would drop a WinoGrande file's
 last task, and corrupt a binary file's last byte if it is a newline).
 
-    python experiments/crosscheck_tasks.py [--model demo] [--text wiki.test.raw] [--tasks 100 120 100]
+    python experiments/crosscheck_tasks.py [--model demo] [--text wiki.test.raw] [--tasks 60 100 60]
 
 Per-task agreement: WinoGrande and multiple-choice print a line per task in file order; HellaSwag in its
 shuffled order, which this script replays (std::mt19937 seeded 1, libstdc++'s uniform_int_distribution).
@@ -124,7 +124,7 @@ def theirs(bin_dir: Path, model: Path, kind: str, path: Path, n: int) -> tuple[l
     read = "-f" if kind == "hellaswag" else "-bf"
     cmd = [str(bin_dir / "llama-perplexity"), "-m", str(model), read, str(path), f"--{kind}", f"--{kind}-tasks",
            str(n), "-c", str(CTX), "-b", "2048", "-t", "2", "--no-repack"]
-    run = subprocess.run(cmd, capture_output=True, text=True, env={"LD_LIBRARY_PATH": str(bin_dir)})
+    run = subprocess.run(cmd, capture_output=True, text=True, env={"LD_LIBRARY_PATH": str(bin_dir), "OMP_WAIT_POLICY": "passive"})
     log = run.stdout + run.stderr
     if run.returncode:
         raise SystemExit(f"llama-perplexity failed:\n{log[-3000:]}")
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     p.add_argument("--model", default="demo")
     p.add_argument("--text", default=str(Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/wiki.test.raw"))
-    p.add_argument("--tasks", type=int, nargs=3, default=[100, 120, 100], metavar=("HS", "WG", "MC"),
+    p.add_argument("--tasks", type=int, nargs=3, default=[60, 100, 60], metavar=("HS", "WG", "MC"),
                    help="tasks per format (WinoGrande prints its final score from 100 tasks)")
     p.add_argument("--tools", type=Path, help="a bin/ with llama-perplexity (default: build)")
     p.add_argument("--ours-only", action="store_true", help="no llama-perplexity: our scores only")

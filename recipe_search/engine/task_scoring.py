@@ -85,18 +85,24 @@ def _expf(x: np.ndarray) -> np.ndarray:
     return np.exp(x.astype(np.float64)).astype(np.float32)
 
 
-def _log_prob(row: np.ndarray, token: int) -> np.float32:
-    """compute_logprobs: in float32, the token's logit less the max less log of the in-order sum of exps."""
+def _row_log_probs(row: np.ndarray, tokens: list[int], first: list[bool]) -> list[np.float32]:
+    """Log-probabilities of tokens under one row of logits, each as llama-perplexity computes it: in
+    compute_logprobs (float32: the logit less the max less the log of the in-order float sum of expf), or for
+    an ending's first token in softmax (its float expf over the sum of all in double)."""
     top = row.max()
-    total = np.add.accumulate(_expf(row - top))[-1]
-    return np.float32(row[token] - top) - np.float32(np.log(np.float64(total)))
-
-
-def _softmax_log_prob(row: np.ndarray, token: int) -> np.float32:
-    """log(softmax(row)[token]) as llama-perplexity's softmax: float exps, their sum in double."""
-    exps = _expf(row - row.max())
-    total = np.add.accumulate(exps.astype(np.float64))[-1]
-    return np.float32(np.log(np.float64(np.float32(np.float64(exps[token]) / total))))
+    exps = _expf(row - top)
+    out = []
+    log_total, total64 = np.float32(0), np.float64(0)
+    if not all(first):
+        log_total = np.float32(np.log(np.float64(np.add.accumulate(exps)[-1])))
+    if any(first):
+        total64 = np.add.accumulate(exps.astype(np.float64))[-1]
+    for token, soft in zip(tokens, first, strict=True):
+        if soft:
+            out.append(np.float32(np.log(np.float64(np.float32(np.float64(exps[token]) / total64)))))
+        else:
+            out.append(np.float32(row[token] - top) - log_total)
+    return out
 
 
 @dataclass
@@ -192,10 +198,11 @@ def _decode(model: LlamaModel, kind: str, tasks: list[_Task], reqs: list[_Reques
         n_out = sum(output[start:stop])
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(model._live()), shape=(n_out, model.n_vocab))
         for row in range(row0, row0 + n_out):
-            for index in by_row.get(row, ()):
-                req = reqs[index]
-                score = _softmax_log_prob if req.first else _log_prob
-                values[index] = score(logits[row - row0], req.token)
+            indices = by_row.get(row, [])
+            if indices:
+                got = _row_log_probs(logits[row - row0], [reqs[i].token for i in indices],
+                                     [reqs[i].first for i in indices])
+                values.update(zip(indices, got, strict=True))
         row0 += n_out
     return values
 
