@@ -33,7 +33,7 @@ import smoke
 
 from recipe_search.core import cache_dir
 from recipe_search.engine import resolve_model_arg
-from recipe_search.engine.task_scoring import score_tasks, task_accuracy, task_model
+from recipe_search.engine.task_scoring import choice_scores, correct_choices, score_tasks, task_accuracy, task_model
 from recipe_search.formats.task_files import TaskItem, read_task_file, write_task_file
 
 KINDS = ("hellaswag", "winogrande", "multiple-choice")
@@ -171,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, task_model(model, ctx=CTX, n_parallel=4) as llama:
         for kind in KINDS:
             path = write_task_file(kind, tasks[kind], Path(tmp) / f"tasks.{kind}")
-            ours = score_tasks(llama, read_task_file(kind, path))
-            if not np.array_equal(ours, score_tasks(llama, read_task_file(kind, path))):
+            file = read_task_file(kind, path)
+            scores = choice_scores(llama, file)
+            ours = correct_choices(file, scores)
+            if not np.array_equal(ours, score_tasks(llama, file)):
                 raise SystemExit(f"{kind}: two runs differ")
             row: dict[str, object] = {"tasks": len(ours), "ours": task_accuracy(kind, ours).printed}
             if bin_dir is not None:
@@ -180,6 +182,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 agree = int(np.sum(np.array(correct) == ours)) if len(correct) == len(ours) else None
                 row |= {"llama-perplexity": them["printed"], "same_accuracy": row["ours"] == them["printed"],
                         "tasks_called_alike": agree, "command": them["command"]}
+                if kind == "winogrande":  # it prints both options' figures to 6 decimals
+                    theirs_scores = np.array(them.pop("scores"), dtype=np.float64)
+                    diff = np.abs(np.array(scores, dtype=np.float64) - theirs_scores)
+                    row["max_score_difference"] = float(np.nanmax(diff))
+                    row["tasks_printing_the_same_scores"] = sum(
+                        [f"{a:.6f}" for a in ours_row] == [f"{b:.6f}" for b in theirs_row]
+                        for ours_row, theirs_row in zip(scores, theirs_scores, strict=True))
             results[kind] = row
     print(f"{'format':16}{'tasks':>6}  {'ours':38}{'llama-perplexity':38}{'alike':>6}")
     for kind, row in results.items():

@@ -34,6 +34,7 @@ _API = {
     "SUBSET_NOTE": "task_scoring",
     "TaskAccuracy": "task_scoring",
     "choice_scores": "task_scoring",
+    "correct_choices": "task_scoring",
     "score_tasks": "task_scoring",
     "task_accuracy": "task_scoring",
     "task_model": "task_scoring",
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from .task_scoring import SUBSET_NOTE as SUBSET_NOTE
     from .task_scoring import TaskAccuracy as TaskAccuracy
     from .task_scoring import choice_scores as choice_scores
+    from .task_scoring import correct_choices as correct_choices
     from .task_scoring import score_tasks as score_tasks
     from .task_scoring import task_accuracy as task_accuracy
     from .task_scoring import task_model as task_model

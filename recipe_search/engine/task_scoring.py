@@ -259,13 +259,17 @@ def _chosen(kind: str, scores: np.ndarray) -> int:
     return best
 
 
+def correct_choices(file: TaskFile, scores: list[np.ndarray]) -> np.ndarray:
+    """Whether llama-perplexity's rule picks a right choice from each task's `choice_scores` (bool, in order)."""
+    return np.array([_chosen(file.kind, s) in item.correct for s, item in zip(scores, file.items, strict=False)],
+                    dtype=bool)
+
+
 def score_tasks(model: LlamaModel, file: TaskFile, limit: int | None = None) -> np.ndarray:
     """Whether llama-perplexity's rule picks a right choice, per task in file order (bool); deterministic.
 
     Scores every task unless `limit` takes the first ones (`SUBSET_NOTE`: why a subset does not compare)."""
-    scores = choice_scores(model, file, limit)
-    return np.array([_chosen(file.kind, s) in item.correct for s, item in zip(scores, file.items, strict=False)],
-                    dtype=bool)
+    return correct_choices(file, choice_scores(model, file, limit))
 
 
 @dataclass(frozen=True)
