@@ -1,5 +1,5 @@
 """llama.cpp in process: load and evaluate, quantize, collect an imatrix, the tensor cache, score,
-the worker. Never Optuna."""
+task files scored, the worker. Never Optuna."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ _API = {
     "score_against_base_file": "score",
     "score_quant": "score",
     "write_base_file": "score",
+    "SUBSET_NOTE": "task_scoring",
+    "TaskAccuracy": "task_scoring",
+    "choice_scores": "task_scoring",
+    "correct_choices": "task_scoring",
+    "score_tasks": "task_scoring",
+    "task_accuracy": "task_scoring",
+    "task_model": "task_scoring",
     "TensorCache": "tensor_cache",
     "Worker": "worker",
     "speed_of": "worker",
@@ -61,6 +68,13 @@ if TYPE_CHECKING:
     from .score import score_against_base_file as score_against_base_file
     from .score import score_quant as score_quant
     from .score import write_base_file as write_base_file
+    from .task_scoring import SUBSET_NOTE as SUBSET_NOTE
+    from .task_scoring import TaskAccuracy as TaskAccuracy
+    from .task_scoring import choice_scores as choice_scores
+    from .task_scoring import correct_choices as correct_choices
+    from .task_scoring import score_tasks as score_tasks
+    from .task_scoring import task_accuracy as task_accuracy
+    from .task_scoring import task_model as task_model
     from .tensor_cache import TensorCache as TensorCache
     from .trial_cost import estimate as estimate
     from .trial_cost import measure_rates as measure_rates
