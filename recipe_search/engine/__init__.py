@@ -32,6 +32,14 @@ _API = {
     "score_quant": "score",
     "write_base_file": "score",
     "TensorCache": "tensor_cache",
+    "ClozeBase": "text_tasks",
+    "ContinuationBase": "text_tasks",
+    "cloze_base": "text_tasks",
+    "continuation_base": "text_tasks",
+    "score_cloze": "text_tasks",
+    "score_continuation": "text_tasks",
+    "generate_greedy": "greedy",
+    "greedy_choices": "greedy",
     "Worker": "worker",
     "speed_of": "worker",
     "tool_versions": "worker",
@@ -43,6 +51,8 @@ if TYPE_CHECKING:
     from .demo import cache_dir as cache_dir
     from .demo import demo_model_path as demo_model_path
     from .demo import resolve_model_arg as resolve_model_arg
+    from .greedy import generate_greedy as generate_greedy
+    from .greedy import greedy_choices as greedy_choices
     from .imatrix_collect import collect_imatrix as collect_imatrix
     from .leftovers import TRIAL_PREFIX as TRIAL_PREFIX
     from .leftovers import clean_workdir as clean_workdir
@@ -62,6 +72,12 @@ if TYPE_CHECKING:
     from .score import score_quant as score_quant
     from .score import write_base_file as write_base_file
     from .tensor_cache import TensorCache as TensorCache
+    from .text_tasks import ClozeBase as ClozeBase
+    from .text_tasks import ContinuationBase as ContinuationBase
+    from .text_tasks import cloze_base as cloze_base
+    from .text_tasks import continuation_base as continuation_base
+    from .text_tasks import score_cloze as score_cloze
+    from .text_tasks import score_continuation as score_continuation
     from .trial_cost import estimate as estimate
     from .trial_cost import measure_rates as measure_rates
     from .worker import Worker as Worker
