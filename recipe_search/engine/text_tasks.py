@@ -57,9 +57,12 @@ class ClozeBase:
     base_correct: np.ndarray
 
     def sequences(self) -> tuple[list[np.ndarray], list[int]]:
-        """What the model reads (the context and all target tokens but the last) and its output count."""
-        return ([np.concatenate([c, t[:-1]]) for c, t in zip(self.contexts, self.targets, strict=True)],
-                [len(t) for t in self.targets])
+        return _cloze_sequences(self.contexts, self.targets)
+
+
+def _cloze_sequences(contexts: list[np.ndarray], targets: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """What the model reads of each item (the context and all target tokens but the last), and its output count."""
+    return [np.concatenate([c, t[:-1]]) for c, t in zip(contexts, targets, strict=True)], [len(t) for t in targets]
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,13 @@ class ContinuationBase:
     continuations: np.ndarray
     base_choice: np.ndarray
 
-    def sequences(self) -> np.ndarray:
-        return np.concatenate([self.prompts, self.continuations[:, :-1]], axis=1)
+    def sequences(self) -> list[np.ndarray]:
+        return _continuation_sequences(self.prompts, self.continuations)
+
+
+def _continuation_sequences(prompts: np.ndarray, continuations: np.ndarray) -> list[np.ndarray]:
+    """What the model reads of each prompt: the prompt and all continuation tokens but the last."""
+    return list(np.concatenate([prompts, continuations[:, :-1]], axis=1))
 
 
 def _open(path: Path, n_ctx: int, n_seq: int, threads: int, gpu_layers: int) -> LlamaModel:
@@ -166,8 +174,7 @@ def cloze_base(model: Path, text: TextSource, settings: ClozeSettings, cache_dir
         with _open(model, 1, 1, threads, gpu_layers) as lm:
             meta["vocab_fingerprint"] = lm.vocab_fingerprint
             contexts, targets, words, offsets = _cloze_items(lm, data, settings, text.path or text.label)
-        seqs = [np.concatenate([c, t[:-1]]) for c, t in zip(contexts, targets, strict=True)]
-        choice = _choices(model, seqs, [len(t) for t in targets], threads, gpu_layers)
+        choice = _choices(model, *_cloze_sequences(contexts, targets), threads, gpu_layers)
         return {"contexts": [c.tolist() for c in contexts], "targets": [t.tolist() for t in targets],
                 "words": words, "offsets": offsets, "base_choice": [c.tolist() for c in choice]}
 
@@ -201,8 +208,8 @@ def continuation_base(model: Path, text: TextSource, settings: ContinuationSetti
             if lm.add_bos:
                 prompts = np.concatenate([np.full((len(prompts), 1), lm.bos_id, np.int32), prompts], axis=1)
             continuations = generate_greedy(lm, prompts, k)
-        seqs = np.concatenate([prompts, continuations[:, :-1]], axis=1)
-        choice = np.stack(_choices(model, list(seqs), [k] * len(seqs), threads, gpu_layers))
+        choice = np.stack(_choices(model, _continuation_sequences(prompts, continuations), [k] * len(prompts),
+                                   threads, gpu_layers))
         return {"prompts": prompts.tolist(), "continuations": continuations.tolist(), "base_choice": choice.tolist(),
                 "prompts_off_generation": int((choice != continuations).any(axis=1).sum())}
 
@@ -217,6 +224,6 @@ def score_continuation(quant: Path, base: ContinuationBase, threads: int = 2,
                        gpu_layers: int = 0) -> ContinuationAgreement:
     """The quant's greedy choices on the base's continuations against the base's: tokens to the first divergence."""
     k = base.base_choice.shape[1]
-    choice = np.stack(_choices(Path(quant), list(base.sequences()), [k] * len(base.prompts), threads, gpu_layers,
+    choice = np.stack(_choices(Path(quant), base.sequences(), [k] * len(base.prompts), threads, gpu_layers,
                                base.meta["vocab_fingerprint"]))
     return continuation_agreement(first_divergence(base.base_choice, choice), k)
