@@ -107,7 +107,7 @@ def _key(task: str, fingerprint: str, text: bytes, settings: dict, gpu_layers: i
 
 
 def _cached(task: str, model: Path, text: TextSource, settings: dict, cache_dir: Path, gpu_layers: int,
-            build: Callable[[bytes, dict], dict]) -> tuple[Path, dict, bool]:
+            build: Callable[[bytes], dict]) -> tuple[Path, dict, bool]:
     """The cached base side of a task, built and written when missing or damaged: (path, data, was_cached)."""
     fingerprint = model_fingerprint(read_inventory(model))
     data = text.read()
@@ -124,8 +124,7 @@ def _cached(task: str, model: Path, text: TextSource, settings: dict, cache_dir:
     clock = Stopwatch()
     meta = {"task": task, "format": TASK_FORMAT, "tool": __version__, "model_fingerprint": fingerprint,
             "model_name": model.name, "text": text.label, "text_sha256": text_sha256(data), "settings": settings}
-    built = build(data, meta)  # it adds to meta what it learns on the way (the tokenizer's fingerprint)
-    built = {**meta, **built}
+    built = {**meta, **build(data)}
     clock.lap("build")
     built["seconds"] = clock.seconds
     built["digest"] = json_digest(built)
@@ -170,12 +169,12 @@ def _cloze_items(lm: LlamaModel, data: bytes, settings: ClozeSettings,
 def cloze_base(model: Path, text: TextSource, settings: ClozeSettings, cache_dir: Path, threads: int = 2,
                gpu_layers: int = 0) -> tuple[ClozeBase, bool]:
     """The cloze items of ``text`` and the base model's answers, from the cache or computed: (base, was_cached)."""
-    def build(data: bytes, meta: dict) -> dict:
+    def build(data: bytes) -> dict:
         with _open(model, 1, 1, threads, gpu_layers) as lm:
-            meta["vocab_fingerprint"] = lm.vocab_fingerprint
+            vocab = lm.vocab_fingerprint
             contexts, targets, words, offsets = _cloze_items(lm, data, settings, text.path or text.label)
         choice = _choices(model, *_cloze_sequences(contexts, targets), threads, gpu_layers)
-        return {"contexts": [c.tolist() for c in contexts], "targets": [t.tolist() for t in targets],
+        return {"vocab_fingerprint": vocab, "contexts": [c.tolist() for c in contexts], "targets": [t.tolist() for t in targets],
                 "words": words, "offsets": offsets, "base_choice": [c.tolist() for c in choice]}
 
     path, data, was_cached = _cached("cloze", Path(model), text, settings.key_fields(), cache_dir, gpu_layers, build)
@@ -198,10 +197,10 @@ def continuation_base(model: Path, text: TextSource, settings: ContinuationSetti
                       threads: int = 2, gpu_layers: int = 0) -> tuple[ContinuationBase, bool]:
     """Prompts cut from ``text``, the base's greedy continuations and its greedy choices on them, from the
     cache or computed: (base, was_cached)."""
-    def build(data: bytes, meta: dict) -> dict:
+    def build(data: bytes) -> dict:
         k = settings.new_tokens
         with _open(model, settings.prompt_tokens + 1 + k, N_SEQ_GENERATE, threads, gpu_layers) as lm:
-            meta["vocab_fingerprint"] = lm.vocab_fingerprint
+            vocab = lm.vocab_fingerprint
             tokens = lm.tokenize(data, add_special=False)
             starts = prompt_starts(len(tokens), settings, text.path or text.label)
             prompts = tokens[starts[:, None] + np.arange(settings.prompt_tokens)]
@@ -210,7 +209,8 @@ def continuation_base(model: Path, text: TextSource, settings: ContinuationSetti
             continuations = generate_greedy(lm, prompts, k)
         choice = np.stack(_choices(model, _continuation_sequences(prompts, continuations), [k] * len(prompts),
                                    threads, gpu_layers))
-        return {"prompts": prompts.tolist(), "continuations": continuations.tolist(), "base_choice": choice.tolist(),
+        return {"vocab_fingerprint": vocab, "prompts": prompts.tolist(), "continuations": continuations.tolist(),
+                "base_choice": choice.tolist(),
                 "prompts_off_generation": int((choice != continuations).any(axis=1).sum())}
 
     path, data, was_cached = _cached("continuation", Path(model), text, settings.key_fields(), cache_dir, gpu_layers,
