@@ -1,8 +1,11 @@
 """A task's figures for a quant against its base model: accuracies, flips both ways, and continuation
-agreement, each with a 95% bootstrap interval over items (the paired bootstrap of `kld`, one item a unit).
+agreement, each with a 95% interval over items.
 
-Items of a task are independent draws, so a resample draws items with replacement, the same items for
-base and quant (paired); ``chunk_tokens=1`` makes `kld`'s chunk bootstrap exactly that.
+Differences and means get the paired bootstrap of `kld` with one item a unit: items of a task are
+independent draws, so a resample draws items with replacement, the same items for base and quant, which
+``chunk_tokens=1`` makes `kld`'s chunk bootstrap. Counts and shares (flips, identical continuations) get
+Wilson's score interval instead: a bootstrap of a count of zero has zero width, where Wilson's still says
+how many an item sample of this size could have missed (about 3.8 at zero, whatever n).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ..errors import RecipeSearchError
 from .kld import bootstrap_ci, paired_bootstrap
 
 N_BOOT = 1000
+_Z = 1.959963984540054  # the normal 97.5% quantile
 _TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -23,8 +27,20 @@ def _mean(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=-1)
 
 
-def _sum(x: np.ndarray) -> np.ndarray:
-    return x.sum(axis=-1)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson's 95% score interval of a proportion, k of n."""
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"{k} of {n} is not a proportion")
+    p, z2 = k / n, _Z * _Z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = _Z / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # at k = 0 (k = n) the lower (upper) bound is 0 (1) exactly, but not in floating point
+    return 0.0 if k == 0 else float(centre - half), 1.0 if k == n else float(centre + half)
+
+
+def _count_interval(k: int, n: int) -> tuple[float, float]:
+    lo, hi = wilson(k, n)
+    return lo * n, hi * n
 
 
 def _check_task(task: str) -> None:
@@ -58,9 +74,9 @@ class TaskFlips:
     base_acc: float
     quant_acc: float
     acc_diff: float  # quant minus base
-    acc_diff_ci95: tuple[float, float]
+    acc_diff_ci95: tuple[float, float]  # paired bootstrap: [0, 0] when no item flips (see the flips' intervals)
     lost: int  # items the base gets right and the quant wrong
-    lost_ci95: tuple[float, float]
+    lost_ci95: tuple[float, float]  # in items (Wilson)
     gained: int  # items the base gets wrong and the quant right
     gained_ci95: tuple[float, float]
     lost_items: tuple[int, ...]  # their indices
@@ -91,9 +107,8 @@ def item_flips(task: str, base_correct: object, quant_correct: object) -> TaskFl
     return TaskFlips(
         task=task, n=base.size, base_acc=float(b.mean()), quant_acc=float(q.mean()), acc_diff=float(q.mean() - b.mean()),
         acc_diff_ci95=paired_bootstrap(q, b, _mean, 1, N_BOOT),
-        lost=int(lost.sum()), lost_ci95=bootstrap_ci(lost.astype(np.float64), _sum, 1, N_BOOT),
-        gained=int(gained.sum()),
-        gained_ci95=bootstrap_ci(gained.astype(np.float64), _sum, 1, N_BOOT),
+        lost=int(lost.sum()), lost_ci95=_count_interval(int(lost.sum()), base.size),
+        gained=int(gained.sum()), gained_ci95=_count_interval(int(gained.sum()), base.size),
         lost_items=tuple(int(i) for i in np.flatnonzero(lost)),
         gained_items=tuple(int(i) for i in np.flatnonzero(gained)))
 
@@ -116,7 +131,7 @@ class ContinuationAgreement:
     n: int  # prompts
     tokens: int  # continuation length K
     identical: float  # share of prompts whose K choices all equal the base's
-    identical_ci95: tuple[float, float]
+    identical_ci95: tuple[float, float]  # Wilson
     agree_tokens: float  # mean tokens to the first divergence (K where none)
     agree_tokens_ci95: tuple[float, float]
 
@@ -146,6 +161,6 @@ def continuation_agreement(divergence: object, tokens: int, task: str = "continu
     d = d.astype(np.float64)
     return ContinuationAgreement(
         task=task, n=d.size, tokens=tokens, identical=float(same.mean()),
-        identical_ci95=bootstrap_ci(same, _mean, 1, N_BOOT),
+        identical_ci95=wilson(int(same.sum()), d.size),
         agree_tokens=float(d.mean()),
         agree_tokens_ci95=bootstrap_ci(d, _mean, 1, N_BOOT))

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from recipe_search.core.kld import paired_bootstrap
-from recipe_search.core.task_flips import continuation_agreement, first_divergence, item_flips
+from recipe_search.core.task_flips import continuation_agreement, first_divergence, item_flips, wilson
 from recipe_search.errors import RecipeSearchError
+
+Z2 = 1.959963984540054 ** 2
 
 
 def test_flips_by_hand() -> None:
@@ -19,7 +21,8 @@ def test_flips_by_hand() -> None:
     assert (f.lost, f.lost_items, f.gained, f.gained_items) == (2, (1, 4), 1, (2,))
     lo, hi = f.acc_diff_ci95
     assert lo < f.acc_diff < hi and lo >= -1 and hi <= 1
-    assert 0 <= f.lost_ci95[0] <= 2 <= f.lost_ci95[1] <= 6 and 0 <= f.gained_ci95[0] <= 1 <= f.gained_ci95[1]
+    assert f.lost_ci95 == pytest.approx((6 * wilson(2, 6)[0], 6 * wilson(2, 6)[1]))
+    assert 0 < f.gained_ci95[0] < 1 < f.gained_ci95[1] < 6
     # the interval is the paired item bootstrap of kld, one item a unit
     q, b = np.array(quant, float), np.array(base, float)
     assert f.acc_diff_ci95 == paired_bootstrap(q, b, lambda x: x.mean(axis=-1), 1, 1000)
@@ -35,8 +38,9 @@ def test_flips_by_hand() -> None:
 def test_no_flips_no_spread() -> None:
     same = np.array([1, 0, 1, 1, 0], dtype=bool)
     f = item_flips("hellaswag", same, same.copy())
-    assert (f.acc_diff, f.acc_diff_ci95, f.lost, f.lost_ci95, f.gained, f.gained_ci95) == (
-        0.0, (0.0, 0.0), 0, (0.0, 0.0), 0, (0.0, 0.0))
+    assert (f.acc_diff, f.acc_diff_ci95, f.lost, f.gained) == (0.0, (0.0, 0.0), 0, 0)
+    # no flips among 5 items still allows z^2 n / (n + z^2) of them, about 2.2
+    assert f.lost_ci95 == f.gained_ci95 == (0.0, pytest.approx(5 * Z2 / (5 + Z2)))
     assert set(f.as_metrics()) >= {"hellaswag_acc", "hellaswag_flips_lost"}
 
 
@@ -50,6 +54,16 @@ def test_no_flips_no_spread() -> None:
 def test_flips_bad_input(args, message: str) -> None:
     with pytest.raises(RecipeSearchError, match=message):
         item_flips(*args)
+
+
+def test_wilson_by_hand() -> None:
+    assert wilson(0, 100) == (0.0, pytest.approx(Z2 / (100 + Z2)))
+    assert wilson(100, 100) == (pytest.approx(100 / (100 + Z2)), 1.0)
+    lo, hi = wilson(50, 100)  # centre 0.5; half-width z / (1 + z^2/n) * sqrt(1/400 + z^2/40000)
+    assert (lo + hi) / 2 == pytest.approx(0.5) and hi - lo == pytest.approx(2 * 1.96 / (1 + Z2 / 100) * (
+        0.0025 + Z2 / 40000) ** 0.5, rel=1e-3)
+    with pytest.raises(ValueError):
+        wilson(3, 2)
 
 
 def test_continuation_agreement_by_hand() -> None:
@@ -66,7 +80,8 @@ def test_continuation_agreement_by_hand() -> None:
                               "continuation_agree_tokens_ci95": list(a.agree_tokens_ci95)}
     assert "50.0% of 4 greedy continuations identical" in a.summary()
     full = continuation_agreement(np.full(3, 4), 4)
-    assert (full.identical, full.identical_ci95, full.agree_tokens_ci95) == (1.0, (1.0, 1.0), (4.0, 4.0))
+    assert (full.identical, full.identical_ci95, full.agree_tokens_ci95) == (1.0, wilson(3, 3), (4.0, 4.0))
+    assert full.identical_ci95[0] == pytest.approx(3 / (3 + Z2))
     with pytest.raises(RecipeSearchError, match="integers in 0..4"):
         continuation_agreement(np.array([5, 1]), 4)
     with pytest.raises(RecipeSearchError, match="equal"):
