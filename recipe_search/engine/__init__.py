@@ -39,6 +39,14 @@ _API = {
     "task_accuracy": "task_scoring",
     "task_model": "task_scoring",
     "TensorCache": "tensor_cache",
+    "ClozeBase": "text_tasks",
+    "ContinuationBase": "text_tasks",
+    "cloze_base": "text_tasks",
+    "continuation_base": "text_tasks",
+    "score_cloze": "text_tasks",
+    "score_continuation": "text_tasks",
+    "generate_greedy": "greedy",
+    "greedy_choices": "greedy",
     "Worker": "worker",
     "speed_of": "worker",
     "tool_versions": "worker",
@@ -50,6 +58,8 @@ if TYPE_CHECKING:
     from .demo import cache_dir as cache_dir
     from .demo import demo_model_path as demo_model_path
     from .demo import resolve_model_arg as resolve_model_arg
+    from .greedy import generate_greedy as generate_greedy
+    from .greedy import greedy_choices as greedy_choices
     from .imatrix_collect import collect_imatrix as collect_imatrix
     from .leftovers import TRIAL_PREFIX as TRIAL_PREFIX
     from .leftovers import clean_workdir as clean_workdir
@@ -76,6 +86,12 @@ if TYPE_CHECKING:
     from .task_scoring import task_accuracy as task_accuracy
     from .task_scoring import task_model as task_model
     from .tensor_cache import TensorCache as TensorCache
+    from .text_tasks import ClozeBase as ClozeBase
+    from .text_tasks import ContinuationBase as ContinuationBase
+    from .text_tasks import cloze_base as cloze_base
+    from .text_tasks import continuation_base as continuation_base
+    from .text_tasks import score_cloze as score_cloze
+    from .text_tasks import score_continuation as score_continuation
     from .trial_cost import estimate as estimate
     from .trial_cost import measure_rates as measure_rates
     from .worker import Worker as Worker

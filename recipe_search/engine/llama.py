@@ -215,6 +215,27 @@ class LlamaModel:
             n_max = -n
         raise RecipeSearchError("tokenization failed")
 
+    def detokenize(self, tokens: np.ndarray) -> bytes:
+        """The text of ``tokens`` (special tokens kept as they are), as ``llama_detokenize`` gives it."""
+        self._live()
+        ids = np.ascontiguousarray(tokens, dtype=np.int32)
+        n_max = 8 * len(ids) + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(n_max)
+            n = llama_cpp.llama_detokenize(self._vocab, ids.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
+                                           len(ids), buf, n_max, False, False)
+            if n >= 0:
+                return buf.raw[:n]
+            n_max = -n
+        raise RecipeSearchError("detokenization failed")
+
+    def output_logits(self, n_outputs: int) -> np.ndarray:
+        """The last decode's logits [n_outputs, n_vocab], in the batch's order of output tokens: a read-only
+        view of llama.cpp's buffer, which the next decode overwrites."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._live()), shape=(n_outputs, self.n_vocab))
+        logits.flags.writeable = False
+        return logits
+
     def clear(self) -> None:
         """Empty the KV cache / recurrent state of every sequence."""
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._live()), True)
