@@ -10,6 +10,7 @@ from ..core.metrics import TAIL_STATISTICS
 from ..core.size import human_bytes
 from ..errors import RecipeSearchError
 from . import _imatrix_input, _log, _model, _print_json, _warn_text_overlaps, command
+from .tasks import TASK_HELP, add_task_options, checker, print_results, score_recipes, task_metrics
 
 
 def validate_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +29,10 @@ def validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--tasks", action="append", metavar="TASKS",
+                   help="also score each recipe on these tasks (comma-separated: " + TASK_HELP + ") and write the "
+                        "figures into the recipe files given")
+    add_task_options(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
 
@@ -82,12 +87,17 @@ def validate(a: argparse.Namespace) -> int:
     _warn_text_overlaps(texts, imatrix)
     cache = cache_dir(a.cache_dir)
     worker = Worker(model, settings, cache, cache / "work", imatrix=_imatrix_input(imatrix) if imatrix else None)
+    check = checker(a, model, a.tasks, holdout, cache, a.threads) if a.tasks else None
     results = run_validate(worker, chosen, n_boot=a.n_boot, log=_log(a.quiet))
     agreement = rank_agreement(results)
+    tasks = score_recipes(check, worker, [(c.name, c.recipe) for c in chosen], _log(a.quiet)) if check else []
+    if tasks:
+        _record_tasks(a.recipes, tasks)
     if a.json:
         _print_json({"holdout_text": settings.text.label, "ctx": ctx, "chunks": chunks,
                      "n_tokens": int(results[0].holdout_metrics["n_tokens"]) if results else 0,
-                     "recipes": [r.to_dict() for r in results], "spearman": agreement})
+                     "recipes": [{**r.to_dict(), **({"tasks": task_metrics(tasks[i])} if tasks else {})}
+                                 for i, r in enumerate(results)], "spearman": agreement})
         return 0
     n = int(results[0].holdout_metrics["n_tokens"]) if results else 0
     print(f"held-out text {settings.text.label}: ctx {ctx} x {chunks} chunks, {n} scored tokens; "
@@ -104,4 +114,19 @@ def validate(a: argparse.Namespace) -> int:
     shown = ", ".join(f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in agreement.items())
     print(f"Spearman rank correlation, search text vs held-out ({sum(bool(r.search_metrics) for r in results)} "
           f"recipes with search figures): {shown}", file=sys.stdout)
+    if tasks:
+        print("tasks (against the base model, item by item; intervals: 95%, paired over items):")
+        for c, task_results in zip(chosen, tasks, strict=True):
+            print(f"  {c.name}")
+            print_results(task_results, "    ")
     return 0
+
+
+def _record_tasks(files: list[str], tasks: list) -> None:
+    """Write each recipe file's task figures into its ``metrics.tasks`` (the files come first among the chosen)."""
+    from ..core.recipe import load_recipe
+
+    for path, results in zip(files, tasks, strict=False):
+        recipe = load_recipe(path)
+        metrics = {**(recipe.metrics or {}), "tasks": task_metrics(results)}
+        recipe.model_copy(update={"metrics": metrics}).save(path)

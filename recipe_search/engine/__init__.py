@@ -45,6 +45,11 @@ _API = {
     "continuation_base": "text_tasks",
     "score_cloze": "text_tasks",
     "score_continuation": "text_tasks",
+    "TaskChecker": "task_check",
+    "TaskResult": "task_check",
+    "TaskSpec": "task_check",
+    "parse_task_specs": "task_check",
+    "separation": "task_check",
     "generate_greedy": "greedy",
     "greedy_choices": "greedy",
     "Worker": "worker",
@@ -78,6 +83,11 @@ if TYPE_CHECKING:
     from .score import score_against_base_file as score_against_base_file
     from .score import score_quant as score_quant
     from .score import write_base_file as write_base_file
+    from .task_check import TaskChecker as TaskChecker
+    from .task_check import TaskResult as TaskResult
+    from .task_check import TaskSpec as TaskSpec
+    from .task_check import parse_task_specs as parse_task_specs
+    from .task_check import separation as separation
     from .task_scoring import SUBSET_NOTE as SUBSET_NOTE
     from .task_scoring import TaskAccuracy as TaskAccuracy
     from .task_scoring import choice_scores as choice_scores

@@ -185,12 +185,16 @@ def cloze_base(model: Path, text: TextSource, settings: ClozeSettings, cache_dir
                      data["offsets"], correct), was_cached
 
 
-def score_cloze(quant: Path, base: ClozeBase, threads: int = 2, gpu_layers: int = 0) -> TaskFlips:
-    """The quant's cloze answers against the base's: an item is right when every target token is the greedy choice."""
+def cloze_answers(quant: Path, base: ClozeBase, threads: int = 2, gpu_layers: int = 0) -> np.ndarray:
+    """The quant's cloze answers, item by item: right when every target token is the greedy choice."""
     seqs, n_out = base.sequences()
     choice = _choices(Path(quant), seqs, n_out, threads, gpu_layers, base.meta["vocab_fingerprint"])
-    correct = np.array([np.array_equal(c, t) for c, t in zip(choice, base.targets, strict=True)], dtype=bool)
-    return item_flips("cloze", base.base_correct, correct)
+    return np.array([np.array_equal(c, t) for c, t in zip(choice, base.targets, strict=True)], dtype=bool)
+
+
+def score_cloze(quant: Path, base: ClozeBase, threads: int = 2, gpu_layers: int = 0) -> TaskFlips:
+    """The quant's cloze answers against the base's."""
+    return item_flips("cloze", base.base_correct, cloze_answers(quant, base, threads, gpu_layers))
 
 
 def continuation_base(model: Path, text: TextSource, settings: ContinuationSettings, cache_dir: Path,
@@ -220,10 +224,15 @@ def continuation_base(model: Path, text: TextSource, settings: ContinuationSetti
                                                                                 "base_choice"))), was_cached
 
 
-def score_continuation(quant: Path, base: ContinuationBase, threads: int = 2,
-                       gpu_layers: int = 0) -> ContinuationAgreement:
-    """The quant's greedy choices on the base's continuations against the base's: tokens to the first divergence."""
+def continuation_divergence(quant: Path, base: ContinuationBase, threads: int = 2, gpu_layers: int = 0) -> np.ndarray:
+    """Per prompt, the quant's tokens to the first divergence of its greedy choices from the base's (K: none)."""
     k = base.base_choice.shape[1]
     choice = np.stack(_choices(Path(quant), base.sequences(), [k] * len(base.prompts), threads, gpu_layers,
                                base.meta["vocab_fingerprint"]))
-    return continuation_agreement(first_divergence(base.base_choice, choice), k)
+    return first_divergence(base.base_choice, choice)
+
+
+def score_continuation(quant: Path, base: ContinuationBase, threads: int = 2,
+                       gpu_layers: int = 0) -> ContinuationAgreement:
+    """The quant's greedy choices on the base's continuations against the base's."""
+    return continuation_agreement(continuation_divergence(quant, base, threads, gpu_layers), base.base_choice.shape[1])

@@ -203,10 +203,12 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
         "metrics": metrics, "provenance": provenance})
 
 
-def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, dict] | None = None) -> dict[int, Path]:
+def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, dict] | None = None,
+                tasks: dict[int, dict] | None = None) -> dict[int, Path]:
     """Write every pick's recipe under ``out_dir`` (pick index -> file); checks every name first, so nothing
     is written when one exists (without ``force``). Targets nothing fits are skipped. ``holdout`` (pick index ->
-    its held-out validation) goes into the recipe's metrics beside the search-text figures."""
+    its held-out validation) and ``tasks`` (pick index -> its task figures) go into the recipe's metrics beside
+    the search-text figures."""
     todo = {i: out_dir / recipe_file_name(sel, p) for i, p in enumerate(sel.picks) if p.candidate is not None}
     if not force:
         for path in todo.values():
@@ -216,7 +218,8 @@ def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, d
         model, versions = model_ref(sel.model), sel.tools
         for i, path in todo.items():
             recipe = picked_recipe(sel, sel.picks[i], model, versions)
-            if holdout and i in holdout:
-                recipe = recipe.model_copy(update={"metrics": {**(recipe.metrics or {}), "holdout": holdout[i]}})
+            for key, extra in (("holdout", holdout), ("tasks", tasks)):
+                if extra and i in extra:
+                    recipe = recipe.model_copy(update={"metrics": {**(recipe.metrics or {}), key: extra[i]}})
             recipe.save(path, overwrite=force)
     return todo
