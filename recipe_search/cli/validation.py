@@ -31,14 +31,15 @@ def validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--tasks", action="append", metavar="TASKS",
                    help="also score each recipe on these tasks (comma-separated: " + TASK_HELP + ") and write the "
-                        "figures into the recipe files given")
+                        "figures into the recipe files given (a study's frontier: into the study, for `report`)")
     add_task_options(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
 
 
 def _chosen(a: argparse.Namespace):
-    """(recipes to validate, the study's config or None, the model path or None)."""
+    """(recipes to validate, the study's config or None, the model path or None, the study or None and the trial
+    number of each of its recipes)."""
     from ..core.recipe import load_recipe
     from ..study._holdout import Chosen
 
@@ -47,16 +48,19 @@ def _chosen(a: argparse.Namespace):
     if not (a.storage or a.dir or a.study):
         if not chosen:
             raise RecipeSearchError("nothing to validate: give recipe files or a study (--dir, --storage)")
-        return chosen, None, None
+        return chosen, None, None, None, []
     from ..study._selection import select
     from ..study._storage import load_study, storage_url
 
     url = storage_url(a.storage, a.dir, a.study)
-    sel = select(load_study(url, a.study), url, a.objective, [], n_boot=100)
+    study = load_study(url, a.study)
+    sel = select(study, url, a.objective, [], n_boot=100)
+    numbers = []
     for p in sel.frontier:
         c = sel.candidates[p.candidate]
         chosen.append(Chosen(c.name, c.recipe, c.metrics))
-    return chosen, sel.config, sel.model
+        numbers.append(c.number)
+    return chosen, sel.config, sel.model, study, numbers
 
 
 @command("validate", "re-score chosen recipes (or a study's frontier) on a held-out text, with chunk-bootstrap "
@@ -69,7 +73,7 @@ def validate(a: argparse.Namespace) -> int:
     from ..study._holdout import rank_agreement
     from ..study._holdout import validate as run_validate
 
-    chosen, config, study_model = _chosen(a)
+    chosen, config, study_model, study, numbers = _chosen(a)
     holdout = a.holdout_text or (config.holdout_text if config else None)
     if not holdout:
         raise RecipeSearchError("no held-out text: pass --holdout-text (or set holdout_text in the study config)")
@@ -93,6 +97,11 @@ def validate(a: argparse.Namespace) -> int:
     tasks = score_recipes(check, worker, [(c.name, c.recipe) for c in chosen], _log(a.quiet)) if check else []
     if tasks:
         _record_tasks(a.recipes, tasks)
+        if study is not None:  # the frontier's figures, for `report`
+            from ..study._selection import record_task_figures
+
+            record_task_figures(study, {n: task_metrics(t) for n, t in zip(numbers, tasks[len(a.recipes):],
+                                                                             strict=True)})
     if a.json:
         _print_json({"holdout_text": settings.text.label, "ctx": ctx, "chunks": chunks,
                      "n_tokens": int(results[0].holdout_metrics["n_tokens"]) if results else 0,

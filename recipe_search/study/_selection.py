@@ -59,6 +59,8 @@ class Selection:
     frontier: list[FrontierPoint]
     picks: list[Pick]
     tools: dict[str, str]  # the versions that measured the study
+    #: trial number -> {task kind: figures}, what `validate --tasks` measured of the frontier on held-out text
+    task_figures: dict[int, dict] = field(default_factory=dict)
     _ties: dict[Pick, list[dict]] = field(default_factory=dict, repr=False)  # `ties`, by pick
 
     def quality(self, c: TrialRecord) -> float:
@@ -132,7 +134,19 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
     return Selection(study.study_name, mask_credentials(url), Path(study.user_attrs["model"]), config, objectives,
-                     objective, counts, candidates, frontier, picks, study_tools(study))
+                     objective, counts, candidates, frontier, picks, study_tools(study),
+                     {int(k): v for k, v in study.user_attrs.get(TASK_FIGURES, {}).items()})
+
+
+#: the study attribute holding the task figures of its trials (`record_task_figures`)
+TASK_FIGURES = "task_figures"
+
+
+def record_task_figures(study: optuna.Study, figures: dict[int, dict]) -> None:
+    """Keep task figures of trials (trial number -> {task kind: figures}) in the study, beside earlier ones."""
+    kept = dict(study.user_attrs.get(TASK_FIGURES, {}))
+    kept.update({str(n): f for n, f in figures.items()})
+    study.set_user_attr(TASK_FIGURES, kept)
 
 
 # -- writing picks ---------------------------------------------------------------------------------

@@ -87,3 +87,14 @@ def test_bad_task_specs_are_one_line(dense_model, files, tmp_path, spec, message
     spec = spec.format(text=files["text"], missing=tmp_path / "nope.txt")
     out = run("tasks", str(dense_model), str(dense_model), "--task", spec, "--cache-dir", str(tmp_path))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+
+
+def test_validate_a_frontier_and_report_its_task_figures(synthetic_study, files, tmp_path) -> None:
+    out = run("validate", "--dir", str(synthetic_study), "--holdout-text", str(files["text"]), "--ctx", "128",
+              "--chunks", "2", "--tasks", "cloze", *SMALL, "--cache-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    report = run("report", "--dir", str(synthetic_study), "-o", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "## Tasks" in page and "![task figures](tasks.png)" in page and "lost /" in page
+    assert (tmp_path / "report" / "tasks.png").stat().st_size > 0
