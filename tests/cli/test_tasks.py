@@ -98,3 +98,30 @@ def test_validate_a_frontier_and_report_its_task_figures(synthetic_study, files,
     page = (tmp_path / "report" / "report.md").read_text()
     assert "## Tasks" in page and "![task figures](tasks.png)" in page and "lost /" in page
     assert (tmp_path / "report" / "tasks.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("lines.txt", b"ctx\n0\na\nb\nc\nd\nextra\n", "not a multiple of 6"),
+    ("label.txt", b"ctx\n7\na\nb\nc\nd\n", "label"),
+    ("empty.txt", b"", "empty"),
+    ("latin1.txt", "caf\u00e9\n0\na\nb\nc\nd\n".encode("latin-1"), "UTF-8"),
+])
+def test_bad_hellaswag_files_exit_2_with_one_line(dense_model, tmp_path, name, content, message) -> None:
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    out = run("tasks", str(dense_model), str(dense_model), "--task", f"hellaswag:{bad}", "--cache-dir", str(tmp_path))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert name in out.stderr and message in out.stderr, out.stderr
+
+
+def test_truncated_multiple_choice_and_a_task_longer_than_the_context(dense_model, tmp_path) -> None:
+    from recipe_search.formats.task_files import task_file_bytes
+
+    data = task_file_bytes("multiple-choice", [TaskItem("Which?", ("yes", "no"), (0,))] * 3)
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(data[:-3])
+    out = run("tasks", str(dense_model), str(dense_model), "--task", f"multiple-choice:{cut}")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "cut.bin" in out.stderr, out.stderr
+    long = write_task_file("hellaswag", [TaskItem("the river " * 200, ("a.", "b.", "c.", "d."), (0,))] * 2, tmp_path / "l")
+    out = run("tasks", str(dense_model), str(dense_model), "--task", f"hellaswag:{long}", "--task-ctx", "64")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "more than the context" in out.stderr, out.stderr
