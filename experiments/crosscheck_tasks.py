@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import smoke
 
 from recipe_search.core import cache_dir
-from recipe_search.engine import resolve_model_arg
+from recipe_search.engine import LlamaModel, resolve_model_arg
 from recipe_search.engine.task_scoring import choice_scores, correct_choices, score_tasks, task_accuracy, task_model
 from recipe_search.formats.task_files import TaskItem, read_task_file, write_task_file
 
@@ -151,6 +151,16 @@ def theirs(bin_dir: Path, model: Path, kind: str, path: Path, n: int) -> tuple[l
     return correct, out
 
 
+def option_scored(llama: LlamaModel, item: TaskItem) -> bool:
+    """Whether llama-perplexity scores a WinoGrande task from its option on (a sequence with at most 3 tokens
+    after the tokens both share), the span with its index slip, rather than the sentence after the option."""
+    seqs = [llama.tokenize(item.context + choice + item.suffix) for choice in item.choices]
+    shared = 0
+    while shared < min(map(len, seqs)) - 1 and seqs[0][shared] == seqs[1][shared]:
+        shared += 1
+    return any(len(seq) - shared <= 3 for seq in seqs)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=smoke.EPILOG)
     p.add_argument("--model", default="demo")
@@ -183,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 row |= {"llama-perplexity": them["printed"], "same_accuracy": row["ours"] == them["printed"],
                         "tasks_called_alike": agree, "command": them["command"]}
                 if kind == "winogrande":  # it prints both options' figures to 6 decimals
+                    row["tasks_scoring_the_option"] = sum(option_scored(llama, item) for item in file.items)
                     theirs_scores = np.array(them.pop("scores"), dtype=np.float64)
                     diff = np.abs(np.array(scores, dtype=np.float64) - theirs_scores)
                     row["max_score_difference"] = float(np.nanmax(diff))
