@@ -91,9 +91,8 @@ def test_bad_input(dense_model: Path, qwen35_model: Path, text: TextSource, tmp_
 
 def test_demo_cloze_flips_both_ways(demo_model: Path, demo_original: Path, tmp_path: Path) -> None:
     """On the default text the demo model answers some items; its packaged Q4_K_M is scored against it."""
-    base = cloze_base(demo_model, TextSource(), ClozeSettings(items=40, passage_tokens=48), tmp_path, threads=2)[0]
-    assert 0 < base.base_correct.mean() < 1 and len(base.words) == 40
-    assert all(len(t) >= 1 for t in base.targets) and any(len(t) > 1 for t in base.targets)  # words of several tokens
+    base = cloze_base(demo_model, TextSource(), ClozeSettings(items=24, passage_tokens=32), tmp_path, threads=2)[0]
+    assert 0 < base.base_correct.mean() < 1 and len(base.words) == 24
+    assert any(len(t) > 1 for t in base.targets)  # words of several tokens
     flips = score_cloze(demo_original, base, threads=2)
     assert flips.quant_acc - flips.base_acc == pytest.approx((flips.gained - flips.lost) / flips.n)
-    assert score_cloze(demo_model, base, threads=2).lost == 0
