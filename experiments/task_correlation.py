@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check.base(spec)
     rows = []
     for i, (c, v) in enumerate(zip(chosen, validate(worker, chosen), strict=True)):
-        quant = worker.workdir / f"{TRIAL_PREFIX}task-correlation.gguf"
+        quant = worker.workdir / f"{TRIAL_PREFIX}{os.getpid()}-task-correlation.gguf"  # `leftovers` keeps a live pid's
         built = worker.build(worker.resolve(c.recipe), quant)
         start = time.perf_counter()
         try:
