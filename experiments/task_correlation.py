@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import smoke
 
-from recipe_search.core import TAIL_STATISTICS, ClozeSettings, ContinuationSettings, ScoreSettings, TextSource, spearman
+from recipe_search.core import (
+    TAIL_STATISTICS,
+    ClozeSettings,
+    ContinuationSettings,
+    ScoreSettings,
+    TextSource,
+    predict_size,
+    spearman,
+)
 from recipe_search.engine import TRIAL_PREFIX, TaskChecker, Worker, cache_dir, parse_task_specs, resolve_model_arg
 from recipe_search.study import Chosen, frontier_records, load_study, measured_records, storage_url, validate
 
@@ -81,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=200)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--max-recipes", type=int, help="at most this many, evenly spaced in size")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--json", type=Path)
@@ -91,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(chosen)} frontier recipes from {len(a.studies)} studies", flush=True)
     worker = Worker(model, ScoreSettings(text=TextSource.parse(a.holdout), ctx=a.ctx, chunks=a.chunks,
                                          threads=a.threads), cache, cache / "work")
+    if a.max_recipes and len(chosen) > a.max_recipes:
+        chosen.sort(key=lambda c: predict_size(worker.resolve(c.recipe), worker.inventory).file_bytes)
+        chosen = [chosen[int(i)] for i in np.linspace(0, len(chosen) - 1, a.max_recipes).round()]
+        print(f"{len(chosen)} of them, evenly spaced in size", flush=True)
     check = TaskChecker(model, parse_task_specs(["cloze", "continuation"], a.holdout), cache, threads=a.threads,
                         cloze=ClozeSettings(a.cloze_items, a.cloze_tokens),
                         continuation=ContinuationSettings(a.prompts, a.prompt_tokens, a.new_tokens))
