@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..core.text import TextSource
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
-_SUBMODULES = ("recipes", "families", "scoring", "study", "sensitivity", "analysis", "cache", "validation")
+_SUBMODULES = ("recipes", "families", "scoring", "study", "sensitivity", "analysis", "cache", "validation", "tasks")
 
 
 def command(name: str, help: str) -> Callable:

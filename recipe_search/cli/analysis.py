@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.size import human_bytes
 from . import _device_args, _print_json, _recipe_args, _warn, _warn_text_overlaps, command
+from .tasks import TASK_HELP, add_task_options, checker, print_results, print_separation, score_recipes, task_metrics
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -96,6 +97,11 @@ def pareto_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace existing recipe files")
     p.add_argument("--holdout-text", help="also measure each pick on this held-out text, FILE or FILE[a:b], and record "
                                           "it in the recipe (default: the study config's holdout_text)")
+    p.add_argument("--tasks", action="append", metavar="TASKS",
+                   help="also score each pick, and the recipes its objective cannot tell it from, on these tasks "
+                        "(comma-separated: " + TASK_HELP + "), record the figures in the pick's recipe and say "
+                        "which task figures separate the tied recipes")
+    add_task_options(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -111,12 +117,17 @@ def pareto(a: argparse.Namespace) -> int:
     sel = _selection(a)
     if sel.picks and not sel.model.exists():
         _warn([f"the study's model {sel.model} is not here: the recipes get no `model` block"])
-    holdout = _holdout_of_picks(sel, a.holdout_text or sel.config.holdout_text)
+    holdout_text = a.holdout_text or sel.config.holdout_text
+    tasks = _tasks_of_picks(a, sel, holdout_text) if a.tasks else {}
+    holdout = _holdout_of_picks(sel, holdout_text)
     out = Path(a.out or "recipes")
-    written = write_picks(sel, check_output_dir(out) if sel.picks else out, a.force, holdout)
+    written = write_picks(sel, check_output_dir(out) if sel.picks else out, a.force, holdout,
+                          {i: task_metrics(t[0][1]) for i, t in tasks.items()})
     if a.json:
         _print_json({**_selection_json(sel, written), "holdout": {sel.picks[i].target.label: h
-                                                                  for i, h in holdout.items()}})
+                                                                  for i, h in holdout.items()},
+                     "tasks": {sel.picks[i].target.label: {f"trial {n}": task_metrics(r) for n, r in t}
+                               for i, t in tasks.items()}})
         return 0
     _print_frontier(sel)
     if sel.picks:
@@ -142,11 +153,41 @@ def pareto(a: argparse.Namespace) -> int:
             print(f"  {'':>10}  held-out {h['text']}: {sel.objective} " + (
                 f"{h[sel.objective]:.4g} [95% {h[sel.objective + '_ci95'][0]:.4g}, {h[sel.objective + '_ci95'][1]:.4g}]"
                 if sel.objective in h else f"kld_p999 {h['kld_p999']:.4g}"))
+        if i in tasks:
+            (number, mine), *tied = tasks[i]
+            print(f"  {'':>10}  tasks (against the base, item by item; 95% paired intervals):")
+            print_results(mine, " " * 16)
+            if tied:
+                print(f"  {'':>10}  task figures against the recipes it ties with on {sel.objective}:")
+                print_separation(f"trial {number}", mine, {f"trial {n}": r for n, r in tied}, " " * 16)
     n_tokens = int(sel.candidates[0].metrics.get("n_tokens", 0))
     if sel.objective == "kld_p999" and n_tokens < 10_000:
         print(f"note: {n_tokens} scored tokens per trial: the 99.9th percentile rests on the top "
               f"{max(1, round(n_tokens / 1000))} or so tokens, hence the ties", file=sys.stderr)
     return 0
+
+
+def _tasks_of_picks(a: argparse.Namespace, sel, text: str | None) -> dict[int, list]:
+    """Each pick, then each recipe it ties with, scored on the tasks: pick index -> [(trial number, results)]."""
+    from ..engine.demo import cache_dir
+    from ..engine.score import ScoreSettings
+    from ..engine.worker import Worker
+    from . import _imatrix_input, _log
+
+    cfg = sel.config
+    cache = cache_dir(None)
+    check = checker(a, sel.model, a.tasks, text, cache, cfg.threads)
+    worker = Worker(sel.model, ScoreSettings(threads=cfg.threads), cache, cache / "work",
+                    imatrix=_imatrix_input(cfg.imatrix) if cfg.imatrix else None)
+    by_number = {c.number: c for c in sel.candidates}
+    out = {}
+    for i, pick in enumerate(sel.picks):
+        if pick.candidate is None:
+            continue
+        todo = [sel.candidates[pick.candidate], *(by_number[t["trial"]] for t in sel.ties(pick))]
+        results = score_recipes(check, worker, [(c.name, c.recipe) for c in todo], _log(False))
+        out[i] = [(c.number, r) for c, r in zip(todo, results, strict=True)]
+    return out
 
 
 def _holdout_of_picks(sel, text: str | None) -> dict[int, dict]:

@@ -10,6 +10,7 @@ from ..core.metrics import TAIL_STATISTICS
 from ..core.size import human_bytes
 from ..errors import RecipeSearchError
 from . import _imatrix_input, _log, _model, _print_json, _warn_text_overlaps, command
+from .tasks import TASK_HELP, add_task_options, checker, print_results, score_recipes, task_metrics
 
 
 def validate_args(p: argparse.ArgumentParser) -> None:
@@ -28,12 +29,17 @@ def validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--tasks", action="append", metavar="TASKS",
+                   help="also score each recipe on these tasks (comma-separated: " + TASK_HELP + ") and write the "
+                        "figures into the recipe files given (a study's frontier: into the study, for `report`)")
+    add_task_options(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
 
 
 def _chosen(a: argparse.Namespace):
-    """(recipes to validate, the study's config or None, the model path or None)."""
+    """(recipes to validate, the study's config or None, the model path or None, the study or None and the trial
+    number of each of its recipes)."""
     from ..core.recipe import load_recipe
     from ..study._holdout import Chosen
 
@@ -42,16 +48,19 @@ def _chosen(a: argparse.Namespace):
     if not (a.storage or a.dir or a.study):
         if not chosen:
             raise RecipeSearchError("nothing to validate: give recipe files or a study (--dir, --storage)")
-        return chosen, None, None
+        return chosen, None, None, None, []
     from ..study._selection import select
     from ..study._storage import load_study, storage_url
 
     url = storage_url(a.storage, a.dir, a.study)
-    sel = select(load_study(url, a.study), url, a.objective, [], n_boot=100)
+    study = load_study(url, a.study)
+    sel = select(study, url, a.objective, [], n_boot=100)
+    numbers = []
     for p in sel.frontier:
         c = sel.candidates[p.candidate]
         chosen.append(Chosen(c.name, c.recipe, c.metrics))
-    return chosen, sel.config, sel.model
+        numbers.append(c.number)
+    return chosen, sel.config, sel.model, study, numbers
 
 
 @command("validate", "re-score chosen recipes (or a study's frontier) on a held-out text, with chunk-bootstrap "
@@ -64,7 +73,7 @@ def validate(a: argparse.Namespace) -> int:
     from ..study._holdout import rank_agreement
     from ..study._holdout import validate as run_validate
 
-    chosen, config, study_model = _chosen(a)
+    chosen, config, study_model, study, numbers = _chosen(a)
     holdout = a.holdout_text or (config.holdout_text if config else None)
     if not holdout:
         raise RecipeSearchError("no held-out text: pass --holdout-text (or set holdout_text in the study config)")
@@ -82,12 +91,22 @@ def validate(a: argparse.Namespace) -> int:
     _warn_text_overlaps(texts, imatrix)
     cache = cache_dir(a.cache_dir)
     worker = Worker(model, settings, cache, cache / "work", imatrix=_imatrix_input(imatrix) if imatrix else None)
+    check = checker(a, model, a.tasks, holdout, cache, a.threads) if a.tasks else None
     results = run_validate(worker, chosen, n_boot=a.n_boot, log=_log(a.quiet))
     agreement = rank_agreement(results)
+    tasks = score_recipes(check, worker, [(c.name, c.recipe) for c in chosen], _log(a.quiet)) if check else []
+    if tasks:
+        _record_tasks(a.recipes, tasks)
+        if study is not None:  # the frontier's figures, for `report`
+            from ..study._selection import record_task_figures
+
+            record_task_figures(study, {n: task_metrics(t) for n, t in zip(numbers, tasks[len(a.recipes):],
+                                                                             strict=True)})
     if a.json:
         _print_json({"holdout_text": settings.text.label, "ctx": ctx, "chunks": chunks,
                      "n_tokens": int(results[0].holdout_metrics["n_tokens"]) if results else 0,
-                     "recipes": [r.to_dict() for r in results], "spearman": agreement})
+                     "recipes": [{**r.to_dict(), **({"tasks": task_metrics(tasks[i])} if tasks else {})}
+                                 for i, r in enumerate(results)], "spearman": agreement})
         return 0
     n = int(results[0].holdout_metrics["n_tokens"]) if results else 0
     print(f"held-out text {settings.text.label}: ctx {ctx} x {chunks} chunks, {n} scored tokens; "
@@ -104,4 +123,19 @@ def validate(a: argparse.Namespace) -> int:
     shown = ", ".join(f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in agreement.items())
     print(f"Spearman rank correlation, search text vs held-out ({sum(bool(r.search_metrics) for r in results)} "
           f"recipes with search figures): {shown}", file=sys.stdout)
+    if tasks:
+        print("tasks (against the base model, item by item; intervals: 95%, paired over items):")
+        for c, task_results in zip(chosen, tasks, strict=True):
+            print(f"  {c.name}")
+            print_results(task_results, "    ")
     return 0
+
+
+def _record_tasks(files: list[str], tasks: list) -> None:
+    """Write each recipe file's task figures into its ``metrics.tasks`` (the files come first among the chosen)."""
+    from ..core.recipe import load_recipe
+
+    for path, results in zip(files, tasks, strict=False):
+        recipe = load_recipe(path)
+        metrics = {**(recipe.metrics or {}), "tasks": task_metrics(results)}
+        recipe.model_copy(update={"metrics": metrics}).save(path)

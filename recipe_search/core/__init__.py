@@ -111,6 +111,15 @@ _API = {
     "TextSource": "text",
     "overlapping": "text",
     "text_sha256": "text",
+    "ContinuationAgreement": "task_flips",
+    "TaskFlips": "task_flips",
+    "continuation_agreement": "task_flips",
+    "first_divergence": "task_flips",
+    "item_flips": "task_flips",
+    "ClozeCandidate": "text_tasks",
+    "ClozeSettings": "text_tasks",
+    "ContinuationSettings": "text_tasks",
+    "cloze_candidates": "text_tasks",
 }
 __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
@@ -209,10 +218,19 @@ if TYPE_CHECKING:
     from .space import build_space as build_space
     from .space import reference_recipes as reference_recipes
     from .space import seed_recipes as seed_recipes
+    from .task_flips import ContinuationAgreement as ContinuationAgreement
+    from .task_flips import TaskFlips as TaskFlips
+    from .task_flips import continuation_agreement as continuation_agreement
+    from .task_flips import first_divergence as first_divergence
+    from .task_flips import item_flips as item_flips
     from .text import ScoreSettings as ScoreSettings
     from .text import TextSource as TextSource
     from .text import overlapping as overlapping
     from .text import text_sha256 as text_sha256
+    from .text_tasks import ClozeCandidate as ClozeCandidate
+    from .text_tasks import ClozeSettings as ClozeSettings
+    from .text_tasks import ContinuationSettings as ContinuationSettings
+    from .text_tasks import cloze_candidates as cloze_candidates
     from .tool_formats import EXPORT_FORMATS as EXPORT_FORMATS
     from .tool_formats import EXPORTABLE as EXPORTABLE
     from .tool_formats import export as export

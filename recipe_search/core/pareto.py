@@ -74,7 +74,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Spearman's rank correlation of paired values (ties get mean ranks); NaN when either side is constant."""
     x, y = _ranks(np.asarray(a, dtype=float)), _ranks(np.asarray(b, dtype=float))
     if len(x) != len(y) or len(x) < 2:

@@ -1,5 +1,5 @@
 """llama.cpp in process: load and evaluate, quantize, collect an imatrix, the tensor cache, score,
-the worker. Never Optuna."""
+task files scored, the worker. Never Optuna."""
 
 from __future__ import annotations
 
@@ -37,7 +37,27 @@ _API = {
     "score_against_base_file": "score",
     "score_quant": "score",
     "write_base_file": "score",
+    "SUBSET_NOTE": "task_scoring",
+    "TaskAccuracy": "task_scoring",
+    "choice_scores": "task_scoring",
+    "correct_choices": "task_scoring",
+    "score_tasks": "task_scoring",
+    "task_accuracy": "task_scoring",
+    "task_model": "task_scoring",
     "TensorCache": "tensor_cache",
+    "ClozeBase": "text_tasks",
+    "ContinuationBase": "text_tasks",
+    "cloze_base": "text_tasks",
+    "continuation_base": "text_tasks",
+    "score_cloze": "text_tasks",
+    "score_continuation": "text_tasks",
+    "TaskChecker": "task_check",
+    "TaskResult": "task_check",
+    "TaskSpec": "task_check",
+    "parse_task_specs": "task_check",
+    "separation": "task_check",
+    "generate_greedy": "greedy",
+    "greedy_choices": "greedy",
     "Worker": "worker",
     "speed_of": "worker",
     "tool_versions": "worker",
@@ -55,6 +75,8 @@ if TYPE_CHECKING:
     from .demo import demo_model_path as demo_model_path
     from .demo import original_path as original_path
     from .demo import resolve_model_arg as resolve_model_arg
+    from .greedy import generate_greedy as generate_greedy
+    from .greedy import greedy_choices as greedy_choices
     from .imatrix_collect import collect_imatrix as collect_imatrix
     from .leftovers import TRIAL_PREFIX as TRIAL_PREFIX
     from .leftovers import clean_workdir as clean_workdir
@@ -73,7 +95,25 @@ if TYPE_CHECKING:
     from .score import score_against_base_file as score_against_base_file
     from .score import score_quant as score_quant
     from .score import write_base_file as write_base_file
+    from .task_check import TaskChecker as TaskChecker
+    from .task_check import TaskResult as TaskResult
+    from .task_check import TaskSpec as TaskSpec
+    from .task_check import parse_task_specs as parse_task_specs
+    from .task_check import separation as separation
+    from .task_scoring import SUBSET_NOTE as SUBSET_NOTE
+    from .task_scoring import TaskAccuracy as TaskAccuracy
+    from .task_scoring import choice_scores as choice_scores
+    from .task_scoring import correct_choices as correct_choices
+    from .task_scoring import score_tasks as score_tasks
+    from .task_scoring import task_accuracy as task_accuracy
+    from .task_scoring import task_model as task_model
     from .tensor_cache import TensorCache as TensorCache
+    from .text_tasks import ClozeBase as ClozeBase
+    from .text_tasks import ContinuationBase as ContinuationBase
+    from .text_tasks import cloze_base as cloze_base
+    from .text_tasks import continuation_base as continuation_base
+    from .text_tasks import score_cloze as score_cloze
+    from .text_tasks import score_continuation as score_continuation
     from .trial_cost import estimate as estimate
     from .trial_cost import measure_rates as measure_rates
     from .worker import Worker as Worker

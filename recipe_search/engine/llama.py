@@ -81,13 +81,15 @@ class Batch:
     (llama_batch_init allocates one seq_id array per token) and nothing needs llama_batch_free.
     """
 
-    def __init__(self, pos: np.ndarray, seq: np.ndarray, output: np.ndarray) -> None:
+    def __init__(self, pos: np.ndarray, seq: np.ndarray, output: np.ndarray, n_seq_id: np.ndarray | None = None) -> None:
+        """`n_seq_id` (default: one each) gives each token's count of sequence ids, `seq` all of them in a row."""
         n = len(pos)
         self.token = np.zeros(n, dtype=np.int32)
         self.pos = np.ascontiguousarray(pos, dtype=np.int32)
-        self.n_seq_id = np.ones(n, dtype=np.int32)
+        self.n_seq_id = np.ones(n, dtype=np.int32) if n_seq_id is None else np.ascontiguousarray(n_seq_id, np.int32)
         self.seq = np.ascontiguousarray(seq, dtype=np.int32)
-        self.seq_ptr = self.seq.ctypes.data + self.seq.itemsize * np.arange(n, dtype=np.uintp)
+        first = np.concatenate(([0], np.cumsum(self.n_seq_id[:-1]))).astype(np.uintp)
+        self.seq_ptr = self.seq.ctypes.data + self.seq.itemsize * first
         self.output = np.ascontiguousarray(output, dtype=np.int8)
         self.c = llama_cpp.llama_batch(
             n_tokens=n,
@@ -109,11 +111,13 @@ class LlamaModel:
     and only costs memory (the output buffer holds a round's logits). Batch and generation both use
     `n_threads` threads; on a machine shared with other busy processes, llama.cpp's OpenMP barriers
     spin, which `OMP_WAIT_POLICY=passive` in the environment before llama_cpp is imported avoids.
+    `kv_unified` gives the sequences one KV cache of all `n_seq * n_ctx` cells, as llama-perplexity's task
+    scores do.
     """
 
     def __init__(
         self, path: str | Path, n_threads: int = 2, n_ctx: int = 512, n_seq: int = 1, n_ubatch: int = 512,
-        cb_eval: object | None = None, n_gpu_layers: int = 0,
+        cb_eval: object | None = None, n_gpu_layers: int = 0, kv_unified: bool = False,
     ) -> None:
         self.path = Path(path)
         self.n_ctx = n_ctx
@@ -143,6 +147,7 @@ class LlamaModel:
         if cb_eval is not None:  # the scheduler's eval callback (a ctypes function), e.g. imatrix collection
             cparams.cb_eval = cb_eval
         cparams.swa_full = False
+        cparams.kv_unified = self.kv_unified = kv_unified
         with llama_log.captured() as log:
             self._ctx = llama_cpp.llama_init_from_model(self._model, cparams) or None
         self.context_log = "".join(log)  #: what llama.cpp logged making the context (its buffers' sizes)
@@ -154,6 +159,8 @@ class LlamaModel:
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self.bos_id: int = llama_cpp.llama_vocab_bos(self._vocab)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.n_cells: int = llama_cpp.llama_n_ctx(self._ctx)  # n_seq * n_ctx, padded by llama.cpp to 256
+        self.n_batch: int = llama_cpp.llama_n_batch(self._ctx)
 
     def __enter__(self) -> Self:
         return self
@@ -208,6 +215,27 @@ class LlamaModel:
                 return out[:n].copy()
             n_max = -n
         raise RecipeSearchError("tokenization failed")
+
+    def detokenize(self, tokens: np.ndarray) -> bytes:
+        """The text of ``tokens`` (special tokens kept as they are), as ``llama_detokenize`` gives it."""
+        self._live()
+        ids = np.ascontiguousarray(tokens, dtype=np.int32)
+        n_max = 8 * len(ids) + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(n_max)
+            n = llama_cpp.llama_detokenize(self._vocab, ids.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
+                                           len(ids), buf, n_max, False, False)
+            if n >= 0:
+                return buf.raw[:n]
+            n_max = -n
+        raise RecipeSearchError("detokenization failed")
+
+    def output_logits(self, n_outputs: int) -> np.ndarray:
+        """The last decode's logits [n_outputs, n_vocab], in the batch's order of output tokens: a read-only
+        view of llama.cpp's buffer, which the next decode overwrites."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._live()), shape=(n_outputs, self.n_vocab))
+        logits.flags.writeable = False
+        return logits
 
     def clear(self) -> None:
         """Empty the KV cache / recurrent state of every sequence."""

@@ -1,4 +1,4 @@
-"""Files: ggml types, GGUF headers read and written, tensor maps, imatrix files, safe writes."""
+"""Files: ggml types, GGUF headers read and written, tensor maps, imatrix files, task files, safe writes."""
 
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ _API = {
     "save_imatrix_gguf": "imatrix_file",
     "read_map": "tensor_map",
     "write_header_only": "tensor_map",
+    "TASK_FILE_KINDS": "task_files",
+    "TaskFile": "task_files",
+    "TaskItem": "task_files",
+    "read_task_file": "task_files",
+    "read_task_spec": "task_files",
+    "split_task_spec": "task_files",
+    "task_file_bytes": "task_files",
+    "write_task_file": "task_files",
 }
 __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
@@ -86,5 +94,13 @@ if TYPE_CHECKING:
     from .imatrix_file import ImatrixInput as ImatrixInput
     from .imatrix_file import load_imatrix as load_imatrix
     from .imatrix_file import save_imatrix_gguf as save_imatrix_gguf
+    from .task_files import TASK_FILE_KINDS as TASK_FILE_KINDS
+    from .task_files import TaskFile as TaskFile
+    from .task_files import TaskItem as TaskItem
+    from .task_files import read_task_file as read_task_file
+    from .task_files import read_task_spec as read_task_spec
+    from .task_files import split_task_spec as split_task_spec
+    from .task_files import task_file_bytes as task_file_bytes
+    from .task_files import write_task_file as write_task_file
     from .tensor_map import read_map as read_map
     from .tensor_map import write_header_only as write_header_only

@@ -13,6 +13,7 @@ _API = {
     "write_report": "page",
     "plot_frontier": "plots",
     "plot_sensitivity": "plots",
+    "plot_tasks": "plots",
 }
 __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
@@ -24,3 +25,4 @@ if TYPE_CHECKING:
     from .page import write_report as write_report
     from .plots import plot_frontier as plot_frontier
     from .plots import plot_sensitivity as plot_sensitivity
+    from .plots import plot_tasks as plot_tasks

@@ -12,7 +12,7 @@ from ..core.size import human_bytes
 from ..errors import RecipeSearchError
 from ..formats.files import atomic_write_text
 from ..study._selection import Selection, write_picks
-from .plots import SENSITIVITY_COLUMNS, plot_frontier, plot_sensitivity
+from .plots import SENSITIVITY_COLUMNS, plot_frontier, plot_sensitivity, plot_tasks
 
 
 def sensitivity_csvs(directory: Path) -> list[Path]:
@@ -88,9 +88,34 @@ def markdown(sel: Selection, frontier_png: str, sensitivity_pngs: Sequence[str],
                 rules = sel.candidates[pick.candidate].recipe.model_copy(update={"metrics": None, "provenance": None})
                 lines += ["", f"### {pick.target.label}: `{recipes[i]}`", "", "```yaml", rules.to_yaml().rstrip(),
                           "```"]
+    if sel.task_figures:
+        lines += ["", "## Tasks", "", ("The frontier recipes `validate --tasks` scored on the held-out text, against "
+                                       "the base model item by item (95% paired intervals over items)."), "",
+                  "![task figures](tasks.png)", ""] + _task_table(sel)
     if sensitivity_pngs:
         lines += ["", "## Sensitivity", ""] + [f"![sensitivity]({png})\n" for png in sensitivity_pngs]
     return "\n".join(lines) + "\n"
+
+
+def _task_table(sel: Selection) -> list[str]:
+    kinds = list(dict.fromkeys(k for f in sel.task_figures.values() for k in f))
+    by_number = {c.number: c for c in sel.candidates}
+    lines = ["| trial | bpw | " + " | ".join(kinds) + " |", "|---:|---:|" + "---|" * len(kinds)]
+    for n in sorted(sel.task_figures, key=lambda n: by_number[n].bpw if n in by_number else 0.0):
+        if n not in by_number:
+            continue
+        cells = []
+        for kind in kinds:
+            f, name = sel.task_figures[n].get(kind, {}), kind.replace("-", "_")
+            if f"{name}_agree_tokens" in f:
+                cells.append(f"{100 * f[f'{name}_identical']:.1f}% identical, {f[f'{name}_agree_tokens']:.1f} tokens")
+            elif f"{name}_acc" in f:
+                cells.append(f"{100 * f[f'{name}_acc']:.1f}% ({100 * f[f'{name}_acc_diff']:+.1f}), "
+                             f"{f[f'{name}_flips_lost']} lost / {f[f'{name}_flips_gained']} gained")
+            else:
+                cells.append("")
+        lines.append(f"| {n} | {by_number[n].bpw:.3f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(sel: Selection, out_dir: Path, sensitivity_dirs: Sequence[Path] = ()) -> Path:
@@ -99,6 +124,8 @@ def write_report(sel: Selection, out_dir: Path, sensitivity_dirs: Sequence[Path]
     sweeps = [csv_path for directory in sensitivity_dirs for csv_path in sensitivity_csvs(directory)]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_frontier(sel, out_dir / "frontier.png")
+    if sel.task_figures:
+        plot_tasks(sel, out_dir / "tasks.png")
     pngs = []
     for csv_path in sweeps:
         rows = read_sensitivity(csv_path)

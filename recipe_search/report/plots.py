@@ -229,3 +229,49 @@ def plot_role_profiles(profiles: dict[str, RoleProfile], path: Path | None = Non
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", fontsize=7)
     _save(fig, path)
     return fig
+
+
+# -- task figures ----------------------------------------------------------------------------------
+def _task_headline(kind: str, figures: dict) -> tuple[str, float, list[float]] | None:
+    """(label, value, 95% interval) a task's panel draws: the accuracy change, or mean tokens to divergence."""
+    name = kind.replace("-", "_")
+    if f"{name}_agree_tokens" in figures:
+        return (f"{kind}: mean tokens to the first divergence", figures[f"{name}_agree_tokens"],
+                figures[f"{name}_agree_tokens_ci95"])
+    if f"{name}_acc_diff" in figures:
+        return (f"{kind}: accuracy − base's (points)", 100 * figures[f"{name}_acc_diff"],
+                [100 * v for v in figures[f"{name}_acc_diff_ci95"]])
+    return None
+
+
+def plot_tasks(sel: Selection, path: Path | None = None) -> Figure:
+    """The frontier's objective against bits per weight, and beside it each task's figure for the frontier
+    recipes `validate --tasks` scored (95% paired intervals over items)."""
+    kinds = list(dict.fromkeys(k for f in sel.task_figures.values() for k in f))
+    fig = _new_figure(4.2 * (1 + len(kinds)), 4.2)
+    axes = fig.subplots(1, 1 + len(kinds), squeeze=False)[0]
+    cands = {c.number: c for c in sel.candidates}
+    front = [sel.candidates[p.candidate] for p in sel.frontier]
+    axes[0].plot([c.bpw for c in front], [sel.quality(c) for c in front], "o-", color="tab:blue", ms=4)
+    if sel.objective not in MAXIMISE and all(sel.quality(c) > 0 for c in front):
+        _log_y(axes[0])
+    axes[0].set_title(f"frontier: {metric_label(sel.objective)}", fontsize=9)
+    for ax, kind in zip(axes[1:], kinds, strict=True):
+        points = sorted((cands[n].bpw, h) for n, f in sel.task_figures.items() if n in cands and kind in f
+                        for h in [_task_headline(kind, f[kind])] if h is not None)
+        if points:
+            x = np.array([b for b, _ in points])
+            y = np.array([h[1] for _, h in points])
+            lo = np.array([h[2][0] for _, h in points])
+            hi = np.array([h[2][1] for _, h in points])
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o-", color="tab:red", ms=4, capsize=2, lw=1)
+            ax.set_title(points[0][1][0], fontsize=9)
+        if "accuracy" in ax.get_title():
+            ax.axhline(0, color="0.5", lw=0.8, ls=":")
+    for ax in axes:
+        ax.set_xlabel("bits per weight")
+        ax.grid(True, which="both", color="0.92", lw=0.6)
+    fig.suptitle(f"{sel.study}: the frontier on the search text, and its task figures on the held-out text",
+                 fontsize=10)
+    _save(fig, path)
+    return fig

@@ -20,6 +20,7 @@ _API = {
     "validate": "_holdout",
     "TrialRecord": "_records",
     "Selection": "_selection",
+    "record_task_figures": "_selection",
     "select": "_selection",
     "write_picks": "_selection",
     "load_study": "_storage",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ._holdout import validate as validate
     from ._records import TrialRecord as TrialRecord
     from ._selection import Selection as Selection
+    from ._selection import record_task_figures as record_task_figures
     from ._selection import select as select
     from ._selection import write_picks as write_picks
     from ._storage import load_study as load_study

@@ -59,6 +59,8 @@ class Selection:
     frontier: list[FrontierPoint]
     picks: list[Pick]
     tools: dict[str, str]  # the versions that measured the study
+    #: trial number -> {task kind: figures}, what `validate --tasks` measured of the frontier on held-out text
+    task_figures: dict[int, dict] = field(default_factory=dict)
     _ties: dict[Pick, list[dict]] = field(default_factory=dict, repr=False)  # `ties`, by pick
 
     def quality(self, c: TrialRecord) -> float:
@@ -133,7 +135,19 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
     return Selection(study.study_name, mask_credentials(url), Path(study.user_attrs["model"]), config, objectives,
-                     objective, counts, candidates, frontier, picks, study_tools(study))
+                     objective, counts, candidates, frontier, picks, study_tools(study),
+                     {int(k): v for k, v in study.user_attrs.get(TASK_FIGURES, {}).items()})
+
+
+#: the study attribute holding the task figures of its trials (`record_task_figures`)
+TASK_FIGURES = "task_figures"
+
+
+def record_task_figures(study: optuna.Study, figures: dict[int, dict]) -> None:
+    """Keep task figures of trials (trial number -> {task kind: figures}) in the study, beside earlier ones."""
+    kept = dict(study.user_attrs.get(TASK_FIGURES, {}))
+    kept.update({str(n): f for n, f in figures.items()})
+    study.set_user_attr(TASK_FIGURES, kept)
 
 
 # -- writing picks ---------------------------------------------------------------------------------
@@ -207,10 +221,12 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
         "metrics": metrics, "provenance": provenance})
 
 
-def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, dict] | None = None) -> dict[int, Path]:
+def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, dict] | None = None,
+                tasks: dict[int, dict] | None = None) -> dict[int, Path]:
     """Write every pick's recipe under ``out_dir`` (pick index -> file); checks every name first, so nothing
     is written when one exists (without ``force``). Targets nothing fits are skipped. ``holdout`` (pick index ->
-    its held-out validation) goes into the recipe's metrics beside the search-text figures."""
+    its held-out validation) and ``tasks`` (pick index -> its task figures) go into the recipe's metrics beside
+    the search-text figures."""
     todo = {i: out_dir / recipe_file_name(sel, p) for i, p in enumerate(sel.picks) if p.candidate is not None}
     if not force:
         for path in todo.values():
@@ -220,7 +236,8 @@ def write_picks(sel: Selection, out_dir: Path, force: bool, holdout: dict[int, d
         model, versions = model_ref(sel.model), sel.tools
         for i, path in todo.items():
             recipe = picked_recipe(sel, sel.picks[i], model, versions)
-            if holdout and i in holdout:
-                recipe = recipe.model_copy(update={"metrics": {**(recipe.metrics or {}), "holdout": holdout[i]}})
+            for key, extra in (("holdout", holdout), ("tasks", tasks)):
+                if extra and i in extra:
+                    recipe = recipe.model_copy(update={"metrics": {**(recipe.metrics or {}), key: extra[i]}})
             recipe.save(path, overwrite=force)
     return todo
