@@ -26,7 +26,7 @@ TASK_HELP = ("KIND:FILE for a task file llama-perplexity reads (hellaswag, winog
 def add_task_options(p: argparse.ArgumentParser) -> None:
     """The options every task check takes (besides the tasks themselves)."""
     from ..core.text_tasks import ClozeSettings, ContinuationSettings
-    from ..engine.task_scoring import SUBSET_NOTE
+    from ..formats.task_files import SUBSET_NOTE
 
     p.add_argument("--task-limit", type=_int_in((1, 10**7)), metavar="N",
                    help="score only the first N tasks of each task file (default: all). " + SUBSET_NOTE)
@@ -124,7 +124,7 @@ def tasks_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("tasks", "score a recipe or quant on tasks against its base model: accuracy, flips both ways and "
-                  "continuation agreement, with paired 95%% intervals over items")
+                  "continuation agreement, with paired intervals over items")
 def tasks(a: argparse.Namespace) -> int:
     import time
 

@@ -37,7 +37,6 @@ _API = {
     "score_against_base_file": "score",
     "score_quant": "score",
     "write_base_file": "score",
-    "SUBSET_NOTE": "task_scoring",
     "TaskAccuracy": "task_scoring",
     "choice_scores": "task_scoring",
     "correct_choices": "task_scoring",
@@ -100,7 +99,6 @@ if TYPE_CHECKING:
     from .task_check import TaskSpec as TaskSpec
     from .task_check import parse_task_specs as parse_task_specs
     from .task_check import separation as separation
-    from .task_scoring import SUBSET_NOTE as SUBSET_NOTE
     from .task_scoring import TaskAccuracy as TaskAccuracy
     from .task_scoring import choice_scores as choice_scores
     from .task_scoring import correct_choices as correct_choices

@@ -28,11 +28,6 @@ from ..errors import RecipeSearchError
 from ..formats.task_files import TaskFile, TaskItem
 from .llama import Batch, LlamaModel
 
-#: what a subset of a task file means, for a command's help
-SUBSET_NOTE = ("llama-perplexity shuffles HellaSwag tasks with the C++ library's random distribution and takes "
-               "400 by default (and a random subset of the other formats when given fewer tasks than the file "
-               "holds), so only a whole file's accuracy compares with its; a limit here takes the first tasks "
-               "in file order.")
 _TRAILING_MIN = 3  # winogrande_score's k_min_trailing_ctx
 _TASKS_PER_BATCH = {"hellaswag": 32, "winogrande": 128, "multiple-choice": 32}  # max_tasks_per_batch
 _SEQS_PER_TASK = {"hellaswag": 4, "winogrande": 2, "multiple-choice": 4}  # max_seq = that product, capped by -np

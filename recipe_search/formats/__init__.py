@@ -45,6 +45,7 @@ _API = {
     "save_imatrix_gguf": "imatrix_file",
     "read_map": "tensor_map",
     "write_header_only": "tensor_map",
+    "SUBSET_NOTE": "task_files",
     "TASK_FILE_KINDS": "task_files",
     "TaskFile": "task_files",
     "TaskItem": "task_files",
@@ -94,6 +95,7 @@ if TYPE_CHECKING:
     from .imatrix_file import ImatrixInput as ImatrixInput
     from .imatrix_file import load_imatrix as load_imatrix
     from .imatrix_file import save_imatrix_gguf as save_imatrix_gguf
+    from .task_files import SUBSET_NOTE as SUBSET_NOTE
     from .task_files import TASK_FILE_KINDS as TASK_FILE_KINDS
     from .task_files import TaskFile as TaskFile
     from .task_files import TaskItem as TaskItem

@@ -29,6 +29,11 @@ from .files import atomic_write_bytes
 
 #: the kinds of `--task KIND:FILE` that name a task file, each with the llama-perplexity option that scores it
 TASK_FILE_KINDS = {"hellaswag": "--hellaswag", "winogrande": "--winogrande", "multiple-choice": "--multiple-choice"}
+#: what a subset of a task file means, for a command's help
+SUBSET_NOTE = ("llama-perplexity shuffles HellaSwag tasks with the C++ library's random distribution and takes "
+               "400 by default (and a random subset of the other formats when given fewer tasks than the file "
+               "holds), so only a whole file's accuracy compares with its; a limit here takes the first tasks "
+               "in file order.")
 _MAX_ANSWERS = 100  # multiple_choice_answers::deserialize refuses more
 
 
