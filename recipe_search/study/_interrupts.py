@@ -1,4 +1,5 @@
-"""A trial abandoned by a second Ctrl-C: no Optuna traceback, and the trial is queued again.
+"""A trial abandoned by a second Ctrl-C: no Optuna traceback, and the trial is queued again; a trial failed by an
+error is queued again too (`retry_failed`), a few times.
 
 Optuna marks the interrupted trial FAIL and logs the KeyboardInterrupt with its traceback. A reference
 recipe (or a surrogate seed) failed that way would never be measured, so the same parameters and the
@@ -63,6 +64,20 @@ class AbandonGuard:
             handler.removeFilter(self._filter)
         if kind is not None and issubclass(kind, KeyboardInterrupt) and self.current is not None:
             self.requeued = requeue(self.study, self.current)
+
+
+#: how often a trial failed by an error is enqueued again, as Optuna's retry callback enqueues a killed worker's
+MAX_RETRIES = 3
+
+
+def retry_failed(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Enqueue a trial that is failing (a full disk, a damaged cache entry) again, with its parameters and
+    enqueue-time attributes, unless it was retried `MAX_RETRIES` times already; whether it was."""
+    tries = int(trial.user_attrs.get("retries", 0))
+    if tries >= MAX_RETRIES or not trial.params:
+        return False
+    study.enqueue_trial(trial.params, user_attrs=enqueued_attrs(trial, requeued_from=trial.number, retries=tries + 1))
+    return True
 
 
 def requeue(study: optuna.Study, number: int) -> int | None:
