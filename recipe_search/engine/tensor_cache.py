@@ -15,7 +15,8 @@ the library file and the machine architecture stand for "this build"). Writes ar
 cache is bounded (`$RECIPE_SEARCH_TENSOR_CACHE_GB`, else `DEFAULT_DISK_SHARE` of the disk it can use: the free
 bytes under its directory plus those it holds), least recently used first out. Each entry's record holds the digest of its shard
 (`digest`) and its own (`record_digest`), checked on the shard's first use in a process: an entry whose
-bytes changed on disk is removed and quantized again, with one warning line, never linked into a trial.
+bytes changed on disk is removed and quantized again, with one warning line, never linked into a trial; the
+entries of a trial are checked again once it is measured (`recheck`), for damage after their first use.
 """
 
 from __future__ import annotations
@@ -327,6 +328,23 @@ class ModelTensors:
             st = path.stat()
             _CHECKED.add((str(path), st.st_dev, st.st_ino))
         return path
+
+    def recheck(self, pairs: Iterable[tuple[Tensor, GGMLType]]) -> list[str]:
+        """Check the cached entries of ``pairs`` against their digests again, whatever was checked before in this
+        process (bytes changed on disk since a shard's first use), and remove the damaged ones; one line for each."""
+        damaged = []
+        for tensor, ggml_type in pairs:
+            path = self.path(tensor, ggml_type)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            problem = entry_problem(path, size, None)
+            if problem is not None and problem != NO_DIGEST:
+                path.unlink(missing_ok=True)
+                path.with_suffix(".json").unlink(missing_ok=True)
+                damaged.append(f"{tensor.name} at {ggml_type.name} ({problem})")
+        return damaged
 
     def weight_error(self, tensor: Tensor, ggml_type: GGMLType) -> WeightError:
         """The recorded weight error of ``tensor`` at ``ggml_type`` (quantizing it first if needed)."""

@@ -28,6 +28,7 @@ import numpy as np
 from ..core.cache_need import SHARD_ALIGNMENT
 from ..core.inventory import Tensor
 from ..errors import RecipeSearchError
+from ..formats.files import write_error
 from ..formats.ggml_types import GGMLType, tensor_bytes
 from ..formats.gguf_write import pad
 from . import libggml
@@ -146,12 +147,15 @@ def fill(job: FillJob) -> None:
 
 def write_atomically(path: Path, parts: Iterable[bytes | memoryview]) -> None:
     """Stream ``parts`` into a temporary file beside ``path`` (``.NAME.PID-RANDOM.tmp``: `leftovers` removes
-    those of dead processes), then rename it (large files: no fsync, no copy in memory)."""
+    those of dead processes), then rename it (large files: no fsync, no copy in memory); a failed write (a full
+    disk) is one line naming the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.writelines(parts)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk: one line naming the file, not a crash of the fill's child
+        raise write_error(err, path) from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -4,7 +4,9 @@ It resolves the recipe, predicts the file size exactly, quantizes into a work di
 llama.cpp's quantizer, scores the result against the cached reference, and removes the temporary GGUF.
 Finished measurements are kept in the cache directory by their result key, so a recipe that resolves
 to the same file is measured once across studies; each carries its digest, and a damaged one is measured
-again with one warning line. A measurement with a NaN or infinite metric is an error naming the recipe.
+again with one warning line. A measurement with a NaN or infinite metric is an error naming the recipe. The
+tensor-cache entries a trial linked are checked against their digests again once it is scored (or has failed):
+bytes changed on disk since their first use discard the measurement and remove the entries.
 """
 
 from __future__ import annotations
@@ -196,11 +198,18 @@ class Worker:
                 raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {built.file_bytes}", path)
             scored = score_quant(built.path, reference, self.settings, on_chunk, check=False)
             speed_numbers = speed_of(built.path, self.settings.threads, self.settings.gpu_layers) if speed else {}
+        except (RecipeSearchError, OSError) as err:
+            if damaged := self._recheck(resolution):  # a damaged entry the trial linked: removed, for the retry
+                raise RecipeSearchError(f"{err}; damaged tensor-cache entries removed: {damaged}") from None
+            raise
         finally:
             if not self.keep and out is None:
                 for f in built.files if built else [path]:
                     f.unlink(missing_ok=True)
                 path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+        if damaged := self._recheck(resolution):
+            raise RecipeSearchError(f"recipe {resolution.recipe.name!r}: tensor-cache entries changed on disk while it "
+                                    f"was measured, the measurement discarded and the entries removed: {damaged}")
         metrics = scored.summary.to_dict()
         metrics["ppl_ratio"] = float(np.exp(metrics["ln_ppl_ratio"]))
         _check_finite_metrics(metrics, resolution.recipe.name)
@@ -212,6 +221,15 @@ class Worker:
             speed=speed_numbers)
         self._store(resolution, m)
         return m
+
+
+    def _recheck(self, resolution: Resolution) -> str:
+        """The tensor-cache entries ``resolution`` links that no longer match their digests (removed), as one
+        phrase; empty when all match or without the cache (see `ModelTensors.recheck`)."""
+        if not self.tensor_cache:
+            return ""
+        damaged = self.tensors.recheck((x.tensor, x.ggml_type) for x in resolution.tensors)
+        return ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
 
 
 def _check_finite_metrics(metrics: dict[str, float], recipe: str) -> None:

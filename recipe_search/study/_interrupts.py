@@ -1,4 +1,6 @@
-"""A trial abandoned by a second Ctrl-C: no Optuna traceback, and the trial is queued again.
+"""A trial abandoned by a second Ctrl-C: no Optuna traceback, and the trial is queued again; a trial failed by an
+error is queued again too (`retry_failed`), a few times, and so is a killed worker's trial that never beat
+(`fail_silent_trials`).
 
 Optuna marks the interrupted trial FAIL and logs the KeyboardInterrupt with its traceback. A reference
 recipe (or a surrogate seed) failed that way would never be measured, so the same parameters and the
@@ -7,13 +9,16 @@ attributes it was enqueued with are enqueued again, as the retry callback does f
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 import optuna
 from optuna.trial import TrialState
 
 from ._records import enqueued_attrs
+from ._status import heartbeats
 
 
 class _DropInterrupt(logging.Filter):
@@ -65,6 +70,20 @@ class AbandonGuard:
             self.requeued = requeue(self.study, self.current)
 
 
+#: how often a trial failed by an error is enqueued again, as Optuna's retry callback enqueues a killed worker's
+MAX_RETRIES = 3
+
+
+def retry_failed(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Enqueue a trial that is failing (a full disk, a damaged cache entry) again, with its parameters and
+    enqueue-time attributes, unless it was retried `MAX_RETRIES` times already; whether it was."""
+    tries = int(trial.user_attrs.get("retries", 0))
+    if tries >= MAX_RETRIES or not trial.params:
+        return False
+    study.enqueue_trial(trial.params, user_attrs=enqueued_attrs(trial, requeued_from=trial.number, retries=tries + 1))
+    return True
+
+
 def requeue(study: optuna.Study, number: int) -> int | None:
     """Enqueue trial ``number`` again (its parameters and enqueue-time attributes) unless it finished."""
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
@@ -77,3 +96,30 @@ def requeue(study: optuna.Study, number: int) -> int | None:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     study.enqueue_trial(params, user_attrs=enqueued_attrs(trial, requeued_from=number))
     return number
+
+
+def fail_silent_trials(study: optuna.Study, grace: float) -> list[int]:
+    """Fail, and enqueue again through the storage's stale-trial callback, the running trials that never recorded a
+    heartbeat and started more than ``grace`` seconds ago (by this machine's clock); returns their numbers.
+
+    A worker killed between taking a trial and its heartbeat thread's first beat leaves one, and Optuna's stale
+    check (`fail_stale_trials`) only looks at trials with a heartbeat: it would stay RUNNING for good."""
+    storage = study._storage
+    beats, kept = heartbeats(storage, study.study_name)
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if not kept:
+        return []
+    now = datetime.now()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in beats or t.datetime_start is None or (now - t.datetime_start).total_seconds() <= grace:
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                failed.append(t._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+    if callback is not None:
+        for trial_id in failed:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return [storage.get_trial(i).number for i in failed]

@@ -19,6 +19,7 @@ from ..engine.worker import Worker
 from ..errors import RecipeSearchError, StopScoring
 from ._band import BandSteer
 from ._early_stopping import chunk_pruner
+from ._interrupts import retry_failed
 from ._records import (
     TrialRecord,
     record_duplicate,
@@ -121,8 +122,9 @@ class Objective:
             m = worker.measure(resolution, on_chunk=on_chunk, speed="speed" in config.objectives)
         except StopScoring as stop:
             raise optuna.TrialPruned(str(stop)) from None
-        except RecipeSearchError as err:  # the study records the trial as failed, with the reason
+        except (RecipeSearchError, OSError) as err:  # the study records the trial as failed, with the reason
             record_failed(trial, str(err))
+            retry_failed(self.study, trial)  # a full disk or a damaged cache entry is gone the next time
             raise
         record_measurement(trial, recipe, m)
         return trial_values(config, m)

@@ -44,10 +44,10 @@ from ..sensitivity.surrogate import Allocator, refit_allocation, seed_allocation
 from ..sensitivity.sweep import run_sweep
 from ..sensitivity.table import surrogate_ladders
 from ._checks import check_disk, check_study_inputs
-from ._interrupts import AbandonGuard
+from ._interrupts import AbandonGuard, fail_silent_trials
 from ._objective import Objective, trial_values
 from ._records import TrialRecord, measured_choice, role_attrs
-from ._storage import check_study_name, directions, make_sampler, storage_for
+from ._storage import check_study_name, directions, grace_period, make_sampler, storage_for
 from ._summary import frontier_records, measured_records, searched_trials_done, study_summary
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -272,6 +272,7 @@ class Study:
 
         def count_and_stop(study: optuna.Study, trial: FrozenTrial) -> None:
             counted[0] += 1
+            fail_silent_trials(study, grace_period())
             self.pin_frontier()
             if self._stop_requested:
                 study.stop()
@@ -279,6 +280,7 @@ class Study:
                 self.propose_refit()
 
         self.pin_frontier()
+        fail_silent_trials(self.optuna_study, grace_period())  # a killed worker's trial that never beat
         guard = self._guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no traceback, the trial queued again
         with guard:
             objective = Objective(self.space, self.config, self.worker, self.optuna_study, on_trial_start)

@@ -24,6 +24,7 @@ from recipe_search.engine.score import ScoreSettings, get_reference
 from recipe_search.engine.worker import Worker
 from recipe_search.errors import RecipeSearchError
 from recipe_search.formats.ggml_types import GGMLType
+from recipe_search.study._interrupts import MAX_RETRIES
 
 pytestmark = pytest.mark.llama  # quantizes and evaluates with llama.cpp
 
@@ -95,6 +96,21 @@ def test_cache_verify_removes_what_is_damaged(tmp_path, capsys, dense_model) -> 
     assert f"{len(entries)} entries checked, 3 damaged (removed)" in out
     assert main(["cache", "verify", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert f"{len(entries) - 3} entries checked, 0 damaged" in capsys.readouterr().out
+
+
+def test_shard_damaged_after_its_first_use_discards_the_measurement(tmp_path, dense_model) -> None:
+    """A shard checked on its first use in this process, then damaged in place: the next trial linking it was measured
+    on the damaged bytes (a shifted KLD, or a NaN), the process never checking it again."""
+    worker = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work")
+    recipe = recipe_from_dict(Q4_K)
+    first = worker.measure(recipe, use_cache=False)
+    shard = max((tmp_path / "cache" / "tensors").glob("*/*.gguf"), key=lambda p: p.stat().st_size)
+    _scribble(shard, shard.stat().st_size // 4)
+    with pytest.raises(RecipeSearchError, match="changed on disk while it was measured, the measurement discarded"):
+        worker.measure(recipe, use_cache=False)
+    assert not shard.exists() and not list((tmp_path / "work").iterdir())
+    again = worker.measure(recipe, use_cache=False)
+    assert again.metrics == first.metrics and shard.exists()
 
 
 def test_damaged_record_is_quantized_again(tmp_path, capsys, dense_model) -> None:
@@ -186,10 +202,17 @@ def test_non_finite_metric_fails_the_trial(tmp_path, monkeypatch, dense_model) -
     study = Study.open(dense_model, config, name="s", storage=f"sqlite:///{tmp_path / 'study.db'}",
                        directory=tmp_path / "s", cache=tmp_path / "cache")
     study.run(n_trials=1)
-    (trial,) = study.optuna_study.trials
+    trial, retry = study.optuna_study.trials
     assert trial.state == TrialState.FAIL
     assert f"trial-{trial.number}" in trial.user_attrs["failed"] and "kld_p99" in trial.user_attrs["failed"]
     assert "metrics" not in trial.user_attrs
+    # enqueued again (a damaged entry is gone the next time), MAX_RETRIES times, then left failed
+    assert retry.state == TrialState.WAITING and retry.system_attrs["fixed_params"] == trial.params
+    assert retry.user_attrs["requeued_from"] == trial.number and retry.user_attrs["retries"] == 1
+    study.run(n_trials=MAX_RETRIES)
+    trials = study.optuna_study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * (MAX_RETRIES + 1)
+    assert [t.user_attrs.get("requeued_from") for t in trials] == [None, *range(MAX_RETRIES)]
 
 
 def test_digest_is_xxh3_and_incremental() -> None:

@@ -3,6 +3,7 @@ miss is quantized by a new child; what a killed fill leaves is removed by the ne
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from recipe_search.engine import fill_process
 from recipe_search.engine.imatrix_collect import collect_imatrix
 from recipe_search.engine.leftovers import remove_stale
 from recipe_search.engine.score import ScoreSettings
+from recipe_search.engine.tensor_fill import write_atomically
 from recipe_search.engine.worker import Worker
 from recipe_search.errors import RecipeSearchError
 from recipe_search.formats.ggml_types import GGMLType
@@ -80,3 +82,15 @@ def test_ctrl_c_kills_the_child_and_its_temporary_file_is_removed_later(dense_mo
     live.write_bytes(b"x")
     assert stale in remove_stale(tmp_path / "cache")
     assert not stale.exists() and live.exists()
+
+
+def test_full_disk_while_writing_a_shard_is_one_line(tmp_path) -> None:
+    """A full disk under the cache crashed the fill's child with an OSError traceback, reported as
+    "llama.cpp aborted while quantizing ..."."""
+    def parts():
+        yield b"header"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(RecipeSearchError, match=r"cannot write: no space left on device \(ENOSPC\)"):
+        write_atomically(tmp_path / "shard.gguf", parts())
+    assert not list(tmp_path.iterdir())

@@ -133,3 +133,45 @@ def test_status_loads_no_libllama(synthetic_study, tmp_path) -> None:
     assert run.returncode == 0, run.stderr
     loaded = set(run.stdout.splitlines()[-1].split()[1:])
     assert "optuna" in loaded and "llama_cpp" not in loaded
+
+
+def test_killed_trial_without_a_heartbeat_is_failed_and_retried(tmp_path) -> None:
+    """A worker killed after taking a trial and before its first heartbeat (seen in the soak test) left the trial
+    RUNNING for good: Optuna's stale check only looks at trials with a heartbeat."""
+    import time
+
+    from recipe_search.study._interrupts import fail_silent_trials
+    from recipe_search.study._storage import storage_for
+
+    storage = storage_for(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1, grace=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 1}, user_attrs={"seed": "s1"})
+    taken = study.ask({"x": optuna.distributions.IntDistribution(0, 3)})  # RUNNING, and no heartbeat thread
+    assert fail_silent_trials(study, grace=60) == []  # not silent for long yet
+    time.sleep(1.5)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING  # Optuna's own check leaves it
+    assert fail_silent_trials(study, grace=1) == [taken.number]
+    assert fail_silent_trials(study, grace=1) == []
+    failed, retry = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["failed_trial"] == taken.number
+    assert retry.params == {"x": 1} and retry.user_attrs == {"seed": "s1"}
+
+
+def test_stale_trial_failed_by_two_workers_is_retried_once(tmp_path) -> None:
+    """Two workers failing the same stale trial at once both succeed on SQLite: each enqueued it again (the soak test
+    saw one recipe COMPLETE twice)."""
+    from recipe_search.study._storage import storage_for
+
+    storage = storage_for(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1, grace=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 1})
+    taken = study.ask({"x": optuna.distributions.IntDistribution(0, 3)})
+    study.tell(taken, state=optuna.trial.TrialState.FAIL)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for _ in range(2):  # what each of the two workers does once it has set the trial FAIL
+        retry(study, study.trials[0])
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert study.trials[1].system_attrs["failed_trial"] == taken.number
