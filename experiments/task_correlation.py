@@ -6,7 +6,8 @@ KLD statistics, a last-word cloze and greedy-continuation agreement built from t
 base side once). For every (KLD statistic, task metric) pair: Spearman's rank correlation over all the
 recipes and over the better half (the half with the lower held-out mean KLD), with a 95% bootstrap interval
 over recipes. Task metrics are oriented so that a positive correlation means agreement: the KLD statistics
-grow with damage, and so do flips lost and 1 - continuation agreement.
+grow with damage, and so do flips lost and 1 - continuation agreement. Each recipe's quant is also scored
+once against the cached reference, as a KLD trial is, so each task's cost is a ratio measured beside it.
 
     python experiments/task_correlation.py MODEL --studies DIR [DIR ...] --holdout 'TEXT[a:b]' \\
         [--ctx 512 --chunks 16] [--cloze-items 300] [--prompts 200] [--new-tokens 32] --json OUT.json
@@ -33,10 +34,11 @@ from recipe_search.core import (
     predict_size,
     spearman,
 )
-from recipe_search.engine import TRIAL_PREFIX, TaskChecker, Worker, cache_dir, parse_task_specs, resolve_model_arg
+from recipe_search.engine import TRIAL_PREFIX, TaskChecker, Worker, cache_dir, parse_task_specs, resolve_model_arg, score_quant
 from recipe_search.study import Chosen, frontier_records, load_study, measured_records, storage_url, validate
 
 KLD = ("kld_mean", *TAIL_STATISTICS)
+TEXT_TASKS = ("cloze", "continuation")
 #: task figure -> how to orient it so that larger means more damage, as every KLD statistic
 TASKS = {"cloze_flips_lost": 1.0, "cloze_acc": -1.0, "continuation_identical": -1.0,
          "continuation_agree_tokens": -1.0}
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen.sort(key=lambda c: predict_size(worker.resolve(c.recipe), worker.inventory).file_bytes)
         chosen = [chosen[int(i)] for i in np.linspace(0, len(chosen) - 1, a.max_recipes).round()]
         print(f"{len(chosen)} of them, evenly spaced in size", flush=True)
-    check = TaskChecker(model, parse_task_specs(["cloze", "continuation"], a.holdout), cache, threads=a.threads,
+    check = TaskChecker(model, parse_task_specs(list(TEXT_TASKS), a.holdout), cache, threads=a.threads,
                         cloze=ClozeSettings(a.cloze_items, a.cloze_tokens),
                         continuation=ContinuationSettings(a.prompts, a.prompt_tokens, a.new_tokens))
     for spec in check.specs:
@@ -115,22 +117,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         built = worker.build(worker.resolve(c.recipe), quant)
         start = time.perf_counter()
         try:
+            score_quant(built.path, worker.reference, worker.settings)  # one KLD trial's scoring, for the cost
+            kld_seconds = time.perf_counter() - start
             results = check.score_all(built.path)
         finally:
             for f in built.files:
                 f.unlink(missing_ok=True)
-        row = {"name": c.name, "bpw": v.bpw, **{k: v.holdout_metrics[k] for k in KLD}}
+        row: dict = {"name": c.name, "bpw": v.bpw, **{k: v.holdout_metrics[k] for k in KLD}}
         for r in results:
             row.update({k: x for k, x in r.figures.as_metrics().items() if isinstance(x, (int, float))})
-        row["task_seconds"] = time.perf_counter() - start
+        row["kld_seconds"] = kld_seconds
+        row.update({f"{r.spec.kind}_seconds": r.seconds for r in results})
         rows.append(row)
         print(f"{i + 1}/{len(chosen)} {c.name}: {v.bpw:.3f} bpw, kld_p99 {row['kld_p99']:.4g}, cloze lost "
               f"{row['cloze_flips_lost']}, continuation identical {row['continuation_identical']:.3f} "
-              f"({row['task_seconds']:.1f} s)", flush=True)
+              f"(KLD {kld_seconds:.1f} s, cloze {row['cloze_seconds']:.1f} s, continuation "
+              f"{row['continuation_seconds']:.1f} s)", flush=True)
     result = {"model": model.name, "holdout": a.holdout, "ctx": a.ctx, "chunks": a.chunks,
               "cloze": vars(check.cloze), "continuation": vars(check.continuation),
               "base_seconds": {s.kind: t for s, t in check.base_seconds.items()},
               "n_recipes": len(rows), "recipes": rows, "spearman": table(rows, a.n_boot)}
+    cost = {t: float(np.median([r[f"{t}_seconds"] / r["kld_seconds"] for r in rows])) for t in TEXT_TASKS}
+    result["cost_vs_kld_trial"] = cost
+    print(f"per recipe, against one KLD trial's scoring ({a.chunks} x {a.ctx}), median ratio: "
+          + ", ".join(f"{t} {x:.2f}x" for t, x in cost.items()))
     for scope, by_kld in result["spearman"].items():
         print(f"\nSpearman, {scope} ({len(rows) if scope == 'all' else max(4, len(rows) // 2)} recipes; "
               "positive = the task agrees with the KLD statistic):")
