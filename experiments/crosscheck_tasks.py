@@ -32,9 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import smoke
 
 from recipe_search.core import cache_dir
-from recipe_search.engine import LlamaModel, resolve_model_arg
-from recipe_search.engine.task_scoring import choice_scores, correct_choices, score_tasks, task_accuracy, task_model
-from recipe_search.formats.task_files import TaskItem, read_task_file, write_task_file
+from recipe_search.engine import (
+    LlamaModel,
+    choice_scores,
+    correct_choices,
+    resolve_model_arg,
+    score_tasks,
+    task_accuracy,
+    task_model,
+)
+from recipe_search.formats import TaskItem, read_task_file, write_task_file
 
 KINDS = ("hellaswag", "winogrande", "multiple-choice")
 CTX = 512
