@@ -561,7 +561,7 @@ def report(result: dict[str, Any], out: Path | None) -> int:
 def run_smoke() -> int:
     with smoke.directory("soak") as tmp:
         model = smoke.dense_model(tmp)
-        result = run(model, None, 4, 2, 1, 0, tmp / "run", None, 2, 1.0, 600)
+        result = run(model, None, 6, 2, 1, 0, tmp / "run", None, 2, 0.3, 600)
     return report(result, None)
 
 
