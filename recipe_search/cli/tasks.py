@@ -98,10 +98,10 @@ def print_separation(name: str, results: Sequence[TaskResult], others: dict[str,
     for other, theirs in others.items():
         cells = []
         for mine, their in zip(results, theirs, strict=True):
-            figure, _ = mine.headline
+            (figure, value), (_, other_value) = mine.headline, their.headline
             lo, hi = separation(mine, their)
             verdict = "separates" if lo > 0 or hi < 0 else "ties"
-            cells.append(f"{figure} {verdict} ({mine.headline[1] - their.headline[1]:+.3g}, 95% [{lo:+.3g}, {hi:+.3g}])")
+            cells.append(f"{figure} {verdict} ({value - other_value:+.3g}, 95% [{lo:+.3g}, {hi:+.3g}])")
         print(f"{indent}vs {other}: " + "; ".join(cells))
 
 
@@ -152,6 +152,6 @@ def tasks(a: argparse.Namespace) -> int:
     print(f"{a.target} against {model.name}, item by item (intervals: 95%, paired over items):")
     print_results(results)
     base = ", ".join(f"{s.kind} {t:.1f} s" for s, t in check.base_seconds.items() if t)
-    print(f"time: {seconds:.1f} s" + (f" (the base side, now cached or kept: {base})" if base else ""),
+    print(f"time: {seconds:.1f} s" + (f", of which the base side: {base}" if base else ""),
           file=sys.stderr)
     return 0

@@ -96,7 +96,7 @@ def validate(a: argparse.Namespace) -> int:
     agreement = rank_agreement(results)
     tasks = score_recipes(check, worker, [(c.name, c.recipe) for c in chosen], _log(a.quiet)) if check else []
     if tasks:
-        _record_tasks(a.recipes, tasks)
+        _record_tasks(a.recipes, chosen, tasks)
         if study is not None:  # the frontier's figures, for `report`
             from ..study._selection import record_task_figures
 
@@ -131,11 +131,9 @@ def validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _record_tasks(files: list[str], tasks: list) -> None:
-    """Write each recipe file's task figures into its ``metrics.tasks`` (the files come first among the chosen)."""
-    from ..core.recipe import load_recipe
-
-    for path, results in zip(files, tasks, strict=False):
-        recipe = load_recipe(path)
-        metrics = {**(recipe.metrics or {}), "tasks": task_metrics(results)}
-        recipe.model_copy(update={"metrics": metrics}).save(path)
+def _record_tasks(files: list[str], chosen: list, tasks: list) -> None:
+    """Write each recipe file's task figures into its ``metrics.tasks`` (the files come first among the chosen,
+    each recipe as `_chosen` read it)."""
+    for path, c, results in zip(files, chosen, tasks, strict=False):
+        metrics = {**(c.recipe.metrics or {}), "tasks": task_metrics(results)}
+        c.recipe.model_copy(update={"metrics": metrics}).save(path)

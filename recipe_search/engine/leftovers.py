@@ -22,7 +22,7 @@ def clean_workdir(workdir: Path) -> list[Path]:
         return removed
     for path in workdir.glob(f"{TRIAL_PREFIX}*.gguf*"):
         pid = path.name.removeprefix(TRIAL_PREFIX).split("-")[0]
-        if not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
+        if not pid.isdigit() or _left_behind(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -38,7 +38,7 @@ def clean_references(references: Path) -> list[Path]:
             continue
         parts = path.name.split(".")  # "", KEY, PID, random
         pid = parts[2] if len(parts) > 3 and parts[2].isdigit() else None
-        dead = (not _alive(int(pid)) or int(pid) == os.getpid()) if pid else not any(path.iterdir())
+        dead = _left_behind(int(pid)) if pid else not any(path.iterdir())
         if dead:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -50,7 +50,7 @@ def clean_tensor_cache(tensors: Path) -> list[Path]:
     removed: list[Path] = []
     for path in tensors.glob("*/.*.tmp") if tensors.is_dir() else ():
         pid = path.name.removesuffix(".tmp").rpartition(".")[2].split("-")[0]
-        if pid.isdigit() and (not _alive(int(pid)) or int(pid) == os.getpid()):
+        if pid.isdigit() and _left_behind(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -61,6 +61,12 @@ def remove_stale(cache: Path) -> list[Path]:
     cache's half-written entries."""
     return (clean_workdir(cache / "work") + clean_references(cache / "references")
             + clean_tensor_cache(cache / "tensors"))
+
+
+def _left_behind(pid: int) -> bool:
+    """A file named for process ``pid`` is a leftover: that process is gone, or it is this one (which has not
+    made it yet: the name is an earlier process's, reused)."""
+    return not _alive(pid) or pid == os.getpid()
 
 
 def _alive(pid: int) -> bool:
