@@ -15,7 +15,7 @@ random times: SIGKILL and SIGTERM of a worker (the phase it was in read from /pr
 scoring, or recording/between trials), 64 KiB of random bytes in the middle of a random cached shard, and the
 tmpfs filled to the last byte for a moment. At the end a `worker --trials 0` per work directory cleans what killed
 workers left (as the next command of a user does), and the checks run: every trial COMPLETE, or FAIL with its reason
-and retried; no resolution key COMPLETE twice; no NaN; no temporary file left; the tensor cache within its bound;
+and retried, or PRUNED as the second copy of one retry (the first measures it); no resolution key COMPLETE twice; no NaN; no temporary file left; the tensor cache within its bound;
 each resolution key's metrics and values equal to the undisturbed run's; every fault kind injected at least
 ``--faults`` times. ``--rounds`` soaks are run per storage, each a fresh study of the same list: a trial is retried
 3 times at most (a killed worker's, by Optuna's callback; a failed one, by the study), so 200 faults of a kind are
@@ -363,8 +363,10 @@ def mount_tmpfs(where: Path, size: int) -> str | None:
 
 # -- one soak ------------------------------------------------------------------------------------------
 def soak(model: Path, config: Path, storage: str | None, workers: int, n: int, faults: int, seed: int, where: Path,
-         reference: dict[str, dict[str, Any]], cache_bytes: int, interval: float, max_seconds: float) -> dict[str, Any]:
-    """One storage's soak; returns its figures and its problems."""
+         reference: dict[str, dict[str, Any]], cache_bytes: int, interval: float, max_seconds: float,
+         trial_seconds: float) -> dict[str, Any]:
+    """One storage's soak; returns its figures and its problems. Faults come ``interval`` seconds apart on average,
+    closer when the list would otherwise end first (``trial_seconds``: an undisturbed trial's)."""
     problems: list[str] = []
     disk = where / "disk"
     # the study refuses to start on less than its need plus 256 MiB free (study._checks.check_disk)
@@ -382,17 +384,22 @@ def soak(model: Path, config: Path, storage: str | None, workers: int, n: int, f
             raise SystemExit(f"could not create the study:\n{made.stderr[-3000:]}")
         pool = Pool(url, disk, cache, workers, env)
         f = Faults(random.Random(seed), disk if mounted is None else None)
-        start = time.monotonic()
-        next_fault = start + f.rng.expovariate(1 / interval)
+        start = last_fault = time.monotonic()
+        gap = f.rng.expovariate(1)  # in units of the mean gap, which shrinks as the list runs out
         while time.monotonic() - start < max_seconds:
             pool.top_up()
             now = time.monotonic()
             f.release(now)
             wanted = [k for k in KINDS if f.counts[k] < faults and (k != "disk_full" or f.disk is not None)]
-            if wanted and now >= next_fault:
-                f.inject(f.rng.choice(wanted), pool)
-                next_fault = now + f.rng.expovariate(1 / interval)
-            if not pool.live() and pool.open_trials() == (0, set()):
+            waiting, running = pool.open_trials()
+            if wanted:
+                # the faults left fit into the work left (an undisturbed trial's seconds per open trial and worker)
+                left = sum(faults - f.counts[k] for k in wanted)
+                mean = min(interval, (waiting + len(running)) * trial_seconds / workers / (left + 1))
+                if now - last_fault >= gap * mean:
+                    f.inject(f.rng.choice(wanted), pool)
+                    last_fault, gap = time.monotonic(), f.rng.expovariate(1)
+            if not pool.live() and (waiting, running) == (0, set()):
                 break
             time.sleep(0.25)
         else:
@@ -450,6 +457,8 @@ def check(study: optuna.Study, reference: dict[str, dict[str, Any]], model: Path
                 problems.append(f"trial {t.number} FAIL without a reason")
             if t.number not in retried:
                 problems.append(f"trial {t.number} FAIL ({reason}) and not retried")
+        elif t.state == TrialState.PRUNED and "is retried by another trial" in t.user_attrs.get("pruned", ""):
+            continue  # a second copy of one retry, which the first copy measures
         else:
             problems.append(f"trial {t.number} left {t.state.name}")
     problems += [f"resolution key {k} COMPLETE {len(v)} times (trials {v})" for k, v in complete.items() if len(v) > 1]
@@ -503,7 +512,7 @@ def run(model: Path, config_yaml: Path | None, n: int, workers: int, faults: int
         if storage:
             storage_reset(storage)
         r = soak(model, config, storage, w, n, faults, seed + i, where / f"soak-{i}", reference, cache_bytes,
-                 interval, max_seconds)
+                 interval, max_seconds, seconds / n)
         print(json.dumps(r), flush=True)
         result["runs"].append(r)
     if len(reference) != n:

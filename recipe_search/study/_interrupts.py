@@ -15,10 +15,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ._records import enqueued_attrs
 from ._status import heartbeats
+from ._storage import claim
 
 
 class _DropInterrupt(logging.Filter):
@@ -82,6 +83,31 @@ def retry_failed(study: optuna.Study, trial: optuna.Trial) -> bool:
         return False
     study.enqueue_trial(trial.params, user_attrs=enqueued_attrs(trial, requeued_from=trial.number, retries=tries + 1))
     return True
+
+
+#: the system attribute a retry claims on the trial it retries when it starts: one retry of a trial runs
+RETRY_TAKEN = "recipe_search_retry_taken"
+
+
+def retry_parent(trial: FrozenTrial) -> int | None:
+    """The number of the trial that ``trial`` retries: Optuna's stale-trial retry names the chain in
+    ``retry_history`` (and copies its parent's user attributes); ours names its parent in ``requeued_from``."""
+    history = trial.system_attrs.get("retry_history")
+    return history[-1] if history else trial.user_attrs.get("requeued_from")
+
+
+def retried_elsewhere(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The trial that ``trial`` retries when another retry of it has started already, else None (and ``trial`` is
+    now the one that runs).
+
+    A trial can be enqueued again twice: a failed trial's retry is enqueued before Optuna records the failure, and
+    a worker killed between the two leaves the trial RUNNING, so that its stale heartbeat enqueues it once more.
+    Enqueueing is not atomic with anything, so the retries claim their parent as they start: the first one runs."""
+    parent = retry_parent(study._storage.get_trial(trial._trial_id))
+    if parent is None:
+        return None
+    parent_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, parent)
+    return None if claim(study._storage, parent_id, RETRY_TAKEN) else parent
 
 
 def requeue(study: optuna.Study, number: int) -> int | None:

@@ -19,7 +19,7 @@ from ..engine.worker import Worker
 from ..errors import RecipeSearchError, StopScoring
 from ._band import BandSteer
 from ._early_stopping import chunk_pruner
-from ._interrupts import retry_failed
+from ._interrupts import retried_elsewhere, retry_failed
 from ._records import (
     TrialRecord,
     record_duplicate,
@@ -87,6 +87,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         space, config, worker = self.space, self.config, self.worker
+        parent = retried_elsewhere(self.study, trial)
+        if parent is not None:  # a second copy of a retry: one of them measures
+            why = f"trial {parent} is retried by another trial already"
+            record_pruned(trial, why)
+            raise optuna.TrialPruned(why)
         choice = {p.name: trial.suggest_int(p.name, 0, len(p.ladder) - 1) for p in space.parameters}
         role = TrialRecord.from_trial(trial)
         if config.band == "steer" and role.reference is None:

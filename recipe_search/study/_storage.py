@@ -90,26 +90,14 @@ def storage_for(url: str, heartbeat: int | None = None, grace: int | None = None
     heartbeat = heartbeat or int(os.environ.get("RECIPE_SEARCH_HEARTBEAT", "30"))
     grace = grace or grace_period()
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)  # two copies of one retry: see `_interrupts.retried_elsewhere`
     return _opened(url, lambda: RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                           grace_period=grace, heartbeat_stale_trial_callback=RetryOnce(max_retry=3)))
-
-
-class RetryOnce(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a stale trial, done by one worker only. Two workers that fail the same stale trial at once
-    both succeed on SQLite (neither locks the row it reads) and both enqueued it again: the same recipe was then
-    COMPLETE twice. The retry is claimed first, by a row of Optuna's ``trial_system_attributes`` table (unique per
-    trial and key) that only one of them can insert."""
-
-    CLAIM = "recipe_search_retried"
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if claim(study._storage, trial._trial_id, self.CLAIM):
-            super().__call__(study, trial)
+                                           grace_period=grace, heartbeat_stale_trial_callback=retry))
 
 
 def claim(storage: optuna.storages.BaseStorage, trial_id: int, key: str) -> bool:
-    """Insert system attribute ``key`` of a (finished) trial straight into Optuna's table; False when it is there
-    already (another process claimed it). Storages without that table claim nothing and always win."""
+    """Insert system attribute ``key`` of a trial straight into Optuna's table (finished trials included); False when
+    it is there already (another process claimed it). Storages without that table claim nothing and always win."""
     import sqlalchemy
 
     engine = getattr(getattr(storage, "_backend", storage), "engine", None)

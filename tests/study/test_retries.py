@@ -1,0 +1,82 @@
+"""Retries: a killed worker's trial, a failed trial, and never two retries of one trial measuring it twice."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from recipe_search.core.config import StudyConfig
+from recipe_search.study._interrupts import fail_silent_trials, retry_failed
+from recipe_search.study._storage import storage_for
+
+
+def test_killed_trial_without_a_heartbeat_is_failed_and_retried(tmp_path) -> None:
+    """A worker killed after taking a trial and before its first heartbeat (seen in the soak test) left the trial
+    RUNNING for good: Optuna's stale check only looks at trials with a heartbeat."""
+    storage = storage_for(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1, grace=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 1}, user_attrs={"seed": "s1"})
+    taken = study.ask({"x": optuna.distributions.IntDistribution(0, 3)})  # RUNNING, and no heartbeat thread
+    assert fail_silent_trials(study, grace=60) == []  # not silent for long yet
+    time.sleep(1.5)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING  # Optuna's own check leaves it
+    assert fail_silent_trials(study, grace=1) == [taken.number]
+    assert fail_silent_trials(study, grace=1) == []
+    failed, retry = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["failed_trial"] == taken.number
+    assert retry.params == {"x": 1} and retry.user_attrs == {"seed": "s1"}
+
+
+def _study(tmp_path, monkeypatch, model):
+    """A study of one parameter on ``model`` whose trials go stale after a second, and the parameter's name."""
+    from recipe_search.study.study import Study
+
+    monkeypatch.setenv("RECIPE_SEARCH_HEARTBEAT", "1")
+    monkeypatch.setenv("RECIPE_SEARCH_GRACE", "1")
+    config = StudyConfig.model_validate({"ctx": 128, "chunks": 2, "objectives": ["size", "kld_p99"],
+                                         "surrogate_seeds": 0, "refit_every": 0, "sampler": "random",
+                                         "space": {"tensor_types": ["ffn_up"], "ladder": ["Q8_0", "Q4_0"]},
+                                         "references": {"uniform": [], "presets": []}})
+    study = Study.open(model, config, name="s", storage=f"sqlite:///{tmp_path / 'study.db'}",
+                       directory=tmp_path / "s", cache=tmp_path / "cache")
+    return study, study.space.parameters[0].name
+
+
+def test_stale_trial_failed_by_two_workers_is_measured_once(tmp_path, monkeypatch, dense_model) -> None:
+    """Two workers failing the same stale trial at once both succeed on SQLite (no row lock), and each enqueues it
+    again: the second copy to start is pruned, naming the trial retried."""
+    study, name = _study(tmp_path, monkeypatch, dense_model)
+    opt = study.optuna_study
+    opt.enqueue_trial({name: 1})
+    taken = opt.ask()
+    taken.suggest_int(name, 0, 1)
+    opt.tell(taken, state=TrialState.FAIL)
+    retry = opt._storage.get_heartbeat_stale_trial_callback()
+    for _ in range(2):  # what each of the two workers does once it has set the trial FAIL
+        retry(opt, opt.trials[0])
+    study.run(n_trials=2)
+    assert [t.state for t in opt.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
+    assert opt.trials[2].user_attrs["pruned"] == f"trial {taken.number} is retried by another trial already"
+
+
+def test_failed_trial_killed_before_optuna_records_it_is_measured_once(tmp_path, monkeypatch, dense_model) -> None:
+    """A trial that fails is enqueued again before Optuna records the failure; a worker killed in between leaves it
+    RUNNING, and its stale heartbeat enqueues it once more. Both copies measured the recipe: the soak test saw it
+    COMPLETE twice. The second copy to start is pruned, naming the trial retried."""
+    study, name = _study(tmp_path, monkeypatch, dense_model)
+    opt = study.optuna_study
+    opt.enqueue_trial({name: 1})
+    taken = opt.ask()  # the worker that takes it...
+    taken.suggest_int(name, 0, 1)
+    opt._storage.record_heartbeat(taken._trial_id)
+    assert retry_failed(opt, taken)  # ...fails it, enqueues it again, and is killed before Optuna records FAIL
+    time.sleep(2.2)  # SQLite's clock has whole seconds
+    optuna.storages.fail_stale_trials(opt)  # another worker finds it stale and enqueues it again
+    assert [t.state for t in opt.trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
+    study.run(n_trials=2)
+    assert [t.state for t in opt.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
+    assert opt.trials[2].user_attrs["pruned"] == f"trial {taken.number} is retried by another trial already"
