@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from ..core.config import StudyConfig
@@ -89,17 +90,30 @@ def storage_for(url: str, heartbeat: int | None = None, grace: int | None = None
     quiet_optuna()
     heartbeat = heartbeat or int(os.environ.get("RECIPE_SEARCH_HEARTBEAT", "30"))
     grace = grace or grace_period()
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    sqlite = url.startswith("sqlite")
+    # pysqlite in autocommit: the transactions are SQLAlchemy's, begun IMMEDIATE (see `_lock_on_begin`)
+    engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3)  # two copies of one retry: see `_interrupts.retried_elsewhere`
-    return _opened(url, lambda: RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                           grace_period=grace, heartbeat_stale_trial_callback=retry))
+    storage = _opened(url, lambda: RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                              grace_period=grace, heartbeat_stale_trial_callback=retry))
+    if sqlite:
+        _lock_on_begin(storage.engine)
+    return storage
+
+
+def _lock_on_begin(engine: sqlalchemy.engine.Engine) -> None:
+    """Every transaction on ``engine`` takes SQLite's write lock as it begins (``BEGIN IMMEDIATE``).
+
+    Optuna changes a trial's state by reading it ``FOR UPDATE`` and writing the new one, which SQLite does not lock:
+    two workers that popped the same waiting trial both set it RUNNING and both ran it (one then failed with
+    "Cannot tell a COMPLETE trial"), and two that failed the same stale trial both retried it. Begun IMMEDIATE, the
+    read and the write are one step for every other connection."""
+    sqlalchemy.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def claim(storage: optuna.storages.BaseStorage, trial_id: int, key: str) -> bool:
     """Insert system attribute ``key`` of a trial straight into Optuna's table (finished trials included); False when
     it is there already (another process claimed it). Storages without that table claim nothing and always win."""
-    import sqlalchemy
-
     engine = getattr(getattr(storage, "_backend", storage), "engine", None)
     if engine is None:
         return True

@@ -80,3 +80,34 @@ def test_failed_trial_killed_before_optuna_records_it_is_measured_once(tmp_path,
     study.run(n_trials=2)
     assert [t.state for t in opt.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
     assert opt.trials[2].user_attrs["pruned"] == f"trial {taken.number} is retried by another trial already"
+
+
+def test_two_workers_cannot_both_take_one_waiting_trial(tmp_path, monkeypatch) -> None:
+    """Optuna takes a waiting trial by reading it `FOR UPDATE` and writing RUNNING, which SQLite does not lock: two
+    workers both took one trial and both ran it (the soak test; and "Cannot tell a COMPLETE trial" under load).
+    Here each worker's read is held for a moment before its write, as a loaded machine holds it."""
+    import threading
+
+    from optuna.storages._rdb import models
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(storage=storage_for(url, heartbeat=1, grace=1), study_name="s")
+    study.enqueue_trial({"x": 1})
+    trial_id = study.trials[0]._trial_id
+    read = models.TrialModel.find_or_raise_by_id
+
+    def slow_read(*args, **kwargs):
+        row = read(*args, **kwargs)
+        time.sleep(0.5)
+        return row
+
+    monkeypatch.setattr(models.TrialModel, "find_or_raise_by_id", slow_read)
+    workers = [storage_for(url, heartbeat=1, grace=1) for _ in range(2)]  # two processes' connections
+    taken: list[bool] = []
+    threads = [threading.Thread(target=lambda w=w: taken.append(w.set_trial_state_values(trial_id, TrialState.RUNNING)))
+               for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(taken) == [False, True]
