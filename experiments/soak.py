@@ -15,12 +15,12 @@ random times: SIGKILL and SIGTERM of a worker (the phase it was in read from /pr
 scoring, or recording/between trials), 64 KiB of random bytes in the middle of a random cached shard, and the
 tmpfs filled to the last byte for a moment. At the end a `worker --trials 0` per work directory cleans what killed
 workers left (as the next command of a user does), and the checks run: every trial COMPLETE, or FAIL with its reason
-and retried, or PRUNED as the second copy of one retry (the first measures it); no resolution key COMPLETE twice; no NaN; no temporary file left; the tensor cache within its bound;
-each resolution key's metrics and values equal to the undisturbed run's; every fault kind injected at least
-``--faults`` times. ``--rounds`` soaks are run per storage, each a fresh study of the same list: a trial is retried
-3 times at most (a killed worker's, by Optuna's callback; a failed one, by the study), so 200 faults of a kind are
-spread over rounds of a 60-recipe list rather than put on one. Exit status 1 when a check fails (the JSON lists
-every problem).
+and retried, or PRUNED as the second copy of one retry (the first measures it); no resolution key COMPLETE twice;
+no NaN; no temporary file left; the tensor cache within its bound; each resolution key's metrics and values equal to
+the undisturbed run's; every fault kind injected at least ``--faults`` times. ``--rounds`` soaks are run per storage,
+each a fresh study of the same list: a trial is retried 3 times at most (a killed worker's, by Optuna's callback; a
+failed one, by the study), so 200 faults of a kind are spread over rounds of a 60-recipe list rather than put on one.
+Exit status 1 when a check fails (the JSON lists every problem).
 
 Needs root for the tmpfs mount: without it the disk-full fault cannot be injected and the run fails, saying so.
 The heartbeat is 1 s and the grace 10 s ($RECIPE_SEARCH_HEARTBEAT, $RECIPE_SEARCH_GRACE), so a killed worker's
