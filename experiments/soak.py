@@ -411,7 +411,8 @@ def soak(model: Path, config: Path, storage: str | None, workers: int, n: int, f
             f.ballast.unlink(missing_ok=True)
         seconds = time.monotonic() - start
         problems += pool.finish()
-        problems += check(pool.study(), reference, model, disk, cache, bound_gb)
+        got = outcome(pool.study())
+        problems += check(pool.study(), got, reference, model, disk, cache, bound_gb)
         problems += [f"{k}: {f.counts[k]} injected, fewer than {faults}" for k in KINDS
                      if f.counts[k] < faults and not (k == "disk_full" and f.disk is None)]
         trials = pool.study().get_trials(deepcopy=False)
@@ -419,7 +420,7 @@ def soak(model: Path, config: Path, storage: str | None, workers: int, n: int, f
         return {"storage": "postgresql" if storage else "sqlite", "workers": workers, "seconds": round(seconds, 1),
                 "worker_starts": pool.starts, "faults": f.counts, "kill_phases": f.phases,
                 "trials": {s.name: sum(t.state == s for t in trials) for s in TrialState},
-                "off_list": sum(k not in reference for k in outcome(pool.study())),
+                "off_list": sum(k not in reference for k in got),
                 "cache_bound_bytes": int(bound_gb * (1 << 30)), "problems": problems}
     finally:
         if mounted is None:
@@ -434,9 +435,9 @@ def _row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
             "start": str(t.datetime_start), "complete": str(t.datetime_complete)}
 
 
-def check(study: optuna.Study, reference: dict[str, dict[str, Any]], model: Path, disk: Path, cache: Path,
-          bound_gb: float) -> list[str]:
-    """The end-of-run checks (see the module's docstring); returns the problems."""
+def check(study: optuna.Study, got: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]], model: Path,
+          disk: Path, cache: Path, bound_gb: float) -> list[str]:
+    """The end-of-run checks (see the module's docstring) of ``study``, whose `outcome` is ``got``; the problems."""
     problems = []
     trials = study.get_trials(deepcopy=False)
     # Optuna's retry of a stale trial lists every trial it retries (retry_history); ours names the one (requeued_from)
@@ -462,7 +463,6 @@ def check(study: optuna.Study, reference: dict[str, dict[str, Any]], model: Path
         else:
             problems.append(f"trial {t.number} left {t.state.name}")
     problems += [f"resolution key {k} COMPLETE {len(v)} times (trials {v})" for k, v in complete.items() if len(v) > 1]
-    got = outcome(study)
     problems += [f"resolution key {k} never COMPLETE (lost)" for k in reference if k not in got]
     # off the list: a worker that found no enqueued trial asked the sampler (the harness's budgets race with
     # retries: a stale trial can be counted once as stale and once as its retry); measured like any trial, they
