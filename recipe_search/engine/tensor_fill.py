@@ -12,7 +12,6 @@ squared quantization error (dequantized against the float source) and the digest
 
 from __future__ import annotations
 
-import itertools
 import json
 import mmap
 import os
@@ -34,8 +33,8 @@ from ..formats.gguf_write import pad
 from . import libggml
 from .digest import digest_of, json_digest
 
-#: floats converted and quantized at a time (llama.cpp's slabs stay under LLAMA_QUANT_MAX_BUF_SIZE too)
-_SLAB_ELEMENTS = 1 << 22
+#: rows handed to a thread at a time hold at most this many floats, and never cross an expert boundary
+_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -54,48 +53,50 @@ class WeightError:
 
 def quantize_tensor(raw: np.ndarray, tensor: Tensor, new_type: GGMLType, imatrix: np.ndarray | None,
                     threads: int) -> tuple[list[np.ndarray], WeightError]:
-    """Quantize one source tensor (``raw``: its bytes) to ``new_type``; returns the data in row slabs and
-    the weight error."""
+    """Quantize one source tensor (``raw``: its bytes) to ``new_type``; returns the data and the weight error.
+
+    The rows go to ``threads`` threads in chunks; each chunk is converted, quantized and compared with its
+    source in its thread (ggml's calls release the GIL), as llama.cpp converts and quantizes in its threads.
+    The chunks do not depend on ``threads``, and their errors are summed in row order: the same figures for
+    any thread count."""
     n_per_row = tensor.shape[0]
     rows_per_expert = tensor.shape[1] if len(tensor.shape) > 1 else 1
     n_rows = tensor.n_elements // n_per_row
-    src_row = libggml.row_size(int(tensor.ggml_type), n_per_row)
-    dst_row = libggml.row_size(int(new_type), n_per_row)
     if libggml.requires_imatrix(int(new_type)) and imatrix is None:
         raise RecipeSearchError(f"ggml cannot quantize {tensor.name} to {new_type.name} without imatrix data")
-    slab_rows = max(1, min(rows_per_expert, _SLAB_ELEMENTS // n_per_row))
-    out: list[np.ndarray] = []
-    errors = np.zeros(max(1, n_rows // rows_per_expert))
-    ref = 0.0
-    first = 0
+    q = np.empty((n_rows, libggml.row_size(int(new_type), n_per_row)), dtype=np.uint8)
+    chunk_rows = max(1, min(rows_per_expert, _CHUNK_ELEMENTS // n_per_row))
+    chunks = [(first, min(first + chunk_rows, expert + rows_per_expert))
+              for expert in range(0, n_rows, rows_per_expert) for first in range(expert, expert + rows_per_expert, chunk_rows)]
+    src_row = libggml.row_size(int(tensor.ggml_type), n_per_row)
+
+    def chunk(rows: tuple[int, int]) -> tuple[bool, float, float]:
+        first, end = rows
+        src = raw[first * src_row:end * src_row]
+        if tensor.ggml_type == GGMLType.F32:
+            x = src.view(np.float32).reshape(end - first, n_per_row)
+        else:
+            x = libggml.to_float(int(tensor.ggml_type), src, (end - first) * n_per_row).reshape(end - first, n_per_row)
+        expert = first // rows_per_expert
+        w = None if imatrix is None else imatrix[expert * n_per_row:(expert + 1) * n_per_row]
+        ok = libggml.quantize_rows(int(new_type), x, q[first:end], w)
+        return (ok, *_chunk_error(x, q[first:end], new_type, w))
+
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        while first < n_rows:
-            expert = first // rows_per_expert
-            n = min(slab_rows, n_rows - first, rows_per_expert - first % rows_per_expert)
-            src = raw[first * src_row:(first + n) * src_row]
-            if tensor.ggml_type == GGMLType.F32:
-                x = src.view(np.float32).reshape(n, n_per_row)
-            else:
-                x = libggml.to_float(int(tensor.ggml_type), src, n * n_per_row).reshape(n, n_per_row)
-            w = None if imatrix is None else imatrix[expert * n_per_row:(expert + 1) * n_per_row]
-            q = np.empty((n, dst_row), dtype=np.uint8)
-            cuts = np.linspace(0, n, min(threads, n) + 1, dtype=int)
-            jobs = [pool.submit(libggml.quantize_rows, int(new_type), x[a:b], q[a:b], w)
-                    for a, b in itertools.pairwise(cuts) if b > a]
-            if not all(j.result() for j in jobs):
-                raise RecipeSearchError(f"quantized data validation failed for {tensor.name} ({new_type.name})")
-            out.append(q.reshape(-1))
-            e, r = _slab_error(x, q, new_type, w)
-            errors[expert] += e
-            ref += r
-            first += n
-    return out, WeightError(float(errors.sum()), ref, imatrix is not None, tuple(float(e) for e in errors))
+        done = list(pool.map(chunk, chunks))
+    if not all(ok for ok, _, _ in done):
+        raise RecipeSearchError(f"quantized data validation failed for {tensor.name} ({new_type.name})")
+    errors = np.zeros(max(1, n_rows // rows_per_expert))
+    for (first, _), (_, e, _) in zip(chunks, done, strict=True):
+        errors[first // rows_per_expert] += e
+    return [q.reshape(-1)], WeightError(float(errors.sum()), float(sum(r for _, _, r in done)), imatrix is not None,
+                                        tuple(float(e) for e in errors))
 
 
-def _slab_error(x: np.ndarray, q: np.ndarray, new_type: GGMLType, w: np.ndarray | None) -> tuple[float, float]:
+def _chunk_error(x: np.ndarray, q: np.ndarray, new_type: GGMLType, w: np.ndarray | None) -> tuple[float, float]:
     f32 = new_type == GGMLType.F32
     d = np.zeros_like(x) if f32 else libggml.to_float(int(new_type), q, x.size).reshape(x.shape) - x
-    col_err = np.einsum("ij,ij->j", d, d).astype(np.float64)  # per column over the slab's rows, in float32
+    col_err = np.einsum("ij,ij->j", d, d).astype(np.float64)  # per column over the chunk's rows, in float32
     col_ref = np.einsum("ij,ij->j", x, x).astype(np.float64)
     if w is None:
         return float(col_err.sum()), float(col_ref.sum())

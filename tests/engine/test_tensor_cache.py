@@ -234,7 +234,8 @@ def test_weight_error_table_feeds_the_surrogate(dense_model, tmp_path, capsys) -
 
 
 def test_slabs_stop_at_expert_boundaries(monkeypatch) -> None:
-    """Rows quantized in slabs that an expert boundary cuts short give the bytes of one whole-tensor call."""
+    """Rows quantized in chunks that an expert boundary cuts short give the bytes of one whole-tensor call, and the
+    same bytes and weight error with any number of threads."""
     from recipe_search.core.inventory import Tensor
     from recipe_search.engine import libggml as ggml_ctypes
     from recipe_search.engine import tensor_fill
@@ -243,8 +244,9 @@ def test_slabs_stop_at_expert_boundaries(monkeypatch) -> None:
     x = np.random.default_rng(0).standard_normal((experts * rows, n_per_row), dtype=np.float32)
     imatrix = np.random.default_rng(1).uniform(0.5, 2.0, experts * n_per_row).astype(np.float32)
     tensor = Tensor("blk.0.ffn_up_exps.weight", (n_per_row, rows, experts), GGMLType.F32, 0, 0, True)
-    monkeypatch.setattr(tensor_fill, "_SLAB_ELEMENTS", 4 * n_per_row)  # slabs of 4 rows: 4, 4, 2 per expert
+    monkeypatch.setattr(tensor_fill, "_CHUNK_ELEMENTS", 4 * n_per_row)  # chunks of 4 rows: 4, 4, 2 per expert
     data, err = tensor_fill.quantize_tensor(x.view(np.uint8).ravel(), tensor, GGMLType.Q4_K, imatrix, threads=3)
+    assert tensor_fill.quantize_tensor(x.view(np.uint8).ravel(), tensor, GGMLType.Q4_K, imatrix, threads=1)[1] == err
     whole = []
     for e in range(experts):
         q = np.empty((rows, ggml_ctypes.row_size(int(GGMLType.Q4_K), n_per_row)), np.uint8)
