@@ -22,7 +22,7 @@ from pathlib import Path
 
 import smoke
 
-from recipe_search.core import uniform_recipe
+from recipe_search.core import Placement, uniform_recipe
 from recipe_search.engine import quantize_model, resolve_model_arg, speed_of
 
 PAIRS = [("IQ4_XS", "Q4_K"), ("IQ4_NL", "Q4_0"), ("IQ3_S", "Q3_K")]
@@ -36,10 +36,10 @@ def measure(model: Path, rounds: int, threads: int) -> dict:
             q = quantize_model(model, uniform_recipe(t), Path(tmp) / f"{t}.gguf", threads=threads)
             quants[t], sizes[t] = q.path, q.file_bytes
             fallbacks[t] = {k: dict(v) for k, v in q.resolution.fallbacks().items()}
-        runs: dict[str, list[dict[str, float]]] = {t: [] for t in types}
+        runs: dict[str, list[dict]] = {t: [] for t in types}
         for r in range(rounds):
             for t in types if r % 2 == 0 else reversed(types):
-                runs[t].append(speed_of(quants[t], threads))
+                runs[t].append(speed_of(quants[t], threads, Placement.parse("-ngl 0")).to_dict())
     med = {t: {k: statistics.median(run[k] for run in runs[t]) for k in ("pp_tokens_per_s", "tg_tokens_per_s")}
            for t in types}
     ratios = {f"{i}/{k}": {m: med[i][m] / med[k][m] for m in ("pp_tokens_per_s", "tg_tokens_per_s")} for i, k in PAIRS}

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 from ..core import limits
+from ..core.placement import Placement
 from ..core.size import human_bytes
 from ..core.text import ScoreSettings, TextSource, overlapping
+from ..errors import RecipeSearchError
 from . import _imatrix_input, _int_in, _load_recipe, _model, _print_json, _recipe_args, _warn, command
 
 
@@ -36,6 +38,9 @@ def score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imatrix")
     p.add_argument("--allow-partial-imatrix", action="store_true")
     p.add_argument("--speed", action="store_true", help="also measure prompt and generation tokens/s")
+    p.add_argument("--placement", metavar="FLAGS",
+                   help="the placement --speed times the model under, in llama.cpp's flags: '-ot exps=CPU -ngl all' "
+                        "(default: -ngl of --gpu-layers); a build that cannot offload times it on the CPU and says so")
     p.add_argument("--keep", metavar="OUT.gguf", help="keep the quantized file here")
     p.add_argument("--no-tensor-cache", action="store_true",
                    help="quantize the whole model with llama_model_quantize instead of assembling it from cached tensors")
@@ -56,7 +61,8 @@ def score(a: argparse.Namespace) -> int:
     from ..core.metrics import TAIL_STATISTICS, statistic_of
     from ..engine.leftovers import TRIAL_PREFIX
     from ..engine.score import score_against_base_file, score_quant
-    from ..engine.worker import Worker, speed_of
+    from ..engine.speed import speed_of
+    from ..engine.worker import Worker
     from ..formats.files import check_output_file
 
     model = _model(a.model)
@@ -66,6 +72,9 @@ def score(a: argparse.Namespace) -> int:
     cache = cache_dir(a.cache_dir)
     imatrix = _imatrix_input(a.imatrix) if a.imatrix else None
     worker = Worker(model, settings, cache, cache / "work", imatrix=imatrix, tensor_cache=not a.no_tensor_cache)
+    if a.placement is not None and not a.speed:
+        raise RecipeSearchError("--placement is where --speed times the model: it needs --speed")
+    placement = _speed_placement(a, worker.inventory) if a.speed else None
     _check_text_overlap(settings, a.imatrix)
     start = time.perf_counter()
     if a.base:
@@ -94,7 +103,7 @@ def score(a: argparse.Namespace) -> int:
     try:
         scored = (score_against_base_file(quant, Path(a.base), settings) if a.base
                   else score_quant(quant, worker.reference, settings))
-        speed = speed_of(quant, settings.threads, settings.gpu_layers) if a.speed else {}
+        speed = None if placement is None else speed_of(quant, settings.threads, placement)
         quant_inv = read_inventory(quant)
         bpw = quant_inv.n_bytes * 8 / quant_inv.n_elements
     finally:
@@ -107,7 +116,7 @@ def score(a: argparse.Namespace) -> int:
                  for m in TAIL_STATISTICS}
     result = {"reference": how, "file_bytes": file_bytes, "bpw": bpw, "metrics": metrics,
               **{f"{m}_ci95": None if ci is None else list(ci) for m, ci in intervals.items()},
-              "speed": speed, "fallbacks": fallbacks,
+              "speed": None if speed is None else speed.to_dict(), "fallbacks": fallbacks,
               "seconds": time.perf_counter() - start}
     if a.json:
         _print_json(result)
@@ -140,13 +149,22 @@ def score(a: argparse.Namespace) -> int:
     print(f"Δp percentiles:  1% {100 * s['dp_p1']:.3f}  5% {100 * s['dp_p5']:.3f}  50% {100 * s['dp_median']:.3f}  "
           f"95% {100 * s['dp_p95']:.3f}  99% {100 * s['dp_p99']:.3f}  max {100 * s['dp_max']:.3f} %")
     print(f"Same top p:      {100 * s['same_top']:.3f} +/- {100 * s['same_top_err']:.3f} %")
-    if speed:
-        print(f"speed:           prompt {speed['pp_tokens_per_s']:.1f} tok/s, generation {speed['tg_tokens_per_s']:.1f} tok/s")
+    if speed is not None:
+        print(f"speed:           {speed.line()}")
     if s["n_tokens"] < 10_000:
         print(f"note: {s['n_tokens']} scored tokens: the 99.9th percentile rests on the top "
               f"{max(1, round(s['n_tokens'] / 1000))} or so tokens; use more --chunks for a firmer tail")
     print(f"time: {result['seconds']:.1f} s")
     return 0
+
+
+def _speed_placement(a: argparse.Namespace, inv) -> Placement:
+    """--placement, else --gpu-layers as ``-ngl``; a pattern that places no tensor of the model is an error."""
+    if a.placement is None:
+        return Placement((), None if a.gpu_layers < 0 else a.gpu_layers)
+    placement = Placement.parse(a.placement)
+    placement.place(inv)
+    return placement
 
 
 def _check_text_overlap(settings: ScoreSettings, imatrix_path: str | None) -> None:

@@ -80,9 +80,9 @@ def search(a: argparse.Namespace) -> int:
 
         return _estimate(model, config, cache_dir(a.cache_dir), a.json)
     _warn_text_overlap(config)
-    _warn_cpu_only(config)
     study = Study.open(model, config, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
                        tensor_cache=not a.no_tensor_cache)
+    _warn_cpu_only(study.config)  # once the config is known good
     return _run_study(study, a)
 
 
@@ -118,12 +118,21 @@ def _targets_bpw(model: Path, config: StudyConfig, targets: list) -> list[float]
 
 
 def _warn_cpu_only(config: StudyConfig) -> None:
-    """A GPU budget or placement on a build that cannot offload: the recipes are budgeted, not run, that way."""
+    """A GPU budget or placement on a build that cannot offload: the recipes are budgeted, not run, that way;
+    a `speed` objective whose placement puts anything on a GPU is timed on the CPU alone."""
     from ..engine.allocation import gpu_offload_supported
 
-    if (config.max_gpu_bytes is not None or config.placement) and not gpu_offload_supported():
-        _warn(["this llama.cpp build cannot offload to a GPU: the study budgets and records bytes for the placement "
-               "given, and measures every trial on the CPU"])
+    if gpu_offload_supported():
+        return
+    lines = []
+    if config.max_gpu_bytes is not None or config.placement:
+        lines.append("this llama.cpp build cannot offload to a GPU: the study budgets and records bytes for the "
+                     "placement given, and measures every trial on the CPU")
+    speed = config.speed_placement()
+    if speed is not None and speed.uses_gpu:
+        lines.append(f"speed is CPU-only: this llama.cpp build cannot offload, so the speed objective times every "
+                     f"recipe on the CPU, not under the placement {speed.describe()}")
+    _warn(lines)
 
 
 def _warn_text_overlap(config: StudyConfig) -> None:
@@ -334,6 +343,7 @@ def worker(a: argparse.Namespace) -> int:
 
     study = Study.open(None, name=a.study, storage=a.storage, directory=a.dir, cache=a.cache_dir,
                        worker_seed=worker_seed(), tensor_cache=not a.no_tensor_cache)
+    _warn_cpu_only(study.config)
     return _run_study(study, a)
 
 

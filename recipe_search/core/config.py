@@ -211,6 +211,10 @@ class StudyConfig(BaseModel):
         return DeviceBudget(inv, self.run_placement(), self.run.settings(),
                             {"gpu": self.max_gpu_bytes, "cpu": self.max_cpu_bytes})
 
+    def speed_placement(self) -> Placement | None:
+        """The placement the `speed` objective times every recipe under (the study's), or None without it."""
+        return self.run_placement() if "speed" in self.objectives else None
+
     @property
     def has_device_budget(self) -> bool:
         return self.max_gpu_bytes is not None or self.max_cpu_bytes is not None

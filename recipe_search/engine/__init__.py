@@ -58,7 +58,10 @@ _API = {
     "generate_greedy": "greedy",
     "greedy_choices": "greedy",
     "Worker": "worker",
-    "speed_of": "worker",
+    "speed_of": "speed",
+    "speed_run": "speed",
+    "SpeedRun": "speed",
+    "Speed": "measurement",
     "tool_versions": "worker",
 }
 __all__ = list(_API)  # noqa: PLE0604
@@ -85,6 +88,7 @@ if TYPE_CHECKING:
     from .llama import evaluate as evaluate
     from .llama import scored_range as scored_range
     from .measurement import Measurement as Measurement
+    from .measurement import Speed as Speed
     from .measurement import StoredMeasurement as StoredMeasurement
     from .quantize import ImatrixInput as ImatrixInput
     from .quantize import dry_run_types as dry_run_types
@@ -94,6 +98,9 @@ if TYPE_CHECKING:
     from .score import score_against_base_file as score_against_base_file
     from .score import score_quant as score_quant
     from .score import write_base_file as write_base_file
+    from .speed import SpeedRun as SpeedRun
+    from .speed import speed_of as speed_of
+    from .speed import speed_run as speed_run
     from .task_check import TaskChecker as TaskChecker
     from .task_check import TaskResult as TaskResult
     from .task_check import TaskSpec as TaskSpec
@@ -115,5 +122,4 @@ if TYPE_CHECKING:
     from .trial_cost import estimate as estimate
     from .trial_cost import measure_rates as measure_rates
     from .worker import Worker as Worker
-    from .worker import speed_of as speed_of
     from .worker import tool_versions as tool_versions

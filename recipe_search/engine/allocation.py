@@ -7,7 +7,6 @@ duplicated output), not ``-ngl``. `context_allocation` reads the buffers a conte
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 from dataclasses import dataclass
@@ -18,20 +17,13 @@ import llama_cpp
 from ..core.placement import Placement
 from ..errors import RecipeSearchError
 from . import llama_log
-from .libggml import lib_dir
-from .llama import _init_backend
+from .llama import _init_backend, model_params
 
 _OVERRIDDEN = re.compile(r"tensor (\S+) \(\d+ MiB \w+\) buffer type overridden to (\S+)")
 _MODEL_BUFFER = re.compile(r"load_tensors: +(\S+) model buffer size = +([\d.]+) MiB")
 _CACHE = re.compile(r"(llama_kv_cache|llama_memory_recurrent): size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers")
 _COMPUTE = re.compile(r"(\S+) compute buffer size = +([\d.]+) MiB")
 _OUTPUT = re.compile(r"(\S+) +output buffer size = +([\d.]+) MiB")
-
-
-class _Override(ctypes.Structure):
-    """struct llama_model_tensor_buft_override."""
-
-    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
 @dataclass(frozen=True)
@@ -42,12 +34,6 @@ class LoadedPlacement:
     gpu_offload: bool  # whether this build can offload at all
 
 
-def _cpu_buffer_type() -> int:
-    lib = ctypes.CDLL(str(lib_dir() / "libggml-cpu.so"))
-    lib.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
-    return int(lib.ggml_backend_cpu_buffer_type())
-
-
 def gpu_offload_supported() -> bool:
     """Whether this llama.cpp build can put anything on a GPU."""
     return bool(llama_cpp.llama_supports_gpu_offload())
@@ -56,14 +42,8 @@ def gpu_offload_supported() -> bool:
 def load_placement(path: str | Path, placement: Placement) -> LoadedPlacement:
     """Load ``path`` (weights mmapped, no context) with ``placement``'s overrides pointed at the CPU."""
     _init_backend()
-    cpu = _cpu_buffer_type()
-    patterns = [o.pattern.encode() for o in placement.overrides]
-    table = (_Override * (len(patterns) + 1))(*[_Override(p, cpu) for p in patterns], _Override(None, None))
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0 if placement.n_gpu_layers is None else placement.n_gpu_layers
-    mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
-    mparams.use_extra_bufts = False
-    mparams.tensor_buft_overrides = ctypes.cast(table, ctypes.c_void_p) if patterns else None
+    mparams = model_params(0 if placement.n_gpu_layers is None else placement.n_gpu_layers,
+                           [(o.pattern, "CPU") for o in placement.overrides])
     with llama_log.captured() as log:
         model = llama_cpp.llama_model_load_from_file(os.fsencode(str(path)), mparams)
     if not model:

@@ -114,6 +114,26 @@ def ggml_base() -> ctypes.CDLL:
     return lib
 
 
+@functools.cache
+def buffer_types() -> dict[str, int]:
+    """Each device's default buffer type by its name (``CPU``, ``CUDA0``, ...): the names ``-ot PATTERN=BUFFER``
+    accepts (``parse_tensor_buffer_overrides`` in common/arg.cpp)."""
+    lib = ctypes.CDLL(str(lib_dir() / "libggml.so"))  # the device registry; buffer type names are in libggml-base
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
+    lib.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_buft_name.restype = ctypes.c_char_p
+    out = {}
+    for i in range(lib.ggml_backend_dev_count()):
+        buft = lib.ggml_backend_dev_buffer_type(lib.ggml_backend_dev_get(i))
+        if buft:
+            out[lib.ggml_backend_buft_name(buft).decode()] = int(buft)
+    return out
+
+
 def ggml_base_path() -> pathlib.Path:
     """The libggml-base file whose quantizers produce the bytes (part of a cached tensor's identity)."""
     return lib_dir() / "libggml-base.so"

@@ -15,7 +15,7 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Self
@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import RecipeSearchError
 from . import llama_log
+from .libggml import buffer_types
 
 _backend_ready = False
 
@@ -102,6 +103,35 @@ class Batch:
         )
 
 
+class _Override(ctypes.Structure):
+    """struct llama_model_tensor_buft_override."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def model_params(n_gpu_layers: int = 0, overrides: Sequence[tuple[str, str]] = ()) -> llama_cpp.llama_model_params:
+    """The model parameters this engine loads with: mmap, no extra buffer types, ``n_gpu_layers`` layers offloaded
+    (negative: all) and ``overrides`` (pattern, buffer type name), as ``-ot`` gives them. The override table is
+    kept on the returned struct (``_keep``), which must outlive the load. An unknown buffer type is an error."""
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = n_gpu_layers  # 0: CPU only; needs a GPU build of llama-cpp-python
+    mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+    # No extra buffer types: this build's AMX kernels die with SIGILL on Q4_K (tile config bug, see
+    # llama.cpp PR 26954), and weight repacking would copy the weights out of the mmap at every load.
+    mparams.use_extra_bufts = False
+    if overrides:
+        known = buffer_types()
+        unknown = [b for _, b in overrides if b not in known]
+        if unknown:
+            raise RecipeSearchError(f"buffer type {unknown[0]!r} is not one of this llama.cpp build's "
+                                    f"({', '.join(known)})")
+        table = (_Override * (len(overrides) + 1))(*[_Override(p.encode(), known[b]) for p, b in overrides],
+                                                  _Override(None, None))
+        mparams.tensor_buft_overrides = ctypes.cast(table, ctypes.c_void_p)
+        mparams._keep = table  # type: ignore[attr-defined]  # ctypes keeps no reference through a cast pointer
+    return mparams
+
+
 class LlamaModel:
     """A GGUF model loaded with mmap on the CPU, with a context for `n_seq` sequences of `n_ctx` tokens.
 
@@ -112,12 +142,13 @@ class LlamaModel:
     `n_threads` threads; on a machine shared with other busy processes, llama.cpp's OpenMP barriers
     spin, which `OMP_WAIT_POLICY=passive` in the environment before llama_cpp is imported avoids.
     `kv_unified` gives the sequences one KV cache of all `n_seq * n_ctx` cells, as llama-perplexity's task
-    scores do.
+    scores do. `n_gpu_layers` and `overrides` place the weights (`model_params`).
     """
 
     def __init__(
         self, path: str | Path, n_threads: int = 2, n_ctx: int = 512, n_seq: int = 1, n_ubatch: int = 512,
         cb_eval: object | None = None, n_gpu_layers: int = 0, kv_unified: bool = False,
+        overrides: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.path = Path(path)
         self.n_ctx = n_ctx
@@ -128,12 +159,7 @@ class LlamaModel:
         if not self.path.is_file():
             raise RecipeSearchError("no such file", self.path)
         _init_backend()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers  # 0: CPU only; needs a GPU build of llama-cpp-python
-        mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
-        # No extra buffer types: this build's AMX kernels die with SIGILL on Q4_K (tile config bug, see
-        # llama.cpp PR 26954), and weight repacking would copy the weights out of the mmap at every load.
-        mparams.use_extra_bufts = False
+        mparams = model_params(n_gpu_layers, overrides)
         with llama_log.captured() as log:
             self._model = llama_cpp.llama_model_load_from_file(os.fsencode(self.path), mparams) or None
         if self._model is None:

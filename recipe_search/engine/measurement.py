@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,36 @@ def decode_array(s: str) -> np.ndarray:
     return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Speed:
+    """Prompt-processing and generation tokens/s, the placement they were measured for, and whether the build
+    could apply it: ``cpu_only`` speed ran every layer on the CPU whatever the placement said."""
+
+    pp_tokens_per_s: float
+    tg_tokens_per_s: float
+    placement: str  # `Placement.describe` of the placement asked for
+    cpu_only: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Speed:
+        """An older measurement (tokens/s only) reads as CPU-only speed under no known placement."""
+        return cls(float(d["pp_tokens_per_s"]), float(d["tg_tokens_per_s"]), str(d.get("placement", "")),
+                   bool(d.get("cpu_only", True)))
+
+    def line(self) -> str:
+        where = (f"CPU only: this llama.cpp build cannot offload, so the placement {self.placement} is not applied"
+                 if self.cpu_only else f"placement {self.placement}")
+        return f"prompt {self.pp_tokens_per_s:.1f} tok/s, generation {self.tg_tokens_per_s:.1f} tok/s ({where})"
+
+
+def speed_from_dict(d: dict | None) -> Speed | None:
+    """The stored form of a measurement's speed (None or empty: not measured)."""
+    return Speed.from_dict(d) if d else None
+
+
 @dataclass
 class Measurement:
     """Everything the worker measured for one recipe (JSON-able through `to_dict`)."""
@@ -29,20 +59,21 @@ class Measurement:
     kld_tokens: np.ndarray  # per-token KLD, float32, in chunk order
     fallbacks: dict[str, dict[str, int]]
     seconds: dict[str, float]
-    speed: dict[str, float] = field(default_factory=dict)
+    speed: Speed | None = None  # measured when the study optimises speed
     cached: bool = False  # read from the measurement cache instead of measured now
 
     def to_dict(self) -> dict:
         """The JSON form, per-token KLD included (encoded)."""
         return {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
-                "fallbacks": self.fallbacks, "seconds": self.seconds, "speed": self.speed,
+                "fallbacks": self.fallbacks, "seconds": self.seconds,
+                "speed": None if self.speed is None else self.speed.to_dict(),
                 "kld_tokens": encode_array(self.kld_tokens)}
 
     @classmethod
     def from_dict(cls, d: dict, cached: bool = False) -> Measurement:
         return cls(file_bytes=int(d["file_bytes"]), bpw=float(d["bpw"]), metrics=dict(d["metrics"]),
                    kld_tokens=decode_array(d["kld_tokens"]), fallbacks=dict(d["fallbacks"]),
-                   seconds=dict(d["seconds"]), speed=dict(d.get("speed") or {}), cached=cached)
+                   seconds=dict(d["seconds"]), speed=speed_from_dict(d.get("speed")), cached=cached)
 
 
 class StoredMeasurement(Measurement):

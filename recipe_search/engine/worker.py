@@ -30,6 +30,7 @@ import numpy as np
 
 from ..core.inventory import Inventory, model_fingerprint, read_inventory
 from ..core.kld import TokenStats
+from ..core.placement import Placement
 from ..core.recipe import Recipe
 from ..core.resolution import Resolution, resolve
 from ..core.size import predict_size
@@ -41,10 +42,10 @@ from .assemble import assemble, can_split, write_single_file
 from .digest import json_digest, warn_damaged
 from .leftovers import TRIAL_PREFIX
 from .libggml import lib_dir
-from .llama import LlamaModel
 from .measurement import Measurement
 from .quantize import PARTIAL_SUFFIX, check_imatrix, dry_run_types, quantize_model
 from .score import Reference, ScoreSettings, get_reference, score_quant
+from .speed import speed_of
 from .tensor_cache import ModelTensors, TensorCache
 
 #: the llama.cpp build: a measurement made with another one is not reused
@@ -71,13 +72,6 @@ class Built:
     seconds: dict[str, float]
     file_bytes: int
     warnings: list[str] = field(default_factory=list)
-
-
-def speed_of(quant: Path, threads: int, gpu_layers: int = 0) -> dict[str, float]:
-    """Prompt-processing and generation tokens per second of a GGUF on this machine."""
-    with LlamaModel(quant, n_threads=threads, n_ctx=512, n_gpu_layers=gpu_layers) as lm:
-        pp, tg = lm.generate_speed()
-    return {"pp_tokens_per_s": pp, "tg_tokens_per_s": tg}
 
 
 class Worker:
@@ -139,10 +133,11 @@ class Worker:
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / "measurements" / f"{key}.json"
 
-    def cached(self, resolution: Resolution, speed: bool = False) -> Measurement | None:
-        """The stored measurement of this resolved recipe, if a finished one is in the cache. A damaged one
-        (unreadable, or not matching its digest) is measured again, with one warning line; one without a
-        digest (an older version wrote it) is measured again silently."""
+    def cached(self, resolution: Resolution, speed: Placement | None = None) -> Measurement | None:
+        """The stored measurement of this resolved recipe, if a finished one is in the cache (with ``speed``, one
+        that timed the recipe under that placement). A damaged one (unreadable, or not matching its digest) is
+        measured again, with one warning line; one without a digest (an older version wrote it) is measured
+        again silently."""
         path = self._cache_path(self.result_key(resolution))
         try:
             text = path.read_text()
@@ -171,7 +166,7 @@ class Worker:
         if problem is not None:
             warn_damaged(path, "the cached measurement", problem, "measuring it again")
             return None
-        return None if speed and not m.speed else m
+        return None if speed is not None and (m.speed is None or m.speed.placement != speed.describe()) else m
 
     def _store(self, resolution: Resolution, m: Measurement) -> None:
         d = m.to_dict()
@@ -179,10 +174,11 @@ class Worker:
         atomic_write_text(self._cache_path(self.result_key(resolution)), json.dumps(d))
 
     def measure(self, recipe: Recipe | Resolution, on_chunk: Callable[[int, TokenStats], None] | None = None,
-                speed: bool = False, out: Path | None = None, use_cache: bool = True) -> Measurement:
+                speed: Placement | None = None, out: Path | None = None, use_cache: bool = True) -> Measurement:
         """Quantize and score ``recipe`` (or read its earlier measurement from the cache when no file
-        is asked for); ``on_chunk`` may raise StopScoring to abandon the trial. A recipe is resolved here,
-        once; a `Resolution` (of this worker's `resolve`) is measured as it is."""
+        is asked for), and with ``speed`` time it under that placement; ``on_chunk`` may raise StopScoring to
+        abandon the trial. A recipe is resolved here, once; a `Resolution` (of this worker's `resolve`) is
+        measured as it is."""
         resolution = recipe if isinstance(recipe, Resolution) else self.resolve(recipe)
         if use_cache and out is None and (hit := self.cached(resolution, speed)) is not None:
             return hit
@@ -197,7 +193,7 @@ class Worker:
             if built.file_bytes != predicted.file_bytes:
                 raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {built.file_bytes}", path)
             scored = score_quant(built.path, reference, self.settings, on_chunk, check=False)
-            speed_numbers = speed_of(built.path, self.settings.threads, self.settings.gpu_layers) if speed else {}
+            timed = None if speed is None else speed_of(built.path, self.settings.threads, speed)
         except (RecipeSearchError, OSError) as err:
             if damaged := self._recheck(resolution):  # a damaged entry the trial linked: removed, for the retry
                 raise RecipeSearchError(f"{err}; damaged tensor-cache entries removed: {damaged}") from None
@@ -218,7 +214,7 @@ class Worker:
             kld_tokens=scored.stats.kld.astype(np.float32),
             fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
             seconds={**built.seconds, **scored.seconds},
-            speed=speed_numbers)
+            speed=timed)
         self._store(resolution, m)
         return m
 

@@ -36,6 +36,8 @@ from .table import SensitivityTable, cell_key
 DP_BINS = 2000
 #: bins per budget of the two-budget knapsack (its table is DP2_BINS² per parameter)
 DP2_BINS = 160
+#: bisection steps on the size's price when a size target and a device budget are solved together
+BISECTIONS = 24
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,8 @@ class Allocator:
 
     def allocate(self, target: float, unit: Literal["bytes", "bpw"] = "bytes",
                  metric: str = "kld_p999") -> Allocation:
-        """The surrogate's best recipe at or under ``target`` file bytes (or bits per weight)."""
+        """The surrogate's best recipe at or under ``target`` file bytes (or bits per weight), and inside the device
+        budget when the allocator has one (`_knapsack_sized`: the size a price on the two-budget knapsack)."""
         if metric not in SURROGATE_METRICS:
             raise RecipeSearchError(f"the surrogate predicts {', '.join(SURROGATE_METRICS)}, not {metric}")
         if metric != "kld_mean" and not self.surrogate.n_tokens:
@@ -197,19 +200,37 @@ class Allocator:
                                     "allocate by kld_mean", self.surrogate.table.directory)
         cap = int(target) - self.base_bytes if unit == "bytes" else \
             int(target * self.n_elements / 8) - self.base_tensor_bytes
-        costs = [[self._cost(o, unit) for o in opts] for opts in self.options]
-        picks = _knapsack(costs, [[o.mean for o in opts] for opts in self.options], cap)
+        sizes = [[self._cost(o, unit) for o in opts] for opts in self.options]
+        values = [[o.mean for o in opts] for opts in self.options]
+        device_caps = self._device_caps()
+        costs: list[list[tuple[int, ...]]]
+        caps: tuple[int, ...]
+        if device_caps is None:
+            picks = _knapsack(sizes, values, cap)
+            costs, caps = [[(c,) for c in cs] for cs in sizes], (cap,)
+        else:
+            picks = _knapsack_sized(sizes, [[o.devices for o in opts] for opts in self.options], values, cap,
+                                    device_caps)
+            costs = [[(c, *o.devices) for c, o in zip(cs, opts)] for cs, opts in zip(sizes, self.options)]
+            caps = (cap, *device_caps)
         if picks is None:
             lo, _ = self.size_range(unit)
-            raise RecipeSearchError(f"size target {target:g} is below the smallest recipe of the ladders ({lo:g})")
-        picks = self._improve(picks, [[(c,) for c in cs] for cs in costs], (cap,), metric)
+            raise RecipeSearchError(f"size target {target:g} is below the smallest recipe of the ladders ({lo:g})"
+                                    + ("" if device_caps is None else " inside the device budget"))
+        picks = self._improve(picks, costs, caps, metric)
         return self._allocation(picks, f"surrogate-{target:.3f}bpw" if unit == "bpw" else f"surrogate-{int(target)}B")
+
+    def _device_caps(self) -> tuple[int, ...] | None:
+        """The GPU and CPU room above every parameter's ladder index 0, or None without a device budget."""
+        if self.budget is None or not self.budget.limits:
+            return None
+        return tuple(self.budget.limits.get(d, 1 << 62) - self.base_devices[d] for d in DEVICES)
 
     def allocate_devices(self, metric: str = "kld_mean") -> Allocation:
         """The surrogate's best recipe inside the device budget (a knapsack with a GPU and a CPU capacity)."""
-        if self.budget is None or not self.budget.limits:
+        caps = self._device_caps()
+        if caps is None or self.budget is None:
             raise RecipeSearchError("allocating by devices needs a device budget (max_gpu_bytes, max_cpu_bytes)")
-        caps = tuple(self.budget.limits.get(d, 1 << 62) - self.base_devices[d] for d in DEVICES)
         costs = [[o.devices for o in opts] for opts in self.options]
         picks = _knapsack2(costs, [[o.mean for o in opts] for opts in self.options], caps)
         if picks is None:
@@ -336,6 +357,41 @@ def _knapsack2(costs: list[list[tuple[int, ...]]], values: list[list[float]], ca
     return picks[::-1]
 
 
+def _knapsack_sized(sizes: list[list[int]], costs: list[list[tuple[int, ...]]], values: list[list[float]], size_cap: int,
+                    caps: tuple[int, ...]) -> list[int] | None:
+    """`_knapsack2` under the device capacities with a third, the size, as a price: the answer for the least price
+    ``lam`` per byte (value + lam * size) whose size fits ``size_cap``, found by doubling then bisection (a larger
+    price never gives a larger answer). None when even the smallest recipe inside the device budget is too big."""
+    def solve(lam: float) -> tuple[list[int] | None, int]:
+        picks = _knapsack2(costs, [[v + lam * c for v, c in zip(vs, cs)] for vs, cs in zip(values, sizes)], caps)
+        return picks, 0 if picks is None else sum(cs[k] for cs, k in zip(sizes, picks))
+
+    if sum(min(cs) for cs in sizes) > size_cap:
+        return None
+    picks, size = solve(0.0)
+    if picks is None or size <= size_cap:
+        return picks
+    span = sum(max(cs) - min(cs) for cs in sizes) or 1
+    lo, hi = 0.0, (sum(max(vs) - min(vs) for vs in values) or 1.0) / span  # a price of the whole value range
+    best = None
+    for _ in range(64):
+        picks, size = solve(hi)
+        if size <= size_cap:
+            best = picks
+            break
+        lo, hi = hi, hi * 4
+    if best is None:
+        return None
+    for _ in range(BISECTIONS):
+        mid = (lo + hi) / 2
+        picks, size = solve(mid)
+        if size <= size_cap:
+            best, hi = picks, mid
+        else:
+            lo = mid
+    return best
+
+
 def table_allocator(config: StudyConfig, space: SearchSpace, inv: Inventory, table_dir: Path | None,
                     extra_kv: dict[str, str | int] | None) -> Allocator:
     """The allocator over ``space`` from the sensitivity table at ``table_dir`` (or the config's `sensitivity`)."""
@@ -359,7 +415,8 @@ def seed_allocations(config: StudyConfig, space: SearchSpace, inv: Inventory,
                      extra_kv: dict[str, str | int] | None = None, table_dir: Path | None = None) -> list[Allocation]:
     """The surrogate-optimal recipes at each of ``config.target_bpw``, at the size band's upper edge when the
     study has one, then at ``config.surrogate_seeds`` size targets spread evenly over the ladders' size range
-    (inside the study's size band); the table is ``table_dir`` or the config's ``sensitivity``.
+    (inside the study's size band); the table is ``table_dir`` or the config's ``sensitivity``. With a device
+    budget, its corner comes first and every size is solved inside it.
 
     They minimise the predicted mean KLD whatever the study's objective: the summed mean ranks measured
     recipes' tails better than the summed per-token tails do (see experiments/reports/sensitivity.md).
@@ -412,8 +469,8 @@ def refit_allocation(base: Allocator, config: StudyConfig, observed: Sequence[tu
                      measured_sizes: Sequence[tuple[float, float]], tried: set[tuple], turn: int) -> Allocation | None:
     """The next proposal of ``base`` refitted to the measured trials (`fit_scales`): its allocation at the
     ``turn``-th size in the cycle (each of ``config.target_bpw``, then the middle of the widest gap between
-    neighbours on the measured frontier, given as (bpw, objective) pairs), the first of them not in ``tried``;
-    None when every size gives a recipe already tried."""
+    neighbours on the measured frontier, given as (bpw, objective) pairs), the first of them not in ``tried``,
+    solved inside the device budget when ``base`` has one; None when every size gives a recipe already tried."""
     allocator = base.scaled(fit_scales(base, observed))
     lo_bpw, hi_bpw = _band(config, allocator, "bpw")
     sizes = [t for t in config.target_bpw if lo_bpw <= t <= hi_bpw]

@@ -40,7 +40,7 @@ def trial_values(config: StudyConfig, m: Measurement) -> list[float]:
         elif o == "bpw":
             out.append(m.bpw)
         elif o == "speed":
-            out.append(m.speed.get("tg_tokens_per_s", 0.0))
+            out.append(m.speed.tg_tokens_per_s if m.speed else 0.0)
         else:
             out.append(float(m.metrics[BY_NAME[o].metric_key]))
     return out
@@ -124,7 +124,7 @@ class Objective:
         prune = config.prune and not reference and all(o in FORECAST for o in config.objectives[1:])
         on_chunk = chunk_pruner(self.study, predicted.file_bytes, trial, config) if prune else None
         try:
-            m = worker.measure(resolution, on_chunk=on_chunk, speed="speed" in config.objectives)
+            m = worker.measure(resolution, on_chunk=on_chunk, speed=config.speed_placement())
         except StopScoring as stop:
             raise optuna.TrialPruned(str(stop)) from None
         except (RecipeSearchError, OSError) as err:  # the study records the trial as failed, with the reason

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from ..core.recipe import Recipe, recipe_from_dict
-from ..engine.measurement import Measurement, StoredMeasurement
+from ..engine.measurement import Measurement, StoredMeasurement, speed_from_dict
 
 
 class _Trial(Protocol):
@@ -117,7 +117,7 @@ class TrialRecord:
             measurement = StoredMeasurement(
                 a.get("kld_tokens"), file_bytes=int(a["file_bytes"]), bpw=float(a["bpw"]), metrics=dict(a["metrics"]),
                 fallbacks=dict(a.get("fallbacks") or {}), seconds=dict(a.get("seconds") or {}),
-                speed=dict(a.get("speed") or {}), cached=bool(a.get("cached_measurement")))
+                speed=speed_from_dict(a.get("speed")), cached=bool(a.get("cached_measurement")))
         values = getattr(trial, "values", None)
         return cls(number=trial.number, values=list(values) if values else None, reference=a.get("reference"),
                    seed=a.get("seed"), surrogate_seed=a.get("surrogate_seed"), refit=a.get("refit"),

@@ -225,7 +225,7 @@ class Study:
             if choice is not None or recipe.name in done:
                 continue
             log(f"measuring reference {recipe.name}")
-            m = self.worker.measure(recipe, speed="speed" in self.config.objectives)
+            m = self.worker.measure(recipe, speed=self.config.speed_placement())
             resolution = self.worker.resolve(recipe)
             extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
             predicted = predict_size(resolution, self.worker.inventory, extra_kv)

@@ -12,6 +12,7 @@ import pytest
 
 from recipe_search.cli import main
 from recipe_search.core.config import StudyConfig
+from recipe_search.core.devices import device_memory
 from recipe_search.core.inventory import read_inventory
 from recipe_search.core.recipe import uniform_recipe
 from recipe_search.core.resolution import resolve
@@ -208,6 +209,53 @@ def test_allocator_under_two_device_budgets(sweep) -> None:
     first = seed_allocations(config, build_space(config, inv, has_imatrix=False), inv)[0]  # the budget's corner first
     assert first.recipe.name.startswith("surrogate-") and first.recipe.name.endswith("-cpu")
     assert first.device_bytes is not None and first.device_bytes["gpu"] <= gpu and first.device_bytes["cpu"] <= cpu
+
+
+def test_size_targets_are_solved_inside_the_device_budget(sweep) -> None:
+    """With a device budget, an allocation at a size target (each seed, each refitted proposal) fits the size and both
+    budgets and is the best of the space's recipes that do; steering the size-only allocation into the box after the
+    fact (as refits were) is never better and, at some budget, worse."""
+    from recipe_search.core.placement import Placement
+    from recipe_search.sensitivity.surrogate import refit_allocation
+    from recipe_search.study._band import BandSteer
+
+    worker, out, _ = sweep
+    inv = worker.inventory
+    placement = "-ot attn=CPU"
+    surrogate = Surrogate(SensitivityTable.load(out), inv)
+    free = build_space(StudyConfig(space=SPACE), inv, has_imatrix=False)
+    size_only = Allocator(surrogate, free)
+    combos = [dict(zip([p.name for p in free.parameters], c))
+              for c in itertools.product(*(range(len(p.ladder)) for p in free.parameters))]
+    sizes = {tuple(c.values()): predict_size(resolve(free.recipe(c), inv), inv) for c in combos}
+    devices = {k: device_memory(s, inv, Placement.parse(placement)).parts["weights"] for k, s in sizes.items()}
+    mean = {k: surrogate.predict_recipe(free.recipe(c)).kld_mean for k, c in zip(sizes, combos)}
+    gpu_all, cpu_all = sorted(d["gpu"] for d in devices.values()), sorted(d["cpu"] for d in devices.values())
+    bpw_all = sorted(s.bits_per_weight for s in sizes.values())
+    worse = 0
+    for q_gpu, q_cpu in ((0.3, 0.9), (0.9, 0.3), (0.6, 0.6)):
+        gpu, cpu = gpu_all[int(q_gpu * (len(combos) - 1))], cpu_all[int(q_cpu * (len(combos) - 1))]
+        config = StudyConfig(space=SPACE, placement=placement, max_gpu_bytes=gpu, max_cpu_bytes=cpu)
+        space = build_space(config, inv, has_imatrix=False)
+        allocator = Allocator(surrogate, space, budget=config.device_budget(inv))
+        steer = BandSteer(space, inv, config)
+        for target in (bpw_all[len(bpw_all) // 3], bpw_all[2 * len(bpw_all) // 3], bpw_all[-1]):
+            fits = [k for k in sizes if sizes[k].bits_per_weight <= target and devices[k]["gpu"] <= gpu
+                    and devices[k]["cpu"] <= cpu]
+            if not fits:
+                continue
+            a = allocator.allocate(target, "bpw", "kld_mean")
+            assert a.bpw <= target and a.device_bytes is not None
+            assert a.device_bytes["gpu"] <= gpu and a.device_bytes["cpu"] <= cpu
+            assert a.prediction.kld_mean == pytest.approx(min(mean[k] for k in fits))
+            steered = steer.steer(size_only.allocate(target, "bpw", "kld_mean").choice)
+            steered_mean = mean[tuple(steered[p.name] for p in free.parameters)]
+            assert steered_mean >= a.prediction.kld_mean * (1 - 1e-9)
+            worse += steered_mean > a.prediction.kld_mean * (1 + 1e-6)
+        refit = refit_allocation(allocator, config, [], [(bpw_all[0], 1.0), (bpw_all[-1], 0.1)], set(), 0)
+        assert refit is not None and refit.device_bytes is not None
+        assert refit.device_bytes["gpu"] <= gpu and refit.device_bytes["cpu"] <= cpu
+    assert worse  # the property the joint solve adds: steering afterwards loses somewhere
 
 
 def test_seeding_enqueues_surrogate_recipes(sweep, tmp_path) -> None:
