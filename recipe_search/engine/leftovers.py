@@ -1,9 +1,9 @@
 """Leftovers of killed runs: temporary GGUFs and half-built references whose process is gone.
 
 Every command removes them from the cache when it starts; a study's worker also cleans its own work
-directory. A leftover names its process (``trial-PID-...``, ``references/.KEY.PID.xxxx``,
-``tensors/XX/.NAME.PID-xxxx.tmp``), so files of
-a run that is still going are kept.
+directory. A leftover names its process (``trial-PID-...``, ``references/.KEY.PID.xxxx``, and the temporary
+files of atomic writes, ``.NAME.PID-xxxx.tmp``, in the tensor cache, the measurements and the task caches), so
+files of a run that is still going are kept.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ def clean_references(references: Path) -> list[Path]:
     return removed
 
 
-def clean_tensor_cache(tensors: Path) -> list[Path]:
-    """Remove the tensor cache's temporary files (``.NAME.PID-RANDOM.tmp``) of dead processes."""
+def clean_temporary(directory: Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Remove the temporary files of atomic writes (``.NAME.PID-RANDOM.tmp``) of dead processes matching
+    ``pattern`` under ``directory``."""
     removed: list[Path] = []
-    for path in tensors.glob("*/.*.tmp") if tensors.is_dir() else ():
+    for path in directory.glob(pattern) if directory.is_dir() else ():
         pid = path.name.removesuffix(".tmp").rpartition(".")[2].split("-")[0]
         if pid.isdigit() and _left_behind(int(pid)):
             path.unlink(missing_ok=True)
@@ -57,10 +58,11 @@ def clean_tensor_cache(tensors: Path) -> list[Path]:
 
 
 def remove_stale(cache: Path) -> list[Path]:
-    """What killed runs left in the cache directory: trial GGUFs in work/, temporary references, the tensor
-    cache's half-written entries."""
+    """What killed runs left in the cache directory: trial GGUFs in work/, temporary references, the half-written
+    entries of the tensor cache, the measurements and the task caches."""
     return (clean_workdir(cache / "work") + clean_references(cache / "references")
-            + clean_tensor_cache(cache / "tensors"))
+            + clean_temporary(cache / "tensors", "*/.*.tmp") + clean_temporary(cache / "measurements")
+            + clean_temporary(cache / "tasks"))
 
 
 def _left_behind(pid: int) -> bool:

@@ -61,11 +61,12 @@ def write_error(err: OSError, path: Path) -> RecipeSearchError:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
 
-    Never renames over anything but a regular file (a device node or a FIFO stays as it is); a failed
-    write (a full disk) is one line naming the file."""
+    The temporary file is ``.NAME.PID-RANDOM.tmp``: what a killed process leaves is known by its pid (see
+    `engine.leftovers`). Never renames over anything but a regular file (a device node or a FIFO stays as it
+    is); a failed write (a full disk) is one line naming the file."""
     check_output_file(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise write_error(err, path) from None
     try:

@@ -495,10 +495,29 @@ def test_stale_leftovers_are_removed_at_start(tmp_path, dense_model) -> None:
     (cache / "references" / ".0123abcd.xyz").mkdir(parents=True)  # an empty temporary of an older run
     (cache / "references" / f".0123abcd.{dead.pid}.xyz").mkdir()
     (cache / "references" / f".0123abcd.{dead.pid}.xyz" / "meta.json").write_text("{}")
+    # half-written measurement records and task caches (atomic writes of a killed process)
+    records = [cache / d / f".x.json.{dead.pid}-abc123.tmp" for d in ("measurements", "tasks")]
+    for record in records:
+        record.parent.mkdir()
+        record.write_text("{")
+    kept = cache / "measurements" / f".y.json.{os.getppid()}-abc123.tmp"
+    kept.write_text("{")
     run = run_cli("inspect", dense_model, env={**os.environ, "RECIPE_SEARCH_CACHE": str(cache)})
     assert run.returncode == 0, run.stderr
     assert not partial.exists() and live.exists()
     assert not list((cache / "references").iterdir())
+    assert not any(r.exists() for r in records) and kept.exists()
+
+
+def test_atomic_writes_name_their_process(tmp_path, monkeypatch) -> None:
+    """A killed process's half-written file is known by the pid in its name (`leftovers` removes it)."""
+    from recipe_search.formats import files
+
+    seen = []
+    real = files.os.replace
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (seen.append(Path(a).name), real(a, b)))
+    files.atomic_write_text(tmp_path / "m.json", "{}")
+    assert seen and seen[0].startswith(f".m.json.{os.getpid()}-") and seen[0].endswith(".tmp")
 
 
 @pytest.mark.slow
