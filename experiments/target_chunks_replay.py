@@ -23,18 +23,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import smoke
 
-from recipe_search.core import (
-    StudyConfig,
-    bootstrap_ci,
-    parse_targets,
-    scored_per_chunk,
-    statistic_of,
-)
+from recipe_search.core import StudyConfig, bootstrap_ci, parse_targets, scored_per_chunk, statistic_of
 from recipe_search.engine import Measurement
 from recipe_search.study import (
     MIN_CHUNKS_BEFORE_PRUNING,
@@ -98,7 +93,7 @@ def picks(kept: list[tuple[TrialRecord, int]], config: StudyConfig, targets: lis
         study.add_trial(optuna.trial.create_trial(values=[float(t.file_bytes), *(metrics[o] for o in config.objectives[1:])],
                                                   user_attrs=attrs))
     sel = select(study, "replay", objective, targets)
-    out = []
+    out: list[dict[str, Any]] = []
     for p in sel.picks:
         if p.candidate is None:
             out.append({"target": p.target.label, "trial": None})
@@ -114,7 +109,7 @@ def picks(kept: list[tuple[TrialRecord, int]], config: StudyConfig, targets: lis
 
 def reordered(trials: list[TrialRecord], order: np.ndarray, pc: int) -> list[TrialRecord]:
     """The trials with their chunks in ``order`` (the same for all: as if the text's chunks came in that order)."""
-    out = []
+    out: list[TrialRecord] = []
     for t in trials:
         assert t.kld_tokens is not None and t.measurement is not None
         m = Measurement(t.file_bytes, t.bpw, t.metrics, t.kld_tokens.reshape(-1, pc)[order].ravel(), {}, {})
@@ -150,7 +145,8 @@ def replay(study: optuna.Study, extra_targets: list, chunks: int | None, chunks_
             break
     full = plan.model_copy(update={"chunks": stored.chunks, "chunks_near_target": stored.chunks, "target_bpw": []})
     best = picks([(t, stored.chunks) for t in trials], full, targets, objective)
-    result = {"order": order.tolist(), "measured": len(trials), "frontier": len(front), "chunks": c, "chunks_near_target": stored.chunks,
+    result: dict[str, Any] = {"order": order.tolist(), "measured": len(trials), "frontier": len(front), "chunks": c,
+              "chunks_near_target": stored.chunks,
               "chunks_far": chunks_far, "near_target": near_target, "targets": [t.label for t in targets],
               "objective": objective,
               "plan": {"chunk_evaluations": spent, "near_target_trials": near,
@@ -189,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         results[spec] = [replay(study, extra, a.chunks, a.chunks_far, a.near_target, seed) for seed in range(a.orders)]
         for arm in ("plan", "today"):
             x = results[spec][0][arm]
-            widths = ", ".join(f"{q['target']}: #{q['trial']} ±{q['width'] / 2:.4g}" for q in x["picks"] if q["trial"] is not None)
+            widths = ", ".join(f"{q['target']}: #{q['trial']} ±{q['width'] / 2:.4g}"
+                               for q in x["picks"] if q["trial"] is not None)
             print(f"{spec} {arm} (its own chunk order): {x['chunk_evaluations']} chunk evaluations, {x['stopped']} stopped, "
                   f"frontier points stopped {x['frontier_points_stopped'] or 'none'}; picks {widths}")
     runs = [r for rs in results.values() for r in rs]

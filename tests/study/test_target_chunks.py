@@ -30,8 +30,8 @@ def test_plan_scores_trials_near_a_target_longer() -> None:
 
 
 def test_far_trials_stop_unless_on_track() -> None:
-    """Far from every target, a trial whose running mean (not its lower bound) is beaten stops; one the
-    optimistic rule would keep because its mean is uncertain is among them."""
+    """Far from every target, a trial whose forecast from a bound closer to its running mean is beaten stops; one
+    the optimistic rule would keep because its mean is uncertain is among them."""
     rng = np.random.default_rng(0)
     done = [FinishedPoint(100, 0.05, {"kld_p99": 0.25})]
     somewhat_worse = rng.exponential(0.06, 2 * PER_CHUNK) * np.repeat([0.3, 1.7], PER_CHUNK)  # two unlike chunks
