@@ -47,6 +47,7 @@ _API = {
     "default_max_entries": "kld",
     "log_softmax": "kld",
     "paired_bootstrap": "kld",
+    "shared_chunks": "kld",
     "percentile": "kld",
     "scored_per_chunk": "kld",
     "summarize": "kld",
@@ -73,6 +74,7 @@ _API = {
     "parse_targets": "pareto",
     "parse_byte_size": "pareto",
     "pick_at_target": "pareto",
+    "pick_on_shared_chunks": "pareto",
     "spearman": "pareto",
     "ModelRef": "recipe",
     "Recipe": "recipe",
@@ -160,6 +162,7 @@ if TYPE_CHECKING:
     from .kld import paired_bootstrap as paired_bootstrap
     from .kld import percentile as percentile
     from .kld import scored_per_chunk as scored_per_chunk
+    from .kld import shared_chunks as shared_chunks
     from .kld import summarize as summarize
     from .kld import token_stats_from_logprobs as token_stats_from_logprobs
     from .kld import token_stats_sparse as token_stats_sparse
@@ -184,6 +187,7 @@ if TYPE_CHECKING:
     from .pareto import parse_byte_size as parse_byte_size
     from .pareto import parse_targets as parse_targets
     from .pareto import pick_at_target as pick_at_target
+    from .pareto import pick_on_shared_chunks as pick_on_shared_chunks
     from .pareto import spearman as spearman
     from .placement import Placement as Placement
     from .placement import TensorPlace as TensorPlace

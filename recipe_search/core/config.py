@@ -15,7 +15,7 @@ from .devices import DeviceBudget
 from .inventory import Inventory
 from .kld import MIN_TOKENS, scored_per_chunk
 from .metrics import OBJECTIVES, SIZE_OBJECTIVES
-from .pareto import parse_byte_size
+from .pareto import Target, parse_byte_size, parse_target
 from .placement import Placement
 from .run_memory import ContextSettings
 from .text import ScoreSettings, TextSource
@@ -178,6 +178,14 @@ class StudyConfig(BaseModel):
     # the sensitivity table the surrogate comes from; None: the study sweeps its own space on `sweep_chunks` chunks
     sensitivity: str | None = None
     sweep_chunks: int | None = Field(None, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])  # None: `sweep_chunk_count`
+    # tokens where the decision is (with size targets: `target_bpw` or a device budget): a trial that fits a target
+    # and leaves less than `near_target` of it unused is scored on up to `chunks_near_target` chunks (None: twice
+    # `chunks`; as many as the text holds), which the picks at the targets compare; a trial far from every target
+    # stops after `chunks_far` chunks unless it is on track for the frontier. Objectives and stored statistics stay
+    # those of the first `chunks` chunks. `chunks_near_target` and `chunks_far` at `chunks` turn either half off
+    chunks_near_target: int | None = Field(None, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
+    chunks_far: int = Field(2, ge=2, le=limits.CHUNKS[1])  # 2: the fewest the early-stopping rule can judge
+    near_target: float = Field(0.03, ge=0, lt=1)
 
     @field_validator("objectives")
     @classmethod
@@ -245,10 +253,32 @@ class StudyConfig(BaseModel):
         return max(2, self.chunks // 10, enough)
 
 
+    def size_targets(self) -> list[Target]:
+        """The sizes the study is asked for: each of `target_bpw`, and the device budget (`max_gpu_bytes`,
+        `max_cpu_bytes`) as one target."""
+        targets = [parse_target(f"{t}bpw") for t in self.target_bpw]
+        limits_ = {d: v for d, v in (("gpu", self.max_gpu_bytes), ("cpu", self.max_cpu_bytes)) if v is not None}
+        if limits_:
+            targets.append(Target("devices", float(sum(limits_.values())),
+                                  "+".join(f"{v}B-{d}" for d, v in limits_.items()), tuple(limits_.items())))
+        return targets
+
+    @property
+    def extra_chunks(self) -> int:
+        """Chunks a trial near a size target is scored on beyond `chunks` (0 without targets)."""
+        if not self.size_targets():
+            return 0
+        return max(0, (self.chunks_near_target or 2 * self.chunks) - self.chunks)
+
+    @property
+    def reference_chunks(self) -> int:
+        """The most chunks a trial is scored on (the reference holds them, as far as the text goes)."""
+        return self.chunks + self.extra_chunks
+
     def score_settings(self) -> ScoreSettings:
         """The scoring setup of every trial."""
         return ScoreSettings(text=TextSource.parse(self.text), ctx=self.ctx, chunks=self.chunks, threads=self.threads,
-                             gpu_layers=self.gpu_layers)
+                             gpu_layers=self.gpu_layers, more_chunks=self.extra_chunks)
 
 
 def load_study_config(path: str | Path | None) -> StudyConfig:

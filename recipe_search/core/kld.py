@@ -61,6 +61,10 @@ class TokenStats:
             raise ValueError("nothing to concatenate")
         return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
+    def head(self, n: int) -> TokenStats:
+        """The first ``n`` tokens."""
+        return type(self)(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})
+
 
 @dataclass
 class KLDSummary:
@@ -287,6 +291,13 @@ def summarize(stats: TokenStats) -> KLDSummary:
 def scored_per_chunk(ctx: int) -> int:
     """Scored tokens per chunk of ``ctx`` tokens: positions ctx//2 .. ctx-2 each predict the next token."""
     return ctx - 1 - ctx // 2
+
+
+def shared_chunks(a: np.ndarray, b: np.ndarray, chunk_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two trials' per-token values on the whole chunks both were scored on: every trial scores the reference's
+    chunks in order, so those are the first chunks of the shorter one."""
+    n = min(len(a), len(b)) // chunk_tokens * chunk_tokens
+    return a[:n], b[:n]
 
 
 def _bootstrap(arrays: Sequence[np.ndarray], statistic: Callable[..., np.ndarray], chunk_tokens: int, n_boot: int,

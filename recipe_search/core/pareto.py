@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import RecipeSearchError
-from .kld import paired_bootstrap
+from .kld import paired_bootstrap, shared_chunks
 from .metrics import TOKEN_STATISTICS, statistic_of
 
 _BYTE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -101,6 +101,18 @@ class Target:
             return device_bytes is not None and all(device_bytes[d] <= limit for d, limit in self.devices)
         return (bpw if self.kind == "bpw" else file_bytes) <= self.value
 
+    def near(self, bpw: float, file_bytes: float, device_bytes: dict[str, int] | None, band: float) -> bool:
+        """Whether a recipe of this size fits the budget and leaves less than ``band`` of it (a fraction) unused:
+        the recipes a pick at this target chooses between (per-device bytes count together)."""
+        if not self.fits(bpw, file_bytes, device_bytes):
+            return False
+        if self.kind == "devices":
+            assert device_bytes is not None
+            used: float = sum(device_bytes[d] for d, _ in self.devices)
+        else:
+            used = bpw if self.kind == "bpw" else file_bytes
+        return used >= (1.0 - band) * self.value
+
     def pick(self, bpw: Sequence[float], file_bytes: Sequence[float], quality: Sequence[float],
              device_bytes: Sequence[dict[str, int] | None] | None = None) -> int | None:
         """The best (lowest) quality at or under this budget."""
@@ -185,15 +197,18 @@ class NeighbourTest:
 def neighbour_tests(order: Sequence[int], tokens: Sequence[np.ndarray | None], metric: str, chunk_tokens: int,
                     n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> list[NeighbourTest | None]:
     """For each frontier point after the first (``order``: candidate indices by increasing size), the test
-    against its smaller neighbour, resampling whole chunks of ``chunk_tokens`` tokens; None where the metric
-    has no per-token statistic or the two points' per-token values are missing, not of the same tokens, or
-    fewer than two whole chunks."""
+    against its smaller neighbour on the chunks both were scored on, resampling whole chunks of ``chunk_tokens``
+    tokens; None where the metric has no per-token statistic or the two points' per-token values are missing,
+    not whole chunks, or share fewer than two."""
     statistic = statistic_of(metric) if metric in TOKEN_STATISTICS else None
     out: list[NeighbourTest | None] = []
     for a, b in itertools.pairwise(order):
         ta, tb = tokens[a], tokens[b]
-        if (statistic is None or ta is None or tb is None or len(ta) != len(tb)
-                or len(ta) % chunk_tokens or len(ta) < 2 * chunk_tokens):
+        if ta is not None and tb is not None and not (len(ta) % chunk_tokens or len(tb) % chunk_tokens):
+            ta, tb = shared_chunks(ta, tb, chunk_tokens)
+        else:
+            ta = tb = None
+        if statistic is None or ta is None or tb is None or len(ta) < 2 * chunk_tokens:
             out.append(None)
             continue
         lo, hi = paired_bootstrap(np.asarray(ta, dtype=np.float64), np.asarray(tb, dtype=np.float64), statistic,
@@ -201,3 +216,21 @@ def neighbour_tests(order: Sequence[int], tokens: Sequence[np.ndarray | None], m
         out.append(NeighbourTest(int(a), int(b), lo, hi, level))
     return out
 
+
+
+def pick_on_shared_chunks(first: int, contenders: Sequence[int], tokens: Sequence[np.ndarray | None], metric: str,
+                          chunk_tokens: int, sizes: Sequence[float]) -> int:
+    """The pick among ``first`` (the best on every trial's own statistics) and the ``contenders`` (recipes near
+    the target, scored on more chunks): each pair compared on the statistic of the chunks both were scored on,
+    the one that beats the most others wins (ties: the earlier in ``[first, *contenders]``). Without per-token
+    values for ``first`` or a statistic of them, ``first``."""
+    group = [first, *(c for c in contenders if c != first and tokens[c] is not None)]
+    if metric not in TOKEN_STATISTICS or tokens[first] is None or len(group) == 1:
+        return first
+    statistic = statistic_of(metric)
+    wins = dict.fromkeys(group, 0)
+    for a, b in itertools.combinations(group, 2):
+        ta, tb = shared_chunks(np.asarray(tokens[a], np.float64), np.asarray(tokens[b], np.float64), chunk_tokens)
+        qa, qb = float(statistic(ta)), float(statistic(tb))
+        wins[a if (qa, sizes[a]) <= (qb, sizes[b]) else b] += 1
+    return max(group, key=lambda c: wins[c])  # max keeps the first of equals

@@ -154,6 +154,9 @@ class ScoreSettings:
     threads: int = 2
     n_seq: int = 4  # chunks per llama_decode, as llama-perplexity's -b 2048 at ctx 512
     gpu_layers: int = 0  # layers offloaded to a GPU (llama.cpp's n_gpu_layers; -1 all)
+    # chunks the reference holds beyond `chunks`, as far as the text goes, for trials scored longer (a study's trials
+    # near a size target); statistics stay those of the first `chunks`
+    more_chunks: int = 0
 
     def key_fields(self) -> dict:
         return {"text": self.text.label, "ctx": self.ctx, "chunks": self.chunks}

@@ -72,6 +72,8 @@ def reference_key(fingerprint: str, text: bytes, settings: ScoreSettings) -> str
               "chunks": settings.chunks, "format": REFERENCE_FORMAT, "tool": __version__}
     if settings.gpu_layers:  # GPU kernels give other logits; CPU references keep their keys
         fields["gpu_layers"] = settings.gpu_layers
+    if settings.more_chunks and settings.chunks is not None:  # likewise references without chunks beyond `chunks`
+        fields["more_chunks"] = settings.more_chunks
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -172,7 +174,8 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
             if len(tokens) < 2 * settings.ctx:
                 raise RecipeSearchError(f"the text has {len(tokens)} tokens; at least 2 x ctx = {2 * settings.ctx} "
                                         "are needed", settings.text.path or settings.text.label)
-            chunks = chunk_tokens(tokens, settings.ctx, settings.chunks, lm.add_bos, lm.bos_id)
+            chunks = chunk_tokens(tokens, settings.ctx, reference_chunk_count(settings, len(tokens)), lm.add_bos,
+                                  lm.bos_id)
             first, _ = scored_range(settings.ctx)
             files = {n: open(tmp / f"{n}.bin", "wb") for n in [*_PER_TOKEN, *_PER_ENTRY, "offsets"]}  # noqa: SIM115
             n_tokens = n_entries = 0
@@ -209,6 +212,14 @@ def build_reference(model: Path, inv: Inventory, settings: ScoreSettings, out: P
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return load_reference(out, fingerprint)
+
+
+def reference_chunk_count(settings: ScoreSettings, n_tokens: int) -> int | None:
+    """The chunks a reference of ``n_tokens`` text tokens holds: `chunks`, and `more_chunks` beyond them as far as
+    the text goes (None: every whole chunk)."""
+    if settings.chunks is None or not settings.more_chunks:
+        return settings.chunks
+    return max(settings.chunks, min(settings.chunks + settings.more_chunks, n_tokens // settings.ctx))
 
 
 def _tensor_table(inv: Inventory) -> list[list]:
@@ -256,13 +267,17 @@ class ScoreResult:
 
 
 def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
-                on_chunk: Callable[[int, TokenStats], None] | None = None, check: bool = True) -> ScoreResult:
-    """Evaluate a quant on the reference's chunks and compute llama-perplexity's statistics.
+                on_chunk: Callable[[int, TokenStats], None] | None = None, check: bool = True,
+                chunks: int | None = None) -> ScoreResult:
+    """Evaluate a quant on the reference's first ``chunks`` chunks (None: `settings.chunks`; as many as the
+    reference holds) and compute llama-perplexity's statistics on the first `settings.chunks` of them.
 
     ``on_chunk(i, stats_so_far)`` runs after each chunk and may raise StopScoring. ``check=False``
     skips checking that the quant has the reference model's tensors and tokenizer, for a quant that
     llama.cpp's quantizer has just written from that very model.
     """
+    held = len(reference.tokens)
+    n = min(chunks or settings.chunks or held, held)
     clock = Stopwatch()
     if check:
         check_same_model(reference, read_inventory(quant))
@@ -272,7 +287,7 @@ def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
             raise RecipeSearchError("tokenizer differs from the reference model's", quant)
         clock.lap("load")
         parts: list[TokenStats] = []
-        for i, logits in evaluate(lm, reference.tokens, reference.first, copy=False):
+        for i, logits in evaluate(lm, reference.tokens[:n], reference.first, copy=False):
             clock.lap("decode")
             sparse, next_tokens = reference.chunk(i)
             parts.append(token_stats_sparse(sparse, logits, next_tokens, threads=settings.threads))
@@ -280,7 +295,7 @@ def score_quant(quant: Path, reference: Reference, settings: ScoreSettings,
                 on_chunk(i, TokenStats.concat(parts))
             clock.lap("kld")
     stats = TokenStats.concat(parts)
-    summary = summarize(stats)
+    summary = summarize(stats.head(min(n, settings.chunks or n) * reference.n_scored_per_chunk))
     clock.lap("kld")
     return ScoreResult(summary, stats, clock.seconds, reference.n_scored_per_chunk)
 

@@ -174,15 +174,18 @@ class Worker:
         atomic_write_text(self._cache_path(self.result_key(resolution)), json.dumps(d))
 
     def measure(self, recipe: Recipe | Resolution, on_chunk: Callable[[int, TokenStats], None] | None = None,
-                speed: Placement | None = None, out: Path | None = None, use_cache: bool = True) -> Measurement:
+                speed: Placement | None = None, out: Path | None = None, use_cache: bool = True,
+                chunks: int | None = None) -> Measurement:
         """Quantize and score ``recipe`` (or read its earlier measurement from the cache when no file
-        is asked for), and with ``speed`` time it under that placement; ``on_chunk`` may raise StopScoring to
-        abandon the trial. A recipe is resolved here, once; a `Resolution` (of this worker's `resolve`) is
+        is asked for, and it was scored on as many chunks), and with ``speed`` time it under that placement;
+        ``on_chunk`` may raise StopScoring to abandon the trial. ``chunks``: how many of the reference's chunks to
+        score (see `score_quant`). A recipe is resolved here, once; a `Resolution` (of this worker's `resolve`) is
         measured as it is."""
         resolution = recipe if isinstance(recipe, Resolution) else self.resolve(recipe)
-        if use_cache and out is None and (hit := self.cached(resolution, speed)) is not None:
-            return hit
         reference = self.reference
+        if use_cache and out is None and (hit := self.cached(resolution, speed)) is not None and (
+                chunks is None or len(hit.kld_tokens) >= min(chunks, len(reference.tokens)) * reference.n_scored_per_chunk):
+            return hit
         extra_kv = self.imatrix.kv() if self.imatrix else None
         predicted = predict_size(resolution, self.inventory, extra_kv)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +195,7 @@ class Worker:
             built = self.build(resolution, path, single_file=self.keep or out is not None)
             if built.file_bytes != predicted.file_bytes:
                 raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {built.file_bytes}", path)
-            scored = score_quant(built.path, reference, self.settings, on_chunk, check=False)
+            scored = score_quant(built.path, reference, self.settings, on_chunk, check=False, chunks=chunks)
             timed = None if speed is None else speed_of(built.path, self.settings.threads, speed)
         except (RecipeSearchError, OSError) as err:
             if damaged := self._recheck(resolution):  # a damaged entry the trial linked: removed, for the retry

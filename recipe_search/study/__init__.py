@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _API = {
+    "ChunkPlan": "_early_stopping",
     "FinishedPoint": "_early_stopping",
+    "chunk_plan": "_early_stopping",
+    "far_decision": "_early_stopping",
     "MIN_CHUNKS_BEFORE_PRUNING": "_early_stopping",
     "finished_point": "_early_stopping",
     "prune_decision": "_early_stopping",
@@ -37,7 +40,10 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
     from ._early_stopping import MIN_CHUNKS_BEFORE_PRUNING as MIN_CHUNKS_BEFORE_PRUNING
+    from ._early_stopping import ChunkPlan as ChunkPlan
     from ._early_stopping import FinishedPoint as FinishedPoint
+    from ._early_stopping import chunk_plan as chunk_plan
+    from ._early_stopping import far_decision as far_decision
     from ._early_stopping import finished_point as finished_point
     from ._early_stopping import prune_decision as prune_decision
     from ._holdout import Chosen as Chosen

@@ -64,7 +64,7 @@ def estimate_disk(worker: Worker, config: StudyConfig, space: SearchSpace, score
     inv = worker.inventory
     n_vocab = int(inv.headers[0].get(f"{inv.arch}.vocab_size", 0) or 0) or _vocab_from_header(inv)
     reference = (scored_tokens * (default_max_entries(n_vocab) * 8 + 24)
-                 + config.chunks * config.ctx * 4)
+                 + config.reference_chunks * config.ctx * 4)
     largest = space.recipe({p.name: 0 for p in space.parameters})  # every ladder's biggest type
     biggest = predict_size(resolve(largest, inv), inv).file_bytes
     return {"reference_cache": reference, "temporary_gguf": biggest}

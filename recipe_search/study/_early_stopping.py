@@ -1,5 +1,7 @@
-"""Early stopping: a trial cut after a few chunks when even an optimistic forecast of its KLD statistics
-is beaten by a finished recipe of the same size or smaller."""
+"""Early stopping and where the tokens go: a trial cut after a few chunks when even an optimistic forecast of
+its KLD statistics is beaten by a finished recipe of the same size or smaller; with size targets, a trial near
+one scored on more chunks, a trial far from all of them stopped after `chunks_far` unless on track for the
+frontier."""
 
 from __future__ import annotations
 
@@ -53,19 +55,51 @@ def prune_decision(running_kld: np.ndarray, size: int, done: list[FinishedPoint]
     return None
 
 
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How many chunks a trial is scored on at most, and whether it is far from every size target."""
+
+    chunks: int
+    far: bool
+
+
+def chunk_plan(config: StudyConfig, bpw: float, file_bytes: int, device_bytes: dict[str, int] | None) -> ChunkPlan:
+    """`chunks_near_target` chunks for a recipe near a size target (see `Target.near`), `chunks` for the rest;
+    without targets nothing is far."""
+    targets = config.size_targets()
+    if any(t.near(bpw, file_bytes, device_bytes, config.near_target) for t in targets):
+        return ChunkPlan(config.reference_chunks, far=False)
+    return ChunkPlan(config.chunks, far=bool(targets))
+
+
+#: standard errors below its running mean a far trial's forecast starts from (the rule for every trial: 3); on the kept
+#: studies' replay, 0 and 1 stopped frontier points, 1.5 none (experiments/reports/early-stopping.md)
+FAR_Z = 2.5
+
+
+def far_decision(running_kld: np.ndarray, size: int, done: list[FinishedPoint]) -> str | None:
+    """Stop a trial far from every size target that is not on track for the frontier: the forecast of
+    `prune_decision` from a bound closer to its running mean (`FAR_Z`) is beaten."""
+    why = prune_decision(running_kld, size, done, z=FAR_Z)
+    return f"far from every size target, not on track: {why}" if why else None
+
+
 def finished_point(record: TrialRecord, objectives: list[str]) -> FinishedPoint:
     return FinishedPoint(record.file_bytes, float(record.metrics["kld_mean"]),
                          {o: float(record.metrics[BY_NAME[o].metric_key]) for o in objectives[1:]})
 
 
-def chunk_pruner(study: optuna.Study, size: int, trial: optuna.Trial, config: StudyConfig) -> Callable[[int, TokenStats], None]:
+def chunk_pruner(study: optuna.Study, size: int, trial: optuna.Trial, config: StudyConfig,
+                 plan: ChunkPlan) -> Callable[[int, TokenStats], None]:
     done = [finished_point(r, config.objectives) for r in map(TrialRecord.from_trial,
             study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) if r.measurement is not None]
 
     def on_chunk(i: int, stats: TokenStats) -> None:
-        if i + 1 < MIN_CHUNKS_BEFORE_PRUNING or i + 1 >= config.chunks:  # stopping after the last chunk saves nothing
+        if i + 1 < MIN_CHUNKS_BEFORE_PRUNING or i + 1 >= plan.chunks:  # stopping after the last chunk saves nothing
             return
         why = prune_decision(stats.kld, size, done)
+        if why is None and plan.far and i + 1 == config.chunks_far:
+            why = far_decision(stats.kld, size, done)
         if why:
             record_pruned(trial, f"after chunk {i + 1}: {why}", float(stats.kld.mean()))
             raise StopScoring(why)

@@ -18,7 +18,7 @@ from ..engine.measurement import Measurement
 from ..engine.worker import Worker
 from ..errors import RecipeSearchError, StopScoring
 from ._band import BandSteer
-from ._early_stopping import chunk_pruner
+from ._early_stopping import chunk_plan, chunk_pruner
 from ._interrupts import retried_elsewhere, retry_failed
 from ._records import (
     TrialRecord,
@@ -122,9 +122,10 @@ class Objective:
         # references anchor the frontier and the report: they are always measured in full; the rule
         # forecasts KLD statistics only
         prune = config.prune and not reference and all(o in FORECAST for o in config.objectives[1:])
-        on_chunk = chunk_pruner(self.study, predicted.file_bytes, trial, config) if prune else None
+        plan = chunk_plan(config, predicted.bits_per_weight, predicted.file_bytes, devices)
+        on_chunk = chunk_pruner(self.study, predicted.file_bytes, trial, config, plan) if prune else None
         try:
-            m = worker.measure(resolution, on_chunk=on_chunk, speed=config.speed_placement())
+            m = worker.measure(resolution, on_chunk=on_chunk, speed=config.speed_placement(), chunks=plan.chunks)
         except StopScoring as stop:
             raise optuna.TrialPruned(str(stop)) from None
         except (RecipeSearchError, OSError) as err:  # the study records the trial as failed, with the reason

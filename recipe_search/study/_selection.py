@@ -15,9 +15,9 @@ import optuna
 from optuna.trial import TrialState
 
 from ..core.config import StudyConfig
-from ..core.kld import bootstrap_ci, paired_bootstrap, scored_per_chunk
+from ..core.kld import bootstrap_ci, paired_bootstrap, scored_per_chunk, shared_chunks
 from ..core.metrics import MAXIMISE, TAIL_STATISTICS, TOKEN_STATISTICS, statistic_of
-from ..core.pareto import NeighbourTest, Target, frontier_2d, neighbour_tests
+from ..core.pareto import NeighbourTest, Target, frontier_2d, neighbour_tests, pick_on_shared_chunks
 from ..core.recipe import ModelRef, Recipe
 from ..core.text import TextSource, text_sha256
 from ..errors import RecipeSearchError
@@ -88,11 +88,12 @@ class Selection:
         for point in self.frontier:
             o = self.candidates[point.candidate]
             if point.candidate == pick.candidate or not pick.target.fits(o.bpw, o.file_bytes, o.device_bytes) \
-                    or o.kld_tokens is None \
-                    or len(o.kld_tokens) != len(c.kld_tokens):
+                    or o.kld_tokens is None:
                 continue
-            lo, hi = paired_bootstrap(c.kld_tokens.astype(np.float64), o.kld_tokens.astype(np.float64),
-                                      statistic_of(self.objective), per_chunk, n_boot=n_boot, seed=seed)
+            a, b = shared_chunks(c.kld_tokens.astype(np.float64), o.kld_tokens.astype(np.float64), per_chunk)
+            if len(a) < 2 * per_chunk:
+                continue
+            lo, hi = paired_bootstrap(a, b, statistic_of(self.objective), per_chunk, n_boot=n_boot, seed=seed)
             if lo <= 0.0 <= hi:
                 out.append({"trial": o.number, "name": o.name, "bpw": o.bpw, "file_bytes": o.file_bytes,
                             self.objective: float(o.metrics[self.objective]), "difference_ci95": [lo, hi]})
@@ -129,14 +130,27 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     tests = neighbour_tests(order, [c.kld_tokens for c in candidates], objective, scored_per_chunk(config.ctx),
                             n_boot=n_boot, seed=seed)
     frontier = [FrontierPoint(i, test) for i, test in zip(order, [None, *tests])]
-    picks = [Pick(t, t.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality,
-                            [c.device_bytes for c in candidates]))
-             for t in targets]
+    picks = [Pick(t, _pick(t, candidates, quality, objective, config)) for t in targets]
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
     return Selection(study.study_name, mask_credentials(url), Path(study.user_attrs["model"]), config, objectives,
                      objective, counts, candidates, frontier, picks, study_tools(study),
                      {int(k): v for k, v in study.user_attrs.get(TASK_FIGURES, {}).items()})
+
+
+def _pick(target: Target, candidates: list[TrialRecord], quality: list[float], objective: str,
+          config: StudyConfig) -> int | None:
+    """The best recipe at or under ``target`` on the stored statistics, unless a fitting recipe scored on more
+    chunks (near a size target) beats it on the chunks both have (`pick_on_shared_chunks`)."""
+    best = target.pick([c.bpw for c in candidates], [c.file_bytes for c in candidates], quality,
+                       [c.device_bytes for c in candidates])
+    if best is None:
+        return None
+    per_chunk = scored_per_chunk(config.ctx)
+    longer = [i for i, c in enumerate(candidates) if c.kld_tokens is not None
+              and len(c.kld_tokens) > config.chunks * per_chunk and target.fits(c.bpw, c.file_bytes, c.device_bytes)]
+    return pick_on_shared_chunks(best, longer, [c.kld_tokens for c in candidates], objective, per_chunk,
+                                 [c.file_bytes for c in candidates])
 
 
 #: the study attribute holding the task figures of its trials (`record_task_figures`)
@@ -197,8 +211,12 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
     metrics: dict = {"file_bytes": c.file_bytes, "bpw": c.bpw, **c.metrics}
     per_chunk = scored_per_chunk(sel.config.ctx)
     if c.kld_tokens is not None and len(c.kld_tokens) >= 2 * per_chunk:
-        for name in TAIL_STATISTICS:
-            metrics[f"{name}_ci95"] = list(bootstrap_ci(c.kld_tokens.astype(np.float64), statistic_of(name), per_chunk))
+        kld = c.kld_tokens.astype(np.float64)
+        for name in TAIL_STATISTICS:  # the intervals are over every chunk the pick was scored on
+            metrics[f"{name}_ci95"] = list(bootstrap_ci(kld, statistic_of(name), per_chunk))
+        if len(kld) > sel.config.chunks * per_chunk:  # near a size target: scored beyond the study's chunks
+            metrics["scored_chunks"] = {"chunks": len(kld) // per_chunk,
+                                        **{name: float(statistic_of(name)(kld)) for name in TOKEN_STATISTICS}}
     point = sel.point_of(pick.candidate)
     cfg = sel.config
     how = sel.status(point, trial="trial ") if point else "not on the frontier"

@@ -144,7 +144,8 @@ class Study:
     def prepare(self, log: Callable[[str], None] = lambda msg: None) -> Preparation:
         """Check the disk, compute (or read) the reference, enqueue the references and surrogate seeds
         once per study, and measure the llama.cpp presets that are not measured yet."""
-        disk = check_disk(self.worker, self.config, self.space, self.scored_tokens_per_trial, self.directory)
+        disk = check_disk(self.worker, self.config, self.space,
+                          self.config.reference_chunks * scored_per_chunk(self.config.ctx), self.directory)
         need = self.tensor_cache_need(log)
         removed = clean_workdir(self.worker.workdir)
         if removed:
@@ -184,7 +185,8 @@ class Study:
         if out is None or config.sensitivity:
             return out
         w = self.worker
-        sweeper = Worker(w.model, dataclasses.replace(w.settings, chunks=config.sweep_chunk_count), w.cache_dir, w.workdir,
+        settings = dataclasses.replace(w.settings, chunks=config.sweep_chunk_count, more_chunks=0)
+        sweeper = Worker(w.model, settings, w.cache_dir, w.workdir,
                          imatrix=w.imatrix, tensor_cache=w.tensor_cache)
         table = run_sweep(sweeper, out, ladders=surrogate_ladders(self.space, self.worker.inventory), log=log)
         if "sweep_seconds" not in self.optuna_study.user_attrs:

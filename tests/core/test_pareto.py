@@ -21,6 +21,7 @@ from recipe_search.core.pareto import (
     parse_target,
     parse_targets,
     pick_at_target,
+    pick_on_shared_chunks,
 )
 from recipe_search.core.recipe import load_recipe
 from recipe_search.errors import RecipeSearchError
@@ -97,6 +98,33 @@ def test_ties_by_paired_bootstrap() -> None:
     assert neighbour_tests([0, 1], tokens, "kld_p999", 2500) != [None]  # two chunks: testable
     assert neighbour_tests([0, 1], tokens, "kld_p999", 5000) == [None]  # one chunk: not
     assert neighbour_tests([0, 1], tokens, "kld_p999", 2000) == [None]  # 5000 tokens are not whole chunks of 2000
+
+
+def test_trials_scored_on_more_chunks_are_compared_on_the_chunks_both_have() -> None:
+    """A recipe near a size target scored longer is tested against its neighbour, and can win the pick, on the
+    chunks the two share; with as many chunks everywhere the pick is the best by its own statistic."""
+    rng = np.random.default_rng(0)
+    first = rng.exponential(0.05, 4 * 250)
+    longer = np.concatenate([first * 0.5, rng.exponential(0.05, 4 * 250)])  # 8 chunks; better on the 4 shared
+    test = neighbour_tests([0, 1], [first, longer], "kld_p99", 250, n_boot=400)[0]
+    assert test is not None and not test.tie and test.low > 0
+    sizes = [100.0, 110.0, 105.0]
+    worse = np.concatenate([first * 1.5, first])
+    # trial 0 is best on every trial's own stored statistic; trial 1, longer, beats it on the chunks both have
+    assert pick_on_shared_chunks(0, [1, 2], [first, longer, worse], "kld_p99", 250, sizes) == 1
+    assert pick_on_shared_chunks(0, [2], [first, longer, worse], "kld_p99", 250, sizes) == 0
+    assert pick_on_shared_chunks(0, [1], [first, longer, worse], "ppl_ratio", 250, sizes) == 0  # no statistic
+    assert pick_on_shared_chunks(0, [], [first], "kld_p99", 250, sizes) == 0
+
+
+def test_near_a_target() -> None:
+    """Near: fits the target and leaves less than the band of it unused (per-device bytes together)."""
+    t = parse_target("4.0bpw")
+    assert t.near(3.9, 0, None, 0.03) and t.near(4.0, 0, None, 0.03)
+    assert not t.near(3.8, 0, None, 0.03) and not t.near(4.01, 0, None, 0.03)
+    devices = parse_target("100B-gpu+100B-cpu")
+    assert devices.near(0, 0, {"gpu": 100, "cpu": 95}, 0.03) and not devices.near(0, 0, {"gpu": 100, "cpu": 80}, 0.03)
+    assert not devices.near(0, 0, {"gpu": 101, "cpu": 99}, 0.03)
 
 
 # -- a synthetic study on the dense model (tests/tiny_studies.py, the `synthetic_study` fixture) --------

@@ -22,6 +22,7 @@ from recipe_search.engine.score import (
     ScoreSettings,
     get_reference,
     load_reference,
+    reference_chunk_count,
     score_against_base_file,
     score_quant,
     write_base_file,
@@ -158,3 +159,21 @@ def test_demo_score_end_to_end(demo_model, tmp_path) -> None:
     assert q4["same_top"] < q8["same_top"]
     assert out["Q4_0"]["fallbacks"] == {} and out["Q4_0"]["file_bytes"] < out["Q8_0"]["file_bytes"]
     assert not list(Path(tmp_path / "cache" / "work").glob("*.gguf"))
+
+
+def test_trials_scored_beyond_chunks_keep_their_statistics_on_chunks(dense_model, tmp_path) -> None:
+    """A reference with `more_chunks` holds them (as far as the text goes); a measurement asked for more chunks
+    scores them, while its statistics stay those of the first `chunks`, and a cached one scored on fewer is measured
+    again."""
+    longer = ScoreSettings(ctx=128, chunks=2, more_chunks=2)
+    worker = Worker(dense_model, longer, tmp_path / "cache", tmp_path / "work")
+    assert len(worker.reference.tokens) == 4
+    per_chunk = worker.reference.n_scored_per_chunk
+    plain = worker.measure(uniform_recipe("Q4_0"))
+    assert len(plain.kld_tokens) == 2 * per_chunk and plain.metrics["n_tokens"] == 2 * per_chunk
+    far = worker.measure(uniform_recipe("Q4_0"), chunks=4)  # the cached two chunks are not enough
+    assert not far.cached and len(far.kld_tokens) == 4 * per_chunk
+    assert far.metrics == plain.metrics and np.array_equal(far.kld_tokens[:2 * per_chunk], plain.kld_tokens)
+    assert worker.measure(uniform_recipe("Q4_0"), chunks=3).cached  # four chunks do for three
+    assert reference_chunk_count(ScoreSettings(ctx=128, chunks=2, more_chunks=10), 128 * 7 + 5) == 7  # the text's end
+    assert reference_chunk_count(ScoreSettings(ctx=128, chunks=2), 128 * 7) == 2
