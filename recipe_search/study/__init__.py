@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _API = {
+    "study_task_checker": "_checks",
     "FinishedPoint": "_early_stopping",
     "MIN_CHUNKS_BEFORE_PRUNING": "_early_stopping",
     "finished_point": "_early_stopping",
@@ -36,6 +37,7 @@ __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
+    from ._checks import study_task_checker as study_task_checker
     from ._early_stopping import MIN_CHUNKS_BEFORE_PRUNING as MIN_CHUNKS_BEFORE_PRUNING
     from ._early_stopping import FinishedPoint as FinishedPoint
     from ._early_stopping import finished_point as finished_point
