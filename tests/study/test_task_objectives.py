@@ -17,6 +17,7 @@ from recipe_search.core.metrics import BY_NAME, TASK_OBJECTIVES
 from recipe_search.core.task_flips import continuation_agreement, item_flips
 from recipe_search.engine.task_check import TASK_KINDS, TaskResult, TaskSpec
 from recipe_search.engine.trial_cost import Rates
+from recipe_search.errors import RecipeSearchError
 from recipe_search.study import Study, measured_records
 
 pytestmark = pytest.mark.llama  # the task checks load llama.cpp
@@ -109,3 +110,15 @@ def test_estimate_shows_each_task_beside_the_kld_trial(dense_model, prose, tmp_p
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "task cloze" in out and f"cloze about {est['task_tokens']['cloze']} tokens" in out
+
+
+def test_a_task_text_that_overlaps_the_search_text_is_warned(dense_model, prose, tmp_path, capsys, monkeypatch) -> None:
+    def stop(*a, **k):
+        raise RecipeSearchError("stopped before the study")
+
+    monkeypatch.setattr(Study, "open", stop)
+    config = _config(tmp_path, text=f"{prose}[0:0.5]", holdout_text=f"{prose}[0.5:1]",
+                     tasks=["cloze", f"continuation:{prose}[0.25:0.75]"])
+    assert main(["search", str(dense_model), "--config", str(config), "--dir", str(tmp_path / "s")]) == 2
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "continuation task" in warnings[0] and "search text" in warnings[0], warnings
