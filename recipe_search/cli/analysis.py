@@ -76,13 +76,14 @@ def _print_frontier(sel) -> None:
     pruned, dups = sel.counts.get("pruned", 0), sel.counts.get("duplicates", 0)
     print(f"study {sel.study}: {len(sel.candidates)} measured trials ({pruned} pruned, {dups} duplicate(s) left out); "
           f"frontier on file size x {sel.objective}: {len(sel.frontier)} recipes")
-    print(f"{'trial':>6}  {'name':<18}{'size':>12}{'bpw':>7}" + "".join(f"{o:>11}" for o in cols)
+    width = {o: max(11, len(o) + 2) for o in cols}  # a task figure's name is longer than a KLD statistic's
+    print(f"{'trial':>6}  {'name':<18}{'size':>12}{'bpw':>7}" + "".join(f"{o:>{width[o]}}" for o in cols)
           + f"{'mean KLD':>11}  vs next smaller ({sel.objective}, 95% paired chunk bootstrap)")
     for p in sel.frontier:
         c = sel.candidates[p.candidate]
         ci = "" if p.test is None else f"  (diff {p.test.low:+.3g} .. {p.test.high:+.3g})"
         print(f"{c.number:>6}  {c.name[:17]:<18}{human_bytes(c.file_bytes):>12}{c.bpw:>7.3f}"
-              + "".join(f"{c.metrics[o]:>11.4g}" for o in cols)
+              + "".join(f"{c.metrics[o]:>{width[o]}.4g}" for o in cols)
               + f"{c.metrics.get('kld_mean', float('nan')):>11.4g}  {sel.status(p)}{ci}")
     tested = [p for p in sel.frontier if p.test is not None]
     if tested:

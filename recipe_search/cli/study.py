@@ -143,6 +143,12 @@ def _warn_text_overlap(config: StudyConfig) -> None:
     if config.holdout_text:
         texts["held-out"] = TextSource.parse(config.holdout_text)
     _warn_text_overlaps(texts, config.imatrix)
+    if config.tasks:  # a task built from the search text would reward what the search already fits
+        from ..engine.task_check import TEXT_KINDS, parse_task_specs
+        from ..study._holdout import text_overlap_warnings
+
+        _warn([line for s in parse_task_specs(config.tasks, config.holdout_text) if s.kind in TEXT_KINDS
+               for line in text_overlap_warnings({"search": texts["search"], f"{s.kind} task": TextSource.parse(s.source)})])
 
 
 def _run_study(study: Study, a: argparse.Namespace) -> int:
@@ -283,17 +289,22 @@ def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> i
     from ..core.cache_need import space_cache_need
     from ..core.inventory import read_inventory
     from ..core.space import build_space
+    from ..engine.task_check import CHARS_PER_TOKEN, TEXT_KINDS
     from ..engine.tensor_cache import TensorCache
     from ..engine.trial_cost import estimate, measure_rates
+    from ..study._checks import study_task_checker
 
     inv = read_inventory(model)
+    tasks = study_task_checker(config, model, cache)
+    task_tokens = {s.kind: tasks.eval_tokens(s) for s in tasks.specs} if tasks else {}
     space = build_space(config, inv, has_imatrix=config.imatrix is not None)
     need = TensorCache.under(cache).need_report(space_cache_need(space, inv))
     ladder = list(dict.fromkeys(t for p in space.parameters for t in p.ladder))
     rates = measure_rates(inv, cache, config.threads, ladder)
     arch = inv.headers[0].get("general.architecture")
     used = inv.headers[0].get(f"{arch}.expert_used_count")
-    est = estimate(inv, rates, config.chunks * config.ctx, space, None if used is None else int(used))
+    est = estimate(inv, rates, config.chunks * config.ctx, space, None if used is None else int(used),
+                   task_tokens=task_tokens)
     if as_json:
         _print_json({"rates": asdict(rates), "estimate": asdict(est), "tensor_cache": asdict(need)})
         return 0
@@ -308,9 +319,18 @@ def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> i
              "scaled by active parameters" if rates.cpu_tokens_per_s_per_active_param else rates.measured_on))
     for note in est.notes:
         print(note)
-    print(f"\n{'phase (s)':<16}{'CPU':>12}{'GPU offload':>14}")
+    if task_tokens:
+        kld = {d: est.phases[d]["load"] + est.phases[d]["evaluation"] for d in ("cpu", "gpu")}
+        print("tasks every trial is scored on (each loads the quant again; their base side is computed once and "
+              "cached): " + "; ".join(
+                  f"{kind} about {n} tokens, {est.phases['cpu'][f'task {kind}'] / kld['cpu']:.2f}x the KLD "
+                  f"scoring's load and evaluation ({config.chunks * config.ctx} tokens) on the CPU"
+                  for kind, n in task_tokens.items()))
+        if any(kind not in TEXT_KINDS for kind in task_tokens):
+            print(f"assumed: {CHARS_PER_TOKEN:.0f} characters per token of a task file")
+    print(f"\n{'phase (s)':<20}{'CPU':>12}{'GPU offload':>14}")
     for phase in est.phases["cpu"]:
-        print(f"{phase:<16}{est.phases['cpu'][phase]:>12.1f}{est.phases['gpu'][phase]:>14.1f}")
+        print(f"{phase:<20}{est.phases['cpu'][phase]:>12.1f}{est.phases['gpu'][phase]:>14.1f}")
     print(f"\n{'in 8 hours':<34}{'CPU':>10}{'GPU offload':>14}")
     n = est.trials_per_night
     for key, label in (("without_cache", "trials without the cache"), ("with_cache", "trials with the cache"),

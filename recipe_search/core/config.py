@@ -14,11 +14,12 @@ from . import limits
 from .devices import DeviceBudget
 from .inventory import Inventory
 from .kld import MIN_TOKENS, scored_per_chunk
-from .metrics import OBJECTIVES, SIZE_OBJECTIVES
+from .metrics import OBJECTIVES, SIZE_OBJECTIVES, TASK_OBJECTIVES
 from .pareto import Target, parse_byte_size, parse_target
 from .placement import Placement
 from .run_memory import ContextSettings
 from .text import ScoreSettings, TextSource
+from .text_tasks import ClozeSettings, ContinuationSettings
 from .yaml_file import load_yaml
 
 
@@ -137,6 +138,32 @@ class RunConfig(BaseModel):
         return ContextSettings(self.ctx, self.parallel, self.ubatch, self.cache_type_k, self.cache_type_v)
 
 
+class TaskOptions(BaseModel):
+    """The sizes of a study's tasks, as `recipe-search tasks` takes them (its --cloze-items, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cloze_items: int = ClozeSettings.items
+    cloze_tokens: int = ClozeSettings.passage_tokens
+    prompts: int = ContinuationSettings.prompts
+    prompt_tokens: int = ContinuationSettings.prompt_tokens
+    new_tokens: int = ContinuationSettings.new_tokens
+    ctx: int = Field(512, ge=limits.CTX[0], le=limits.CTX[1])  # task files' context (llama-perplexity's -c)
+    limit: int | None = Field(None, ge=1)  # only the first tasks of each task file; None: all
+
+    @model_validator(mode="after")
+    def _sizes(self) -> TaskOptions:
+        _as_value_error(self.cloze)
+        _as_value_error(self.continuation)
+        return self
+
+    def cloze(self) -> ClozeSettings:
+        return ClozeSettings(items=self.cloze_items, passage_tokens=self.cloze_tokens)
+
+    def continuation(self) -> ContinuationSettings:
+        return ContinuationSettings(prompts=self.prompts, prompt_tokens=self.prompt_tokens, new_tokens=self.new_tokens)
+
+
 class StudyConfig(BaseModel):
     """Everything a study needs besides the model; stored in the study so workers can join it."""
 
@@ -186,6 +213,10 @@ class StudyConfig(BaseModel):
     chunks_near_target: int | None = Field(None, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
     chunks_far: int = Field(2, ge=2, le=limits.CHUNKS[1])  # 2: the fewest the early-stopping rule can judge
     near_target: float = Field(0.03, ge=0, lt=1)
+    # tasks every trial is scored on beside KLD, as `recipe-search tasks --task` takes them (a text task without
+    # its text is built from `holdout_text`); their figures are in each trial's metrics, and objectives may name them
+    tasks: list[str] = Field(default_factory=list)
+    task_options: TaskOptions = Field(default_factory=TaskOptions)
 
     @field_validator("objectives")
     @classmethod
@@ -234,6 +265,12 @@ class StudyConfig(BaseModel):
         bad = [t for t in self.target_bpw if not 0 < t < 64]
         if bad:
             raise ValueError(f"target_bpw holds bits per weight between 0 and 64, not {bad[0]}")
+        kinds = {s.strip().partition(":")[0] for item in self.tasks for s in item.split(",")}
+        for o in self.objectives:
+            if o in TASK_OBJECTIVES and TASK_OBJECTIVES[o] not in kinds:
+                kind = TASK_OBJECTIVES[o]
+                raise ValueError(f"objective {o} needs the {kind} task in `tasks` (e.g. tasks: [\"{kind}"
+                                 f"{'' if kind in ('cloze', 'continuation') else ':FILE'}\"])")
         return self
 
     @property

@@ -1,6 +1,9 @@
 """The one table of what a trial measures: names, labels, directions, per-token statistics, and which
 of them a study may optimise, the early-stopping rule may forecast and the surrogate predicts.
 
+Task figures (see `engine.task_check`) are metrics of a trial only in a study whose config lists the task:
+each names the task kind it comes from, and a study optimises it only where the config's ``tasks`` give that kind.
+
 Every other list of metric names (the study config's objectives, the plots' labels, the frontier's
 tie tests, the surrogate) is derived from `METRICS`.
 """
@@ -30,6 +33,7 @@ class Metric:
     objective: bool = False  # a study may optimise it
     forecast: bool = False  # the early-stopping rule can bound it from the running mean KLD
     surrogate: bool = False  # the sensitivity surrogate predicts it
+    task: str | None = None  # the task kind (a `tasks` spec's KIND) whose figure it is; None: KLD scoring's
 
     @property
     def metric_key(self) -> str:
@@ -52,11 +56,22 @@ METRICS: tuple[Metric, ...] = (
     Metric("same_top", "same top token (fraction)", "maximize", objective=True),
     Metric("dp_rms", "RMS Δp"),
     Metric("speed", "generation speed (tokens/s)", "maximize", key="tg_tokens_per_s", objective=True),
+    # task figures, named as `TaskResult` writes them (``<kind>_acc`` with the kind's '-' as '_')
+    *(m for kind in ("hellaswag", "winogrande", "multiple-choice", "cloze") for m in (
+        Metric(f"{kind.replace('-', '_')}_acc", f"{kind} accuracy", "maximize", objective=True, task=kind),
+        Metric(f"{kind.replace('-', '_')}_flips_lost", f"{kind} items lost (right in base, wrong in quant)",
+               objective=True, task=kind))),
+    Metric("continuation_identical", "greedy continuations identical to the base's (fraction)", "maximize",
+           objective=True, task="continuation"),
+    Metric("continuation_agree_tokens", "mean tokens to the first divergence from the base", "maximize",
+           objective=True, task="continuation"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 
 #: names a study config may list as objectives (the first is always size or bpw)
 OBJECTIVES = tuple(m.name for m in METRICS if m.objective)
+#: objective -> the task kind it needs in the study config's ``tasks``
+TASK_OBJECTIVES = {m.name: m.task for m in METRICS if m.objective and m.task is not None}
 SIZE_OBJECTIVES = ("size", "bpw")
 #: objectives to maximise; everything else is minimised
 MAXIMISE = frozenset(m.name for m in METRICS if m.direction == "maximize")

@@ -10,6 +10,8 @@ ways, paired intervals over items), and two quants' answers can be compared the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..core.kld import paired_bootstrap
 from ..core.task_flips import ContinuationAgreement, TaskFlips, continuation_agreement, item_flips
-from ..core.text import TextSource
+from ..core.text import TextSource, text_sha256
 from ..core.text_tasks import ClozeSettings, ContinuationSettings
 from ..errors import RecipeSearchError
 from ..formats.task_files import TASK_FILE_KINDS, TaskFile, read_task_file
@@ -29,6 +31,8 @@ from .text_tasks import ClozeBase, ContinuationBase, cloze_answers, cloze_base, 
 #: tasks built from a text
 TEXT_KINDS = ("cloze", "continuation")
 TASK_KINDS = (*TASK_FILE_KINDS, *TEXT_KINDS)
+#: assumed characters per token of a task file's text, for `TaskChecker.eval_tokens` (English text, BPE vocabularies)
+CHARS_PER_TOKEN = 4.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ class TaskResult:
         return {"source": self.spec.source, **self.figures.as_metrics(), f"{self.spec.name}_seconds":
                 round(self.seconds, 2)}
 
+    def figures_as_numbers(self) -> dict[str, float]:
+        """The task's scalar figures (``cloze_acc``, ``cloze_flips_lost``, ...) as a trial's metrics keep them."""
+        return {k: float(v) for k, v in self.figures.as_metrics().items() if isinstance(v, (int, float))}
+
     @property
     def headline(self) -> tuple[str, float]:
         """The task's one figure (metric name, value): accuracy, or mean tokens to the first divergence."""
@@ -116,6 +124,43 @@ class TaskChecker:
         self._base: dict[TaskSpec, np.ndarray | ClozeBase | ContinuationBase] = {}
         #: seconds each base side took here (0 when it came from the cache)
         self.base_seconds: dict[TaskSpec, float] = {}
+
+    def _settings(self, spec: TaskSpec) -> dict:
+        if spec.kind == "cloze":
+            return self.cloze.key_fields()
+        if spec.kind == "continuation":
+            return self.continuation.key_fields()
+        return {"ctx": self.ctx, "limit": self.limit}
+
+    def identity(self) -> str:
+        """What makes two checkers' figures the same: each task's kind, content and sizes (a measurement that
+        carries task figures is reused only under the same identity)."""
+        fields: list[dict] = []
+        for s in self.specs:
+            if s.kind in TASK_FILE_KINDS:
+                content = hashlib.sha256(repr(self._files[s].items).encode()).hexdigest()
+            else:
+                content = text_sha256(TextSource.parse(s.source).read())
+            fields.append({"kind": s.kind, "content": content, "settings": self._settings(s)})
+        if self.gpu_layers:
+            fields.append({"gpu_layers": self.gpu_layers})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+    def eval_tokens(self, spec: TaskSpec) -> int:
+        """About how many tokens scoring one quant on ``spec`` evaluates, without a model: a text task's sizes (at
+        most; a short text yields fewer items), a task file's characters at `CHARS_PER_TOKEN`."""
+        if spec.kind == "cloze":
+            return self.cloze.items * (self.cloze.passage_tokens + 1)  # BOS, the passage, a word's further tokens
+        if spec.kind == "continuation":
+            return self.continuation.prompts * (self.continuation.prompt_tokens + self.continuation.new_tokens)
+        items = self._files[spec].items[:self.limit]
+        chars = sum(len(i.context) + sum(len(c) + 1 + len(i.suffix) for c in i.choices) for i in items)
+        return round(chars / CHARS_PER_TOKEN)
+
+    def prepare(self) -> None:
+        """Every task's base side, now (computed, or read from the cache)."""
+        for spec in self.specs:
+            self.base(spec)
 
     def _file_answers(self, path: Path, file: TaskFile) -> np.ndarray:
         with task_model(path, self.ctx, file.max_choices, self.threads, self.gpu_layers) as lm:

@@ -14,7 +14,9 @@ host-to-device bandwidth. The phases:
 - quantize warm: nothing (every tensor cached);
 - assembly: one link per tensor plus the metadata shard;
 - load: the model's bytes read through the page cache (and, on a GPU, copied over the bus);
-- evaluation: the study's chunks x ctx tokens.
+- evaluation: the study's chunks x ctx tokens;
+- a task the study scores every trial on (``task KIND``): the quant loaded again and the task's tokens evaluated
+  at the same rate (its base side is computed once per model and cached, and not counted).
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class Estimate:
     file_bytes: int
     active_params: float
     notes: list[str]
+    task_tokens: dict[str, int] = field(default_factory=dict)  # task kind -> tokens it evaluates per trial
 
 
 def _night_with_cache(space: SearchSpace, cost: dict[tuple[str, str], float], warm_s: float,
@@ -174,8 +177,10 @@ def _night_with_cache(space: SearchSpace, cost: dict[tuple[str, str], float], wa
 
 
 def estimate(inv: Inventory, rates: Rates, tokens: int, space: SearchSpace, experts_used: int | None,
-             recipe_type: GGMLType = GGMLType.Q4_K) -> Estimate:
-    """Per-trial phases for a uniform ``recipe_type`` recipe, and trials per night with and without the cache."""
+             recipe_type: GGMLType = GGMLType.Q4_K, task_tokens: dict[str, int] | None = None) -> Estimate:
+    """Per-trial phases for a uniform ``recipe_type`` recipe, and trials per night with and without the cache;
+    ``task_tokens`` (task kind -> tokens per trial) adds each task's phase to every trial."""
+    task_tokens = task_tokens or {}
     notes = []
     if experts_used is None:
         experts_used = DEFAULT_EXPERTS_USED
@@ -206,10 +211,11 @@ def estimate(inv: Inventory, rates: Rates, tokens: int, space: SearchSpace, expe
     eval_gpu = tokens / GPU_TOKENS_PER_S
     phases, nights = {}, {}
     for name, load, ev in (("cpu", load_cpu, eval_cpu), ("gpu", load_gpu, eval_gpu)):
+        tasks = {f"task {kind}": load + ev * n / tokens for kind, n in task_tokens.items()}
         phases[name] = {"quantize_cold": cold, "quantize_warm": 0.0, "assembly": assembly, "load": load,
-                        "evaluation": ev}
-        without = cold + load + ev
-        warm = assembly + load + ev
+                        "evaluation": ev, **tasks}
+        without = cold + load + ev + sum(tasks.values())
+        warm = assembly + load + ev + sum(tasks.values())
         with_cache, filling = _night_with_cache(space, cost, warm)
         nights[name] = {"trial_s_without_cache": without, "trial_s_warm": warm, "without_cache": NIGHT_S / without,
                         "with_cache": with_cache, "with_cache_quantize_s": filling, "all_warm": NIGHT_S / warm}
@@ -217,4 +223,4 @@ def estimate(inv: Inventory, rates: Rates, tokens: int, space: SearchSpace, expe
                  f"{GPU_UPLOAD_BYTES_PER_S / 1e9:.0f} GB/s")
     notes.append("with the cache: each trial draws every searched parameter's type uniformly at random and "
                  "quantizes the (parameter, type) pairs it meets first; the rest is linked")
-    return Estimate(phases, nights, f"uniform {recipe_type.name}", size.file_bytes, active, notes)
+    return Estimate(phases, nights, f"uniform {recipe_type.name}", size.file_bytes, active, notes, dict(task_tokens))

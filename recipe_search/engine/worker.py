@@ -1,7 +1,8 @@
 """The quantize-and-score worker: one recipe in, measured numbers out.
 
 It resolves the recipe, predicts the file size exactly, quantizes into a work directory with
-llama.cpp's quantizer, scores the result against the cached reference, and removes the temporary GGUF.
+llama.cpp's quantizer, scores the result against the cached reference (and, given a `TaskChecker`, on its tasks
+against the base model's cached side), and removes the temporary GGUF.
 Finished measurements are kept in the cache directory by their result key, so a recipe that resolves
 to the same file is measured once across studies; each carries its digest, and a damaged one is measured
 again with one warning line. A measurement with a NaN or infinite metric is an error naming the recipe. The
@@ -46,6 +47,7 @@ from .measurement import Measurement
 from .quantize import PARTIAL_SUFFIX, check_imatrix, dry_run_types, quantize_model
 from .score import Reference, ScoreSettings, get_reference, score_quant
 from .speed import speed_of
+from .task_check import TaskChecker
 from .tensor_cache import ModelTensors, TensorCache
 
 #: the llama.cpp build: a measurement made with another one is not reused
@@ -78,10 +80,12 @@ class Worker:
     """Measures recipes for one base model, text and scoring setup."""
 
     def __init__(self, model: Path, settings: ScoreSettings, cache_dir: Path, workdir: Path,
-                 imatrix: ImatrixInput | None = None, keep: bool = False, tensor_cache: bool = True) -> None:
+                 imatrix: ImatrixInput | None = None, keep: bool = False, tensor_cache: bool = True,
+                 tasks: TaskChecker | None = None) -> None:
         self.model, self.settings, self.cache_dir, self.workdir = Path(model), settings, cache_dir, Path(workdir)
         self.inventory: Inventory = read_inventory(self.model)
         self.imatrix = imatrix
+        self.tasks = tasks  # scored on every measured recipe; their figures join its metrics
         self.keep = keep
         self.tensor_cache = tensor_cache
         self._reference: Reference | None = None
@@ -102,10 +106,18 @@ class Worker:
 
     def result_key(self, resolution: Resolution) -> str:
         """Identifies a measurement: the per-tensor types, the imatrix, the reference (model, text, ctx,
-        chunks) and the llama.cpp build that quantizes and evaluates."""
-        blob = json.dumps({"types": resolution.key(), "imatrix": self.imatrix.digest if self.imatrix else "",
-                           "reference": self.reference.path.name, "llama": LLAMA_BUILD})
+        chunks), the llama.cpp build that quantizes and evaluates, and the tasks scored beside KLD, if any."""
+        fields = {"types": resolution.key(), "imatrix": self.imatrix.digest if self.imatrix else "",
+                  "reference": self.reference.path.name, "llama": LLAMA_BUILD}
+        if self.tasks is not None:
+            fields["tasks"] = self._task_identity
+        blob = json.dumps(fields)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    @functools.cached_property
+    def _task_identity(self) -> str:
+        assert self.tasks is not None
+        return self.tasks.identity()
 
     @functools.cached_property
     def tensors(self) -> ModelTensors:
@@ -197,6 +209,7 @@ class Worker:
                 raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {built.file_bytes}", path)
             scored = score_quant(built.path, reference, self.settings, on_chunk, check=False, chunks=chunks)
             timed = None if speed is None else speed_of(built.path, self.settings.threads, speed)
+            tasks = self.tasks.score_all(built.path) if self.tasks is not None else []
         except (RecipeSearchError, OSError) as err:
             if damaged := self._recheck(resolution):  # a damaged entry the trial linked: removed, for the retry
                 raise RecipeSearchError(f"{err}; damaged tensor-cache entries removed: {damaged}") from None
@@ -211,12 +224,14 @@ class Worker:
                                     f"was measured, the measurement discarded and the entries removed: {damaged}")
         metrics = scored.summary.to_dict()
         metrics["ppl_ratio"] = float(np.exp(metrics["ln_ppl_ratio"]))
+        for r in tasks:
+            metrics.update(r.figures_as_numbers())
         _check_finite_metrics(metrics, resolution.recipe.name)
         m = Measurement(
             file_bytes=built.file_bytes, bpw=predicted.bits_per_weight, metrics=metrics,
             kld_tokens=scored.stats.kld.astype(np.float32),
             fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
-            seconds={**built.seconds, **scored.seconds},
+            seconds={**built.seconds, **scored.seconds, **{f"task_{r.spec.name}": r.seconds for r in tasks}},
             speed=timed)
         self._store(resolution, m)
         return m

@@ -9,6 +9,7 @@ from .._lazy import lazy_exports
 
 _API = {
     "ChunkPlan": "_early_stopping",
+    "study_task_checker": "_checks",
     "FinishedPoint": "_early_stopping",
     "chunk_plan": "_early_stopping",
     "far_decision": "_early_stopping",
@@ -39,6 +40,7 @@ __all__ = list(_API)  # noqa: PLE0604
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)
 
 if TYPE_CHECKING:
+    from ._checks import study_task_checker as study_task_checker
     from ._early_stopping import MIN_CHUNKS_BEFORE_PRUNING as MIN_CHUNKS_BEFORE_PRUNING
     from ._early_stopping import ChunkPlan as ChunkPlan
     from ._early_stopping import FinishedPoint as FinishedPoint

@@ -14,6 +14,7 @@ from ..core.kld import MIN_TOKENS, default_max_entries, scored_per_chunk
 from ..core.resolution import resolve
 from ..core.size import SizePrediction, predict_size
 from ..core.space import SearchSpace, reference_recipes
+from ..engine.task_check import TaskChecker, parse_task_specs
 from ..engine.worker import Worker
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import bits_per_weight
@@ -57,6 +58,17 @@ def check_study_inputs(config: StudyConfig, worker: Worker, space: SearchSpace) 
         from ..sensitivity.surrogate import seed_allocations
 
         seed_allocations(config, space, inv, extra_kv)
+
+
+def study_task_checker(config: StudyConfig, model: Path, cache_dir: Path) -> TaskChecker | None:
+    """The checker of the config's `tasks` (a text task without its text built from `holdout_text`); None
+    without tasks. A bad spec or task file fails here, before the study exists or any model runs."""
+    if not config.tasks:
+        return None
+    o = config.task_options
+    return TaskChecker(model, parse_task_specs(config.tasks, config.holdout_text), cache_dir, threads=config.threads,
+                       gpu_layers=config.gpu_layers, ctx=o.ctx, limit=o.limit, cloze=o.cloze(),
+                       continuation=o.continuation())
 
 
 def estimate_disk(worker: Worker, config: StudyConfig, space: SearchSpace, scored_tokens: int) -> dict[str, int]:

@@ -43,7 +43,7 @@ from ..formats.imatrix_file import ImatrixInput
 from ..sensitivity.surrogate import Allocator, refit_allocation, seed_allocations, table_allocator
 from ..sensitivity.sweep import run_sweep
 from ..sensitivity.table import surrogate_ladders
-from ._checks import check_disk, check_study_inputs
+from ._checks import check_disk, check_study_inputs, study_task_checker
 from ._interrupts import AbandonGuard, fail_silent_trials
 from ._objective import Objective, trial_values
 from ._records import TrialRecord, measured_choice, role_attrs
@@ -116,8 +116,9 @@ class Study:
             raise RecipeSearchError(f"no study {name!r} in this storage (start it with `recipe-search search MODEL`)")
         config = config or StudyConfig()
         imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
+        tasks = study_task_checker(config, model_path, default_cache_dir(cache))
         worker = Worker(model_path, config.score_settings(), default_cache_dir(cache),
-                        where / "work" / socket.gethostname(), imatrix=imatrix, tensor_cache=tensor_cache)
+                        where / "work" / socket.gethostname(), imatrix=imatrix, tensor_cache=tensor_cache, tasks=tasks)
         space = build_space(config, worker.inventory, has_imatrix=imatrix is not None,
                             imatrix_tensors=None if imatrix is None else imatrix.arrays.keys())
         check_study_inputs(config, worker, space)  # before the study exists: a bad config leaves nothing behind
@@ -151,6 +152,10 @@ class Study:
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by a killed worker")
         _ = self.worker.reference
+        if (tasks := self.worker.tasks) is not None:
+            tasks.prepare()
+            log("tasks, the base side: " + ", ".join(f"{s.label} {f'computed in {t:.1f} s' if t else 'cached'}"
+                                                    for s, t in tasks.base_seconds.items()))
         self.sensitivity_table(log)
         enqueued = self.enqueue_references()
         start = time.perf_counter()
