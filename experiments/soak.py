@@ -507,7 +507,7 @@ def run(model: Path, config_yaml: Path | None, n: int, workers: int, faults: int
     print(f"undisturbed: {len(reference)} recipes in {seconds:.0f} s, tensor cache {cache_bytes} bytes", flush=True)
     result: dict[str, Any] = {"model": model.name, "recipes": n, "seed": seed, "faults_per_kind": faults,
                               "undisturbed_seconds": round(seconds, 1), "runs": []}
-    runs = [(None, workers)] * rounds + [(postgres, pg_workers)] * (rounds if postgres else 0)
+    runs = [(None, workers)] * (rounds if workers else 0) + [(postgres, pg_workers)] * (rounds if postgres else 0)
     for i, (storage, w) in enumerate(runs):
         if storage:
             storage_reset(storage)
@@ -535,7 +535,7 @@ def main() -> int:
     p.add_argument("model")
     p.add_argument("--config", type=Path, help="study YAML (text, ctx, chunks, space); default: a tiny-model one")
     p.add_argument("--recipes", type=int, default=60)
-    p.add_argument("--workers", type=int, default=2, help="SQLite workers")
+    p.add_argument("--workers", type=int, default=2, help="SQLite workers (0: the PostgreSQL rounds only)")
     p.add_argument("--faults", type=int, default=20, help="faults of each kind per round, at least")
     p.add_argument("--rounds", type=int, default=10, help="soaks per storage, each a fresh study of the list")
     p.add_argument("--interval", type=float, default=2.0, help="mean seconds between faults")

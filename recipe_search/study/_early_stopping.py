@@ -72,8 +72,8 @@ def chunk_plan(config: StudyConfig, bpw: float, file_bytes: int, device_bytes: d
     return ChunkPlan(config.chunks, far=bool(targets))
 
 
-#: standard errors below its running mean a far trial's forecast starts from (the rule for every trial: 3); on the kept
-#: studies' replay, 0 and 1 stopped frontier points, 1.5 none (experiments/reports/early-stopping.md)
+#: standard errors below its running mean a far trial's forecast starts from (the rule for every trial: 3); in the kept
+#: studies' replay 2 stopped a frontier point and 2.5 none (experiments/reports/early-stopping.md)
 FAR_Z = 2.5
 
 
