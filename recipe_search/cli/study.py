@@ -319,6 +319,11 @@ def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> i
              "scaled by active parameters" if rates.cpu_tokens_per_s_per_active_param else rates.measured_on))
     for note in est.notes:
         print(note)
+    if config.extra_chunks:
+        near = est.phases["cpu"]["evaluation"] * config.reference_chunks / config.chunks
+        print(f"with size targets: a trial near one is scored on {config.reference_chunks} x {config.ctx} tokens "
+              f"(CPU evaluation {near:.1f} s instead of {est.phases['cpu']['evaluation']:.1f} s), one far from all may "
+              f"stop after {config.chunks_far}; the table is for a trial of {config.chunks} chunks")
     if task_tokens:
         kld = {d: est.phases[d]["load"] + est.phases[d]["evaluation"] for d in ("cpu", "gpu")}
         print("tasks every trial is scored on (each loads the quant again; their base side is computed once and "

@@ -77,3 +77,19 @@ def test_estimate_prints_the_need_and_warns_below_it(qwen_35b, tmp_path, monkeyp
     assert main(["search", str(qwen_35b), "--estimate", "--cache-dir", str(tmp_path), "--json"]) == 0
     out, err = capsys.readouterr()
     assert "the cache's bound" not in err and '"need": ' + str(need.bytes) in out
+
+
+def test_estimate_says_what_a_trial_near_a_target_costs(qwen_35b, tmp_path, monkeypatch, capsys) -> None:
+    """With size targets a trial near one is scored on twice the chunks: the estimate says so, with its evaluation."""
+    from recipe_search.cli import main
+    from recipe_search.engine import trial_cost
+
+    monkeypatch.setattr(trial_cost, "measure_rates", lambda inv, where, threads, types: trial_cost.Rates(
+        {t.name: 1e8 for t in types}, 1e9, 1e10, 1e-5, 1e12, "stub"))
+    assert main(["search", str(qwen_35b), "--estimate", "--cache-dir", str(tmp_path)]) == 0
+    assert "near one" not in capsys.readouterr().out  # no targets, no extra chunks
+    assert main(["search", str(qwen_35b), "--estimate", "--cache-dir", str(tmp_path), "--targets", "4.5bpw"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("with size targets"))
+    config = StudyConfig(target_bpw=[4.5])
+    assert f"scored on {config.reference_chunks} x {config.ctx} tokens" in line and config.reference_chunks == 2 * config.chunks
+
