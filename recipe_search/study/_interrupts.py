@@ -1,6 +1,6 @@
 """A trial abandoned by a second Ctrl-C: no Optuna traceback, and the trial is queued again; a trial failed by an
 error is queued again too (`retry_failed`), a few times, and so is a killed worker's trial that never beat
-(`fail_silent_trials`).
+(`fail_silent_trials`) and a failed trial whose retry a killed worker never enqueued (`retry_unretried`).
 
 Optuna marks the interrupted trial FAIL and logs the KeyboardInterrupt with its traceback. A reference
 recipe (or a surrogate seed) failed that way would never be measured, so the same parameters and the
@@ -108,6 +108,30 @@ def retried_elsewhere(study: optuna.Study, trial: optuna.Trial) -> int | None:
         return None
     parent_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, parent)
     return None if claim(study._storage, parent_id, RETRY_TAKEN) else parent
+
+
+def retry_unretried(study: optuna.Study) -> list[int]:
+    """Enqueue again every failed trial that has no retry and fewer than `MAX_RETRIES` retries before it in its
+    line, with its parameters and enqueue-time attributes; returns their numbers.
+
+    A trial is failed and enqueued again in two steps (Optuna's stale-trial callback, `fail_silent_trials`): a worker
+    killed between them left the trial failed for good, its recipe lost. Two workers may both enqueue one trial
+    here; its retries claim it as they start (`retried_elsewhere`), so one of them measures it."""
+    trials = study.get_trials(deepcopy=False)
+    parents = {t.number: retry_parent(t) for t in trials}
+    retried = set(parents.values())
+    enqueued = []
+    for t in trials:
+        params = t.params or t.system_attrs.get("fixed_params")
+        if t.state != TrialState.FAIL or t.number in retried or not params:
+            continue
+        depth, up = 0, parents[t.number]
+        while up is not None and depth <= MAX_RETRIES:
+            depth, up = depth + 1, parents.get(up)
+        if depth < MAX_RETRIES:
+            study.enqueue_trial(params, user_attrs=enqueued_attrs(t, requeued_from=t.number, retries=depth + 1))
+            enqueued.append(t.number)
+    return enqueued
 
 
 def requeue(study: optuna.Study, number: int) -> int | None:

@@ -44,7 +44,7 @@ from ..sensitivity.surrogate import Allocator, refit_allocation, seed_allocation
 from ..sensitivity.sweep import run_sweep
 from ..sensitivity.table import surrogate_ladders
 from ._checks import check_disk, check_study_inputs, study_task_checker
-from ._interrupts import AbandonGuard, fail_silent_trials
+from ._interrupts import AbandonGuard, fail_silent_trials, retry_unretried
 from ._objective import Objective, trial_values
 from ._records import TrialRecord, measured_choice, role_attrs
 from ._storage import check_study_name, directions, grace_period, make_sampler, storage_for
@@ -280,6 +280,7 @@ class Study:
         def count_and_stop(study: optuna.Study, trial: FrozenTrial) -> None:
             counted[0] += 1
             fail_silent_trials(study, grace_period())
+            retry_unretried(study)
             self.pin_frontier()
             if self._stop_requested:
                 study.stop()
@@ -288,6 +289,7 @@ class Study:
 
         self.pin_frontier()
         fail_silent_trials(self.optuna_study, grace_period())  # a killed worker's trial that never beat
+        retry_unretried(self.optuna_study)  # a failed trial whose retry a killed worker never enqueued
         guard = self._guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no traceback, the trial queued again
         with guard:
             objective = Objective(self.space, self.config, self.worker, self.optuna_study, on_trial_start)

@@ -111,3 +111,26 @@ def test_two_workers_cannot_both_take_one_waiting_trial(tmp_path, monkeypatch) -
     for t in threads:
         t.join()
     assert sorted(taken) == [False, True]
+
+
+def test_failed_trial_whose_retry_was_never_enqueued_is_retried(tmp_path) -> None:
+    """A trial is failed and enqueued again in two steps: a worker killed between them (the soak test, at a worker's
+    start) left it failed for good. Every failed trial without a retry is enqueued again, up to MAX_RETRIES in its
+    line."""
+    from recipe_search.study._interrupts import MAX_RETRIES, retry_unretried
+
+    storage = storage_for(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1, grace=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 1}, user_attrs={"seed": "s1"})
+    taken = study.ask({"x": optuna.distributions.IntDistribution(0, 3)})
+    study.tell(taken, state=TrialState.FAIL)  # failed, and its worker killed before the retry
+    for _ in range(MAX_RETRIES):
+        failed = study.trials[-1].number
+        assert retry_unretried(study) == [failed]
+        assert retry_unretried(study) == []  # retried once
+        retry = study.trials[-1]
+        assert retry.state == TrialState.WAITING and retry.system_attrs["fixed_params"] == {"x": 1}
+        assert retry.user_attrs["seed"] == "s1" and retry.user_attrs["requeued_from"] == failed
+        study.tell(study.ask({"x": optuna.distributions.IntDistribution(0, 3)}), state=TrialState.FAIL)
+    assert retry_unretried(study) == []  # its line has had MAX_RETRIES retries
+    assert len(study.trials) == MAX_RETRIES + 1
