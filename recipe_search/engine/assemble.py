@@ -39,6 +39,7 @@ class Assembled:
     hits: int
     misses: int
     seconds: dict[str, float] = field(default_factory=dict)  # quantize (cache fills), assemble
+    links: dict[Path, Path] = field(default_factory=dict)  # cache entry -> the trial's link to it
 
     def remove(self) -> None:
         for f in self.files:
@@ -88,11 +89,13 @@ def assemble(tensors: ModelTensors, resolution: Resolution, prefix: Path,
     filled = time.perf_counter()
     count = len(tensors.index) + 1
     files = []
+    links = {}
     try:
         for name, shard in shards.items():
             dst = split_path(prefix, tensors.index[name], count)
             _link(shard, dst)
             files.append(dst)
+            links[shard] = dst
         first = split_path(prefix, 0, count)
         kv = metadata_kv(tensors, resolution, extra_kv) + split_kv(0, count, len(shards))
         align = tensors.inventory.headers[0].alignment
@@ -103,7 +106,7 @@ def assemble(tensors: ModelTensors, resolution: Resolution, prefix: Path,
             f.unlink(missing_ok=True)
         raise RecipeSearchError(f"cannot assemble the trial: {err.strerror}", err.filename or prefix) from None
     out = Assembled(first, files, tensors.hits - hits0, tensors.misses - misses0,
-                    {"quantize": filled - start, "assemble": time.perf_counter() - filled})
+                    {"quantize": filled - start, "assemble": time.perf_counter() - filled}, links)
     tensors.cache.count(out.hits, out.misses)
     tensors.cache.evict(keep=set(shards.values()) | tensors.pinned)
     return out

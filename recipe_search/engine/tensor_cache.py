@@ -29,7 +29,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +279,9 @@ class ModelTensors:
         self.hits = self.misses = 0
         #: entries that evictions after this model's assemblies keep (a study pins its current frontier's)
         self.pinned: frozenset[Path] = frozenset()
+        #: the digest each entry used here must have, from its record when it was checked or filled: a trial's
+        #: bytes are checked against it even when the entry was replaced meanwhile (`recheck`)
+        self.digests: dict[Path, str] = {}
 
     def pin(self, pairs: Iterable[tuple[Tensor, GGMLType]]) -> None:
         """Keep these (tensor, type) entries through the evictions after this model's assemblies (replacing the
@@ -316,6 +319,7 @@ class ModelTensors:
                 _CHECKED.add(checked)
                 os.utime(path)  # marks it recently used
                 self.hits += 1
+                self._remember(path)
                 return path
             if problem != NO_DIGEST:
                 warn_damaged(path, f"the cached {tensor.name} at {ggml_type.name}", problem,
@@ -327,23 +331,49 @@ class ModelTensors:
         with contextlib.suppress(OSError):
             st = path.stat()
             _CHECKED.add((str(path), st.st_dev, st.st_ino))
+        self._remember(path)
         return path
 
-    def recheck(self, pairs: Iterable[tuple[Tensor, GGMLType]]) -> list[str]:
-        """Check the cached entries of ``pairs`` against their digests again, whatever was checked before in this
-        process (bytes changed on disk since a shard's first use), and remove the damaged ones; one line for each."""
+    def _remember(self, path: Path) -> None:
+        """Keep the digest the record of the entry at ``path`` holds, if not kept yet (and the record is sound)."""
+        if path not in self.digests:
+            with contextlib.suppress(OSError, ValueError):
+                record = json.loads(path.with_suffix(".json").read_text())
+                if record_problem(record) is None:
+                    self.digests[path] = record["digest"]
+
+    def recheck(self, pairs: Iterable[tuple[Tensor, GGMLType]], used: Mapping[Path, Path] | None = None) -> list[str]:
+        """Check the bytes a trial used for ``pairs`` against their digests again, whatever was checked before in
+        this process; one line for each mismatch. ``used``: the trial's own links, by entry; there the bytes are the
+        ones it linked even when the entry was replaced meanwhile (another worker removed a damaged entry and
+        quantized it again while this trial held the damaged one). A damaged entry itself is removed."""
         damaged = []
         for tensor, ggml_type in pairs:
             path = self.path(tensor, ggml_type)
+            data = (used or {}).get(path, path)
             try:
-                size = path.stat().st_size
+                st = data.stat()
             except FileNotFoundError:
                 continue
-            problem = entry_problem(path, size, None)
-            if problem is not None and problem != NO_DIGEST:
+            try:
+                entry = path.stat()
+            except FileNotFoundError:
+                entry = None
+            is_entry = entry is not None and (entry.st_dev, entry.st_ino) == (st.st_dev, st.st_ino)
+            want = self.digests.get(path)
+            if want is not None:
+                problem = None if file_digest(data) == want else "its bytes do not match their digest"
+            elif is_entry:
+                problem = entry_problem(path, st.st_size, None)
+            else:
+                continue
+            if problem is None or problem == NO_DIGEST:
+                continue
+            if is_entry:
                 path.unlink(missing_ok=True)
                 path.with_suffix(".json").unlink(missing_ok=True)
-                damaged.append(f"{tensor.name} at {ggml_type.name} ({problem})")
+            damaged.append(f"{tensor.name} at {ggml_type.name} ({problem}"
+                           f"{'' if is_entry else '; the entry was replaced while the trial used it'})")
         return damaged
 
     def weight_error(self, tensor: Tensor, ggml_type: GGMLType) -> WeightError:

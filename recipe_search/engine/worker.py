@@ -74,6 +74,7 @@ class Built:
     seconds: dict[str, float]
     file_bytes: int
     warnings: list[str] = field(default_factory=list)
+    links: dict[Path, Path] = field(default_factory=dict)  # tensor-cache entry -> the trial's hard link to it
 
 
 class Worker:
@@ -140,7 +141,8 @@ class Worker:
             a = write_single_file(self.tensors, resolution, path, extra_kv)
             return Built(a.path, a.files, a.seconds, a.path.stat().st_size, warnings)
         a = assemble(self.tensors, resolution, path.with_suffix(""), extra_kv)
-        return Built(a.path, a.files, a.seconds, predict_size(resolution, self.inventory, extra_kv).file_bytes, warnings)
+        return Built(a.path, a.files, a.seconds, predict_size(resolution, self.inventory, extra_kv).file_bytes, warnings,
+                     a.links)
 
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / "measurements" / f"{key}.json"
@@ -210,8 +212,9 @@ class Worker:
             scored = score_quant(built.path, reference, self.settings, on_chunk, check=False, chunks=chunks)
             timed = None if speed is None else speed_of(built.path, self.settings.threads, speed)
             tasks = self.tasks.score_all(built.path) if self.tasks is not None else []
+            damaged = self._recheck(resolution, built)  # the bytes it used, while its links hold them
         except (RecipeSearchError, OSError) as err:
-            if damaged := self._recheck(resolution):  # a damaged entry the trial linked: removed, for the retry
+            if damaged := self._recheck(resolution, built):  # a damaged entry the trial linked: removed, for the retry
                 raise RecipeSearchError(f"{err}; damaged tensor-cache entries removed: {damaged}") from None
             raise
         finally:
@@ -219,7 +222,7 @@ class Worker:
                 for f in built.files if built else [path]:
                     f.unlink(missing_ok=True)
                 path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
-        if damaged := self._recheck(resolution):
+        if damaged:
             raise RecipeSearchError(f"recipe {resolution.recipe.name!r}: tensor-cache entries changed on disk while it "
                                     f"was measured, the measurement discarded and the entries removed: {damaged}")
         metrics = scored.summary.to_dict()
@@ -236,13 +239,14 @@ class Worker:
         self._store(resolution, m)
         return m
 
-
-    def _recheck(self, resolution: Resolution) -> str:
-        """The tensor-cache entries ``resolution`` links that no longer match their digests (removed), as one
-        phrase; empty when all match or without the cache (see `ModelTensors.recheck`)."""
+    def _recheck(self, resolution: Resolution, built: Built | None) -> str:
+        """The tensor-cache entries ``resolution`` links whose bytes, as the trial ``built`` linked them, no longer
+        match their digests (a damaged entry removed), as one phrase; empty when all match or without the cache
+        (see `ModelTensors.recheck`)."""
         if not self.tensor_cache:
             return ""
-        damaged = self.tensors.recheck((x.tensor, x.ggml_type) for x in resolution.tensors)
+        damaged = self.tensors.recheck(((x.tensor, x.ggml_type) for x in resolution.tensors),
+                                       built.links if built else {})
         return ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
 
 
