@@ -13,6 +13,7 @@ the trial share a file system (an entry evicted meanwhile stays readable), symbo
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import time
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.resolution import Resolution
+from ..core.resolution import Resolution, ResolvedTensor
 from ..errors import RecipeSearchError
 from ..formats.ggml_types import GGMLType
 from ..formats.gguf_write import TensorInfo, header_bytes, loader_order, pad, quantized_kv, split_kv, split_path
@@ -28,6 +29,7 @@ from .tensor_cache import ModelTensors, shard_data
 from .tensor_fill import write_atomically
 
 MAX_SPLITS = 65535  # split.count is a u16
+_LINK_TRIES = 3
 
 
 @dataclass
@@ -68,11 +70,28 @@ def fill(tensors: ModelTensors, resolution: Resolution) -> dict[str, Path]:
 
 
 def _link(src: Path, dst: Path) -> None:
+    """A hard link; a symbolic one where the file system refuses hard links (another one, or none at all). An entry
+    gone meanwhile is FileNotFoundError (it once became a dangling symbolic link, which llama.cpp cannot load)."""
     dst.unlink(missing_ok=True)
     try:
         os.link(src, dst)
-    except OSError:
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+            raise
         os.symlink(src.resolve(), dst)
+
+
+def _link_entry(tensors: ModelTensors, x: ResolvedTensor, shard: Path, dst: Path) -> Path:
+    """Link the cached entry of ``x`` at ``dst``; an entry another worker evicted since it was filled is filled again
+    (a few times, against a cache evicting as fast). Returns the entry linked."""
+    for _ in range(_LINK_TRIES - 1):
+        try:
+            _link(shard, dst)
+            return shard
+        except FileNotFoundError:
+            shard = tensors.shard(x.tensor, x.ggml_type)
+    _link(shard, dst)
+    return shard
 
 
 def metadata_kv(tensors: ModelTensors, resolution: Resolution, extra_kv: dict[str, str | int] | None) -> list[bytes]:
@@ -91,9 +110,9 @@ def assemble(tensors: ModelTensors, resolution: Resolution, prefix: Path,
     files = []
     links = {}
     try:
-        for name, shard in shards.items():
-            dst = split_path(prefix, tensors.index[name], count)
-            _link(shard, dst)
+        for x in resolution.tensors:
+            dst = split_path(prefix, tensors.index[x.tensor.name], count)
+            shard = shards[x.tensor.name] = _link_entry(tensors, x, shards[x.tensor.name], dst)
             files.append(dst)
             links[shard] = dst
         first = split_path(prefix, 0, count)

@@ -141,6 +141,29 @@ def test_shard_replaced_while_a_trial_used_its_damaged_bytes_discards_the_measur
     assert worker.measure(recipe, use_cache=False).metrics == first.metrics
 
 
+def test_entry_evicted_between_its_fill_and_its_link_is_filled_again(tmp_path, monkeypatch, dense_model) -> None:
+    """Another worker's eviction between a trial's fill and its link: the failed hard link fell back to a symbolic
+    link to the missing entry, which llama.cpp could not load (the long soak on 4 PostgreSQL workers lost 14 recipes
+    to `failed to load GGUF split`). The entry is filled again and linked."""
+    from recipe_search.engine import assemble
+
+    worker = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work")
+    recipe = recipe_from_dict(Q4_K)
+    first = worker.measure(recipe, use_cache=False)
+    evicted: list[Path] = []
+    link = os.link
+
+    def evicting(src, dst):  # the largest entry is evicted just before its first link
+        if not evicted and Path(src).stat().st_size == max(p.stat().st_size for p in Path(src).parent.parent.glob("*/*.gguf")):
+            evicted.append(Path(src))
+            Path(src).unlink()
+        link(src, dst)
+
+    monkeypatch.setattr(assemble.os, "link", evicting)
+    again = worker.measure(recipe, use_cache=False)
+    assert evicted and evicted[0].exists() and again.metrics == first.metrics
+
+
 def test_damaged_record_is_quantized_again(tmp_path, capsys, dense_model) -> None:
     """An entry's record (the weight error the sensitivity proxy reads) edited on disk was believed."""
     tensors = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work").tensors
