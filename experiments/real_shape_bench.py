@@ -1,6 +1,6 @@
 """Cold and warm `recipe-search score` trials against llama.cpp's tools on a real-shape GGUF, with peak memory by kind.
 
-    python experiments/real_shape_bench.py /tmp/real-shapes/q35-2blocks.gguf --runs 3 \
+    python experiments/real_shape_bench.py ../rs-work/real-shapes/q35-2blocks.gguf --runs 3 \
         --out experiments/results/real-shapes-2blocks.json
 
 The model comes from experiments/real_shapes.py. One recipe (default: uniform Q4_K; ``--recipe`` a YAML) is
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--ours-only", action="store_true", help="skip llama.cpp's tools (no ratios)")
     p.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load average this low")
     p.add_argument("--max-wait", type=float, default=1200, help="seconds to wait for it at most")
-    p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one under /tmp)")
+    p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "real-shapes-bench.json")
     a = p.parse_args(argv)
 

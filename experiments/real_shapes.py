@@ -1,7 +1,7 @@
 """Write a few-block qwen35moe GGUF with a real model's per-block tensor shapes, from its tensor map.
 
     python experiments/real_shapes.py ../shared/data/qwen3.5-35b-a3b/tensors.bf16.map \
-        /tmp/real-shapes/q35-2blocks.gguf --blocks 2 [--check]
+        ../rs-work/real-shapes/q35-2blocks.gguf --blocks 2 [--check]
 
 Every tensor of a block takes the shape and type of the map's first block of the same kind (Gated DeltaNet
 linear attention or full attention); token_embd, output_norm and output keep the map's, so the vocabulary is
