@@ -108,7 +108,7 @@ def shape_of(tensors: Sequence[Tensor], suffix: str) -> tuple[int, ...]:
 def hyperparameters(w: GGUFWriter, tensors: Sequence[Tensor], blocks: int, interval: int,
                     a: argparse.Namespace) -> None:
     """qwen35moe's keys: from the shapes where they say them, else from the options."""
-    n_embd, n_vocab = shape_of(tensors, "token_embd.weight")
+    n_embd = shape_of(tensors, "token_embd.weight")[0]
     head_dim = shape_of(tensors, "attn_k_norm.weight")[0]
     _, _, n_expert = shape_of(tensors, "ffn_gate_exps.weight")
     inner = shape_of(tensors, "attn_gate.weight")[1]
@@ -136,7 +136,6 @@ def hyperparameters(w: GGUFWriter, tensors: Sequence[Tensor], blocks: int, inter
     w.add_ssm_time_step_rank(shape_of(tensors, "ssm_a")[0])
     w.add_ssm_inner_size(inner)
     w.add_full_attention_interval(interval)
-    del n_vocab  # the tokenizer's padding sets it
 
 
 def copy_tokenizer(w: GGUFWriter, source: Path, n_vocab: int) -> int:
@@ -171,7 +170,8 @@ def values(name: str, ne: tuple[int, ...], rng: np.random.Generator, logit_std: 
         else:  # an RMSNorm weight
             yield (1.0 + 0.05 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
         return
-    std = 1.0 if name == "token_embd.weight" else (logit_std if name == "output.weight" else 1.0) / math.sqrt(ne[0])
+    gain = {"token_embd.weight": math.sqrt(ne[0]), "output.weight": logit_std}.get(name, 1.0)
+    std = gain / math.sqrt(ne[0])
     rows = math.prod(ne[1:])
     step = max(1, CHUNK // ne[0])
     for start in range(0, rows, step):
