@@ -14,8 +14,8 @@ scored ``--runs`` times, each run three trials in a row, every one a whole proce
 The same threads (default 2), context and chunks (default 4 of 512) on both sides; medians over the runs.
 Memory: the bench samples every process below it each ``--sample-s`` seconds (RssAnon, RssFile, RssShmem and
 VmHWM from /proc/PID/status) and reports, per trial, the peak of the tree's anonymous sum, the peak of its
-file-backed sum (mapped model, shards, page cache charged to the mapping) and each process's own peaks;
-wait4's peak RSS is kept beside them. Peaks shorter than a sampling interval can be missed. The tensor cache's
+file-backed sum (the mapped model, quant and shards) and each process's own peaks; wait4's peak RSS is kept
+beside them (every ``*_mb`` is MiB). Peaks shorter than a sampling interval can be missed. The tensor cache's
 bytes after a cold trial are summed from its records, per block and for the rest (token_embd, output).
 
 Without ``--tools`` the tools are built once as experiments/bench_trial.py builds them. ``--ours-only`` skips
@@ -207,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                        i, timer), a.sample_s))
             runs["warm"].append(measured(score, a.sample_s))
             print(f"run {i}: " + ", ".join(f"{k} {r[-1]['wall']:.1f} s (KLD {r[-1]['kld_mean']:.6f}, "
-                                           f"anon {r[-1]['memory']['anon_mb']:,.0f} MB, "
-                                           f"file {r[-1]['memory']['file_mb']:,.0f} MB)"
+                                           f"anon {r[-1]['memory']['anon_mb']:,.0f} MiB, "
+                                           f"file {r[-1]['memory']['file_mb']:,.0f} MiB)"
                                            for k, r in runs.items() if r), flush=True)
         info["load_after"] = os.getloadavg()[0]
     finally:
@@ -238,8 +238,8 @@ def report(info: dict, refs: dict, runs: dict[str, list[dict]], out: Path) -> No
           f"{info['load_after']:.2f} after; {info['theirs']}")
     print(f"{info['model']}: {info['blocks']} blocks, {info['model_bytes']:,} bytes; threads {info['threads']}, "
           f"ctx {info['ctx']}, {info['chunks']} chunks; medians of {len(runs['cold'])} runs\n")
-    print(f"{'trial':8s} {'wall s':>8s} {'ratio':>6s} {'mean KLD':>10s} {'anon MB':>9s} {'file MB':>9s} "
-          f"{'total MB':>9s} {'wait4 MB':>9s}")
+    print(f"{'trial':8s} {'wall s':>8s} {'ratio':>6s} {'mean KLD':>10s} {'anon MiB':>9s} {'file MiB':>9s} "
+          f"{'total MiB':>9s} {'wait4 MiB':>9s}")
     for k, s in summary.items():
         ratio = f"{s['ratio']:.2f}" if "ratio" in s else "-"
         print(f"{k:8s} {s['wall_s']:8.1f} {ratio:>6s} {s['kld_mean']:10.6f} {s['peak_anon_mb']:9,.0f} "
