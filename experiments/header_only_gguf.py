@@ -31,17 +31,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {a.out}: {len(rows)} tensors, {a.out.stat().st_size:,} bytes apparent size")
 
 
-def run_smoke() -> None:
-    """The map lists a generated tiny model's tensors as the shared data's maps do (one line each)."""
+def write_map(model: Path, out: Path) -> Path:
+    """List ``model``'s tensors as the shared data's maps do (one line each, zero digests): a map of a generated
+    tiny model for the smoke modes."""
     from recipe_search import read_inventory
 
+    lines = [f"{model.name}:{'0' * 64}:{t.name}:shape=({', '.join(map(str, t.shape))}):"
+             f"dtype={t.ggml_type.name.lower()}:elements={t.n_elements}:bytes={t.n_bytes}"
+             for t in read_inventory(model).tensors]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def run_smoke() -> None:
+    """The map lists a generated tiny model's tensors."""
     with smoke.directory("header_only_gguf") as tmp:
-        model = smoke.dense_model(tmp)
-        lines = [f"{model.name}:{'0' * 64}:{t.name}:shape=({', '.join(map(str, t.shape))}):"
-                 f"dtype={t.ggml_type.name.lower()}:elements={t.n_elements}:bytes={t.n_bytes}"
-                 for t in read_inventory(model).tensors]
-        (tmp / "tensors.map").write_text("\n".join(lines) + "\n")
-        main([str(tmp / "tensors.map"), str(tmp / "header-only.gguf"), "--arch", "llama"])
+        main([str(write_map(smoke.dense_model(tmp), tmp / "tensors.map")), str(tmp / "header-only.gguf"),
+              "--arch", "llama"])
 
 
 if __name__ == "__main__":
