@@ -225,20 +225,24 @@ class Study:
         return n
 
     def add_presets(self, log: Callable[[str], None] = lambda msg: None) -> int:
-        """Measure the llama.cpp presets (outside the search space) once and add them as finished trials."""
+        """Measure the llama.cpp presets (outside the search space) once and add them as finished trials; a preset
+        outside the device budget cannot be picked and is left out, with one log line."""
         done = {TrialRecord.from_trial(t).reference for t in self.optuna_study.get_trials(deepcopy=False)}
+        budget = self.config.device_budget(self.worker.inventory)
+        extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
         n = 0
         for recipe, choice in reference_recipes(self.config, self.space, self.worker.inventory):
             if choice is not None or recipe.name in done:
                 continue
-            log(f"measuring reference {recipe.name}")
-            m = self.worker.measure(recipe, speed=self.config.speed_placement())
             resolution = self.worker.resolve(recipe)
-            extra_kv = self.worker.imatrix.kv() if self.worker.imatrix else None
-            predicted = predict_size(resolution, self.worker.inventory, extra_kv)
+            devices = budget.totals(predict_size(resolution, self.worker.inventory, extra_kv))
+            if why := budget.excess(devices):
+                log(f"reference {recipe.name} left out: {why}")
+                continue
+            log(f"measuring reference {recipe.name}")
+            m = self.worker.measure(resolution, speed=self.config.speed_placement())
             record = TrialRecord(-1, reference=recipe.name, recipe_yaml=recipe.to_yaml(), measurement=m,
-                                 result_key=self.worker.result_key(resolution),
-                                 device_bytes=self.config.device_budget(self.worker.inventory).totals(predicted))
+                                 result_key=self.worker.result_key(resolution), device_bytes=devices)
             self.optuna_study.add_trial(optuna.trial.create_trial(
                 values=trial_values(self.config, m), params={}, distributions={}, user_attrs=record.to_attrs()))
             n += 1
