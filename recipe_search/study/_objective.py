@@ -91,6 +91,7 @@ class Objective:
         if parent is not None:  # a second copy of a retry: one of them measures
             why = f"trial {parent} is retried by another trial already"
             record_pruned(trial, why)
+            trial.set_user_attr("result_key", None)  # Optuna's retry copies its parent's: this one measured nothing
             raise optuna.TrialPruned(why)
         choice = {p.name: trial.suggest_int(p.name, 0, len(p.ladder) - 1) for p in space.parameters}
         role = TrialRecord.from_trial(trial)

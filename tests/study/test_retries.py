@@ -134,3 +134,27 @@ def test_failed_trial_whose_retry_was_never_enqueued_is_retried(tmp_path) -> Non
         study.tell(study.ask({"x": optuna.distributions.IntDistribution(0, 3)}), state=TrialState.FAIL)
     assert retry_unretried(study) == []  # its line has had MAX_RETRIES retries
     assert len(study.trials) == MAX_RETRIES + 1
+
+
+def test_a_dropped_copy_of_a_retry_does_not_prune_its_recipe(tmp_path, monkeypatch, dense_model) -> None:
+    """Optuna's retry copies its parent's user attributes, the resolved recipe's key among them; a copy dropped as the
+    second retry of its parent was then taken for a pruned measurement of that recipe, and the next trial of the
+    recipe was pruned "as the same resolved recipe": the recipe was lost (the long soak on PostgreSQL)."""
+    from recipe_search.study._interrupts import RETRY_TAKEN
+    from recipe_search.study._storage import claim
+
+    study, name = _study(tmp_path, monkeypatch, dense_model)
+    opt, worker = study.optuna_study, study.worker
+    key = worker.result_key(worker.resolve(study.space.recipe({name: 1})))
+    opt.enqueue_trial({name: 1})
+    taken = opt.ask()
+    taken.suggest_int(name, 0, 1)
+    taken.set_user_attr("result_key", key)  # resolved, then its worker was killed
+    opt.tell(taken, state=TrialState.FAIL)
+    assert claim(opt._storage, taken._trial_id, RETRY_TAKEN)  # another retry of it took it
+    opt._storage.get_heartbeat_stale_trial_callback()(opt, opt.trials[0])  # and the stale check retries it again
+    study.run(n_trials=1)
+    assert opt.trials[1].state == TrialState.PRUNED and opt.trials[1].user_attrs["result_key"] is None
+    opt.enqueue_trial({name: 1}, user_attrs={"seed": "again"})
+    study.run(n_trials=1)
+    assert opt.trials[2].state == TrialState.COMPLETE
