@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from recipe_search.core.config import StudyConfig
 from recipe_search.study._interrupts import fail_silent_trials, retry_failed
 from recipe_search.study._storage import storage_for
+
+# trials taken with `ask` on a storage with heartbeats, as a worker takes them, without `optimize`
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def test_killed_trial_without_a_heartbeat_is_failed_and_retried(tmp_path) -> None:
