@@ -61,8 +61,8 @@ def remove_stale(cache: Path) -> list[Path]:
     """What killed runs left in the cache directory: trial GGUFs in work/, temporary references, the half-written
     entries of the tensor cache, the measurements and the task caches."""
     return (clean_workdir(cache / "work") + clean_references(cache / "references")
-            + clean_temporary(cache / "tensors", "*/.*.tmp") + clean_temporary(cache / "measurements")
-            + clean_temporary(cache / "tasks"))
+            + clean_temporary(cache / "tensors", "*/.*.tmp") + clean_temporary(cache / "tensors")  # entries, stats
+            + clean_temporary(cache / "measurements") + clean_temporary(cache / "tasks"))
 
 
 def _left_behind(pid: int) -> bool:

@@ -29,7 +29,7 @@ from ..core.recipe import Recipe
 from ..core.resolution import Resolution, resolve
 from ..core.size import predict_size
 from ..errors import RecipeSearchError
-from ..formats.files import check_output_file, refuse_non_regular
+from ..formats.files import DISK_FULL, check_output_file, refuse_non_regular
 from ..formats.ggml_types import GGML_IMATRIX_REQUIRED, IMATRIX_REQUIRED, FileType, GGMLType, is_quantized, parse_type
 from ..formats.imatrix_file import ImatrixInput
 from . import child, llama_log
@@ -263,7 +263,7 @@ def _check_room(out: Path, need: int) -> None:
     """Refuse to start (or explain a failed write) when the output's file system has less than ``need`` bytes free."""
     free = shutil.disk_usage(out.parent).free
     if free < need:
-        raise RecipeSearchError(f"no space left on device (ENOSPC): the quantized file needs {need:,} bytes, "
+        raise RecipeSearchError(f"{DISK_FULL}: the quantized file needs {need:,} bytes, "
                                 f"{free:,} are free", out)
 
 

@@ -52,9 +52,13 @@ def refuse_non_regular(path: Path) -> None:
         raise RecipeSearchError("is not a regular file (a device or a FIFO); refusing to replace it", path)
 
 
+#: how every error of a full disk says it (a study retries such a trial without counting it against the recipe)
+DISK_FULL = "no space left on device (ENOSPC)"
+
+
 def write_error(err: OSError, path: Path) -> RecipeSearchError:
     """A failed write as one line naming the file and the cause (ENOSPC: the disk is full)."""
-    why = "no space left on device (ENOSPC)" if err.errno == errno.ENOSPC else err.strerror or str(err)
+    why = DISK_FULL if err.errno == errno.ENOSPC else err.strerror or str(err)
     return RecipeSearchError(f"cannot write: {why}", path)
 
 

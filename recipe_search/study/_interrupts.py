@@ -17,6 +17,7 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..formats.files import DISK_FULL
 from ._records import enqueued_attrs
 from ._status import heartbeats
 from ._storage import claim
@@ -73,15 +74,25 @@ class AbandonGuard:
 
 #: how often a trial failed by an error is enqueued again, as Optuna's retry callback enqueues a killed worker's
 MAX_RETRIES = 3
+#: how often in all, full disks included: a full disk is not the recipe's doing and does not count against
+#: `MAX_RETRIES`, but a disk that stays full must not make a worker fail trials for good
+MAX_ATTEMPTS = 12
 
 
-def retry_failed(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Enqueue a trial that is failing (a full disk, a damaged cache entry) again, with its parameters and
-    enqueue-time attributes, unless it was retried `MAX_RETRIES` times already; whether it was."""
-    tries = int(trial.user_attrs.get("retries", 0))
-    if tries >= MAX_RETRIES or not trial.params:
+def _counts(reason: str | None) -> bool:
+    """Whether a failure counts against `MAX_RETRIES` (a full disk does not)."""
+    return DISK_FULL not in (reason or "")
+
+
+def retry_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """Enqueue a trial that is failing for ``reason`` (a full disk, a damaged cache entry) again, with its parameters
+    and enqueue-time attributes, unless it was retried `MAX_RETRIES` times already (`MAX_ATTEMPTS` with full disks);
+    whether it was."""
+    tries, attempts = int(trial.user_attrs.get("retries", 0)), int(trial.user_attrs.get("attempts", 0))
+    if (tries >= MAX_RETRIES and _counts(reason)) or attempts + 1 >= MAX_ATTEMPTS or not trial.params:
         return False
-    study.enqueue_trial(trial.params, user_attrs=enqueued_attrs(trial, requeued_from=trial.number, retries=tries + 1))
+    study.enqueue_trial(trial.params, user_attrs=enqueued_attrs(trial, requeued_from=trial.number,
+                                                                retries=tries + _counts(reason), attempts=attempts + 1))
     return True
 
 
@@ -118,6 +129,7 @@ def retry_unretried(study: optuna.Study) -> list[int]:
     killed between them left the trial failed for good, its recipe lost. Two workers may both enqueue one trial
     here; its retries claim it as they start (`retried_elsewhere`), so one of them measures it."""
     trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
     parents = {t.number: retry_parent(t) for t in trials}
     retried = set(parents.values())
     enqueued = []
@@ -125,11 +137,15 @@ def retry_unretried(study: optuna.Study) -> list[int]:
         params = t.params or t.system_attrs.get("fixed_params")
         if t.state != TrialState.FAIL or t.number in retried or not params:
             continue
-        depth, up = 0, parents[t.number]
-        while up is not None and depth <= MAX_RETRIES:
-            depth, up = depth + 1, parents.get(up)
-        if depth < MAX_RETRIES:
-            study.enqueue_trial(params, user_attrs=enqueued_attrs(t, requeued_from=t.number, retries=depth + 1))
+        tries = attempts = 0  # the failures before it in its line: those that count, and all
+        up = parents[t.number]
+        while up is not None and up in by_number and attempts < MAX_ATTEMPTS:
+            tries += _counts(by_number[up].user_attrs.get("failed"))
+            attempts, up = attempts + 1, parents[up]
+        if (tries < MAX_RETRIES or not _counts(t.user_attrs.get("failed"))) and attempts + 1 < MAX_ATTEMPTS:
+            study.enqueue_trial(params, user_attrs=enqueued_attrs(t, requeued_from=t.number,
+                                                                  retries=tries + _counts(t.user_attrs.get("failed")),
+                                                                  attempts=attempts + 1))
             enqueued.append(t.number)
     return enqueued
 

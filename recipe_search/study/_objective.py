@@ -131,7 +131,7 @@ class Objective:
             raise optuna.TrialPruned(str(stop)) from None
         except (RecipeSearchError, OSError) as err:  # the study records the trial as failed, with the reason
             record_failed(trial, str(err))
-            retry_failed(self.study, trial)  # a full disk or a damaged cache entry is gone the next time
+            retry_failed(self.study, trial, str(err))  # a full disk or a damaged cache entry is gone the next time
             raise
         record_measurement(trial, recipe, m)
         return trial_values(config, m)

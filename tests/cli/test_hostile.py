@@ -496,7 +496,7 @@ def test_stale_leftovers_are_removed_at_start(tmp_path, dense_model) -> None:
     (cache / "references" / f".0123abcd.{dead.pid}.xyz").mkdir()
     (cache / "references" / f".0123abcd.{dead.pid}.xyz" / "meta.json").write_text("{}")
     # half-written measurement records and task caches (atomic writes of a killed process)
-    records = [cache / d / f".x.json.{dead.pid}-abc123.tmp" for d in ("measurements", "tasks")]
+    records = [cache / d / f".x.json.{dead.pid}-abc123.tmp" for d in ("measurements", "tasks", "tensors")]
     for record in records:
         record.parent.mkdir()
         record.write_text("{")

@@ -77,7 +77,8 @@ def test_failed_trial_killed_before_optuna_records_it_is_measured_once(tmp_path,
     taken = opt.ask()  # the worker that takes it...
     taken.suggest_int(name, 0, 1)
     opt._storage.record_heartbeat(taken._trial_id)
-    assert retry_failed(opt, taken)  # ...fails it, enqueues it again, and is killed before Optuna records FAIL
+    assert retry_failed(opt, taken, "a damaged entry")  # ...fails it, enqueues it again, and is killed before
+    # Optuna records FAIL
     time.sleep(2.2)  # SQLite's clock has whole seconds
     optuna.storages.fail_stale_trials(opt)  # another worker finds it stale and enqueues it again
     assert [t.state for t in opt.trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
@@ -162,3 +163,40 @@ def test_a_dropped_copy_of_a_retry_does_not_prune_its_recipe(tmp_path, monkeypat
     opt.enqueue_trial({name: 1}, user_attrs={"seed": "again"})
     study.run(n_trials=1)
     assert opt.trials[2].state == TrialState.COMPLETE
+
+
+def test_a_full_disk_does_not_count_against_a_recipes_retries(tmp_path) -> None:
+    """A recipe failed four times by full disks was lost to the retry bound (the long soak on 4 PostgreSQL workers,
+    20 full disks a round): a full disk is not the recipe's doing. It does not count against MAX_RETRIES; MAX_ATTEMPTS
+    still ends a line a disk that stays full would feed for good."""
+    from recipe_search.formats.files import DISK_FULL
+    from recipe_search.study._interrupts import MAX_ATTEMPTS, MAX_RETRIES, retry_failed, retry_unretried
+
+    storage = storage_for(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1, grace=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    x = {"x": optuna.distributions.IntDistribution(0, 3)}
+
+    def fail(reason: str) -> None:
+        trial = study.ask(x)
+        trial.suggest_int("x", 0, 3)
+        trial.set_user_attr("failed", reason)
+        study.tell(trial, state=TrialState.FAIL)
+
+    study.enqueue_trial({"x": 1})
+    for _ in range(MAX_RETRIES + 2):  # full disks: retried past MAX_RETRIES
+        fail(f"cannot write: {DISK_FULL}")
+        assert retry_unretried(study)
+    for _ in range(MAX_RETRIES):  # a crash each time: MAX_RETRIES of them are retried...
+        fail("llama.cpp aborted")
+        assert retry_unretried(study)
+    fail("llama.cpp aborted")  # ...the next one is not
+    assert retry_unretried(study) == []
+    assert [t.user_attrs.get("retries") for t in study.trials][-1] == MAX_RETRIES
+    # a full disk that stays: the line ends after MAX_ATTEMPTS runs, and the study's own retry agrees
+    study.enqueue_trial({"x": 2})
+    for _ in range(MAX_ATTEMPTS - 1):
+        fail(f"cannot write: {DISK_FULL}")
+        assert retry_unretried(study)
+    trial = study.ask(x)
+    trial.suggest_int("x", 0, 3)
+    assert trial.user_attrs["attempts"] == MAX_ATTEMPTS - 1 and not retry_failed(study, trial, DISK_FULL)
