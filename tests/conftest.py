@@ -49,6 +49,14 @@ def sample_text() -> str:
 
 
 @pytest.fixture(scope="session")
+def prose_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A file of 12,000 characters of English-like prose: enough for the text-built tasks' cloze and prompts."""
+    path = tmp_path_factory.mktemp("text") / "prose.txt"
+    path.write_text(english_text(12000, seed=3))
+    return path
+
+
+@pytest.fixture(scope="session")
 def wiki_text() -> Path:
     """WikiText-2 raw test split from the shared data (skips when absent)."""
     return _shared_file("wikitext-2-raw/wiki.test.raw")

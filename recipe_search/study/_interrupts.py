@@ -84,16 +84,29 @@ def _counts(reason: str | None) -> bool:
     return DISK_FULL not in (reason or "")
 
 
-def retry_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
-    """Enqueue a trial that is failing for ``reason`` (a full disk, a damaged cache entry) again, with its parameters
-    and enqueue-time attributes, unless it was retried `MAX_RETRIES` times already (`MAX_ATTEMPTS` with full disks);
+def _params(trial: FrozenTrial) -> dict:
+    """The parameters a trial was proposed or enqueued with (a trial taken but never run has only the latter)."""
+    return trial.params or trial.system_attrs.get("fixed_params") or {}
+
+
+def _retry(study: optuna.Study, trial: optuna.Trial | FrozenTrial, params: dict, reason: str | None, tries: int,
+           attempts: int) -> bool:
+    """Enqueue ``trial``, failed for ``reason``, again with ``params`` and its enqueue-time attributes, unless its line
+    is at the bound: ``tries`` failures before it that count (`MAX_RETRIES`), ``attempts`` in all (`MAX_ATTEMPTS`);
     whether it was."""
-    tries, attempts = int(trial.user_attrs.get("retries", 0)), int(trial.user_attrs.get("attempts", 0))
-    if (tries >= MAX_RETRIES and _counts(reason)) or attempts + 1 >= MAX_ATTEMPTS or not trial.params:
+    counts = _counts(reason)
+    if (tries >= MAX_RETRIES and counts) or attempts + 1 >= MAX_ATTEMPTS or not params:
         return False
-    study.enqueue_trial(trial.params, user_attrs=enqueued_attrs(trial, requeued_from=trial.number,
-                                                                retries=tries + _counts(reason), attempts=attempts + 1))
+    study.enqueue_trial(params, user_attrs=enqueued_attrs(trial, requeued_from=trial.number, retries=tries + counts,
+                                                          attempts=attempts + 1))
     return True
+
+
+def retry_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """Enqueue a trial that is failing for ``reason`` (a full disk, a damaged cache entry) again, unless its line was
+    retried `MAX_RETRIES` times already (`MAX_ATTEMPTS` with full disks); whether it was."""
+    return _retry(study, trial, trial.params, reason, int(trial.user_attrs.get("retries", 0)),
+                  int(trial.user_attrs.get("attempts", 0)))
 
 
 #: the system attribute a retry claims on the trial it retries when it starts: one retry of a trial runs
@@ -122,8 +135,8 @@ def retried_elsewhere(study: optuna.Study, trial: optuna.Trial) -> int | None:
 
 
 def retry_unretried(study: optuna.Study) -> list[int]:
-    """Enqueue again every failed trial that has no retry and fewer than `MAX_RETRIES` retries before it in its
-    line, with its parameters and enqueue-time attributes; returns their numbers.
+    """Enqueue again every failed trial that has no retry and whose line is not at the bound (see `_retry`); returns
+    their numbers.
 
     A trial is failed and enqueued again in two steps (Optuna's stale-trial callback, `fail_silent_trials`): a worker
     killed between them left the trial failed for good, its recipe lost. Two workers may both enqueue one trial
@@ -134,18 +147,14 @@ def retry_unretried(study: optuna.Study) -> list[int]:
     retried = set(parents.values())
     enqueued = []
     for t in trials:
-        params = t.params or t.system_attrs.get("fixed_params")
-        if t.state != TrialState.FAIL or t.number in retried or not params:
+        if t.state != TrialState.FAIL or t.number in retried:
             continue
         tries = attempts = 0  # the failures before it in its line: those that count, and all
         up = parents[t.number]
         while up is not None and up in by_number and attempts < MAX_ATTEMPTS:
             tries += _counts(by_number[up].user_attrs.get("failed"))
             attempts, up = attempts + 1, parents[up]
-        if (tries < MAX_RETRIES or not _counts(t.user_attrs.get("failed"))) and attempts + 1 < MAX_ATTEMPTS:
-            study.enqueue_trial(params, user_attrs=enqueued_attrs(t, requeued_from=t.number,
-                                                                  retries=tries + _counts(t.user_attrs.get("failed")),
-                                                                  attempts=attempts + 1))
+        if _retry(study, t, _params(t), t.user_attrs.get("failed"), tries, attempts):
             enqueued.append(t.number)
     return enqueued
 
@@ -155,7 +164,7 @@ def requeue(study: optuna.Study, number: int) -> int | None:
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None or trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return None
-    params = trial.params or trial.system_attrs.get("fixed_params")
+    params = _params(trial)
     if not params:
         return None
     if trial.state == TrialState.RUNNING:  # interrupted before Optuna recorded the failure

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_models import english_text
 
 from recipe_search.formats.task_files import TaskItem, write_task_file
 
@@ -23,10 +22,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory, prose_file: Path) -> dict[str, Path]:
     where = tmp_path_factory.mktemp("tasks")
-    text = where / "prose.txt"
-    text.write_text(english_text(12000, seed=3))
+    text = prose_file
     items = [TaskItem(f"The river {w} the", ("stone.", "garden.", "old man.", "quiet town."), (i % 4,))
              for i, w in enumerate(("saw", "met", "hid", "ran", "kept", "lost"))]
     return {"text": text, "hellaswag": write_task_file("hellaswag", items, where / "hs.txt")}

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import english_text
 
 from recipe_search.core.recipe import uniform_recipe
 from recipe_search.core.text import TextSource
@@ -25,10 +24,8 @@ CONTINUATION = ContinuationSettings(prompts=6, prompt_tokens=16, new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def text(tmp_path_factory: pytest.TempPathFactory) -> TextSource:
-    path = tmp_path_factory.mktemp("text") / "prose.txt"
-    path.write_text(english_text(12000, seed=3))
-    return TextSource(path)
+def text(prose_file: Path) -> TextSource:
+    return TextSource(prose_file)
 
 
 def test_greedy_choices_follow_generation(dense_model: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_models import english_text
 
 from recipe_search.core.config import StudyConfig
 from recipe_search.core.inventory import read_inventory
@@ -22,10 +21,8 @@ CONTINUATION = ContinuationSettings(prompts=6, prompt_tokens=16, new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def prose(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("text") / "prose.txt"
-    path.write_text(english_text(12000, seed=3))
-    return path
+def prose(prose_file: Path) -> Path:
+    return prose_file
 
 
 def _checker(model: Path, prose: Path, cache: Path) -> TaskChecker:

@@ -9,7 +9,6 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from tiny_models import english_text
 
 from recipe_search.cli import main
 from recipe_search.core.config import StudyConfig
@@ -29,10 +28,8 @@ BASE = {"ctx": 128, "chunks": 4, "surrogate_seeds": 0, "refit_every": 0, "task_o
 
 
 @pytest.fixture(scope="module")
-def prose(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("text") / "prose.txt"
-    path.write_text(english_text(12000, seed=3))
-    return path
+def prose(prose_file: Path) -> Path:
+    return prose_file
 
 
 def _config(tmp_path: Path, **fields) -> Path:
