@@ -185,8 +185,7 @@ class TensorCache:
         entries = self._entries()
         with self._locked():
             for p in entries:
-                p.unlink(missing_ok=True)
-                p.with_suffix(".json").unlink(missing_ok=True)
+                remove_entry(p)
             (self.root / "stats.json").unlink(missing_ok=True)
         return len(entries)
 
@@ -206,8 +205,7 @@ class TensorCache:
                     break
                 if p in keep:
                     continue
-                p.unlink(missing_ok=True)
-                p.with_suffix(".json").unlink(missing_ok=True)
+                remove_entry(p)
                 total -= size
                 removed += 1
         return removed
@@ -225,12 +223,17 @@ class TensorCache:
                     bad.append((p, problem))
         with self._locked():
             for p, _ in bad:
-                p.unlink(missing_ok=True)
-                p.with_suffix(".json").unlink(missing_ok=True)
+                remove_entry(p)
             for record in self.root.glob("*/*.json"):  # records whose shard was never written (a killed fill)
                 if not record.with_suffix(".gguf").exists():
                     record.unlink(missing_ok=True)
         return len(entries), bad
+
+
+def remove_entry(path: Path) -> None:
+    """Remove a cached shard and its record."""
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
 
 
 def entry_problem(path: Path, size: int, expected: int | None) -> str | None:
@@ -324,8 +327,7 @@ class ModelTensors:
             if problem != NO_DIGEST:
                 warn_damaged(path, f"the cached {tensor.name} at {ggml_type.name}", problem,
                              "removed, quantizing it again")
-            path.unlink(missing_ok=True)
-            path.with_suffix(".json").unlink(missing_ok=True)
+            remove_entry(path)
         self.misses += 1
         self._fill(tensor, ggml_type, path)
         with contextlib.suppress(OSError):
@@ -370,8 +372,7 @@ class ModelTensors:
             if problem is None or problem == NO_DIGEST:
                 continue
             if is_entry:
-                path.unlink(missing_ok=True)
-                path.with_suffix(".json").unlink(missing_ok=True)
+                remove_entry(path)
             damaged.append(f"{tensor.name} at {ggml_type.name} ({problem}"
                            f"{'' if is_entry else '; the entry was replaced while the trial used it'})")
         return damaged
@@ -395,8 +396,7 @@ class ModelTensors:
             if problem is not None and problem != NO_DIGEST:
                 warn_damaged(path, f"the cached {tensor.name} at {ggml_type.name}", problem,
                              "removed, quantizing it again")
-            path.unlink(missing_ok=True)
-            meta.unlink(missing_ok=True)
+            remove_entry(path)
             self.shard(tensor, ggml_type)
         raise RecipeSearchError(f"no weight error recorded for {tensor.name} at {ggml_type.name}", meta)
 
