@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..formats.files import DISK_FULL
 from ._records import enqueued_attrs
 from ._status import heartbeats
-from ._storage import claim
+from ._storage import MAX_ATTEMPTS, MAX_RETRIES, claim
 
 
 class _DropInterrupt(logging.Filter):
@@ -72,16 +72,10 @@ class AbandonGuard:
             self.requeued = requeue(self.study, self.current)
 
 
-#: how often a trial failed by an error is enqueued again, as Optuna's retry callback enqueues a killed worker's
-MAX_RETRIES = 3
-#: how often in all, full disks included: a full disk is not the recipe's doing and does not count against
-#: `MAX_RETRIES`, but a disk that stays full must not make a worker fail trials for good
-MAX_ATTEMPTS = 12
-
-
 def _counts(reason: str | None) -> bool:
-    """Whether a failure counts against `MAX_RETRIES` (a full disk does not)."""
-    return DISK_FULL not in (reason or "")
+    """Whether a failure counts against `MAX_RETRIES`: an error does, a full disk or a killed worker (no reason)
+    does not."""
+    return reason is not None and reason != "" and DISK_FULL not in reason
 
 
 def _params(trial: FrozenTrial) -> dict:

@@ -67,6 +67,14 @@ def storage_label(url: str) -> str:
     return mask_credentials(url)
 
 
+#: how often a trial failed by an error is enqueued again
+MAX_RETRIES = 3
+#: how often in all: a full disk, or a worker killed under a trial (it records no reason: SIGKILL, the OOM killer, a
+#: power cut), is not the recipe's doing and does not count against `MAX_RETRIES`, but a disk that stays full or a
+#: recipe that kills every worker that runs it must not keep a study busy for good
+MAX_ATTEMPTS = 12
+
+
 def check_study_name(name: str) -> str:
     """Refuse a study name that is not a plain file name (it names the study's directory under studies/)."""
     if (not name or name in (".", "..") or "/" in name or "\\" in name
@@ -93,7 +101,9 @@ def storage_for(url: str, heartbeat: int | None = None, grace: int | None = None
     sqlite = url.startswith("sqlite")
     # pysqlite in autocommit: the transactions are SQLAlchemy's, begun IMMEDIATE (see `_lock_on_begin`)
     engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)  # two copies of one retry: see `_interrupts.retried_elsewhere`
+    # a killed worker's trial: retried up to MAX_ATTEMPTS runs in all (see `_interrupts`); two copies of one retry:
+    # see `_interrupts.retried_elsewhere`
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_ATTEMPTS - 1)
     storage = _opened(url, lambda: RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                                               grace_period=grace, heartbeat_stale_trial_callback=retry))
     if sqlite:

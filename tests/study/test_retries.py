@@ -127,8 +127,14 @@ def test_failed_trial_whose_retry_was_never_enqueued_is_retried(tmp_path) -> Non
     storage = storage_for(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1, grace=1)
     study = optuna.create_study(storage=storage, study_name="s")
     study.enqueue_trial({"x": 1}, user_attrs={"seed": "s1"})
-    taken = study.ask({"x": optuna.distributions.IntDistribution(0, 3)})
-    study.tell(taken, state=TrialState.FAIL)  # failed, and its worker killed before the retry
+
+    def fail() -> None:
+        """Fail the next trial with an error, its worker killed before the retry was enqueued."""
+        taken = study.ask({"x": optuna.distributions.IntDistribution(0, 3)})
+        taken.set_user_attr("failed", "llama.cpp aborted")
+        study.tell(taken, state=TrialState.FAIL)
+
+    fail()
     for _ in range(MAX_RETRIES):
         failed = study.trials[-1].number
         assert retry_unretried(study) == [failed]
@@ -136,7 +142,7 @@ def test_failed_trial_whose_retry_was_never_enqueued_is_retried(tmp_path) -> Non
         retry = study.trials[-1]
         assert retry.state == TrialState.WAITING and retry.system_attrs["fixed_params"] == {"x": 1}
         assert retry.user_attrs["seed"] == "s1" and retry.user_attrs["requeued_from"] == failed
-        study.tell(study.ask({"x": optuna.distributions.IntDistribution(0, 3)}), state=TrialState.FAIL)
+        fail()
     assert retry_unretried(study) == []  # its line has had MAX_RETRIES retries
     assert len(study.trials) == MAX_RETRIES + 1
 
@@ -200,3 +206,31 @@ def test_a_full_disk_does_not_count_against_a_recipes_retries(tmp_path) -> None:
     trial = study.ask(x)
     trial.suggest_int("x", 0, 3)
     assert trial.user_attrs["attempts"] == MAX_ATTEMPTS - 1 and not retry_failed(study, trial, DISK_FULL)
+
+
+def test_a_killed_worker_does_not_count_against_a_recipes_retries(tmp_path) -> None:
+    """A recipe whose workers were killed four times in a row was lost to the retry bound (the long soak on 4
+    PostgreSQL workers): a killed worker is not the recipe's doing. Its trial, failed without a reason by the stale
+    check, is retried by Optuna's callback and by the sweep of failed trials until MAX_ATTEMPTS runs, not
+    MAX_RETRIES."""
+    from recipe_search.study._interrupts import MAX_ATTEMPTS, MAX_RETRIES, retry_unretried
+
+    storage = storage_for(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1, grace=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    stale_retry = storage.get_heartbeat_stale_trial_callback()
+    x = {"x": optuna.distributions.IntDistribution(0, 3)}
+    study.enqueue_trial({"x": 1}, user_attrs={"seed": "s1"})
+    for run in range(1, MAX_ATTEMPTS + 1):
+        trial = study.ask(x)
+        study.tell(trial, state=TrialState.FAIL)  # the stale check fails a killed worker's trial...
+        stale_retry(study, study.trials[-1])  # ...and retries it
+        retried = study.trials[-1].state == TrialState.WAITING
+        assert retried == (run < MAX_ATTEMPTS), run
+        assert retry_unretried(study) == []  # the sweep adds no second retry, nor one past the bound
+    assert MAX_ATTEMPTS > MAX_RETRIES + 1
+    # a killed trial whose retry was never enqueued: the sweep retries it past MAX_RETRIES kills too
+    study.enqueue_trial({"x": 2})
+    for _ in range(MAX_RETRIES + 1):
+        killed = study.ask(x)
+        study.tell(killed, state=TrialState.FAIL)
+        assert retry_unretried(study) == [killed.number]
