@@ -18,8 +18,9 @@ workers left (as the next command of a user does), and the checks run: every tri
 and retried, or PRUNED as the second copy of one retry (the first measures it); no resolution key COMPLETE twice;
 no NaN; no temporary file left; the tensor cache within its bound; each resolution key's metrics and values equal to
 the undisturbed run's; every fault kind injected at least ``--faults`` times. ``--rounds`` soaks are run per storage,
-each a fresh study of the same list: a trial is retried 3 times at most (a killed worker's, by Optuna's callback; a
-failed one, by the study), so 200 faults of a kind are spread over rounds of a 60-recipe list rather than put on one.
+each a fresh study of the same list: a recipe's line of runs is bounded (3 failures by an error; a killed worker or a
+full disk does not count, and 12 runs in all), so 200 faults of a kind are spread over rounds of a 60-recipe list
+rather than put on one.
 Exit status 1 when a check fails (the JSON lists every problem).
 
 Needs root for the tmpfs mount: without it the disk-full fault cannot be injected and the run fails, saying so.
