@@ -16,7 +16,8 @@ TRIAL_PREFIX = "trial-"
 
 
 def clean_workdir(workdir: Path) -> list[Path]:
-    """Remove temporary GGUFs a killed worker left behind (a trial file whose process is gone)."""
+    """Remove temporary GGUFs a killed worker left behind (a trial file whose process is gone), and the temporary
+    files of its atomic writes there (a split trial's first file)."""
     removed: list[Path] = []
     if not workdir.is_dir():
         return removed
@@ -25,7 +26,7 @@ def clean_workdir(workdir: Path) -> list[Path]:
         if not pid.isdigit() or _left_behind(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
-    return removed
+    return removed + clean_temporary(workdir, f".{TRIAL_PREFIX}*.tmp")
 
 
 def clean_references(references: Path) -> list[Path]:

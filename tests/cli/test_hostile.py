@@ -492,6 +492,11 @@ def test_stale_leftovers_are_removed_at_start(tmp_path, dense_model) -> None:
     partial.write_bytes(b"x" * 100)
     live = cache / "work" / f"trial-{os.getppid()}-score.gguf.partial"
     live.write_bytes(b"x")
+    # a split trial's first file, written atomically by a killed worker (the long soak on PostgreSQL)
+    first = cache / "work" / f".trial-{dead.pid}-8e4bf350-00001-of-00112.gguf.{dead.pid}-ba4fec88.tmp"
+    first.write_bytes(b"x")
+    live_first = cache / "work" / f".trial-{os.getppid()}-1-00001-of-00002.gguf.{os.getppid()}-ab.tmp"
+    live_first.write_bytes(b"x")
     (cache / "references" / ".0123abcd.xyz").mkdir(parents=True)  # an empty temporary of an older run
     (cache / "references" / f".0123abcd.{dead.pid}.xyz").mkdir()
     (cache / "references" / f".0123abcd.{dead.pid}.xyz" / "meta.json").write_text("{}")
@@ -505,6 +510,7 @@ def test_stale_leftovers_are_removed_at_start(tmp_path, dense_model) -> None:
     run = run_cli("inspect", dense_model, env={**os.environ, "RECIPE_SEARCH_CACHE": str(cache)})
     assert run.returncode == 0, run.stderr
     assert not partial.exists() and live.exists()
+    assert not first.exists() and live_first.exists()
     assert not list((cache / "references").iterdir())
     assert not any(r.exists() for r in records) and kept.exists()
 
