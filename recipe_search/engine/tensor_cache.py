@@ -46,7 +46,7 @@ from ..formats.gguf_write import pad
 from . import libggml
 from .digest import file_digest, json_digest, warn_damaged
 from .fill_process import fill_in_child
-from .tensor_fill import FillJob, WeightError, fill
+from .tensor_fill import FillJob, WeightError, fill, source_data, weight_error, write_record
 
 #: shards found intact in this process (path, device, inode): each is checked once, on its first use
 _CHECKED: set[tuple[str, int, int]] = set()
@@ -378,34 +378,50 @@ class ModelTensors:
         return damaged
 
     def weight_error(self, tensor: Tensor, ggml_type: GGMLType) -> WeightError:
-        """The recorded weight error of ``tensor`` at ``ggml_type`` (quantizing it first if needed)."""
+        """The weight error of ``tensor`` at ``ggml_type``: from its entry's record, or computed from the cached
+        shard and the source (quantizing it first if needed, never again) and kept in the record."""
+        if ggml_type == tensor.ggml_type:  # a copy
+            return WeightError(0.0, 0.0, self.imatrix is not None)
         path = self.path(tensor, ggml_type)
         meta = path.with_suffix(".json")
         for _ in range(2):
-            problem: str | None = NO_DIGEST
+            self.shard(tensor, ggml_type)  # filled if missing, its bytes checked on first use
             try:
                 d = json.loads(meta.read_text())
                 problem = record_problem(d)
-                if problem is None:
+                if problem is None and "sq_error" in d:
                     return WeightError(float(d["sq_error"]), float(d["sq_source"]), bool(d["weighted"]),
                                        tuple(d["per_expert"]))
+                if problem is None:
+                    return self._record_weight_error(tensor, ggml_type, path, d)
             except FileNotFoundError:
-                pass  # not quantized yet
+                problem = None  # evicted meanwhile: filled again
             except (OSError, ValueError, KeyError, TypeError):
                 problem = "its record is unreadable"
             if problem is not None and problem != NO_DIGEST:
                 warn_damaged(path, f"the cached {tensor.name} at {ggml_type.name}", problem,
                              "removed, quantizing it again")
             remove_entry(path)
-            self.shard(tensor, ggml_type)
         raise RecipeSearchError(f"no weight error recorded for {tensor.name} at {ggml_type.name}", meta)
+
+    def _record_weight_error(self, tensor: Tensor, ggml_type: GGMLType, path: Path, record: dict) -> WeightError:
+        """The weight error of the entry at ``path`` (its shard dequantized against the source), added to its
+        ``record``."""
+        offset, n_bytes = shard_data(path)
+        with open(path, "rb") as fh:
+            shard = np.fromfile(fh, dtype=np.uint8, count=n_bytes, offset=offset)
+        err = weight_error(source_data(self.inventory.paths[tensor.file_index], tensor), shard, tensor, ggml_type,
+                           _imatrix_for(tensor, self.imatrix), self.threads)
+        write_record(path.with_suffix(".json"), {**record, "sq_error": err.sq_error, "sq_source": err.sq_source,
+                                                 "weighted": err.weighted, "per_expert": list(err.per_expert)})
+        return err
 
     def _fill(self, tensor: Tensor, ggml_type: GGMLType, path: Path) -> None:
         if ggml_type != tensor.ggml_type and is_quantized(tensor.ggml_type):
             raise RecipeSearchError(f"requantizing from type {tensor.ggml_type.name} is disabled ({tensor.name})",
                                     self.inventory.paths[tensor.file_index])
         job = FillJob(self.inventory.paths[tensor.file_index], tensor, ggml_type, _imatrix_for(tensor, self.imatrix),
-                      self.imatrix is not None, self.threads, self._shard_header(tensor, ggml_type), path)
+                      self.threads, self._shard_header(tensor, ggml_type), path)
         if self.isolated and ggml_type != tensor.ggml_type:
             fill_in_child(job)
         else:

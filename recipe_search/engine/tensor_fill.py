@@ -6,8 +6,9 @@ A tensor is quantized exactly as `llama_model_quantize_impl` / `llama_tensor_qua
 that never cross an expert boundary, each expert of a 3-D `*_exps` tensor with its own slice of
 the imatrix entry (`n_per_row` floats per expert), `ggml_validate_row_data` on the result. Rows are
 quantized independently, so how they are cut into chunks and threads does not change the bytes.
-A tensor whose type does not change is copied. Beside the shard, its record holds the imatrix-weighted
-squared quantization error (dequantized against the float source) and the digests `tensor_cache` checks.
+A tensor whose type does not change is copied. Beside the shard, its record holds the digests `tensor_cache`
+checks and, once the sensitivity proxy asked for it, the imatrix-weighted squared quantization error
+(the shard dequantized against the float source).
 """
 
 from __future__ import annotations
@@ -51,46 +52,77 @@ class WeightError:
         return self.sq_error / self.sq_source if self.sq_source > 0 else 0.0
 
 
-def quantize_tensor(raw: np.ndarray, tensor: Tensor, new_type: GGMLType, imatrix: np.ndarray | None,
-                    threads: int) -> tuple[list[np.ndarray], WeightError]:
-    """Quantize one source tensor (``raw``: its bytes) to ``new_type``; returns the data and the weight error.
-
-    The rows go to ``threads`` threads in chunks; each chunk is converted, quantized and compared with its
-    source in its thread (ggml's calls release the GIL), as llama.cpp converts and quantizes in its threads.
-    The chunks do not depend on ``threads``, and their errors are summed in row order: the same figures for
-    any thread count."""
+def _row_chunks(tensor: Tensor) -> list[tuple[int, int]]:
+    """Runs of rows (first, end) of at most `_CHUNK_ELEMENTS` floats that never cross an expert boundary."""
     n_per_row = tensor.shape[0]
     rows_per_expert = tensor.shape[1] if len(tensor.shape) > 1 else 1
     n_rows = tensor.n_elements // n_per_row
+    chunk_rows = max(1, min(rows_per_expert, _CHUNK_ELEMENTS // n_per_row))
+    return [(first, min(first + chunk_rows, expert + rows_per_expert))
+            for expert in range(0, n_rows, rows_per_expert) for first in range(expert, expert + rows_per_expert, chunk_rows)]
+
+
+def _rows_as_float(raw: np.ndarray, tensor: Tensor, first: int, end: int) -> np.ndarray:
+    """Source rows first..end as float32, converted by the source type's ``to_float`` as llama.cpp converts them."""
+    n_per_row = tensor.shape[0]
+    src = raw[first * libggml.row_size(int(tensor.ggml_type), n_per_row):end * libggml.row_size(int(tensor.ggml_type),
+                                                                                                n_per_row)]
+    if tensor.ggml_type == GGMLType.F32:
+        return src.view(np.float32).reshape(end - first, n_per_row)
+    return libggml.to_float(int(tensor.ggml_type), src, (end - first) * n_per_row).reshape(end - first, n_per_row)
+
+
+def _expert_imatrix(imatrix: np.ndarray | None, tensor: Tensor, first: int) -> np.ndarray | None:
+    """The imatrix columns of the expert that row ``first`` belongs to (the whole entry for a 2-D tensor)."""
+    n_per_row, rows_per_expert = tensor.shape[0], tensor.shape[1] if len(tensor.shape) > 1 else 1
+    expert = first // rows_per_expert
+    return None if imatrix is None else imatrix[expert * n_per_row:(expert + 1) * n_per_row]
+
+
+def quantize_tensor(raw: np.ndarray, tensor: Tensor, new_type: GGMLType, imatrix: np.ndarray | None,
+                    threads: int) -> np.ndarray:
+    """Quantize one source tensor (``raw``: its bytes) to ``new_type``; returns the data, one row after another.
+
+    The rows go to ``threads`` threads in chunks; each chunk is converted and quantized in its thread (ggml's
+    calls release the GIL), as llama.cpp converts and quantizes in its threads."""
+    n_per_row = tensor.shape[0]
     if libggml.requires_imatrix(int(new_type)) and imatrix is None:
         raise RecipeSearchError(f"ggml cannot quantize {tensor.name} to {new_type.name} without imatrix data")
-    q = np.empty((n_rows, libggml.row_size(int(new_type), n_per_row)), dtype=np.uint8)
-    chunk_rows = max(1, min(rows_per_expert, _CHUNK_ELEMENTS // n_per_row))
-    chunks = [(first, min(first + chunk_rows, expert + rows_per_expert))
-              for expert in range(0, n_rows, rows_per_expert) for first in range(expert, expert + rows_per_expert, chunk_rows)]
-    src_row = libggml.row_size(int(tensor.ggml_type), n_per_row)
+    q = np.empty((tensor.n_elements // n_per_row, libggml.row_size(int(new_type), n_per_row)), dtype=np.uint8)
 
-    def chunk(rows: tuple[int, int]) -> tuple[bool, float, float]:
+    def chunk(rows: tuple[int, int]) -> bool:
         first, end = rows
-        src = raw[first * src_row:end * src_row]
-        if tensor.ggml_type == GGMLType.F32:
-            x = src.view(np.float32).reshape(end - first, n_per_row)
-        else:
-            x = libggml.to_float(int(tensor.ggml_type), src, (end - first) * n_per_row).reshape(end - first, n_per_row)
-        expert = first // rows_per_expert
-        w = None if imatrix is None else imatrix[expert * n_per_row:(expert + 1) * n_per_row]
-        ok = libggml.quantize_rows(int(new_type), x, q[first:end], w)
-        return (ok, *_chunk_error(x, q[first:end], new_type, w))
+        return libggml.quantize_rows(int(new_type), _rows_as_float(raw, tensor, first, end), q[first:end],
+                                     _expert_imatrix(imatrix, tensor, first))
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        if not all(pool.map(chunk, _row_chunks(tensor))):
+            raise RecipeSearchError(f"quantized data validation failed for {tensor.name} ({new_type.name})")
+    return q.reshape(-1)
+
+
+def weight_error(raw: np.ndarray, quantized: np.ndarray, tensor: Tensor, new_type: GGMLType,
+                 imatrix: np.ndarray | None, threads: int) -> WeightError:
+    """The imatrix-weighted squared error of ``quantized`` (``tensor``'s data at ``new_type``) against the float
+    source ``raw``, from the data alone: nothing is quantized again. The chunks of `quantize_tensor` go to
+    ``threads`` threads and their errors are summed in row order: the same figures for any thread count."""
+    n_per_row = tensor.shape[0]
+    rows_per_expert = tensor.shape[1] if len(tensor.shape) > 1 else 1
+    q = quantized.reshape(tensor.n_elements // n_per_row, libggml.row_size(int(new_type), n_per_row))
+    chunks = _row_chunks(tensor)
+
+    def chunk(rows: tuple[int, int]) -> tuple[float, float]:
+        first, end = rows
+        return _chunk_error(_rows_as_float(raw, tensor, first, end), q[first:end], new_type,
+                            _expert_imatrix(imatrix, tensor, first))
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         done = list(pool.map(chunk, chunks))
-    if not all(ok for ok, _, _ in done):
-        raise RecipeSearchError(f"quantized data validation failed for {tensor.name} ({new_type.name})")
-    errors = np.zeros(max(1, n_rows // rows_per_expert))
-    for (first, _), (_, e, _) in zip(chunks, done, strict=True):
+    errors = np.zeros(max(1, len(q) // rows_per_expert))
+    for (first, _), (e, _) in zip(chunks, done, strict=True):
         errors[first // rows_per_expert] += e
-    return [q.reshape(-1)], WeightError(float(errors.sum()), float(sum(r for _, _, r in done)), imatrix is not None,
-                                        tuple(float(e) for e in errors))
+    return WeightError(float(errors.sum()), float(sum(r for _, r in done)), imatrix is not None,
+                       tuple(float(e) for e in errors))
 
 
 def _chunk_error(x: np.ndarray, q: np.ndarray, new_type: GGMLType, w: np.ndarray | None) -> tuple[float, float]:
@@ -112,38 +144,42 @@ class FillJob:
     tensor: Tensor
     ggml_type: GGMLType
     imatrix: np.ndarray | None  # the tensor's own imatrix entry, as llama.cpp would use it
-    imatrix_given: bool  # the model has an imatrix (what a copied tensor's record says of its weighting)
     threads: int
     header: bytes
     path: Path
 
 
-def _source(path: Path, tensor: Tensor) -> np.ndarray:
+def source_data(path: Path, tensor: Tensor) -> np.ndarray:
+    """The bytes of ``tensor`` in its source file, mapped."""
     with open(path, "rb") as fh:
         buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     return np.frombuffer(buf, dtype=np.uint8, count=tensor.n_bytes, offset=tensor.data_offset)
 
 
 def fill(job: FillJob) -> None:
-    """Quantize (or copy) the tensor and write its shard and record, both atomically, the record first."""
+    """Quantize (or copy) the tensor and write its shard and record, both atomically, the record first. The weight
+    error is not computed here (it would add a tenth to a cold trial): `ModelTensors.weight_error` adds it to the
+    record when the sensitivity proxy asks."""
     tensor, ggml_type = job.tensor, job.ggml_type
-    raw = _source(job.source, tensor)
-    if ggml_type == tensor.ggml_type:
-        data, err = [raw], WeightError(0.0, 0.0, job.imatrix_given)
-    else:
-        data, err = quantize_tensor(raw, tensor, ggml_type, job.imatrix, job.threads)
-    n_bytes = sum(d.nbytes for d in data)
+    raw = source_data(job.source, tensor)
+    data = raw if ggml_type == tensor.ggml_type else quantize_tensor(raw, tensor, ggml_type, job.imatrix, job.threads)
+    n_bytes = data.nbytes
     if n_bytes != tensor_bytes(ggml_type, tensor.shape):
         raise RecipeSearchError(f"{tensor.name} at {ggml_type.name}: {n_bytes} bytes quantized, "
                                 f"{tensor_bytes(ggml_type, tensor.shape)} expected")
     tail = bytes(pad(n_bytes, SHARD_ALIGNMENT) - n_bytes)
-    parts: list[bytes | memoryview] = [job.header, *[d.data for d in data], tail]
-    record = {"tensor": tensor.name, "type": ggml_type.name, "bytes": n_bytes, "sq_error": err.sq_error,
-              "sq_source": err.sq_source, "weighted": err.weighted, "per_expert": list(err.per_expert),
-              "digest": digest_of(parts), "created": time.time()}
-    record["record_digest"] = json_digest(record, "record_digest")
-    write_atomically(job.path.with_suffix(".json"), [json.dumps(record).encode()])
+    parts: list[bytes | memoryview] = [job.header, data.data, tail]
+    record = {"tensor": tensor.name, "type": ggml_type.name, "bytes": n_bytes, "digest": digest_of(parts),
+              "created": time.time()}
+    write_record(job.path.with_suffix(".json"), record)
     write_atomically(job.path, parts)
+
+
+def write_record(path: Path, record: dict) -> None:
+    """An entry's record, sealed with its own digest (``record_digest``), written atomically."""
+    record = {k: v for k, v in record.items() if k != "record_digest"}
+    record["record_digest"] = json_digest(record, "record_digest")
+    write_atomically(path, [json.dumps(record).encode()])
 
 
 def write_atomically(path: Path, parts: Iterable[bytes | memoryview]) -> None:

@@ -189,6 +189,25 @@ def test_weight_error_matches_numpy(qwen35_model, tmp_path) -> None:
         assert meta["tensor"] == name and meta["type"] == "Q2_K"
 
 
+def test_weight_error_is_computed_from_the_cached_shard_once(dense_model, tmp_path, monkeypatch) -> None:
+    """A trial's fill does not compute the weight error (a tenth of a cold trial at real shapes); the proxy computes
+    it from the cached shard and the source, without quantizing again, and keeps it in the entry's record."""
+    from recipe_search.engine import tensor_cache
+    from recipe_search.engine.tensor_cache import record_problem
+
+    tensors = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work").tensors
+    t = read_inventory(dense_model).by_name["blk.1.ffn_down.weight"]
+    meta = tensors.shard(t, GGMLType.Q4_0).with_suffix(".json")
+    assert "sq_error" not in json.loads(meta.read_text())
+    misses = tensors.misses
+    err = tensors.weight_error(t, GGMLType.Q4_0)
+    assert tensors.misses == misses and err.sq_error > 0 and not err.weighted
+    record = json.loads(meta.read_text())
+    assert record_problem(record) is None and (record["sq_error"], record["sq_source"]) == (err.sq_error, err.sq_source)
+    monkeypatch.setattr(tensor_cache, "weight_error", lambda *a, **k: pytest.fail("computed twice"))
+    assert tensors.weight_error(t, GGMLType.Q4_0) == err
+
+
 def test_missing_imatrix_is_a_clear_error(dense_model, tmp_path) -> None:
     worker = Worker(dense_model, SETTINGS, tmp_path / "cache", tmp_path / "work")
     with pytest.raises(RecipeSearchError, match="IQ2_XXS need an importance matrix"):
@@ -245,15 +264,18 @@ def test_slabs_stop_at_expert_boundaries(monkeypatch) -> None:
     imatrix = np.random.default_rng(1).uniform(0.5, 2.0, experts * n_per_row).astype(np.float32)
     tensor = Tensor("blk.0.ffn_up_exps.weight", (n_per_row, rows, experts), GGMLType.F32, 0, 0, True)
     monkeypatch.setattr(tensor_fill, "_CHUNK_ELEMENTS", 4 * n_per_row)  # chunks of 4 rows: 4, 4, 2 per expert
-    data, err = tensor_fill.quantize_tensor(x.view(np.uint8).ravel(), tensor, GGMLType.Q4_K, imatrix, threads=3)
-    assert tensor_fill.quantize_tensor(x.view(np.uint8).ravel(), tensor, GGMLType.Q4_K, imatrix, threads=1)[1] == err
+    raw = x.view(np.uint8).ravel()
+    data = tensor_fill.quantize_tensor(raw, tensor, GGMLType.Q4_K, imatrix, threads=3)
+    assert np.array_equal(tensor_fill.quantize_tensor(raw, tensor, GGMLType.Q4_K, imatrix, threads=1), data)
+    err = tensor_fill.weight_error(raw, data, tensor, GGMLType.Q4_K, imatrix, threads=3)
+    assert tensor_fill.weight_error(raw, data, tensor, GGMLType.Q4_K, imatrix, threads=1) == err
     whole = []
     for e in range(experts):
         q = np.empty((rows, ggml_ctypes.row_size(int(GGMLType.Q4_K), n_per_row)), np.uint8)
         assert ggml_ctypes.quantize_rows(int(GGMLType.Q4_K), x[e * rows:(e + 1) * rows], q,
                                          imatrix[e * n_per_row:(e + 1) * n_per_row])
         whole.append(q.ravel())
-    assert np.array_equal(np.concatenate(data), np.concatenate(whole))
+    assert np.array_equal(data, np.concatenate(whole))
     assert len(err.per_expert) == experts and sum(err.per_expert) == pytest.approx(err.sq_error)
 
 
