@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -194,28 +194,27 @@ class NeighbourTest:
         return self.low <= 0.0 <= self.high
 
 
-def neighbour_tests(order: Sequence[int], tokens: Sequence[np.ndarray | None], metric: str, chunk_tokens: int,
-                    n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> list[NeighbourTest | None]:
+def neighbour_tests(order: Sequence[int], values: Sequence[np.ndarray | None],
+                    statistic: Callable[[np.ndarray], np.ndarray] | None, unit: int, n_boot: int = 1000,
+                    level: float = 0.95, seed: int = 0) -> list[NeighbourTest | None]:
     """For each frontier point after the first (``order``: candidate indices by increasing size), the test
-    against its smaller neighbour on the chunks both were scored on, resampling whole chunks of ``chunk_tokens``
-    tokens; None where the metric has no per-token statistic or the two points' per-token values are missing,
-    not whole chunks, or share fewer than two."""
-    statistic = statistic_of(metric) if metric in TOKEN_STATISTICS else None
+    against its smaller neighbour on the units both were scored on: ``statistic`` of their per-token KLD
+    resampled in whole chunks of ``unit`` tokens, or of their per-item task values (``unit`` 1). None where there
+    is no statistic, or the two points' values are missing, not whole units, or share fewer than two."""
     out: list[NeighbourTest | None] = []
     for a, b in itertools.pairwise(order):
-        ta, tb = tokens[a], tokens[b]
-        if ta is not None and tb is not None and not (len(ta) % chunk_tokens or len(tb) % chunk_tokens):
-            ta, tb = shared_chunks(ta, tb, chunk_tokens)
+        ta, tb = values[a], values[b]
+        if ta is not None and tb is not None and not (len(ta) % unit or len(tb) % unit):
+            ta, tb = shared_chunks(ta, tb, unit)
         else:
             ta = tb = None
-        if statistic is None or ta is None or tb is None or len(ta) < 2 * chunk_tokens:
+        if statistic is None or ta is None or tb is None or len(ta) < 2 * unit:
             out.append(None)
             continue
         lo, hi = paired_bootstrap(np.asarray(ta, dtype=np.float64), np.asarray(tb, dtype=np.float64), statistic,
-                                  chunk_tokens, n_boot=n_boot, level=level, seed=seed)
+                                  unit, n_boot=n_boot, level=level, seed=seed)
         out.append(NeighbourTest(int(a), int(b), lo, hi, level))
     return out
-
 
 
 def pick_on_shared_chunks(first: int, contenders: Sequence[int], tokens: Sequence[np.ndarray | None], metric: str,

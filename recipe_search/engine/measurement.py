@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,15 @@ def encode_array(a: np.ndarray) -> str:
 
 def decode_array(s: str) -> np.ndarray:
     return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=np.float32)
+
+
+def encode_items(items: dict[str, np.ndarray]) -> dict[str, str]:
+    return {name: encode_array(values) for name, values in items.items()}
+
+
+def decode_items(encoded: dict[str, str] | None) -> dict[str, np.ndarray]:
+    """`encode_items` undone; a measurement made before task items were kept has none."""
+    return {name: decode_array(values) for name, values in (encoded or {}).items()}
 
 
 @dataclass(frozen=True)
@@ -61,19 +70,26 @@ class Measurement:
     seconds: dict[str, float]
     speed: Speed | None = None  # measured when the study optimises speed
     cached: bool = False  # read from the measurement cache instead of measured now
+    #: per task figure that is a mean or count over items (``cloze_acc``, ``continuation_agree_tokens``, ...), its
+    #: value item by item: what frontier steps and picks on a task objective are tested with (`TaskResult.items`)
+    task_items: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """The JSON form, per-token KLD included (encoded)."""
-        return {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
-                "fallbacks": self.fallbacks, "seconds": self.seconds,
-                "speed": None if self.speed is None else self.speed.to_dict(),
-                "kld_tokens": encode_array(self.kld_tokens)}
+        """The JSON form, per-token KLD and per-item task values included (encoded)."""
+        d = {"file_bytes": self.file_bytes, "bpw": self.bpw, "metrics": self.metrics,
+             "fallbacks": self.fallbacks, "seconds": self.seconds,
+             "speed": None if self.speed is None else self.speed.to_dict(),
+             "kld_tokens": encode_array(self.kld_tokens)}
+        if self.task_items:
+            d["task_items"] = encode_items(self.task_items)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, cached: bool = False) -> Measurement:
         return cls(file_bytes=int(d["file_bytes"]), bpw=float(d["bpw"]), metrics=dict(d["metrics"]),
                    kld_tokens=decode_array(d["kld_tokens"]), fallbacks=dict(d["fallbacks"]),
-                   seconds=dict(d["seconds"]), speed=speed_from_dict(d.get("speed")), cached=cached)
+                   seconds=dict(d["seconds"]), speed=speed_from_dict(d.get("speed")), cached=cached,
+                   task_items=decode_items(d.get("task_items")))
 
 
 class StoredMeasurement(Measurement):

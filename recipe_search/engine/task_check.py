@@ -94,6 +94,17 @@ class TaskResult:
         """The task's scalar figures (``cloze_acc``, ``cloze_flips_lost``, ...) as a trial's metrics keep them."""
         return {k: float(v) for k, v in self.figures.as_metrics().items() if isinstance(v, (int, float))}
 
+    def items(self) -> dict[str, np.ndarray]:
+        """Each task objective of this task (see `metrics.TASK_OBJECTIVES`) item by item, so that its figure is the
+        items' mean (``_acc``, ``_identical``, ``_agree_tokens``) or sum (``_flips_lost``)."""
+        t, f = self.spec.name, self.figures
+        if isinstance(f, ContinuationAgreement):
+            return {f"{t}_identical": (self.answers == f.tokens).astype(np.float32),
+                    f"{t}_agree_tokens": self.answers.astype(np.float32)}
+        lost = np.zeros(f.n, np.float32)
+        lost[list(f.lost_items)] = 1.0
+        return {f"{t}_acc": self.answers.astype(np.float32), f"{t}_flips_lost": lost}
+
     @property
     def headline(self) -> tuple[str, float]:
         """The task's one figure (metric name, value): accuracy, or mean tokens to the first divergence."""

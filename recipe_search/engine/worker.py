@@ -235,7 +235,7 @@ class Worker:
             kld_tokens=scored.stats.kld.astype(np.float32),
             fallbacks={k: dict(v) for k, v in resolution.fallbacks().items()},
             seconds={**built.seconds, **scored.seconds, **{f"task_{r.spec.name}": r.seconds for r in tasks}},
-            speed=timed)
+            speed=timed, task_items={k: v for r in tasks for k, v in r.items().items()})
         self._store(resolution, m)
         return m
 

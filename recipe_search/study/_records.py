@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from ..core.recipe import Recipe, recipe_from_dict
-from ..engine.measurement import Measurement, StoredMeasurement, speed_from_dict
+from ..engine.measurement import Measurement, StoredMeasurement, decode_items, speed_from_dict
 
 
 class _Trial(Protocol):
@@ -30,8 +30,9 @@ class _LiveTrial(_Trial, Protocol):
     def set_user_attr(self, key: str, value: Any) -> None: ...
 
 
-#: the keys of a trial's measurement (a duplicate copies exactly these from the trial it repeats)
-_MEASUREMENT_KEYS = ("recipe", "file_bytes", "bpw", "metrics", "fallbacks", "seconds", "speed", "kld_tokens")
+#: the keys of a trial's measurement (a duplicate copies those its trial has: task items only with task figures)
+_MEASUREMENT_KEYS = ("recipe", "file_bytes", "bpw", "metrics", "fallbacks", "seconds", "speed", "kld_tokens",
+                     "task_items")
 
 
 @dataclass
@@ -117,7 +118,8 @@ class TrialRecord:
             measurement = StoredMeasurement(
                 a.get("kld_tokens"), file_bytes=int(a["file_bytes"]), bpw=float(a["bpw"]), metrics=dict(a["metrics"]),
                 fallbacks=dict(a.get("fallbacks") or {}), seconds=dict(a.get("seconds") or {}),
-                speed=speed_from_dict(a.get("speed")), cached=bool(a.get("cached_measurement")))
+                speed=speed_from_dict(a.get("speed")), cached=bool(a.get("cached_measurement")),
+                task_items=decode_items(a.get("task_items")))
         values = getattr(trial, "values", None)
         return cls(number=trial.number, values=list(values) if values else None, reference=a.get("reference"),
                    seed=a.get("seed"), surrogate_seed=a.get("surrogate_seed"), refit=a.get("refit"),
@@ -146,7 +148,8 @@ def record_measurement(trial: _LiveTrial, recipe: Recipe, m: Measurement) -> Non
 def record_duplicate(trial: _LiveTrial, same: _Trial) -> None:
     """The trial repeats ``same``'s measurement (the same resolved recipe)."""
     for k in _MEASUREMENT_KEYS:
-        trial.set_user_attr(k, same.user_attrs[k])
+        if k in same.user_attrs:
+            trial.set_user_attr(k, same.user_attrs[k])
     trial.set_user_attr("duplicate_of", same.number)
 
 

@@ -7,6 +7,7 @@ the picked recipes (with their measurements and provenance) as YAML.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 
 from ..core.config import StudyConfig
 from ..core.kld import bootstrap_ci, paired_bootstrap, scored_per_chunk, shared_chunks
-from ..core.metrics import MAXIMISE, TAIL_STATISTICS, TOKEN_STATISTICS, statistic_of
+from ..core.metrics import MAXIMISE, TAIL_STATISTICS, TASK_OBJECTIVES, TOKEN_STATISTICS, statistic_of
 from ..core.pareto import NeighbourTest, Target, frontier_2d, neighbour_tests, pick_on_shared_chunks
 from ..core.recipe import ModelRef, Recipe
 from ..core.text import TextSource, text_sha256
@@ -80,20 +81,20 @@ class Selection:
     def _tied_with(self, pick: Pick, n_boot: int, seed: int) -> list[dict]:
         if pick.candidate is None:
             return []
-        c = self.candidates[pick.candidate]
-        per_chunk = scored_per_chunk(self.config.ctx)
-        if c.kld_tokens is None or len(c.kld_tokens) < 2 * per_chunk or self.objective not in TOKEN_STATISTICS:
+        values, unit, statistic = resampling_basis(self.candidates, self.objective, scored_per_chunk(self.config.ctx))
+        mine = values[pick.candidate]
+        if statistic is None or mine is None or len(mine) < 2 * unit:
             return []
         out = []
         for point in self.frontier:
-            o = self.candidates[point.candidate]
+            o, theirs = self.candidates[point.candidate], values[point.candidate]
             if point.candidate == pick.candidate or not pick.target.fits(o.bpw, o.file_bytes, o.device_bytes) \
-                    or o.kld_tokens is None:
+                    or theirs is None:
                 continue
-            a, b = shared_chunks(c.kld_tokens.astype(np.float64), o.kld_tokens.astype(np.float64), per_chunk)
-            if len(a) < 2 * per_chunk:
+            a, b = shared_chunks(mine.astype(np.float64), theirs.astype(np.float64), unit)
+            if len(a) < 2 * unit:
                 continue
-            lo, hi = paired_bootstrap(a, b, statistic_of(self.objective), per_chunk, n_boot=n_boot, seed=seed)
+            lo, hi = paired_bootstrap(a, b, statistic, unit, n_boot=n_boot, seed=seed)
             if lo <= 0.0 <= hi:
                 out.append({"trial": o.number, "name": o.name, "bpw": o.bpw, "file_bytes": o.file_bytes,
                             self.objective: float(o.metrics[self.objective]), "difference_ci95": [lo, hi]})
@@ -106,6 +107,27 @@ class Selection:
             return "smallest" if first else "not tested"
         smaller = self.candidates[point.test.smaller].number
         return f"{'distinct from' if point.distinct else 'tie with'} {trial}{smaller}"
+
+
+def _item_mean(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=-1)
+
+
+def _item_sum(x: np.ndarray) -> np.ndarray:
+    return x.sum(axis=-1)
+
+
+def resampling_basis(candidates: list[TrialRecord], objective: str, per_chunk: int
+               ) -> tuple[list[np.ndarray | None], int, Callable[[np.ndarray], np.ndarray] | None]:
+    """What a paired test of ``objective`` resamples, per candidate, its unit and its statistic: per-token KLD in
+    chunks of ``per_chunk`` tokens for a KLD statistic; per-item values one item a unit for a task objective (the
+    items' sum for a count of flips, else their mean); no statistic otherwise (size, speed, PPL ratio)."""
+    if objective in TOKEN_STATISTICS:
+        return [c.kld_tokens for c in candidates], per_chunk, statistic_of(objective)
+    if objective in TASK_OBJECTIVES:
+        items = [None if c.measurement is None else c.measurement.task_items.get(objective) for c in candidates]
+        return items, 1, _item_sum if objective.endswith("_flips_lost") else _item_mean
+    return [None] * len(candidates), 1, None
 
 
 def select(study: optuna.Study, url: str, objective: str | None, targets: list[Target], n_boot: int = 1000,
@@ -127,8 +149,8 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     sign = -1.0 if objective in MAXIMISE else 1.0
     quality = [sign * float(c.metrics[objective]) for c in candidates]
     order = [int(i) for i in frontier_2d([c.file_bytes for c in candidates], quality)]
-    tests = neighbour_tests(order, [c.kld_tokens for c in candidates], objective, scored_per_chunk(config.ctx),
-                            n_boot=n_boot, seed=seed)
+    values, unit, statistic = resampling_basis(candidates, objective, scored_per_chunk(config.ctx))
+    tests = neighbour_tests(order, values, statistic, unit, n_boot=n_boot, seed=seed)
     frontier = [FrontierPoint(i, test) for i, test in zip(order, [None, *tests])]
     picks = [Pick(t, _pick(t, candidates, quality, objective, config)) for t in targets]
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}

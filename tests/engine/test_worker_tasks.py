@@ -46,8 +46,12 @@ def test_measured_recipe_carries_its_task_figures(dense_model, prose, tmp_path) 
     assert expected and {k: m.metrics[k] for k in expected} == expected
     assert expected["continuation_identical"] < 1  # Q2_K of a tiny model: not the base itself
     assert m.seconds["task_cloze"] > 0 and m.seconds["task_continuation"] > 0
+    assert m.task_items["cloze_acc"].mean() == pytest.approx(m.metrics["cloze_acc"])
+    assert m.task_items["continuation_agree_tokens"].mean() == pytest.approx(m.metrics["continuation_agree_tokens"])
     again = worker.measure(recipe)
     assert again.cached and again.metrics == m.metrics
+    assert again.task_items.keys() == m.task_items.keys()
+    assert all((again.task_items[k] == m.task_items[k]).all() for k in m.task_items)
 
 
 def test_task_tokens_without_a_model(dense_model, prose, tmp_path) -> None:

@@ -13,11 +13,13 @@ import yaml
 from recipe_search.cli import main
 from recipe_search.core.config import StudyConfig
 from recipe_search.core.metrics import BY_NAME, TASK_OBJECTIVES
+from recipe_search.core.pareto import neighbour_tests
 from recipe_search.core.task_flips import continuation_agreement, item_flips
 from recipe_search.engine.task_check import TASK_KINDS, TaskResult, TaskSpec
 from recipe_search.engine.trial_cost import Rates
 from recipe_search.errors import RecipeSearchError
 from recipe_search.study import Study, measured_records
+from recipe_search.study._selection import resampling_basis
 
 pytestmark = pytest.mark.llama  # the task checks load llama.cpp
 
@@ -91,6 +93,17 @@ def test_study_optimises_task_figures(dense_model, prose, tmp_path) -> None:
         assert r.measurement is not None and r.measurement.seconds["task_cloze"] > 0
     q8 = next(r for r in records if r.reference)
     assert q8.metrics["continuation_agree_tokens"] >= min(r.metrics["continuation_agree_tokens"] for r in records)
+    # each task objective is kept item by item, so frontier steps and picks on it get a paired test, not "not tested"
+    for objective in TASK_OBJECTIVES:
+        if objective.split("_")[0] not in ("cloze", "continuation"):
+            continue
+        values, unit, statistic = resampling_basis(records, objective, per_chunk=127)
+        assert unit == 1 and statistic is not None
+        for r, v in zip(records, values):
+            assert v is not None and len(v) == r.metrics[objective.split("_")[0] + "_n"]
+            assert float(statistic(v.astype(np.float64)[None])[0]) == pytest.approx(r.metrics[objective])
+        tests = neighbour_tests(range(len(records)), values, statistic, unit)
+        assert all(t is not None for t in tests), objective
 
 
 def test_estimate_shows_each_task_beside_the_kld_trial(dense_model, prose, tmp_path, capsys, monkeypatch) -> None:
