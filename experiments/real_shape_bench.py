@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -213,13 +214,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         info["load_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(info, refs, runs, a.out)
+    report(info, refs, runs, a.out, work)
 
 
 
 
-def report(info: dict, refs: dict, runs: dict[str, list[dict]], out: Path) -> None:
-    """Print the medians side by side and write every number to ``out``."""
+def portable(text: str, work: Path) -> str:
+    """``text`` without this machine's paths: the scratch directory as WORK, the interpreter as python, files
+    beside the repository relative to it (../shared/...), any other absolute path by its file name."""
+    text = text.replace(str(work), "WORK").replace(sys.executable, "python")
+    text = re.sub(rf"{re.escape(str(Path.cwd().parent))}/[^\"\s]*", lambda m: os.path.relpath(m.group(0)), text)
+    return re.sub(r"(?<![\w.~])/[^\"\s]*/([^/\"\s]+)", r"\1", text)
+
+
+def report(info: dict, refs: dict, runs: dict[str, list[dict]], out: Path, work: Path) -> None:
+    """Print the medians side by side and write every number to ``out``, without this machine's paths."""
     sides = [k for k, r in runs.items() if r]
     summary: dict[str, dict] = {}
     for k in sides:
@@ -247,7 +256,8 @@ def report(info: dict, refs: dict, runs: dict[str, list[dict]], out: Path) -> No
     print("\ntensor cache after a cold trial: " + ", ".join(f"{k} {v:,} B" for k, v in cold_cache.items())
           + f"; {sum(cold_cache.values()):,} B in all")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**info, "summary": summary, "references": refs, "runs": runs}, indent=1) + "\n")
+    out.write_text(portable(json.dumps({**info, "summary": summary, "references": refs, "runs": runs}, indent=1),
+                            work) + "\n")
     print(f"wrote {out}")
 
 
