@@ -35,7 +35,7 @@ from ..core.recipe import uniform_recipe
 from ..core.resolution import resolve
 from ..core.size import predict_size
 from ..core.space import SearchSpace
-from ..formats.ggml_types import GGMLType, fallback, is_quantized, tensor_bytes
+from ..formats.ggml_types import GGMLType, block_size, fallback, is_quantized, tensor_bytes
 from .tensor_fill import quantize_tensor
 
 NIGHT_S = 8 * 3600
@@ -135,7 +135,11 @@ def _measure_eval(threads: int) -> tuple[float, str] | None:
 
 
 def measure_rates(inv: Inventory, where: Path, threads: int, types: list[GGMLType]) -> Rates:
-    n_per_row = max((t.shape[0] for t in inv.tensors if t.quantizable), default=4096)
+    # the model's widest rows, rounded up to whole blocks of every type measured (32 or 256 elements): a rate is per
+    # element, and rows a K-quant cannot take (a small model's) would only fail the measurement
+    widest = max((t.shape[0] for t in inv.tensors if t.quantizable), default=4096)
+    block = max((block_size(t) for t in types), default=1)
+    n_per_row = -(-widest // block) * block
     quant = _measure_quantize(types, n_per_row, threads)
     write, read, link = _measure_io(where)
     ev = _measure_eval(threads)

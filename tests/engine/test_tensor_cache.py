@@ -279,6 +279,20 @@ def test_slabs_stop_at_expert_boundaries(monkeypatch) -> None:
     assert len(err.per_expert) == experts and sum(err.per_expert) == pytest.approx(err.sq_error)
 
 
+def test_rates_are_measured_on_a_model_whose_rows_a_k_quant_cannot_take(dense_model, tmp_path, monkeypatch) -> None:
+    """`search --estimate` on the tiny dense model failed: the rate slice had the model's own row width, which Q6_K's
+    256-element blocks do not divide. The slice is rounded up to whole blocks of every type measured."""
+    from recipe_search.engine import trial_cost
+
+    monkeypatch.setattr(trial_cost, "_measure_io", lambda where: (1e9, 1e9, 1e-5))
+    monkeypatch.setattr(trial_cost, "_measure_eval", lambda threads: None)
+    inv = read_inventory(dense_model)
+    assert max(t.shape[0] for t in inv.tensors if t.quantizable) % 256
+    rates = trial_cost.measure_rates(inv, tmp_path, 1, [GGMLType.Q6_K, GGMLType.Q4_0])
+    assert set(rates.quantize_elements_per_s) == {"Q6_K", "Q4_0"}
+    assert all(r > 0 for r in rates.quantize_elements_per_s.values())
+
+
 def test_estimate_from_rates(qwen35_model) -> None:
     """The cost model: phases from rates, and the cache's nights between no cache and every tensor cached."""
     from recipe_search.core.config import StudyConfig
