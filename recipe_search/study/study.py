@@ -29,6 +29,7 @@ from ..core.cache_need import space_cache_need
 from ..core.config import StudyConfig
 from ..core.kld import scored_per_chunk
 from ..core.locations import cache_dir as default_cache_dir
+from ..core.metrics import MAXIMISE
 from ..core.resolution import resolve
 from ..core.size import predict_size
 from ..core.space import SearchSpace, build_space, reference_recipes, seed_recipes
@@ -263,7 +264,8 @@ class Study:
             return None
         measured = [(t, r) for t, r in records if r.measured]
         observed = [(measured_choice(t), r.metrics["kld_mean"]) for t, r in measured if t.params]
-        sizes = [(r.bpw, r.measured_values[1]) for _, r in measured]
+        sign = -1.0 if config.objectives[1] in MAXIMISE else 1.0  # the frontier's gaps are found on a minimised figure
+        sizes = [(r.bpw, sign * r.measured_values[1]) for _, r in measured]
         tried = {tuple(sorted(measured_choice(t).items())) for t in trials if t.params}
         if self._refit_base is None:
             self._refit_base = table_allocator(config, self.space, self.worker.inventory, self.table_directory,

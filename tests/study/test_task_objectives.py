@@ -132,3 +132,15 @@ def test_a_task_text_that_overlaps_the_search_text_is_warned(dense_model, prose,
     assert main(["search", str(dense_model), "--config", str(config), "--dir", str(tmp_path / "s")]) == 2
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "continuation task" in warnings[0] and "search text" in warnings[0], warnings
+
+
+def test_hypervolume_of_a_figure_to_maximise() -> None:
+    """A study optimising a task figure (higher is better) had its hypervolume computed as if lower were better (the
+    log10 of an accuracy, minimised): a recipe both smaller and more accurate than another counted as a trade-off."""
+    from recipe_search.study._records import TrialRecord
+    from recipe_search.study._summary import hypervolumes
+
+    records = [TrialRecord(0, values=[100.0, 0.9]), TrialRecord(1, values=[200.0, 0.5])]
+    # (100, 0.9) dominates (200, 0.5); the reference point lies just beyond the worst: (202, -0.495) negated
+    assert hypervolumes(records, maximise=True)[0] == pytest.approx((202 - 100) * (-0.495 + 0.9))
+    assert hypervolumes(records, maximise=True) != hypervolumes(records)
