@@ -13,6 +13,7 @@ from tiny_studies import STUDY_TOOLS, ffn_attn_recipe
 
 from recipe_search.cli import main
 from recipe_search.core.inventory import read_inventory
+from recipe_search.core.metrics import statistic_of
 from recipe_search.core.pareto import (
     frontier_2d,
     hypervolume_2d,
@@ -85,19 +86,19 @@ def test_ties_by_paired_bootstrap() -> None:
     better = base * 0.5
     tokens = [base, twin, better, base[:100]]
     # frontier by size: base (smallest), twin, better
-    tests = neighbour_tests([0, 1, 2], tokens, "kld_p999", 250, n_boot=400)
+    tests = neighbour_tests([0, 1, 2], tokens, statistic_of("kld_p999"), 250, n_boot=400)
     assert tests[0].tie and tests[0].low <= 0 <= tests[0].high
     assert not tests[1].tie and tests[1].low > 0  # the larger point is better beyond the interval
     assert (tests[1].smaller, tests[1].larger) == (1, 2)
-    mean_tests = neighbour_tests([0, 2], tokens, "kld_mean", 250, n_boot=400)
+    mean_tests = neighbour_tests([0, 2], tokens, statistic_of("kld_mean"), 250, n_boot=400)
     assert not mean_tests[0].tie
-    # different tokens, a metric without a per-token statistic, or not two whole chunks: no test
-    assert neighbour_tests([3, 0], tokens, "kld_p999", 250) == [None]
-    assert neighbour_tests([0, 2], tokens, "ppl_ratio", 250) == [None]
-    assert neighbour_tests([0, 1], [base, None], "kld_p999", 250) == [None]
-    assert neighbour_tests([0, 1], tokens, "kld_p999", 2500) != [None]  # two chunks: testable
-    assert neighbour_tests([0, 1], tokens, "kld_p999", 5000) == [None]  # one chunk: not
-    assert neighbour_tests([0, 1], tokens, "kld_p999", 2000) == [None]  # 5000 tokens are not whole chunks of 2000
+    # different tokens, no statistic (a metric without per-token values), or not two whole chunks: no test
+    assert neighbour_tests([3, 0], tokens, statistic_of("kld_p999"), 250) == [None]
+    assert neighbour_tests([0, 2], tokens, None, 250) == [None]
+    assert neighbour_tests([0, 1], [base, None], statistic_of("kld_p999"), 250) == [None]
+    assert neighbour_tests([0, 1], tokens, statistic_of("kld_p999"), 2500) != [None]  # two chunks: testable
+    assert neighbour_tests([0, 1], tokens, statistic_of("kld_p999"), 5000) == [None]  # one chunk: not
+    assert neighbour_tests([0, 1], tokens, statistic_of("kld_p999"), 2000) == [None]  # 5000 tokens are not whole chunks of 2000
 
 
 def test_trials_scored_on_more_chunks_are_compared_on_the_chunks_both_have() -> None:
@@ -106,7 +107,7 @@ def test_trials_scored_on_more_chunks_are_compared_on_the_chunks_both_have() -> 
     rng = np.random.default_rng(0)
     first = rng.exponential(0.05, 4 * 250)
     longer = np.concatenate([first * 0.5, rng.exponential(0.05, 4 * 250)])  # 8 chunks; better on the 4 shared
-    test = neighbour_tests([0, 1], [first, longer], "kld_p99", 250, n_boot=400)[0]
+    test = neighbour_tests([0, 1], [first, longer], statistic_of("kld_p99"), 250, n_boot=400)[0]
     assert test is not None and not test.tie and test.low > 0
     sizes = [100.0, 110.0, 105.0]
     worse = np.concatenate([first * 1.5, first])
