@@ -162,9 +162,9 @@ def pareto(a: argparse.Namespace) -> int:
                 print(f"  {'':>10}  task figures against the recipes it ties with on {sel.objective}:")
                 print_separation(f"trial {number}", mine, {f"trial {n}": r for n, r in tied}, " " * 16)
     n_tokens = int(sel.candidates[0].metrics.get("n_tokens", 0))
-    if sel.objective == "kld_p999" and n_tokens < 10_000:
-        print(f"note: {n_tokens} scored tokens per trial: the 99.9th percentile rests on the top "
-              f"{max(1, round(n_tokens / 1000))} or so tokens, hence the ties", file=sys.stderr)
+    if sel.objective in ("kld_p999", "kld_cvar999") and n_tokens < 10_000:
+        print(f"note: {n_tokens} scored tokens per trial: the worst 0.1% are the top {max(1, round(n_tokens / 1000))} "
+              "or so tokens, hence the ties", file=sys.stderr)
     return 0
 
 

@@ -159,9 +159,9 @@ def _run_study(study: Study, a: argparse.Namespace) -> int:
     if note := study.space.imatrix_note():
         log(f"note: {note}")
     n_scored = study.scored_tokens_per_trial
-    if n_scored < 10_000 and "kld_p999" in config.objectives:
-        log(f"note: {n_scored} scored tokens per trial: the 99.9th percentile rests on ~{max(1, n_scored // 1000)} "
-            "tokens; consider more --chunks or the kld_p99 objective")
+    if n_scored < 10_000 and {"kld_p999", "kld_cvar999"} & set(config.objectives):
+        log(f"note: {n_scored} scored tokens per trial: the worst 0.1% are ~{max(1, n_scored // 1000)} tokens; "
+            "consider more --chunks or the kld_p99 objective")
     prep = study.prepare(log)
     log(f"disk: reference cache <= {human_bytes(prep.disk['reference_cache'])}, temporary GGUF "
         f"{human_bytes(prep.disk['temporary_gguf'])}")
