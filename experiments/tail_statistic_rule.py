@@ -17,6 +17,7 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import smoke
 
@@ -33,12 +34,13 @@ def widths(frontier: dict, stat: str) -> list[float]:
 def decide(models: dict[str, list[dict]]) -> dict:
     """Per model and statistic, Spearman and width; per pair, the winner and why."""
     stats = [s for pair in PAIRS for s in pair]
-    table = {m: {s: {"spearman": statistics.fmean(f["spearman"][s] for f in fronts),
-                     "spearman_per_frontier": [f["spearman"][s] for f in fronts],
-                     "median_width": statistics.median(w for f in fronts for w in widths(f, s)),
-                     "recipes": sum(len(f["recipes"]) for f in fronts)} for s in stats}
-             for m, fronts in models.items()}
-    verdicts = {}
+    table: dict[str, dict[str, dict[str, Any]]] = {
+        m: {s: {"spearman": statistics.fmean(f["spearman"][s] for f in fronts),
+                "spearman_per_frontier": [f["spearman"][s] for f in fronts],
+                "median_width": statistics.median(w for f in fronts for w in widths(f, s)),
+                "recipes": sum(len(f["recipes"]) for f in fronts)} for s in stats}
+        for m, fronts in models.items()}
+    verdicts: dict[str, dict] = {}
     for pct, tail in PAIRS:
         higher = {m: pct if t[pct]["spearman"] > t[tail]["spearman"] else tail for m, t in table.items()}
         if len(set(higher.values())) == 1:
