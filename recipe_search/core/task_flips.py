@@ -11,6 +11,7 @@ how many an item sample of this size could have missed (about 3.8 at zero, whate
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,19 @@ _Z = 1.959963984540054  # the normal 97.5% quantile
 _TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def _mean(x: np.ndarray) -> np.ndarray:
+def item_mean(x: np.ndarray) -> np.ndarray:
+    """The mean over items (the last axis), as the bootstrap functions take a statistic."""
     return x.mean(axis=-1)
+
+
+def _item_sum(x: np.ndarray) -> np.ndarray:
+    return x.sum(axis=-1)
+
+
+def item_statistic(figure: str) -> Callable[[np.ndarray], np.ndarray]:
+    """How a task figure follows from its per-item values (`TaskResult.items`): a count of flips is their sum,
+    every other figure (an accuracy, a share, a mean of tokens) their mean."""
+    return _item_sum if figure.endswith("_flips_lost") else item_mean
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -106,7 +118,7 @@ def item_flips(task: str, base_correct: object, quant_correct: object) -> TaskFl
     lost, gained = base & ~quant, ~base & quant
     return TaskFlips(
         task=task, n=base.size, base_acc=float(b.mean()), quant_acc=float(q.mean()), acc_diff=float(q.mean() - b.mean()),
-        acc_diff_ci95=paired_bootstrap(q, b, _mean, 1, N_BOOT),
+        acc_diff_ci95=paired_bootstrap(q, b, item_mean, 1, N_BOOT),
         lost=int(lost.sum()), lost_ci95=_count_interval(int(lost.sum()), base.size),
         gained=int(gained.sum()), gained_ci95=_count_interval(int(gained.sum()), base.size),
         lost_items=tuple(int(i) for i in np.flatnonzero(lost)),
@@ -163,4 +175,4 @@ def continuation_agreement(divergence: object, tokens: int, task: str = "continu
         task=task, n=d.size, tokens=tokens, identical=float(same.mean()),
         identical_ci95=wilson(int(same.sum()), d.size),
         agree_tokens=float(d.mean()),
-        agree_tokens_ci95=bootstrap_ci(d, _mean, 1, N_BOOT))
+        agree_tokens_ci95=bootstrap_ci(d, item_mean, 1, N_BOOT))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.kld import paired_bootstrap
-from ..core.task_flips import ContinuationAgreement, TaskFlips, continuation_agreement, item_flips
+from ..core.task_flips import ContinuationAgreement, TaskFlips, continuation_agreement, item_flips, item_mean
 from ..core.text import TextSource, text_sha256
 from ..core.text_tasks import ClozeSettings, ContinuationSettings
 from ..errors import RecipeSearchError
@@ -117,8 +117,7 @@ def separation(a: TaskResult, b: TaskResult, n_boot: int = 1000) -> tuple[float,
     """95% paired interval over items of a's headline figure minus b's (the same items of one task)."""
     if a.spec != b.spec or a.answers.shape != b.answers.shape:
         raise ValueError("two results of different tasks")
-    return paired_bootstrap(a.answers.astype(np.float64), b.answers.astype(np.float64),
-                            lambda x: x.mean(axis=-1), 1, n_boot)
+    return paired_bootstrap(a.answers.astype(np.float64), b.answers.astype(np.float64), item_mean, 1, n_boot)
 
 
 class TaskChecker:

@@ -20,6 +20,7 @@ from ..core.kld import bootstrap_ci, paired_bootstrap, scored_per_chunk, shared_
 from ..core.metrics import MAXIMISE, TAIL_STATISTICS, TASK_OBJECTIVES, TOKEN_STATISTICS, statistic_of
 from ..core.pareto import NeighbourTest, Target, frontier_2d, neighbour_tests, pick_on_shared_chunks
 from ..core.recipe import ModelRef, Recipe
+from ..core.task_flips import item_statistic
 from ..core.text import TextSource, text_sha256
 from ..errors import RecipeSearchError
 from ..version import __version__
@@ -109,16 +110,8 @@ class Selection:
         return f"{'distinct from' if point.distinct else 'tie with'} {trial}{smaller}"
 
 
-def _item_mean(x: np.ndarray) -> np.ndarray:
-    return x.mean(axis=-1)
-
-
-def _item_sum(x: np.ndarray) -> np.ndarray:
-    return x.sum(axis=-1)
-
-
 def resampling_basis(candidates: list[TrialRecord], objective: str, per_chunk: int
-               ) -> tuple[list[np.ndarray | None], int, Callable[[np.ndarray], np.ndarray] | None]:
+                     ) -> tuple[list[np.ndarray | None], int, Callable[[np.ndarray], np.ndarray] | None]:
     """What a paired test of ``objective`` resamples, per candidate, its unit and its statistic: per-token KLD in
     chunks of ``per_chunk`` tokens for a KLD statistic; per-item values one item a unit for a task objective (the
     items' sum for a count of flips, else their mean); no statistic otherwise (size, speed, PPL ratio)."""
@@ -126,7 +119,7 @@ def resampling_basis(candidates: list[TrialRecord], objective: str, per_chunk: i
         return [c.kld_tokens for c in candidates], per_chunk, statistic_of(objective)
     if objective in TASK_OBJECTIVES:
         items = [None if c.measurement is None else c.measurement.task_items.get(objective) for c in candidates]
-        return items, 1, _item_sum if objective.endswith("_flips_lost") else _item_mean
+        return items, 1, item_statistic(objective)
     return [None] * len(candidates), 1, None
 
 
