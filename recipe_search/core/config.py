@@ -175,6 +175,10 @@ class StudyConfig(BaseModel):
     chunks: int = Field(ScoreSettings.chunks or 8, ge=limits.CHUNKS[0], le=limits.CHUNKS[1])
     imatrix: str | None = None
     threads: int = Field(ScoreSettings.threads, ge=limits.THREADS[0], le=limits.THREADS[1])
+    # threads that quantize the next enqueued trials' (and sweep cells') missing tensors while one is scored
+    # (`engine.prefill`; 0: none), taken from `threads` while scoring runs on the CPU; None: all `threads` when
+    # scoring runs on a GPU, none on the CPU (there it takes as much CPU time as it saves: experiments/reports/real-shapes.md)
+    prefill_threads: int | None = Field(None, ge=0, le=limits.THREADS[1])
     # layers offloaded to a GPU (-1: all); a GPU build
     gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=limits.GPU_LAYERS[0], le=limits.GPU_LAYERS[1])
     objectives: list[str] = Field(default_factory=lambda: ["size", "kld_cvar999"])  # experiments/tail_statistic_rule.py
@@ -311,6 +315,13 @@ class StudyConfig(BaseModel):
     def reference_chunks(self) -> int:
         """The most chunks a trial is scored on (the reference holds them, as far as the text goes)."""
         return self.chunks + self.extra_chunks
+
+    @property
+    def prefill_thread_count(self) -> int:
+        """`prefill_threads`, its default resolved."""
+        if self.prefill_threads is not None:
+            return self.prefill_threads
+        return self.threads if self.gpu_layers else 0
 
     def score_settings(self) -> ScoreSettings:
         """The scoring setup of every trial."""

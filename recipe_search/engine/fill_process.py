@@ -1,8 +1,8 @@
 """Cache misses quantized in a child process: a GGML_ASSERT there is one failed trial naming the pair.
 
 One child per process, started on the first miss and kept for the next ones (its start, an interpreter
-with numpy and libggml-base, is paid once); it reads `FillJob`s pickled on its stdin, runs
-`tensor_fill.fill` on each (the shard and record are written by the child, atomically, as in process)
+with numpy and libggml-base, is paid once; `prefill` keeps a `FillChild` of its own); it reads `FillJob`s
+pickled on its stdin, runs `tensor_fill.fill` on each (the shard and record are written by the child, atomically, as in process)
 and answers through a pipe. A child that dies is replaced at the next miss. It dies with its parent
 and ignores Ctrl-C (see `child`); Ctrl-C while it quantizes kills it, leaving no entry half-written.
 """
@@ -24,8 +24,8 @@ from . import child
 from .tensor_fill import FillJob, fill
 
 
-class _Filler:
-    """The running child, its stdin, the pipe it answers through and its stderr log."""
+class FillChild:
+    """A running child, its stdin, the pipe it answers through and its stderr log."""
 
     def __init__(self) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="recipe-search-fill-", suffix=".log")  # noqa: SIM115
@@ -47,13 +47,14 @@ class _Filler:
         self.jobs.flush()
 
     def run(self, job: FillJob) -> None:
+        """Fill ``job`` in the child; its error is a `RecipeSearchError`, its death `Died` (start another)."""
         try:
             self._send(job)
             status, message = pickle.load(self.replies)
         except (BrokenPipeError, EOFError, pickle.UnpicklingError):
             self.proc.wait()
             why = child.abort_reason(Path(self.log.name), self.proc.returncode)
-            raise _Died(f"llama.cpp aborted while quantizing {job.tensor.name} to {job.ggml_type.name}: {why}") \
+            raise Died(f"llama.cpp aborted while quantizing {job.tensor.name} to {job.ggml_type.name}: {why}") \
                 from None
         if status != "ok":
             raise RecipeSearchError(message)
@@ -70,21 +71,21 @@ class _Filler:
         self.log.close()
 
 
-class _Died(RecipeSearchError):
+class Died(RecipeSearchError):
     """The child died on a job (an abort or a kill): it is replaced at the next miss."""
 
 
-_filler: _Filler | None = None
+_filler: FillChild | None = None
 
 
 def fill_in_child(job: FillJob) -> None:
     """Run `tensor_fill.fill` for ``job`` in the child, starting one if none runs; its abort is a one-line error."""
     global _filler
     if _filler is None:
-        _filler = _Filler()
+        _filler = FillChild()
     try:
         _filler.run(job)
-    except _Died:
+    except Died:
         stop()
         raise
     except RecipeSearchError:

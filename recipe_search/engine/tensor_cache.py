@@ -29,7 +29,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,6 +285,9 @@ class ModelTensors:
         #: the digest each entry used here must have, from its record when it was checked or filled: a trial's
         #: bytes are checked against it even when the entry was replaced meanwhile (`recheck`)
         self.digests: dict[Path, str] = {}
+        #: called with an entry's path before it is looked up: `prefill.Prefill.claim` (waits while it is quantized
+        #: ahead, so that it is not quantized twice)
+        self.claim: Callable[[Path], None] | None = None
 
     def pin(self, pairs: Iterable[tuple[Tensor, GGMLType]]) -> None:
         """Keep these (tensor, type) entries through the evictions after this model's assemblies (replacing the
@@ -308,6 +311,8 @@ class ModelTensors:
         the first time in this process is checked (its size, and its digest against its record); a damaged one
         is removed and quantized again, with one warning line."""
         path = self.path(tensor, ggml_type)
+        if self.claim is not None:
+            self.claim(path)
         expected = len(self._shard_header(tensor, ggml_type)) + pad(tensor_bytes(ggml_type, tensor.shape),
                                                                      SHARD_ALIGNMENT)
         try:
@@ -416,12 +421,16 @@ class ModelTensors:
                                                  "weighted": err.weighted, "per_expert": list(err.per_expert)})
         return err
 
-    def _fill(self, tensor: Tensor, ggml_type: GGMLType, path: Path) -> None:
+    def fill_job(self, tensor: Tensor, ggml_type: GGMLType, threads: int) -> FillJob:
+        """The job that quantizes ``tensor`` to ``ggml_type`` into its entry, on ``threads`` threads."""
         if ggml_type != tensor.ggml_type and is_quantized(tensor.ggml_type):
             raise RecipeSearchError(f"requantizing from type {tensor.ggml_type.name} is disabled ({tensor.name})",
                                     self.inventory.paths[tensor.file_index])
-        job = FillJob(self.inventory.paths[tensor.file_index], tensor, ggml_type, _imatrix_for(tensor, self.imatrix),
-                      self.threads, self._shard_header(tensor, ggml_type), path)
+        return FillJob(self.inventory.paths[tensor.file_index], tensor, ggml_type, _imatrix_for(tensor, self.imatrix),
+                       threads, self._shard_header(tensor, ggml_type), self.path(tensor, ggml_type))
+
+    def _fill(self, tensor: Tensor, ggml_type: GGMLType, path: Path) -> None:
+        job = self.fill_job(tensor, ggml_type, self.threads)
         if self.isolated and ggml_type != tensor.ggml_type:
             fill_in_child(job)
         else:

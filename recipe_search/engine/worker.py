@@ -13,6 +13,7 @@ bytes changed on disk since their first use discard the measurement and remove t
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ import os
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -44,6 +45,7 @@ from .digest import json_digest, warn_damaged
 from .leftovers import TRIAL_PREFIX
 from .libggml import lib_dir
 from .measurement import Measurement
+from .prefill import Prefill
 from .quantize import PARTIAL_SUFFIX, check_imatrix, dry_run_types, quantize_model
 from .score import Reference, ScoreSettings, get_reference, score_quant
 from .speed import speed_of
@@ -82,13 +84,17 @@ class Worker:
 
     def __init__(self, model: Path, settings: ScoreSettings, cache_dir: Path, workdir: Path,
                  imatrix: ImatrixInput | None = None, keep: bool = False, tensor_cache: bool = True,
-                 tasks: TaskChecker | None = None) -> None:
+                 tasks: TaskChecker | None = None, prefill_threads: int = 0) -> None:
         self.model, self.settings, self.cache_dir, self.workdir = Path(model), settings, cache_dir, Path(workdir)
         self.inventory: Inventory = read_inventory(self.model)
         self.imatrix = imatrix
         self.tasks = tasks  # scored on every measured recipe; their figures join its metrics
         self.keep = keep
         self.tensor_cache = tensor_cache
+        #: threads that quantize the next recipes' missing tensors while one is scored (`prefill`; 0: none), taken
+        #: from scoring's unless it runs on a GPU
+        self.prefill_threads = prefill_threads if tensor_cache and (settings.gpu_layers or
+                                                                    settings.threads > prefill_threads) else 0
         self._reference: Reference | None = None
         self.reference_was_cached: bool | None = None
         self.reference_seconds = 0.0
@@ -126,6 +132,26 @@ class Worker:
         return ModelTensors(TensorCache.under(self.cache_dir), self.inventory, model_fingerprint(self.inventory),
                             None if self.imatrix is None else self.imatrix.arrays, self.imatrix.digest if self.imatrix else "",
                             self.settings.threads)
+
+    @functools.cached_property
+    def prefill(self) -> Prefill:
+        return Prefill(self.tensors, self.prefill_threads)
+
+    def _prefilling(self, then: Sequence[Recipe | Resolution]) -> ScoreSettings:
+        """Start quantizing the missing tensors of ``then`` (recipes measured next; llama.cpp mixtures left out) if
+        this worker does and any is missing; the settings to score with meanwhile."""
+        if not self.prefill_threads or not then:
+            return self.settings
+        pairs = [(x.tensor, x.ggml_type) for r in then if isinstance(r, Resolution) or not r.uses_mixture
+                 for x in (r if isinstance(r, Resolution) else self.resolve(r)).tensors]
+        if not self.prefill.start(pairs) or self.settings.gpu_layers:
+            return self.settings
+        return dataclasses.replace(self.settings, threads=self.settings.threads - self.prefill_threads)
+
+    def close(self) -> None:
+        """Stop quantizing ahead, if it does (a later `measure` starts again)."""
+        if "prefill" in self.__dict__:
+            self.__dict__.pop("prefill").close()
 
     def build(self, resolution: Resolution, path: Path, single_file: bool = False,
               allow_partial_imatrix: bool = False) -> Built:
@@ -189,12 +215,13 @@ class Worker:
 
     def measure(self, recipe: Recipe | Resolution, on_chunk: Callable[[int, TokenStats], None] | None = None,
                 speed: Placement | None = None, out: Path | None = None, use_cache: bool = True,
-                chunks: int | None = None) -> Measurement:
+                chunks: int | None = None, then: Sequence[Recipe | Resolution] = ()) -> Measurement:
         """Quantize and score ``recipe`` (or read its earlier measurement from the cache when no file
         is asked for, and it was scored on as many chunks), and with ``speed`` time it under that placement;
         ``on_chunk`` may raise StopScoring to abandon the trial. ``chunks``: how many of the reference's chunks to
         score (see `score_quant`). A recipe is resolved here, once; a `Resolution` (of this worker's `resolve`) is
-        measured as it is."""
+        measured as it is. ``then``: the recipes to be measured next, whose missing tensors are quantized while this
+        one is scored (with `prefill_threads`)."""
         resolution = recipe if isinstance(recipe, Resolution) else self.resolve(recipe)
         reference = self.reference
         if use_cache and out is None and (hit := self.cached(resolution, speed)) is not None and (
@@ -209,7 +236,12 @@ class Worker:
             built = self.build(resolution, path, single_file=self.keep or out is not None)
             if built.file_bytes != predicted.file_bytes:
                 raise RecipeSearchError(f"size prediction {predicted.file_bytes} != written {built.file_bytes}", path)
-            scored = score_quant(built.path, reference, self.settings, on_chunk, check=False, chunks=chunks)
+            try:
+                scored = score_quant(built.path, reference, self._prefilling(then), on_chunk, check=False,
+                                     chunks=chunks)
+            finally:
+                if self.prefill_threads and then:
+                    self.prefill.stop()
             timed = None if speed is None else speed_of(built.path, self.settings.threads, speed)
             tasks = self.tasks.score_all(built.path) if self.tasks is not None else []
             damaged = self._recheck(resolution, built)  # the bytes it used, while its links hold them

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.inventory import model_fingerprint
 from ..core.locations import shareable
+from ..engine.prefill import AHEAD
 from ..engine.worker import Worker
 from ..formats.ggml_types import GGMLType, bits_per_weight
 from .table import TABLE_FORMAT, SensitivityTable, planned_cells, sweep_ladders
@@ -42,7 +43,7 @@ def run_sweep(worker: Worker, out: Path, tensor_types: list[str] | None = None, 
     todo = [c for c in cells if table.cell(c[0], c[1].name) is None]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} in the table already, {len(todo)} to measure")
     for i, (kind, t, resolution) in enumerate(todo, 1):
-        m = worker.measure(resolution)
+        m = worker.measure(resolution, then=[r for _, _, r in todo[i:i + AHEAD]])
         row = {"tensor_type": kind, "ggml_type": t.name, "bpw": bits_per_weight(t),
                "n_elements": inv.kinds[kind].n_elements, "file_bytes": m.file_bytes, **m.metrics,
                "seconds": round(sum(m.seconds.values()), 3)}

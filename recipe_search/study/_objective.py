@@ -12,9 +12,11 @@ from optuna.trial import FrozenTrial, TrialState
 from ..core.config import StudyConfig
 from ..core.devices import DeviceBudget
 from ..core.metrics import BY_NAME, FORECAST
+from ..core.recipe import Recipe
 from ..core.size import predict_size
 from ..core.space import SearchSpace
 from ..engine.measurement import Measurement
+from ..engine.prefill import AHEAD
 from ..engine.worker import Worker
 from ..errors import RecipeSearchError, StopScoring
 from ._band import BandSteer
@@ -126,7 +128,8 @@ class Objective:
         plan = chunk_plan(config, predicted.bits_per_weight, predicted.file_bytes, devices)
         on_chunk = chunk_pruner(self.study, predicted.file_bytes, trial, config, plan) if prune else None
         try:
-            m = worker.measure(resolution, on_chunk=on_chunk, speed=config.speed_placement(), chunks=plan.chunks)
+            m = worker.measure(resolution, on_chunk=on_chunk, speed=config.speed_placement(), chunks=plan.chunks,
+                               then=self._ahead())
         except StopScoring as stop:
             raise optuna.TrialPruned(str(stop)) from None
         except (RecipeSearchError, OSError) as err:  # the study records the trial as failed, with the reason
@@ -135,6 +138,16 @@ class Objective:
             raise
         record_measurement(trial, recipe, m)
         return trial_values(config, m)
+
+
+    def _ahead(self) -> list[Recipe]:
+        """The recipes of the next enqueued trials (`AHEAD` of them), for a worker that quantizes while scoring."""
+        if not self.worker.prefill_threads:
+            return []
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        names = {p.name for p in self.space.parameters}
+        fixed = (t.system_attrs.get("fixed_params") or {} for t in sorted(waiting, key=lambda t: t.number))
+        return [self.space.recipe(f) for f in fixed if set(f) == names][:AHEAD]
 
 
 def _outside_band(config: StudyConfig, nbytes: int, bpw: float) -> str | None:

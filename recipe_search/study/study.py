@@ -119,7 +119,8 @@ class Study:
         imatrix = ImatrixInput.from_file(config.imatrix) if config.imatrix else None
         tasks = study_task_checker(config, model_path, default_cache_dir(cache))
         worker = Worker(model_path, config.score_settings(), default_cache_dir(cache),
-                        where / "work" / socket.gethostname(), imatrix=imatrix, tensor_cache=tensor_cache, tasks=tasks)
+                        where / "work" / socket.gethostname(), imatrix=imatrix, tensor_cache=tensor_cache, tasks=tasks,
+                        prefill_threads=config.prefill_thread_count)
         space = build_space(config, worker.inventory, has_imatrix=imatrix is not None,
                             imatrix_tensors=None if imatrix is None else imatrix.arrays.keys())
         check_study_inputs(config, worker, space)  # before the study exists: a bad config leaves nothing behind
@@ -193,8 +194,11 @@ class Study:
         w = self.worker
         settings = dataclasses.replace(w.settings, chunks=config.sweep_chunk_count, more_chunks=0)
         sweeper = Worker(w.model, settings, w.cache_dir, w.workdir,
-                         imatrix=w.imatrix, tensor_cache=w.tensor_cache)
-        table = run_sweep(sweeper, out, ladders=surrogate_ladders(self.space, self.worker.inventory), log=log)
+                         imatrix=w.imatrix, tensor_cache=w.tensor_cache, prefill_threads=w.prefill_threads)
+        try:
+            table = run_sweep(sweeper, out, ladders=surrogate_ladders(self.space, self.worker.inventory), log=log)
+        finally:
+            sweeper.close()
         if "sweep_seconds" not in self.optuna_study.user_attrs:
             seconds = sweeper.reference_seconds * (not sweeper.reference_was_cached)
             seconds += sum(float(r.get("seconds") or 0.0) for r in table.rows)
@@ -299,9 +303,12 @@ class Study:
         guard = self._guard = AbandonGuard(self.optuna_study)  # a second Ctrl-C: no traceback, the trial queued again
         with guard:
             objective = Objective(self.space, self.config, self.worker, self.optuna_study, on_trial_start)
-            self.optuna_study.optimize(guard.track(objective), n_trials=n_trials, timeout=timeout,
-                                       callbacks=[*callbacks, count_and_stop],
-                                       catch=(RecipeSearchError, OSError, MemoryError))
+            try:
+                self.optuna_study.optimize(guard.track(objective), n_trials=n_trials, timeout=timeout,
+                                           callbacks=[*callbacks, count_and_stop],
+                                           catch=(RecipeSearchError, OSError, MemoryError))
+            finally:
+                self.worker.close()  # what it quantizes ahead ends with the run
         return RunOutcome(counted[0], self._stop_requested)
 
     def pin_frontier(self) -> int:
