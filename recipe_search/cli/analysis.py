@@ -132,7 +132,8 @@ def pareto(a: argparse.Namespace) -> int:
         return 0
     _print_frontier(sel)
     if sel.picks:
-        print(f"\npicks (the best measured {sel.objective} at or under each target):")
+        print(f"\npicks (the best measured {sel.objective} at or under each target, or of the recipes tied with it "
+              "there, the one with a distinctly lower mean KLD):")
     for i, pick in enumerate(sel.picks):
         if pick.candidate is None:
             print(f"  {pick.target.label:>10}  {_nothing_fits(sel, pick.target)}")
@@ -145,6 +146,11 @@ def pareto(a: argparse.Namespace) -> int:
               f"{devices}, "
               f"{sel.objective} {c.metrics[sel.objective]:.4g}, {sel.status(point) if point else 'off the frontier'}"
               f" -> {written[i]}")
+        if pick.instead_of is not None:
+            note = sel.steadier_note(pick)
+            lo, hi = note["kld_mean_difference_ci95"]
+            print(f"  {'':>10}  instead of trial {note['trial']} ({note['bpw']:.3f} bpw, {sel.objective} "
+                  f"{note[sel.objective]:.4g}): tied on it, mean KLD distinctly lower (difference {lo:+.3g} .. {hi:+.3g})")
         ties = sel.ties(pick)
         if ties:
             print(f"  {'':>10}  cannot be told apart (95% paired chunk bootstrap of {sel.objective}) from: "

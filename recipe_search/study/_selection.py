@@ -7,7 +7,7 @@ the picked recipes (with their measurements and provenance) as YAML.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,9 @@ class FrontierPoint:
 class Pick:
     target: Target
     candidate: int | None  # None: nothing measured fits the target
+    #: the best recipe on the objective, when the pick is another that ties it there with a distinctly lower mean KLD
+    #: (`_steadier`): (its candidate index, the 95% interval of the mean-KLD difference, pick minus it)
+    instead_of: tuple[int, tuple[float, float]] | None = None
 
 
 @dataclass
@@ -79,7 +82,8 @@ class Selection:
             self._ties[pick] = self._tied_with(pick, n_boot, seed)
         return self._ties[pick]
 
-    def _tied_with(self, pick: Pick, n_boot: int, seed: int) -> list[dict]:
+    def _tied_with(self, pick: Pick, n_boot: int, seed: int, among: Iterable[int] | None = None) -> list[dict]:
+        """`ties` among the candidates ``among`` (default: the frontier's)."""
         if pick.candidate is None:
             return []
         values, unit, statistic = resampling_basis(self.candidates, self.objective, scored_per_chunk(self.config.ctx))
@@ -87,10 +91,9 @@ class Selection:
         if statistic is None or mine is None or len(mine) < 2 * unit:
             return []
         out = []
-        for point in self.frontier:
-            o, theirs = self.candidates[point.candidate], values[point.candidate]
-            if point.candidate == pick.candidate or not pick.target.fits(o.bpw, o.file_bytes, o.device_bytes) \
-                    or theirs is None:
+        for i in (p.candidate for p in self.frontier) if among is None else among:
+            o, theirs = self.candidates[i], values[i]
+            if i == pick.candidate or not pick.target.fits(o.bpw, o.file_bytes, o.device_bytes) or theirs is None:
                 continue
             a, b = shared_chunks(mine.astype(np.float64), theirs.astype(np.float64), unit)
             if len(a) < 2 * unit:
@@ -100,6 +103,15 @@ class Selection:
                 out.append({"trial": o.number, "name": o.name, "bpw": o.bpw, "file_bytes": o.file_bytes,
                             self.objective: float(o.metrics[self.objective]), "difference_ci95": [lo, hi]})
         return out
+
+    def steadier_note(self, pick: Pick) -> dict:
+        """Which recipe the pick was preferred over (`_steadier`), and why."""
+        assert pick.instead_of is not None
+        best, ci = pick.instead_of
+        o = self.candidates[best]
+        return {"trial": o.number, "name": o.name, "bpw": o.bpw, self.objective: float(o.metrics[self.objective]),
+                "why": f"the best {self.objective} at the target, tied with the pick on it; the pick's mean KLD is "
+                       "distinctly lower", "kld_mean_difference_ci95": list(ci)}
 
     def status(self, point: FrontierPoint, trial: str = "#") -> str:
         """How a frontier point stands against its smaller neighbour, in words (``trial`` prefixes trial numbers)."""
@@ -148,9 +160,11 @@ def select(study: optuna.Study, url: str, objective: str | None, targets: list[T
     picks = [Pick(t, _pick(t, candidates, quality, objective, config)) for t in targets]
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     counts["duplicates"] = sum(TrialRecord.from_trial(t).duplicate_of is not None for t in study.get_trials(deepcopy=False))
-    return Selection(study.study_name, mask_credentials(url), Path(study.user_attrs["model"]), config, objectives,
-                     objective, counts, candidates, frontier, picks, study_tools(study),
-                     {int(k): v for k, v in study.user_attrs.get(TASK_FIGURES, {}).items()})
+    sel = Selection(study.study_name, mask_credentials(url), Path(study.user_attrs["model"]), config, objectives,
+                    objective, counts, candidates, frontier, picks, study_tools(study),
+                    {int(k): v for k, v in study.user_attrs.get(TASK_FIGURES, {}).items()})
+    sel.picks = [_steadier(sel, p, n_boot, seed) for p in picks]
+    return sel
 
 
 def _pick(target: Target, candidates: list[TrialRecord], quality: list[float], objective: str,
@@ -166,6 +180,25 @@ def _pick(target: Target, candidates: list[TrialRecord], quality: list[float], o
               and len(c.kld_tokens) > config.chunks * per_chunk and target.fits(c.bpw, c.file_bytes, c.device_bytes)]
     return pick_on_shared_chunks(best, longer, [c.kld_tokens for c in candidates], objective, per_chunk,
                                  [c.file_bytes for c in candidates])
+
+
+def _steadier(sel: Selection, pick: Pick, n_boot: int, seed: int) -> Pick:
+    """For a tail objective: among the measured recipes that fit the target and that the pick cannot be told apart
+    from on it (95% paired chunk bootstrap), the one with the lowest mean KLD, if that mean is distinctly below the
+    pick's; else the pick. A tail statistic of a few thousand tokens rests on a handful of them; the mean on all."""
+    if pick.candidate is None or sel.objective not in TAIL_STATISTICS:
+        return pick
+    tied = sel._tied_with(pick, n_boot, seed, among=range(len(sel.candidates)))
+    if not tied:
+        return pick
+    index = {c.number: i for i, c in enumerate(sel.candidates)}
+    other = min((index[t["trial"]] for t in tied), key=lambda i: sel.candidates[i].metrics["kld_mean"])
+    a, b = sel.candidates[other].kld_tokens, sel.candidates[pick.candidate].kld_tokens
+    assert a is not None and b is not None  # `ties` compares only recipes with per-token KLD
+    unit = scored_per_chunk(sel.config.ctx)
+    a, b = shared_chunks(a.astype(np.float64), b.astype(np.float64), unit)
+    lo, hi = paired_bootstrap(a, b, statistic_of("kld_mean"), unit, n_boot=n_boot, seed=seed)
+    return Pick(pick.target, other, (pick.candidate, (lo, hi))) if hi < 0 else pick
 
 
 #: the study attribute holding the task figures of its trials (`record_task_figures`)
@@ -240,7 +273,8 @@ def picked_recipe(sel: Selection, pick: Pick, model: ModelRef | None, versions: 
                   "objective": sel.objective, "target": pick.target.label,
                   "frontier": f"{how} (95% paired chunk bootstrap of {sel.objective} against the next smaller "
                               "frontier point)",
-                  "ties": sel.ties(pick)},
+                  "ties": sel.ties(pick),
+                  **({} if pick.instead_of is None else {"instead_of": sel.steadier_note(pick)})},
         "scoring": {"model": sel.model.name, **text_ref(cfg.text), "ctx": cfg.ctx, "chunks": cfg.chunks,
                     "imatrix": Path(cfg.imatrix).name if cfg.imatrix else None},
         "tools": versions,
