@@ -343,6 +343,7 @@ def _estimate(model: Path, config: StudyConfig, cache: Path, as_json: bool) -> i
         print(f"{label:<34}{n['cpu'][key]:>10.0f}{n['gpu'][key]:>14.0f}")
     print(f"{'of which quantizing (min)':<34}{n['cpu']['with_cache_quantize_s'] / 60:>10.0f}"
           f"{n['gpu']['with_cache_quantize_s'] / 60:>14.0f}")
+    print(f"{'with the cache, quantizing ahead':<34}{'-':>10}{n['gpu']['with_cache_quantizing_ahead']:>14.0f}")
     print(f"\n{need.line}")
     if need.warning:
         _warn([need.warning])

@@ -159,10 +159,11 @@ class Estimate:
 
 
 def _night_with_cache(space: SearchSpace, cost: dict[tuple[str, str], float], warm_s: float,
-                      seed: int = 0) -> tuple[float, float]:
+                      seed: int = 0, hidden_s: float = 0.0) -> tuple[float, float]:
     """(trials in 8 hours, seconds spent quantizing) when every trial draws each parameter's ladder index
-    uniformly at random and pays the quantization of each (parameter, type) it meets for the first time;
-    both NaN when a warm trial's cost is unknown (no CPU evaluation rate: the loop would never end)."""
+    uniformly at random and pays the quantization of each (parameter, type) it meets for the first time, less
+    ``hidden_s`` of it (quantized ahead while the trial before is scored); both NaN when a warm trial's cost is
+    unknown (no CPU evaluation rate: the loop would never end)."""
     if not math.isfinite(warm_s):
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
@@ -172,9 +173,10 @@ def _night_with_cache(space: SearchSpace, cost: dict[tuple[str, str], float], wa
     while True:
         picks = {(p.name, p.ladder[int(rng.integers(len(p.ladder)))].name) for p in space.parameters}
         fill = sum(cost[k] for k in picks - seen)
-        if spent + warm_s + fill > NIGHT_S:
+        paid = max(0.0, fill - hidden_s)
+        if spent + warm_s + paid > NIGHT_S:
             return n, filling
-        spent += warm_s + fill
+        spent += warm_s + paid
         filling += fill
         seen |= picks
         n += 1
@@ -223,8 +225,13 @@ def estimate(inv: Inventory, rates: Rates, tokens: int, space: SearchSpace, expe
         with_cache, filling = _night_with_cache(space, cost, warm)
         nights[name] = {"trial_s_without_cache": without, "trial_s_warm": warm, "without_cache": NIGHT_S / without,
                         "with_cache": with_cache, "with_cache_quantize_s": filling, "all_warm": NIGHT_S / warm}
+        if name == "gpu":  # the CPU quantizes the next trial's tensors while the GPU scores (`prefill`)
+            nights[name]["with_cache_quantizing_ahead"] = _night_with_cache(space, cost, warm,
+                                                                            hidden_s=warm - assembly)[0]
     notes.append(f"assumed: GPU evaluation {GPU_TOKENS_PER_S:.0f} tokens/s, host-to-GPU copy "
                  f"{GPU_UPLOAD_BYTES_PER_S / 1e9:.0f} GB/s")
     notes.append("with the cache: each trial draws every searched parameter's type uniformly at random and "
                  "quantizes the (parameter, type) pairs it meets first; the rest is linked")
+    notes.append("quantizing ahead (by default on a GPU): the CPU quantizes the next trial's missing tensors while the "
+                 "GPU scores; a bound, as only trials known ahead (the sweep's cells, enqueued trials) can be")
     return Estimate(phases, nights, f"uniform {recipe_type.name}", size.file_bytes, active, notes, dict(task_tokens))

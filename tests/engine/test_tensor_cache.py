@@ -312,6 +312,10 @@ def test_estimate_from_rates(qwen35_model) -> None:
     assert n["without_cache"] == pytest.approx(NIGHT_S / (cpu["quantize_cold"] + cpu["load"] + cpu["evaluation"]))
     assert n["without_cache"] <= n["with_cache"] <= n["all_warm"]
     assert est.active_params == pytest.approx(inv.n_elements)  # the test model has 2 experts, both used
+    # on a GPU the next trial's tensors are quantized while one is scored: no fewer trials, no more than all warm
+    g = est.trials_per_night["gpu"]
+    assert g["with_cache"] <= g["with_cache_quantizing_ahead"] <= g["all_warm"] + 1
+    assert "with_cache_quantizing_ahead" not in n
 
 
 def test_pinned_entries_survive_eviction(dense_model, tmp_path) -> None:
