@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,10 +250,10 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
 
 
 # -- (f) templates ----------------------------------------------------------------------------------
-def template(s: Setup, experts: str, rest: str, protect: str | None, down_step: bool) -> Recipe:
+def template(profile: Profile, experts: str, rest: str, protect: str | None, down_step: bool) -> Recipe:
     """The profile's low tensor types (the routed experts on tiny-qwen35moe) at ``experts`` (the last of them,
     ffn_down, a ladder step higher with ``down_step``), block 0's at ``protect``, everything else at ``rest``."""
-    ladder, low = s.profile.ladder, s.profile.low
+    ladder, low = profile.ladder, profile.low
     i = ladder.index(experts)
     down = ladder[max(i - 1, 0)] if down_step else experts
     rules = []
@@ -263,24 +264,30 @@ def template(s: Setup, experts: str, rest: str, protect: str | None, down_step: 
     return Recipe(name=name, unmatched=Unmatched(type=rest), rules=rules)
 
 
+def template_fits(profile: Profile, bpw_of: Callable[[Recipe], float], target: float) -> list[Recipe]:
+    """The role templates for one size target: per low type, the largest template at or under it (by ``bpw_of``);
+    the two largest."""
+    fits = []
+    high = profile.rest_ladder  # the rest's types; block 0 protected at its second or third
+    for experts in profile.low_types:
+        best = None
+        for rest in high:
+            for protect in (*high[1:3], None):
+                for down_step in (True, False):
+                    r = template(profile, experts, rest, protect, down_step)
+                    bpw = bpw_of(r)
+                    if bpw <= target and (best is None or bpw > best[0]):
+                        best = (bpw, r)
+        if best:
+            fits.append(best)
+    return [r for _, r in sorted(fits, key=lambda f: -f[0])[:2]]
+
+
 def templates(s: Setup) -> Method:
     m = Method("templates")
     measured: dict[str, Point] = {}
-    high = s.profile.rest_ladder  # the rest's types; block 0 protected at its second or third
     for target in s.profile.targets:
-        fits = []
-        for experts in s.profile.low_types:
-            best = None
-            for rest in high:
-                for protect in (*high[1:3], None):
-                    for down_step in (True, False):
-                        r = template(s, experts, rest, protect, down_step)
-                        bpw = s.size(r)[1]
-                        if bpw <= target and (best is None or bpw > best[0]):
-                            best = (bpw, r)
-            if best:
-                fits.append(best)
-        for _, r in sorted(fits, key=lambda f: -f[0])[:2]:
+        for r in template_fits(s.profile, lambda r: s.size(r)[1], target):
             if r.name not in measured:
                 measured[r.name] = m.add(r.name, r, s.search.measure(r))
     return m
