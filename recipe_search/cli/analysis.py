@@ -66,6 +66,7 @@ def _selection_json(sel, written: dict[int, Path]) -> dict:
         picks.append({"target": pick.target.label, "trial": c and c.number, "name": c and c.name,
                       "file_bytes": c and c.file_bytes, "bpw": c and c.bpw, "device_bytes": c and c.device_bytes,
                       sel.objective: c and c.metrics[sel.objective],
+                      "instead_of": None if pick.instead_of is None else sel.steadier_note(pick),
                       "recipe": str(written[i]) if i in written else None})
     return {"study": sel.study, "storage": sel.storage, "model": str(sel.model), "objective": sel.objective,
             "trials": sel.counts, "measured": len(sel.candidates), "frontier": frontier, "picks": picks}

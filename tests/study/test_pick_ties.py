@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import yaml
@@ -77,6 +79,10 @@ def test_of_recipes_tied_on_the_tail_the_pick_is_the_one_with_a_distinctly_lower
     note = yaml.safe_load(written.read_text())["provenance"]["study"]["instead_of"]
     assert note["bpw"] == 4.6 and note["kld_mean_difference_ci95"][1] < 0
     assert "instead of trial 0" in capsys.readouterr().out
+    assert main(["pareto", "--dir", str(tmp_path), "--targets", "5.0bpw", "--out", str(tmp_path / "again"),
+                 "--json"]) == 0
+    [picked] = json.loads(capsys.readouterr().out)["picks"]
+    assert picked["bpw"] == 4.8 and picked["instead_of"]["bpw"] == 4.6
 
 
 def test_a_tail_that_tells_them_apart_keeps_the_best(dense_model, tmp_path) -> None:
