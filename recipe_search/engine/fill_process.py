@@ -2,8 +2,8 @@
 
 One child per process, started on the first miss and kept for the next ones (its start, an interpreter
 with numpy and libggml-base, is paid once; `prefill` keeps a `FillChild` of its own); it reads `FillJob`s
-pickled on its stdin, runs `tensor_fill.fill` on each (the shard and record are written by the child, atomically, as in process)
-and answers through a pipe. A child that dies is replaced at the next miss. It dies with its parent
+pickled on its stdin, runs `tensor_fill.fill` on each (the shard and record are written by the child,
+atomically, as in process) and answers through a pipe. A child that dies is replaced at the next miss. It dies with its parent
 and ignores Ctrl-C (see `child`); Ctrl-C while it quantizes kills it, leaving no entry half-written.
 """
 

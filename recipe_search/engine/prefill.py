@@ -12,7 +12,6 @@ needs it, which reports the error.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +32,6 @@ class Prefill:
     def __init__(self, tensors: ModelTensors, threads: int) -> None:
         self.tensors, self.threads = tensors, threads
         self.filled = 0  # entries it quantized
-        self.seconds = 0.0  # the time it spent quantizing them
         self._queue: deque[tuple[Path, Tensor, GGMLType]] = deque()
         self._active = False
         self._busy: Path | None = None
@@ -99,12 +97,10 @@ class Prefill:
             path, tensor, ggml_type = item
             try:
                 if not path.exists():
-                    job = self.tensors.fill_job(tensor, ggml_type, self.threads)
-                    start = time.perf_counter()
+                    job = self.tensors.fill_job(tensor, ggml_type, path, self.threads)
                     if self._child is None:
                         self._child = FillChild()
                     self._child.run(job)
-                    self.seconds += time.perf_counter() - start
                     self.filled += 1
             except RecipeSearchError:  # left for the trial that needs it, which reports it; a dead child is replaced
                 if self._child is not None and self._child.proc.poll() is not None:

@@ -421,16 +421,17 @@ class ModelTensors:
                                                  "weighted": err.weighted, "per_expert": list(err.per_expert)})
         return err
 
-    def fill_job(self, tensor: Tensor, ggml_type: GGMLType, threads: int) -> FillJob:
-        """The job that quantizes ``tensor`` to ``ggml_type`` into its entry, on ``threads`` threads."""
+    def fill_job(self, tensor: Tensor, ggml_type: GGMLType, path: Path, threads: int) -> FillJob:
+        """The job that quantizes ``tensor`` to ``ggml_type`` into its entry ``path`` (`path`'s), on ``threads``
+        threads."""
         if ggml_type != tensor.ggml_type and is_quantized(tensor.ggml_type):
             raise RecipeSearchError(f"requantizing from type {tensor.ggml_type.name} is disabled ({tensor.name})",
                                     self.inventory.paths[tensor.file_index])
         return FillJob(self.inventory.paths[tensor.file_index], tensor, ggml_type, _imatrix_for(tensor, self.imatrix),
-                       threads, self._shard_header(tensor, ggml_type), self.path(tensor, ggml_type))
+                       threads, self._shard_header(tensor, ggml_type), path)
 
     def _fill(self, tensor: Tensor, ggml_type: GGMLType, path: Path) -> None:
-        job = self.fill_job(tensor, ggml_type, self.threads)
+        job = self.fill_job(tensor, ggml_type, path, self.threads)
         if self.isolated and ggml_type != tensor.ggml_type:
             fill_in_child(job)
         else:

@@ -78,7 +78,7 @@ def _counts(reason: str | None) -> bool:
     return reason is not None and reason != "" and DISK_FULL not in reason
 
 
-def _params(trial: FrozenTrial) -> dict:
+def trial_params(trial: FrozenTrial) -> dict:
     """The parameters a trial was proposed or enqueued with (a trial taken but never run has only the latter)."""
     return trial.params or trial.system_attrs.get("fixed_params") or {}
 
@@ -148,7 +148,7 @@ def retry_unretried(study: optuna.Study) -> list[int]:
         while up is not None and up in by_number and attempts < MAX_ATTEMPTS:
             tries += _counts(by_number[up].user_attrs.get("failed"))
             attempts, up = attempts + 1, parents[up]
-        if _retry(study, t, _params(t), t.user_attrs.get("failed"), tries, attempts):
+        if _retry(study, t, trial_params(t), t.user_attrs.get("failed"), tries, attempts):
             enqueued.append(t.number)
     return enqueued
 
@@ -158,7 +158,7 @@ def requeue(study: optuna.Study, number: int) -> int | None:
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None or trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return None
-    params = _params(trial)
+    params = trial_params(trial)
     if not params:
         return None
     if trial.state == TrialState.RUNNING:  # interrupted before Optuna recorded the failure

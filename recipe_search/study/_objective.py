@@ -21,7 +21,7 @@ from ..engine.worker import Worker
 from ..errors import RecipeSearchError, StopScoring
 from ._band import BandSteer
 from ._early_stopping import chunk_plan, chunk_pruner
-from ._interrupts import retried_elsewhere, retry_failed
+from ._interrupts import retried_elsewhere, retry_failed, trial_params
 from ._records import (
     TrialRecord,
     record_duplicate,
@@ -139,14 +139,13 @@ class Objective:
         record_measurement(trial, recipe, m)
         return trial_values(config, m)
 
-
     def _ahead(self) -> list[Recipe]:
         """The recipes of the next enqueued trials (`AHEAD` of them), for a worker that quantizes while scoring."""
         if not self.worker.prefill_threads:
             return []
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         names = {p.name for p in self.space.parameters}
-        fixed = (t.system_attrs.get("fixed_params") or {} for t in sorted(waiting, key=lambda t: t.number))
+        fixed = (trial_params(t) for t in sorted(waiting, key=lambda t: t.number))
         return [self.space.recipe(f) for f in fixed if set(f) == names][:AHEAD]
 
 
