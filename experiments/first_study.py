@@ -11,7 +11,8 @@ band-probe template of default_study.py. Each competitor is tested against the p
 of every KLD statistic; "beats" means its difference interval lies wholly below 0.
 
 Later seeds start from the first seed's finished sweep (copied into their study directory; the sweep is the same
-cells scored on the same text, so it measures the same numbers) and their time excludes it.
+cells scored on the same text, so it measures the same numbers) and their time excludes it; ``--sweep DIR`` starts
+every seed from a sweep kept from an earlier run (the same model, text, imatrix and space).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def first_studies(a: argparse.Namespace, profile: Profile, work: Path, imatrix: 
         if not done.exists():
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
-            first = work / f"first-{a.seeds[0]}" / "sweep"
-            if seed != a.seeds[0] and first.is_dir():
+            first = Path(a.sweep) if a.sweep else work / f"first-{a.seeds[0]}" / "sweep"
+            if (a.sweep or seed != a.seeds[0]) and first.is_dir():
                 shutil.copytree(first, d / "sweep")
             start = time.perf_counter()
             cli(["search", a.model_arg or str(profile.model()), "--text", profile.text_spec(profile.search),
@@ -190,14 +191,14 @@ def print_table(r: dict) -> None:
 
 def markdown(results: Sequence[dict]) -> str:
     """One table row per pick: its held-out figures and how many competitors beat it, on each statistic."""
-    head = ("| model | imatrix | target | seed | pick, bpw | " + " | ".join(COMPARED)
+    head = ("| model | imatrix | objective | target | seed | pick, bpw | " + " | ".join(COMPARED)
             + " | competitors that fit | beating the pick: " + " / ".join(COMPARED) + " |")
-    rows = [head, "|" + "---|" * (5 + len(COMPARED) + 2)]
+    rows = [head, "|" + "---|" * (6 + len(COMPARED) + 2)]
     for r in results:
         model = r["profile"].split("/")[0].split(" ")[0]
         for label, t in r["targets"].items():
             for seed, p in t["first_study"].items():
-                lead = f"| {model} | {'yes' if r['imatrix'] else 'no'} | {label} | {seed} |"
+                lead = f"| {model} | {'yes' if r['imatrix'] else 'no'} | {r['objective']} | {label} | {seed} |"
                 if p["pick"] is None:
                     rows.append(lead + " nothing fits |" + " |" * (len(COMPARED) + 2))
                     continue
@@ -221,6 +222,8 @@ def main(argv: Sequence[str] | None = None, profiles: dict[str, Profile] = PROFI
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--search-args", nargs=argparse.REMAINDER, default=[],
                    help="more `search` options (only the smoke mode needs any)")
+    p.add_argument("--sweep", help="start every seed from this finished study sweep (e.g. an earlier run's "
+                   "first-0/sweep), its time not counted")
     p.add_argument("--work", help="studies, cache, imatrix and sweep (kept: a rerun resumes)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)

@@ -181,7 +181,7 @@ class StudyConfig(BaseModel):
     prefill_threads: int | None = Field(None, ge=0, le=limits.THREADS[1])
     # layers offloaded to a GPU (-1: all); a GPU build
     gpu_layers: int = Field(ScoreSettings.gpu_layers, ge=limits.GPU_LAYERS[0], le=limits.GPU_LAYERS[1])
-    objectives: list[str] = Field(default_factory=lambda: ["size", "kld_cvar999"])  # experiments/tail_statistic_rule.py
+    objectives: list[str] = Field(default_factory=lambda: ["size", "kld_p999"])  # experiments/tail_statistic_rule.py
     max_bpw: float | None = Field(None, gt=0)
     min_bpw: float | None = Field(None, ge=0)
     max_bytes: int | None = Field(None, gt=0)
