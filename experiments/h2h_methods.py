@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from h2h_profiles import Profile, Setup, uniform_choice
@@ -21,6 +22,9 @@ from recipe_search.core import Recipe, Rule, ScoreSettings, Unmatched, model_fin
 from recipe_search.engine import Measurement, Worker
 from recipe_search.formats import bits_per_weight, parse_type
 from recipe_search.sensitivity import Allocator, SensitivityTable, Surrogate, run_sweep, space_ladders
+
+if TYPE_CHECKING:
+    import optuna
 
 PRESETS = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "IQ4_XS")
 SURROGATE_SEEDS = 8
@@ -218,11 +222,8 @@ def study_options(profile: Profile, key: str) -> dict:
 
 def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     """One study variant of STUDIES (the config's defaults, or with the surrogate options), run to ``trials``
-    searched trials; charged its measurements, the time of trials that measured nothing new (pruned, failed; not a
-    killed worker's trial, whose span runs to its resume), and its own sweep's measuring time."""
-    from optuna.trial import TrialState
-
-    from recipe_search.study import Study, TrialRecord
+    searched trials, as `study_points` charges it."""
+    from recipe_search.study import Study
 
     config = s.config.model_copy(update={"seed": seed, **study_options(s.profile, key)})
     opened = Study.open(s.model, config, name=f"{key}-{seed}", directory=s.work / f"{key}-{seed}",
@@ -230,9 +231,19 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     opened.prepare(s.log)
     s.log(f"{key} seed {seed}: running to {trials} trials")
     opened.run_to(trials)
-    m = Method(key, str(seed))
-    m.charge(float(opened.optuna_study.user_attrs.get("sweep_seconds", 0.0)))
-    all_trials = opened.optuna_study.get_trials(deepcopy=False)
+    return study_points(opened.optuna_study, key, str(seed))
+
+
+def study_points(optuna_study: optuna.Study, key: str, run: str) -> Method:
+    """A finished study as a method: charged its measurements, the time of trials that measured nothing new (pruned,
+    failed; not a killed worker's trial, whose span runs to its resume), and its own sweep's measuring time."""
+    from optuna.trial import TrialState
+
+    from recipe_search.study import TrialRecord
+
+    m = Method(key, run)
+    m.charge(float(optuna_study.user_attrs.get("sweep_seconds", 0.0)))
+    all_trials = optuna_study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in all_trials}  # killed workers' trials: their retry is charged
     finished = [t for t in all_trials if t.datetime_complete and not (t.state == TrialState.FAIL and t.number in retried)]
     for t in sorted(finished, key=lambda t: (t.datetime_complete, t.number)):  # in the order they were known
@@ -240,7 +251,7 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
         if t.state == TrialState.COMPLETE and r.measured and r.measurement is not None:
             cost = measure_cost(r.measurement)
             m.clock += cost
-            m.points.append(Point(key, str(seed), r.name, r.recipe, r.file_bytes, r.bpw, dict(r.metrics), cost,
+            m.points.append(Point(key, run, r.name, r.recipe, r.file_bytes, r.bpw, dict(r.metrics), cost,
                                   m.clock))
         elif t.datetime_complete and t.datetime_start:  # pruned early, duplicates, failures: their own time
             m.clock += (t.datetime_complete - t.datetime_start).total_seconds()
