@@ -111,15 +111,21 @@ def validate(a: argparse.Namespace) -> int:
     n = int(results[0].holdout_metrics["n_tokens"]) if results else 0
     print(f"held-out text {settings.text.label}: ctx {ctx} x {chunks} chunks, {n} scored tokens; "
           "intervals: 95% bootstrap over chunks")
-    print(f"{'recipe':<28}{'size':>11}{'bpw':>7}" + "".join(f"{'search ' + m:>16}{'held-out ' + m + ' [95%]':>34}"
-                                                         for m in TAIL_STATISTICS))
+    columns = [(f"search {m}", f"held-out {m} [95%]") for m in TAIL_STATISTICS]
+    cells = []  # per recipe, per statistic: the search figure and the held-out one with its interval
     for r in results:
-        cells = ""
-        for m in TAIL_STATISTICS:
-            s = r.search_metrics.get(m) if r.search_metrics else None
-            lo, hi = r.intervals[m]
-            cells += f"{'-' if s is None else f'{s:.4g}':>16}{r.holdout_metrics[m]:>14.4g} [{lo:.4g}, {hi:.4g}]".ljust(50)
-        print(f"{r.name[:27]:<28}{human_bytes(r.file_bytes):>11}{r.bpw:>7.3f}{cells}")
+        cells.append([("-" if (s := (r.search_metrics or {}).get(m)) is None else f"{s:.4g}",
+                       f"{r.holdout_metrics[m]:.4g} [{r.intervals[m][0]:.4g}, {r.intervals[m][1]:.4g}]")
+                      for m in TAIL_STATISTICS])
+    widths = [(max([len(h[0]), *(len(c[i][0]) for c in cells)]), max([len(h[1]), *(len(c[i][1]) for c in cells)]))
+              for i, h in enumerate(columns)]
+
+    def line(lead: str, row: list[tuple[str, str]]) -> str:
+        return (lead + "".join(f"  {a:>{w[0]}}  {b:<{w[1]}}" for (a, b), w in zip(row, widths, strict=True))).rstrip()
+
+    print(line(f"{'recipe':<28}{'size':>11}{'bpw':>7}", columns))
+    for r, row in zip(results, cells, strict=True):
+        print(line(f"{r.name[:27]:<28}{human_bytes(r.file_bytes):>11}{r.bpw:>7.3f}", row))
     shown = ", ".join(f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in agreement.items())
     print(f"Spearman rank correlation, search text vs held-out ({sum(bool(r.search_metrics) for r in results)} "
           f"recipes with search figures): {shown}", file=sys.stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from tiny_models import english_text
 
 from recipe_search.cli import main
 from recipe_search.core.config import StudyConfig
+from recipe_search.core.metrics import TAIL_STATISTICS
 from recipe_search.core.pareto import spearman
 from recipe_search.core.recipe import load_recipe, uniform_recipe
 from recipe_search.core.text import TextSource
@@ -130,6 +132,20 @@ def test_validate_and_pareto_on_a_study(dense_model, holdout_file, tmp_path, cap
     again = json.loads(capsys.readouterr().out)["recipes"][0]
     assert again["holdout"]["kld_p999"] == pytest.approx(h["kld_p999"])
     assert again["search"]["kld_p999"] == pytest.approx(recipe.metrics["kld_p999"])
+    # and as a table: every column heading stands apart, above its own column
+    assert main(["validate", str(written), "--model", str(dense_model), "--holdout-text", str(holdout_file),
+                 "--ctx", str(CTX), "--chunks", str(CHUNKS), "--n-boot", "100", *env_cache]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if line.startswith("recipe"))
+    labels = [w for m in TAIL_STATISTICS for w in (f"search {m}", f"held-out {m} [95%]")]
+    assert re.split(r"\s{2,}", head.strip()) == ["recipe", "size", "bpw", *labels]
+    row = lines[lines.index(head) + 1]
+    start = len("recipe")
+    for m in TAIL_STATISTICS:  # each search figure ends where its heading ends
+        value = f"{recipe.metrics[m]:.4g}"
+        end = row.index(value, start) + len(value)
+        assert end == head.index(f"search {m}") + len(f"search {m}")
+        start = end
 
 
 def test_validate_needs_a_text_and_something_to_validate(capsys) -> None:
