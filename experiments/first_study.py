@@ -63,7 +63,7 @@ def first_studies(a: argparse.Namespace, profile: Profile, work: Path, imatrix: 
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
             first = Path(a.sweep) if a.sweep else work / f"first-{a.seeds[0]}" / "sweep"
-            if (a.sweep or seed != a.seeds[0]) and first.is_dir():
+            if a.sweep or (seed != a.seeds[0] and first.is_dir()):
                 shutil.copytree(first, d / "sweep")
             start = time.perf_counter()
             cli(["search", a.model_arg or str(profile.model()), "--text", profile.text_spec(profile.search),
@@ -232,6 +232,8 @@ def main(argv: Sequence[str] | None = None, profiles: dict[str, Profile] = PROFI
         return 0
     if not a.profile or not a.work:
         p.error("--profile and --work are needed (or --markdown)")
+    if a.sweep and not Path(a.sweep).is_dir():
+        p.error(f"--sweep {a.sweep}: no such directory")
     r = run(a, profiles[a.profile])
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")

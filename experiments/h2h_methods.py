@@ -234,6 +234,11 @@ def study(s: Setup, key: str, seed: int, trials: int) -> Method:
     return study_points(opened.optuna_study, key, str(seed))
 
 
+def sweep_seconds(optuna_study: optuna.Study) -> float:
+    """The measuring time of a study's own sweep, as the study stored it (0 without one)."""
+    return float(optuna_study.user_attrs.get("sweep_seconds", 0.0))
+
+
 def study_points(optuna_study: optuna.Study, key: str, run: str) -> Method:
     """A finished study as a method: charged its measurements, the time of trials that measured nothing new (pruned,
     failed; not a killed worker's trial, whose span runs to its resume), and its own sweep's measuring time."""
@@ -242,7 +247,7 @@ def study_points(optuna_study: optuna.Study, key: str, run: str) -> Method:
     from recipe_search.study import TrialRecord
 
     m = Method(key, run)
-    m.charge(float(optuna_study.user_attrs.get("sweep_seconds", 0.0)))
+    m.charge(sweep_seconds(optuna_study))
     all_trials = optuna_study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in all_trials}  # killed workers' trials: their retry is charged
     finished = [t for t in all_trials if t.datetime_complete and not (t.state == TrialState.FAIL and t.number in retried)]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import smoke
-from h2h_methods import Method, Point, hand_recipes, study_points
+from h2h_methods import Method, Point, hand_recipes, study_points, sweep_seconds
 from h2h_profiles import PROFILES, Profile, Setup, setup, smoke_profile
 from h2h_report import count_to, hypervolume, time_to
 
@@ -39,14 +39,20 @@ if TYPE_CHECKING:
     import optuna
 
 
+def remeasured(s: Setup, p: Point) -> Point:
+    """``p`` measured on the head to head's search worker, its charges kept."""
+    v = s.search.measure(p.recipe)
+    return dataclasses.replace(p, file_bytes=v.file_bytes, bpw=v.bpw, metrics=dict(v.metrics))
+
+
 def curve_to(s: Setup, m: Method, goal: float) -> list[tuple[float, float]]:
     """(charged seconds, hypervolume) after each of ``m``'s points, in the order the study knew them, each
     re-measured on the head to head's search worker; it stops once the hypervolume reaches ``goal``."""
     points: list[Point] = []
     curve: list[tuple[float, float]] = []
     for p in m.points:
-        v = s.search.measure(p.recipe)
-        points.append(Point(p.method, p.run, p.name, p.recipe, v.file_bytes, v.bpw, dict(v.metrics), p.cost_s, p.t_s))
+        v = remeasured(s, p)
+        points.append(v)
         curve.append((p.t_s, hypervolume(points, s.reference_point)))
         s.log(f"{m.run} {len(curve)}/{len(m.points)} {p.name}: {v.bpw:.3f} bpw, kld_p999 {v.metrics['kld_p999']:.4g}, "
               f"hypervolume {curve[-1][1]:.5g} of {goal:.5g}")
@@ -60,7 +66,7 @@ def allocations_first(study: optuna.Study, m: Method) -> Method:
     charged what it cost, after the same sweep (trials that measured nothing, and early stopping, not replayed)."""
     records = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
     allocated = {r.name for r in records if r.surrogate_seed is not None}
-    out = Method(m.key, f"{m.run} allocations first", clock=float(study.user_attrs.get("sweep_seconds", 0.0)))
+    out = Method(m.key, f"{m.run} allocations first", clock=sweep_seconds(study))
     for p in sorted(m.points, key=lambda p: p.name not in allocated):  # stable: each group keeps its order
         out.clock += p.cost_s
         out.points.append(dataclasses.replace(p, run=out.run, t_s=out.clock))
@@ -82,8 +88,8 @@ def hand_goal(s: Setup, hand: dict) -> tuple[float, float]:
     points, moved = [], 0.0
     for f in hand["frontier"]:
         r = s.space.recipe(choices[f["name"]], f["name"])
-        v = s.search.measure(r)
-        points.append(Point("hand", "", f["name"], r, v.file_bytes, v.bpw, dict(v.metrics), 0.0, 0.0))
+        v = remeasured(s, Point("hand", "", f["name"], r, f["file_bytes"], f["bpw"], {}, 0.0, 0.0))
+        points.append(v)
         moved = max(moved, abs(v.metrics["kld_p999"] / f["kld_p999"] - 1))
     return hypervolume(points, s.reference_point), moved
 
@@ -131,7 +137,7 @@ def main(argv: Sequence[str] | None = None, profiles: Mapping[str, Profile] = PR
             curve = curve_to(s, run, goal)
             t = time_to(curve, goal)
             rows.append({"study": run.run, "charged_s": round(run.clock, 1), "measured": len(run.points),
-                         "sweep_s": float(study.user_attrs.get("sweep_seconds", 0.0)),
+                         "sweep_s": sweep_seconds(study),
                          "t_to_hand_final_s": t, "fraction_of_hand_time": None if t is None else t / hand["charged_s"],
                          "measurements_to_hand_final": count_to(curve, goal),
                          "hv_last": curve[-1][1] if curve else 0.0})
